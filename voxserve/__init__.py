@@ -1,0 +1,1 @@
+"""voxserve: fast, dependable Whisper-family speech recognition."""

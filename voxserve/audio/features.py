@@ -1,0 +1,102 @@
+"""Log-mel features: 16 kHz float audio -> the [n_mels, frames] input the encoder expects.
+
+The mel filterbank is computed here (Slaney-style, as Whisper's was made), not read from a data file.
+STFT, power, filterbank, log and normalisation all run in float32 on the audio's device.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    # Slaney's scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above.
+    f = np.asarray(f, dtype=np.float64)
+    lin = f / (200.0 / 3)
+    log = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(f >= 1000.0, log, lin)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    lin = m * (200.0 / 3)
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
+    return np.where(m >= 15.0, log, lin)
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
+    """Triangular mel filters [n_mels, n_fft//2 + 1], area-normalised (Slaney), float32."""
+    if n_mels <= 0:
+        raise ValueError(f"n_mels must be positive, got {n_mels}")
+    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    mel_pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
+    widths = np.diff(mel_pts)
+    ramps = mel_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_pts[2:] - mel_pts[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+_FILTERS: dict[tuple[int, str], Tensor] = {}
+_WINDOWS: dict[str, Tensor] = {}
+
+
+def _filters(n_mels: int, device: torch.device) -> Tensor:
+    key = (n_mels, str(device))
+    if key not in _FILTERS:
+        _FILTERS[key] = torch.from_numpy(mel_filterbank(n_mels)).to(device)
+    return _FILTERS[key]
+
+
+def _window(device: torch.device) -> Tensor:
+    key = str(device)
+    if key not in _WINDOWS:
+        _WINDOWS[key] = torch.hann_window(N_FFT, device=device)
+    return _WINDOWS[key]
+
+
+def log_mel_spectrogram(
+    audio: np.ndarray | Tensor, n_mels: int = 80, *, padding: int = 0, device: str | torch.device | None = None
+) -> Tensor:
+    """16 kHz mono audio [samples] (or a batch [B, samples]) -> log-mel [n_mels, frames] ([B, n_mels, frames]).
+
+    ``padding`` zeros are appended first (long-form transcription appends 30 s so the last window is whole).
+    Values are log10 power, floored at 8 below each signal's maximum and scaled to about [-1, 1].
+    """
+    x = torch.as_tensor(audio)
+    if device is not None:
+        x = x.to(device)
+    x = x.float()
+    if padding > 0:
+        x = F.pad(x, (0, padding))
+    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_window(x.device), return_complex=True)
+    power = stft[..., :-1].abs() ** 2
+    mel = _filters(n_mels, x.device) @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+def pad_or_trim(x: Tensor, length: int = N_FRAMES, *, axis: int = -1) -> Tensor:
+    """Zero-pad or cut ``x`` along ``axis`` to exactly ``length`` (mel frames, or samples with N_SAMPLES)."""
+    n = x.shape[axis]
+    if n > length:
+        return x.narrow(axis, 0, length)
+    if n < length:
+        pad = [0, 0] * (x.dim() - 1 - (axis % x.dim())) + [0, length - n]
+        return F.pad(x, pad)
+    return x
+
+
+__all__ = ["N_SAMPLES", "log_mel_spectrogram", "mel_filterbank", "pad_or_trim"]

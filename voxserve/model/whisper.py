@@ -1,0 +1,142 @@
+"""The Whisper encoder-decoder in plain PyTorch.
+
+Imports nothing above ``voxserve.model`` (principle 1). Caches are passed in, never stored on the module, so the
+same weights serve the reference decoder, the batching engine and captured graphs alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelDims
+from .cache import KVCache
+from .layers import DecoderBlock, EncoderBlock, LayerNorm, sinusoids
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(dims.n_mels, dims.n_audio_state, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(dims.n_audio_state, dims.n_audio_state, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", sinusoids(dims.n_audio_ctx, dims.n_audio_state))
+        self.layers = nn.ModuleList(
+            EncoderBlock(dims.n_audio_state, dims.n_audio_head) for _ in range(dims.n_audio_layer)
+        )
+        self.ln_post = LayerNorm(dims.n_audio_state)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """mel [B, n_mels, 2*T] -> audio features [B, T, n_audio_state], T <= n_audio_ctx."""
+        x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        if x.shape[1] > self.positional_embedding.shape[0]:
+            raise ValueError(
+                f"mel has {mel.shape[-1]} frames; the encoder takes at most {2 * self.positional_embedding.shape[0]}"
+            )
+        x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
+        for layer in self.layers:
+            x = layer(x)
+        return self.ln_post(x)
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__()
+        self.n_head = dims.n_text_head
+        self.token_embedding = nn.Embedding(dims.n_vocab, dims.n_text_state)
+        self.positional_embedding = nn.Parameter(torch.empty(dims.n_text_ctx, dims.n_text_state))
+        self.layers = nn.ModuleList(
+            DecoderBlock(dims.n_text_state, dims.n_text_head) for _ in range(dims.n_text_layer)
+        )
+        self.ln = LayerNorm(dims.n_text_state)
+
+    def cross_kv(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder output [B, S, C] -> every layer's cross-attention keys and values, each [L, B, S, C]."""
+        k = torch.stack([layer.cross_attn.key(audio_features) for layer in self.layers])
+        v = torch.stack([layer.cross_attn.value(audio_features) for layer in self.layers])
+        return k, v
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Hidden states -> float32 logits over the vocabulary (output projection tied to the embedding)."""
+        return (self.ln(x) @ self.token_embedding.weight.to(x.dtype).T).float()
+
+    def forward(self, tokens: Tensor, positions: Tensor, cache: KVCache, kv_len: int) -> Tensor:
+        """Decode new tokens against the cache.
+
+        tokens, positions: [B, T] (position of each new token; rows may differ). The new keys/values are written
+        into ``cache`` at those positions; attention covers cache slots [0, kv_len) that are <= each token's own
+        position. Returns float32 logits [B, T, n_vocab].
+        """
+        rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None]
+        x = self.token_embedding(tokens) + self.positional_embedding[positions]
+        x = x.to(cache.self_k.dtype)
+        slots = torch.arange(kv_len, device=tokens.device)
+        mask = (slots[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, kv_len]
+        write = (rows, positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(
+                x, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i], write, kv_len, mask
+            )
+        return self.logits(x)
+
+    def cross_attention_weights(self, tokens: Tensor, audio_features: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Full (uncached) pass that also returns every layer's cross-attention probabilities.
+
+        tokens [B, T], audio_features [B, S, C] -> (logits [B, T, V], per layer [B, H, T, S] float32). Used for
+        word alignment, where the weights themselves are needed.
+        """
+        b, t = tokens.shape
+        d = audio_features.shape[2]
+        dev = tokens.device
+        self_k = torch.zeros(b, t, d, dtype=audio_features.dtype, device=dev)
+        self_v = torch.zeros_like(self_k)
+        cross_k, cross_v = self.cross_kv(audio_features)
+        positions = torch.arange(t, device=dev).expand(b, t)
+        write = (torch.arange(b, device=dev)[:, None], positions)
+        mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None, None]
+        x = (self.token_embedding(tokens) + self.positional_embedding[:t]).to(audio_features.dtype)
+        weights = []
+        for i, layer in enumerate(self.layers):
+            x, w = layer.forward_with_cross_weights(x, self_k, self_v, cross_k[i], cross_v[i], write, t, mask)
+            weights.append(w)
+        return self.logits(x), weights
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(dims)
+        self.decoder = TextDecoder(dims)
+        # Cross-attention heads whose weights follow the audio in time (for word timestamps). Checkpoints
+        # carry their own; without one, all heads in the second half of the decoder, as Whisper does.
+        heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+        heads[dims.n_text_layer // 2 :] = True
+        self.register_buffer("alignment_heads", heads, persistent=False)
+
+    def set_alignment_heads(self, heads: list[tuple[int, int]]) -> None:
+        mask = torch.zeros_like(self.alignment_heads)
+        for layer, head in heads:
+            if not (0 <= layer < mask.shape[0] and 0 <= head < mask.shape[1]):
+                raise ValueError(
+                    f"alignment head ({layer}, {head}) is outside the decoder's {tuple(mask.shape)}"
+                )
+            mask[layer, head] = True
+        self.alignment_heads = mask
+
+    def new_cache(self, batch: int, *, n_audio_ctx: int | None = None) -> KVCache:
+        d = self.dims
+        p = self.decoder.token_embedding.weight
+        return KVCache.allocate(
+            d.n_text_layer, batch, d.n_text_ctx, n_audio_ctx or d.n_audio_ctx, d.n_text_state,
+            dtype=p.dtype, device=p.device,
+        )  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.token_embedding.weight.dtype
