@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -294,7 +293,9 @@ class Tokenizer:
         codes = [code for code in LANGUAGES if f"<|{code}|>" in specials]
         num_languages = len(codes)
         if codes != list(LANGUAGES)[:num_languages]:
-            raise ValueError(f"{directory}: language tokens {codes} are not a prefix of Whisper's language list")
+            raise ValueError(
+                f"{directory}: language tokens {codes} are not a prefix of Whisper's language list"
+            )
 
         # Vocabularies saved before timestamps became added tokens lack them; Whisper's layout puts them
         # right after <|notimestamps|>, so they are restored there when those ids are free.

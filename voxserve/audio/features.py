@@ -66,7 +66,11 @@ def _window(device: torch.device) -> Tensor:
 
 
 def log_mel_spectrogram(
-    audio: np.ndarray | Tensor, n_mels: int = 80, *, padding: int = 0, device: str | torch.device | None = None
+    audio: np.ndarray | Tensor,
+    n_mels: int = 80,
+    *,
+    padding: int = 0,
+    device: str | torch.device | None = None,
 ) -> Tensor:
     """16 kHz mono audio [samples] (or a batch [B, samples]) -> log-mel [n_mels, frames] ([B, n_mels, frames]).
 

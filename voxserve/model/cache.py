@@ -41,6 +41,8 @@ class KVCache:
         return self.self_k.shape[1]
 
     def reorder(self, source_rows: Tensor) -> None:
-        """Row i of the cache becomes old row ``source_rows[i]`` (beam search reshuffles hypotheses)."""
-        for t in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+        """Row i of the self-attention cache becomes old row ``source_rows[i]`` (beam search reshuffles
+        hypotheses). Cross-attention rows are left alone: beams only ever take rows from their own audio's
+        group, whose cross keys/values are identical."""
+        for t in (self.self_k, self.self_v):
             t.copy_(t.index_select(1, source_rows))

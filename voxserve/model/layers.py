@@ -64,11 +64,12 @@ class MultiHeadAttention(nn.Module):
         self.value = nn.Linear(n_state, n_state)
         self.out = nn.Linear(n_state, n_state)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """q [B,Tq,C]; k, v [B,Tk,C] (possibly strided cache views); mask [B,1,Tq,Tk] bool or None."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, causal: bool = False) -> Tensor:
+        """q [B,Tq,C]; k, v [B,Tk,C] (possibly strided cache views); mask [B,1,Tq,Tk] bool or None;
+        ``causal`` lets position i see keys 0..i (a whole sequence at once, no cache)."""
         h = self.n_head
         out = F.scaled_dot_product_attention(
-            split_heads(q, h), split_heads(k, h), split_heads(v, h), attn_mask=mask
+            split_heads(q, h), split_heads(k, h), split_heads(v, h), attn_mask=mask, is_causal=causal
         )
         return self.out(merge_heads(out))
 
@@ -121,6 +122,13 @@ class DecoderBlock(nn.Module):
 
     def mlp(self, x: Tensor) -> Tensor:
         return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
+
+    def forward_full(self, x: Tensor, cross_k: Tensor, cross_v: Tensor) -> Tensor:
+        """Whole sequences x [B,T,C] at once with causal self-attention and no cache (training, scoring)."""
+        h = self.attn_ln(x)
+        x = x + self.attn.attend(self.attn.query(h), self.attn.key(h), self.attn.value(h), None, causal=True)
+        x = x + self.cross_attn.attend(self.cross_attn.query(self.cross_attn_ln(x)), cross_k, cross_v, None)
+        return self.mlp(x)
 
     def forward(
         self,

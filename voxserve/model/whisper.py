@@ -80,6 +80,17 @@ class TextDecoder(nn.Module):
             )
         return self.logits(x)
 
+    def forward_full(self, tokens: Tensor, audio_features: Tensor) -> Tensor:
+        """Teacher-forced pass over whole sequences: tokens [B, T], audio_features [B, S, C] -> float32
+        logits [B, T, n_vocab]. No cache; used for training and for scoring fixed token sequences."""
+        t = tokens.shape[1]
+        x = (self.token_embedding(tokens) + self.positional_embedding[:t]).to(audio_features.dtype)
+        for layer in self.layers:
+            k = layer.cross_attn.key(audio_features)
+            v = layer.cross_attn.value(audio_features)
+            x = layer.forward_full(x, k, v)
+        return self.logits(x)
+
     def cross_attention_weights(self, tokens: Tensor, audio_features: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Full (uncached) pass that also returns every layer's cross-attention probabilities.
 
