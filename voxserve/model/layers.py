@@ -43,16 +43,13 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
-def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Softmax attention probabilities in float32: q [B,H,Tq,D], k [B,H,Tk,D] -> [B,H,Tq,Tk].
+def attention_scores(q: Tensor, k: Tensor) -> Tensor:
+    """Scaled attention logits in float32, before softmax: q [B,H,Tq,D], k [B,H,Tk,D] -> [B,H,Tq,Tk].
 
-    Used where the weights themselves are wanted (word alignment); the fast path uses SDPA.
+    Used where the attention pattern itself is wanted (word alignment normalises it over the audio frames that
+    hold speech, so it needs the scores, not probabilities over the whole window); the fast path uses SDPA.
     """
-    scale = q.shape[-1] ** -0.5
-    qk = (q.float() @ k.float().transpose(-1, -2)) * scale
-    if mask is not None:
-        qk = qk.masked_fill(~mask, float("-inf"))
-    return qk.softmax(dim=-1)
+    return (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
 
 
 class MultiHeadAttention(nn.Module):
@@ -146,21 +143,14 @@ class DecoderBlock(nn.Module):
         x = x + self.cross_attn.attend(self.cross_attn.query(self.cross_attn_ln(x)), cross_k, cross_v, None)
         return self.mlp(x)
 
-    def forward_with_cross_weights(
-        self,
-        x: Tensor,
-        self_k: Tensor,
-        self_v: Tensor,
-        cross_k: Tensor,
-        cross_v: Tensor,
-        write: tuple[Tensor, Tensor],
-        kv_len: int,
-        mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """As forward, with cross-attention computed explicitly so its probabilities [B,H,T,S] come back too."""
-        x = self.self_attend(x, self_k, self_v, write, kv_len, mask)
-        h = self.cross_attn.n_head
-        q = split_heads(self.cross_attn.query(self.cross_attn_ln(x)), h)
-        w = attention_weights(q, split_heads(cross_k, h))
-        x = x + self.cross_attn.out(merge_heads(w.to(x.dtype) @ split_heads(cross_v, h)))
-        return self.mlp(x), w
+    def forward_with_cross_scores(self, x: Tensor, cross_k: Tensor, cross_v: Tensor) -> tuple[Tensor, Tensor]:
+        """As forward_full, with cross-attention computed explicitly so that its float32 scores before softmax
+        [B,H,T,S] come back too."""
+        h = self.attn_ln(x)
+        x = x + self.attn.attend(self.attn.query(h), self.attn.key(h), self.attn.value(h), None, causal=True)
+        n = self.cross_attn.n_head
+        q = split_heads(self.cross_attn.query(self.cross_attn_ln(x)), n)
+        scores = attention_scores(q, split_heads(cross_k, n))
+        w = scores.softmax(dim=-1).to(x.dtype)
+        x = x + self.cross_attn.out(merge_heads(w @ split_heads(cross_v, n)))
+        return self.mlp(x), scores

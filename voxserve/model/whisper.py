@@ -83,35 +83,29 @@ class TextDecoder(nn.Module):
     def forward_full(self, tokens: Tensor, audio_features: Tensor) -> Tensor:
         """Teacher-forced pass over whole sequences: tokens [B, T], audio_features [B, S, C] -> float32
         logits [B, T, n_vocab]. No cache; used for training and for scoring fixed token sequences."""
-        t = tokens.shape[1]
-        x = (self.token_embedding(tokens) + self.positional_embedding[:t]).to(audio_features.dtype)
+        x = self._embed(tokens).to(audio_features.dtype)
         for layer in self.layers:
-            k = layer.cross_attn.key(audio_features)
-            v = layer.cross_attn.value(audio_features)
-            x = layer.forward_full(x, k, v)
+            x = layer.forward_full(
+                x, layer.cross_attn.key(audio_features), layer.cross_attn.value(audio_features)
+            )
         return self.logits(x)
 
-    def cross_attention_weights(self, tokens: Tensor, audio_features: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Full (uncached) pass that also returns every layer's cross-attention probabilities.
+    def cross_attention_scores(self, tokens: Tensor, audio_features: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """As forward_full, also returning every layer's cross-attention scores before softmax.
 
         tokens [B, T], audio_features [B, S, C] -> (logits [B, T, V], per layer [B, H, T, S] float32). Used for
-        word alignment, where the weights themselves are needed.
+        word alignment, where the attention pattern itself is needed.
         """
-        b, t = tokens.shape
-        d = audio_features.shape[2]
-        dev = tokens.device
-        self_k = torch.zeros(b, t, d, dtype=audio_features.dtype, device=dev)
-        self_v = torch.zeros_like(self_k)
-        cross_k, cross_v = self.cross_kv(audio_features)
-        positions = torch.arange(t, device=dev).expand(b, t)
-        write = (torch.arange(b, device=dev)[:, None], positions)
-        mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None, None]
-        x = (self.token_embedding(tokens) + self.positional_embedding[:t]).to(audio_features.dtype)
-        weights = []
-        for i, layer in enumerate(self.layers):
-            x, w = layer.forward_with_cross_weights(x, self_k, self_v, cross_k[i], cross_v[i], write, t, mask)
-            weights.append(w)
-        return self.logits(x), weights
+        x = self._embed(tokens).to(audio_features.dtype)
+        scores = []
+        for layer in self.layers:
+            k, v = layer.cross_attn.key(audio_features), layer.cross_attn.value(audio_features)
+            x, s = layer.forward_with_cross_scores(x, k, v)
+            scores.append(s)
+        return self.logits(x), scores
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        return self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
 
 
 class Whisper(nn.Module):
