@@ -136,16 +136,24 @@ class TranscribeOptions:
                 raise OptionsError(f"temperatures must be in [0, 5], got {t}")
         if any(t < 0 for t in self.clip_timestamps):
             raise OptionsError("clip_timestamps must be >= 0")
+        if self.decoding.prompt is not None:
+            raise OptionsError(
+                "decoding.prompt is set per window from the previous text; use initial_prompt to give context"
+            )
         # The decoding options for each temperature must be valid too: check them now, not mid-file.
         for t in self.temperatures:
             self.decoding_at(t)
 
     def decoding_at(self, temperature: float) -> DecodingOptions:
-        """The window's decoding options at one fallback temperature (beam search only at 0, sampling above)."""
-        d = self.decoding
-        if temperature > 0:
-            return replace(d, temperature=temperature, beam_size=None, patience=None, best_of=self.best_of)
-        return replace(d, temperature=0.0, best_of=None)
+        """The window's decoding options at one fallback temperature."""
+        return at_temperature(self.decoding, temperature, self.best_of)
+
+
+def at_temperature(decoding: DecodingOptions, temperature: float, best_of: int | None) -> DecodingOptions:
+    """``decoding`` at one fallback temperature: beam search only at 0, ``best_of`` samples above it."""
+    if temperature > 0:
+        return replace(decoding, temperature=temperature, beam_size=None, patience=None, best_of=best_of)
+    return replace(decoding, temperature=0.0, best_of=None)
 
 
 def option_names() -> list[str]:

@@ -86,11 +86,9 @@ class BeamSearch:
         is_eot = cand_tok == self.eot
         live_rank = (~is_eot).cumsum(dim=-1)  # 1-based rank among continuing candidates
         keep = ~is_eot & (live_rank <= beam)
-        # candidates ranked after the last kept one are never looked at, finished or not
-        cutoff = (keep.cumsum(dim=-1) < beam) | keep
-        newly_finished = is_eot & cutoff.roll(1, dims=-1).logical_or(
-            torch.arange(scores.shape[1], device=scores.device) == 0
-        )
+        # Candidates are read in score order until `beam` continuing ones are kept; a finished candidate
+        # counts only if it ranks before the last kept one (fewer than `beam` kept up to it).
+        newly_finished = is_eot & (live_rank < beam)
 
         src = cand_src[keep].view(n_audio, beam).flatten()
         next_tok = cand_tok[keep].view(n_audio, beam).flatten()
