@@ -1,0 +1,1 @@
+"""Scoring transcripts: text normalisation (``normalize``) and word/character error rates (``wer``)."""
