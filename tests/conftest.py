@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from voxserve.config import ModelDims
+from voxserve.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -74,3 +75,8 @@ def tiny_dims() -> ModelDims:
 @pytest.fixture(scope="session")
 def multilingual_tiktoken(shared: Path) -> Path:
     return shared / "whisper-assets" / "multilingual.tiktoken"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(multilingual_tiktoken: Path) -> Tokenizer:
+    return Tokenizer.from_tiktoken(multilingual_tiktoken)

@@ -60,7 +60,13 @@ def test_failing_windows_climb_to_the_last_temperature(setup) -> None:
     # Random weights are never confident (avg log-prob about -10): every temperature fails, the last one stays.
     options = TranscribeOptions(temperatures=(0.0, 0.5, 1.0), decoding=DecodingOptions(sample_len=8))
     res, features = decode_with_fallback(
-        model, tok, mel, options, options.decoding.with_changes(language="en"), (), generator=torch.manual_seed(0)
+        model,
+        tok,
+        mel,
+        options,
+        options.decoding.with_changes(language="en"),
+        (),
+        generator=torch.manual_seed(0),
     )
     assert res.avg_logprob < -1.0
     assert res.temperature == 1.0

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..config import CHUNK_LENGTH
+from ..engine.types import RowSpec, WindowOutput
 from ..model.whisper import Whisper
 from ..tokenizer import Tokenizer
 from .logits import ApplyTimestampRules, LogitFilter, SuppressBlank, SuppressTokens
@@ -31,6 +32,9 @@ class DecodingResult:
     temperature: float
     compression_ratio: float  # gzip ratio of the text; high means repetition loops
     language_probs: dict[str, float] | None = None  # when the language was detected
+    # why decoding stopped: "stop" (end-of-text), "length" (sample_len or context full), or, in the engine,
+    # "deadline" (the request's deadline passed; tokens hold what was decoded by then) or "cancelled"
+    finish_reason: str = "stop"
 
 
 def compression_ratio(text: str) -> float:
@@ -83,7 +87,13 @@ class WindowDecoder:
         if len(self.initial_tokens) + 1 > self.n_ctx:
             raise OptionsError(f"prompt and prefix leave no room in the {self.n_ctx}-token decoder context")
         self.sample_begin = len(self.initial_tokens)
+        # Sampling stops after sample_len tokens or once the sequence outgrows the context by one token.
+        self.max_sampled = min(self.sample_len, self.n_ctx + 1 - self.sample_begin)
         self.sot_index = self.initial_tokens.index(self.tokenizer.sot)
+        self.max_initial_timestamp_index = None
+        if options.max_initial_timestamp:
+            precision = CHUNK_LENGTH / model.dims.n_audio_ctx
+            self.max_initial_timestamp_index = round(options.max_initial_timestamp / precision)
         self.filters = self._filters()
 
     # ----- setup
@@ -121,20 +131,60 @@ class WindowDecoder:
         if opt.suppress_tokens:
             filters.append(SuppressTokens(self.suppress_tokens()))
         if not opt.without_timestamps:
-            precision = CHUNK_LENGTH / self.model.dims.n_audio_ctx
-            max_initial = None
-            if opt.max_initial_timestamp:
-                max_initial = round(opt.max_initial_timestamp / precision)
             filters.append(
                 ApplyTimestampRules(
                     eot=tok.eot,
                     no_timestamps=tok.no_timestamps,
                     timestamp_begin=tok.timestamp_begin,
                     sample_begin=self.sample_begin,
-                    max_initial_timestamp_index=max_initial,
+                    max_initial_timestamp_index=self.max_initial_timestamp_index,
                 )
             )
         return filters
+
+    # ----- the batching engine decodes the same policy from token-level specs
+
+    def row_spec(self) -> RowSpec:
+        """These options as the engine's per-row policy (greedy or sampling; beam search stays here)."""
+        opt, tok = self.options, self.tokenizer
+        if self.n_group > 1:
+            raise OptionsError(
+                "the batching engine decodes one hypothesis per window: no beam_size or best_of"
+            )
+        return RowSpec(
+            initial_tokens=self.initial_tokens,
+            sot_index=self.sot_index,
+            suppress=self.suppress_tokens() if opt.suppress_tokens else (),
+            suppress_blank=opt.suppress_blank,
+            timestamps=not opt.without_timestamps,
+            max_initial_timestamp_index=self.max_initial_timestamp_index,
+            sample_len=self.sample_len,
+            temperature=opt.temperature,
+            detect_language_ids=tok.all_language_tokens
+            if opt.language is None and tok.is_multilingual
+            else None,
+        )
+
+    def result_from(self, output: WindowOutput) -> DecodingResult:
+        """The engine's token-level output as this decoder's result."""
+        tok = self.tokenizer
+        text = tok.decode(list(output.tokens)).strip()
+        language, probs = tok.language or "en", None
+        if output.language_token is not None and output.language_probs is not None:
+            codes = dict(zip(tok.all_language_tokens, tok.all_language_codes, strict=True))
+            language = codes[output.language_token]
+            probs = dict(zip(tok.all_language_codes, output.language_probs, strict=True))
+        return DecodingResult(
+            tokens=output.tokens,
+            text=text,
+            language=language,
+            avg_logprob=output.sum_logprob / (len(output.tokens) + 1),
+            no_speech_prob=output.no_speech_prob,
+            temperature=self.options.temperature,
+            compression_ratio=compression_ratio(text),
+            language_probs=probs,
+            finish_reason=output.finish_reason,
+        )
 
     # ----- decoding
 
@@ -194,6 +244,7 @@ class WindowDecoder:
                     temperature=opt.temperature,
                     compression_ratio=compression_ratio(text),
                     language_probs=language_probs[i] if language_probs else None,
+                    finish_reason="length" if len(seq) >= self.max_sampled else "stop",
                 )
             )
         return results

@@ -1,0 +1,183 @@
+"""The batching engine against the reference decoder: identical tokens in fp32, whatever the arrival pattern;
+plus priorities, deadlines, cancellation, token events and failure handling."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import AUDIO, TINY
+from tests.support import decisive_model, read_wav
+from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
+from voxserve.decoding.batched import BatchDecoder, make_engine
+from voxserve.decoding.decode import decode_windows
+from voxserve.decoding.options import DecodingOptions, OptionsError
+from voxserve.engine.engine import EngineError
+from voxserve.engine.types import EngineConfig, Priority, TokenEvent, WindowOutput
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+
+
+@pytest.fixture(scope="module")
+def mels() -> torch.Tensor:
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    rng = np.random.default_rng(0)
+    clips = [
+        speech,
+        rng.standard_normal(16000 * 20).astype(np.float32) * 0.05,
+        speech[: 16000 * 3],
+        speech[16000:],
+    ]
+    clips += [speech[16000 * k : 16000 * (k + 4)] for k in range(0, 7, 2)]
+    return torch.stack([pad_or_trim(log_mel_spectrogram(x, 80)) for x in clips])
+
+
+@pytest.fixture
+def engine(model, tokenizer):
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=3, max_admit=2))
+    yield eng
+    eng.close()
+
+
+OPTIONS = [
+    {"language": "en"},
+    {},  # language detected per window
+    {"language": "en", "without_timestamps": True},
+    {"language": "en", "prompt": "hello there", "prefix": "And so"},
+    {"language": "en", "suppress_tokens": (), "suppress_blank": False},
+    {"language": "zh", "max_initial_timestamp": None, "sample_len": 40},
+]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(o) or "detect")
+def test_engine_matches_reference_decoder(engine, model, tokenizer, mels, opts) -> None:
+    options = DecodingOptions(**opts)
+    ref = decode_windows(model, tokenizer, mels, options)
+    got = BatchDecoder(engine, model, tokenizer).decode(mels, options)
+    assert [g.tokens for g in got] == [r.tokens for r in ref]
+    assert len({len(r.tokens) for r in ref}) > 1  # rows finish at different steps: slots are reused mid-batch
+    for g, r in zip(got, ref, strict=True):
+        assert g.text == r.text and g.language == r.language and g.finish_reason == r.finish_reason
+        assert g.avg_logprob == pytest.approx(r.avg_logprob, abs=1e-4)
+        assert g.no_speech_prob == pytest.approx(r.no_speech_prob, abs=1e-5)
+
+
+def test_requests_arriving_at_random_steps(engine, model, tokenizer, mels) -> None:
+    """Continuous batching: each request joins whenever it arrives and still decodes exactly as alone."""
+    options = [DecodingOptions(language="en"), DecodingOptions(language="en", without_timestamps=True)]
+    expected = {
+        (i, j): decode_windows(model, tokenizer, mels[i : i + 1], o)[0].tokens
+        for i in range(len(mels))
+        for j, o in enumerate(options)
+    }
+    batch = BatchDecoder(engine, model, tokenizer)
+    rng = random.Random(0)
+    order = list(expected)
+    rng.shuffle(order)
+    pending = []
+    for i, j in order:
+        pending.append(((i, j), batch.submit(mels[i], options[j])))
+        time.sleep(rng.random() * 0.02)  # arrive while others are mid-decode
+    for key, (decoder, ticket) in pending:
+        assert decoder.result_from(ticket.result(timeout=60)).tokens == expected[key]
+    assert engine.active == 0 and engine.queued == 0
+
+
+def test_token_events_then_output(engine, model, tokenizer, mels) -> None:
+    async def collect():
+        decoder, ticket = BatchDecoder(engine, model, tokenizer).submit(
+            mels[0], DecodingOptions(language="en")
+        )
+        return [item async for item in ticket]
+
+    items = asyncio.run(collect())
+    events, output = items[:-1], items[-1]
+    assert isinstance(output, WindowOutput) and all(isinstance(e, TokenEvent) for e in events)
+    assert [e.token for e in events] == list(output.tokens)
+    assert [e.index for e in events] == list(range(len(events)))
+
+
+def test_priorities_order_admission(model, tokenizer, mels) -> None:
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=1, max_admit=1))
+    try:
+        batch = BatchDecoder(eng, model, tokenizer)
+        # end-of-text suppressed: every request takes exactly 30 steps
+        opts = DecodingOptions(
+            language="en", without_timestamps=True, sample_len=30, suppress_tokens=(tokenizer.eot,)
+        )
+        _, first = batch.submit(mels[0], opts, priority=Priority.BATCH)  # takes the only slot
+        _, b1 = batch.submit(mels[1], opts, priority=Priority.BATCH)
+        _, b2 = batch.submit(mels[2], opts, priority=Priority.BATCH)
+        _, rt = batch.submit(mels[3], opts, priority=Priority.REALTIME)
+        assert not first._done.is_set(), "the first request should still hold the slot"
+        rt.result(timeout=60)
+        # submitted last, the realtime request was admitted before both waiting batch requests
+        assert not b1._done.is_set() and not b2._done.is_set()
+        assert len(b2.result(timeout=60).tokens) == 30
+        assert b1._done.is_set()
+    finally:
+        eng.close()
+
+
+def test_deadline_returns_text_so_far(model, tokenizer, mels) -> None:
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=2))
+    try:
+        batch = BatchDecoder(eng, model, tokenizer)
+        decoder, ticket = batch.submit(
+            mels[1], DecodingOptions(language="en", suppress_tokens=(-1, tokenizer.eot)), timeout=0.05
+        )
+        result = decoder.result_from(ticket.result(timeout=60))
+        assert result.finish_reason == "deadline"  # 224 steps take far longer than 50 ms on a CPU
+        assert len(result.tokens) < 224
+    finally:
+        eng.close()
+
+
+def test_cancel_frees_the_slot(model, tokenizer, mels) -> None:
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=1))
+    try:
+        batch = BatchDecoder(eng, model, tokenizer)
+        opts = DecodingOptions(language="en", suppress_tokens=(-1, tokenizer.eot))  # would run 224 steps
+        _, long = batch.submit(mels[1], opts)
+        time.sleep(0.05)
+        long.cancel()
+        assert long.result(timeout=60).finish_reason == "cancelled"
+        decoder, short = batch.submit(mels[0], DecodingOptions(language="en", sample_len=5))
+        assert len(decoder.result_from(short.result(timeout=60)).tokens) <= 5
+    finally:
+        eng.close()
+
+
+def test_beam_search_is_refused_by_the_engine_path(engine, model, tokenizer, mels) -> None:
+    with pytest.raises(OptionsError):
+        BatchDecoder(engine, model, tokenizer).submit(mels[0], DecodingOptions(beam_size=2))
+    # ... but decode() routes beam search to the reference decoder and still answers
+    got = BatchDecoder(engine, model, tokenizer).decode(mels[:2], DecodingOptions(language="en", beam_size=2))
+    assert len(got) == 2
+
+
+def test_failure_reaches_every_request(model, tokenizer, mels, monkeypatch) -> None:
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=2))
+    try:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+        monkeypatch.setattr(eng.runner, "step", broken)
+        batch = BatchDecoder(eng, model, tokenizer)
+        tickets = [batch.submit(m, DecodingOptions(language="en"))[1] for m in mels[:3]]
+        for t in tickets:
+            with pytest.raises(EngineError, match="injected"):
+                t.result(timeout=60)
+        with pytest.raises(EngineError):
+            batch.submit(mels[0], DecodingOptions(language="en"))
+    finally:
+        eng.close()

@@ -1,0 +1,131 @@
+"""Decode-step attention: one new query per row against that row's slot of a KV cache.
+
+Rows of a continuous batch live in arbitrary slots of the cache and have different lengths, so the kernel reads
+K/V through a slot index and stops at each row's length: no gather copy of the cache, no padding to the longest
+row. On CUDA this is a Triton split-K "flash-decoding" kernel (each (row, head) is split across several
+programs so a batch of one still fills the GPU, then the partial softmaxes are merged); elsewhere an equivalent
+PyTorch path. Shapes: q [B, H, D]; caches [S, T, H*D]; rows, lengths [B] int64; output [B, H*D].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU build needs no Triton
+    triton = None
+
+
+def decode_attention(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor, *, splits: int = 1
+) -> Tensor:
+    """softmax(q K^T / sqrt(D)) V over positions [0, length) of each row's slot."""
+    if q.is_cuda and triton is not None:
+        return _triton_decode_attention(q, k_cache, v_cache, rows, lengths, splits)
+    return reference_decode_attention(q, k_cache, v_cache, rows, lengths)
+
+
+def reference_decode_attention(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor
+) -> Tensor:
+    """The plain PyTorch definition (gathers each row's slot, masks positions past its length)."""
+    b, h, d = q.shape
+    t = k_cache.shape[1]
+    k = k_cache[rows].view(b, t, h, d).transpose(1, 2)
+    v = v_cache[rows].view(b, t, h, d).transpose(1, 2)
+    mask = (torch.arange(t, device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask)
+    return out.reshape(b, h * d)
+
+
+def choose_splits(batch: int, heads: int, max_len: int, n_sm: int) -> int:
+    """Enough programs to occupy every multiprocessor a few times over, each keeping a useful run of keys."""
+    want = max(1, math.ceil(4 * n_sm / (batch * heads)))
+    most = max(1, max_len // 64)
+    return 1 << min(int(math.log2(want)), int(math.log2(most)), 5) if want > 1 else 1
+
+
+if triton is not None:
+
+    @triton.jit
+    def _partial_kernel(
+        Q, K, V, Rows, Lengths, Acc, Stats,
+        stride_qb, stride_qh, stride_ks, stride_kt, stride_vs, stride_vt,
+        scale,
+        H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        s = tl.program_id(2)
+        slot = tl.load(Rows + b)
+        length = tl.load(Lengths + b)
+        start = s * CHUNK
+        end = tl.minimum(start + CHUNK, length)
+        d = tl.arange(0, D)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
+        k_base = K + slot.to(tl.int64) * stride_ks + h * D
+        v_base = V + slot.to(tl.int64) * stride_vs + h * D
+        m_i = tl.full((), float("-inf"), tl.float32)
+        l_i = tl.zeros((), tl.float32)
+        acc = tl.zeros((D,), tl.float32)
+        for i in range(0, tl.cdiv(CHUNK, BLOCK_N)):
+            n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
+            valid = n < end
+            k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
+            scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+            scores = tl.where(valid, scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+            # A tile (or a whole split) past the row's length has no finite score: keep exp() away from inf - inf.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(scores - m_safe)
+            alpha = tl.exp(m_i - m_safe)
+            v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=valid[:, None], other=0.0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            m_i = m_new
+        part = (b * H + h) * SPLITS + s
+        tl.store(Acc + part * D + d, acc)
+        tl.store(Stats + part * 2, m_i)
+        tl.store(Stats + part * 2 + 1, l_i)
+
+    @triton.jit
+    def _merge_kernel(Acc, Stats, Out, H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        base = (b * H + h) * SPLITS
+        s = tl.arange(0, SPLITS)
+        m = tl.load(Stats + (base + s) * 2)
+        l_ = tl.load(Stats + (base + s) * 2 + 1)
+        m_max = tl.max(m, axis=0)
+        w = tl.where(m > float("-inf"), tl.exp(m - m_max), 0.0)
+        d = tl.arange(0, D)
+        acc = tl.load(Acc + (base + s)[:, None] * D + d[None, :])
+        out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_ * w, axis=0)
+        tl.store(Out + (b * H + h) * D + d, out.to(Out.dtype.element_ty))
+
+
+def _triton_decode_attention(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor, splits: int
+) -> Tensor:
+    b, h, d = q.shape
+    t = k_cache.shape[1]
+    if k_cache.stride(2) != 1 or v_cache.stride(2) != 1 or q.stride(2) != 1:
+        raise ValueError("decode_attention needs the head dimension contiguous")
+    chunk = math.ceil(t / splits)
+    acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
+    stats = torch.empty(b, h, splits, 2, dtype=torch.float32, device=q.device)
+    out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
+    _partial_kernel[(b, h, splits)](
+        q, k_cache, v_cache, rows, lengths, acc, stats,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        d**-0.5,
+        H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=64,
+    )  # fmt: skip
+    _merge_kernel[(b, h)](acc, stats, out, H=h, D=d, SPLITS=splits)
+    return out.view(b, h * d)

@@ -1,0 +1,289 @@
+"""The batching engine: requests join and leave the running batch at every decode step.
+
+One worker thread owns the device. Each turn it admits waiting windows into free slots (highest priority
+first; their encoder pass and prefill run together), then runs one decode step over every active slot, then
+retires the slots whose rows finished, so a freed slot takes a new request on the very next turn. Callers submit
+from any thread or event loop and get a :class:`Ticket`: a blocking ``result()``, or an async iterator of token
+events followed by the :class:`WindowOutput`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model.whisper import Whisper
+from .runner import Runner, slot_bytes
+from .types import EngineConfig, TokenEvent, WindowOutput, WindowRequest
+
+
+class EngineError(RuntimeError):
+    """The engine failed (e.g. a CUDA error) or was closed; requests it held end with this error."""
+
+
+class Ticket:
+    """A submitted request's handle: its token events and final output, from sync or async code."""
+
+    def __init__(self, request: WindowRequest) -> None:
+        self.request = request
+        self._done = threading.Event()
+        self._output: WindowOutput | None = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            self._events: asyncio.Queue | None = asyncio.Queue()
+        except RuntimeError:  # submitted from plain threaded code: result() only
+            self._loop, self._events = None, None
+
+    @property
+    def id(self) -> int:
+        return self.request.id
+
+    def cancel(self) -> None:
+        """Stop decoding this request; its output ends with finish_reason "cancelled"."""
+        self._cancelled = True
+
+    def result(self, timeout: float | None = None) -> WindowOutput:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.id} not finished after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._output is not None
+        return self._output
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent | WindowOutput]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[TokenEvent | WindowOutput]:
+        if self._events is None:
+            raise RuntimeError("iterate a ticket from the event loop it was submitted in")
+        while True:
+            item = await self._events.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, WindowOutput):
+                return
+
+    async def wait(self) -> WindowOutput:
+        """The final output, from async code (token events are skipped)."""
+        async for item in self:
+            if isinstance(item, WindowOutput):
+                return item
+        raise EngineError("request ended without output")
+
+    # ----- called from the engine thread
+
+    def _push(self, item: TokenEvent | WindowOutput | BaseException) -> None:
+        if self._loop is not None and self._events is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+            except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
+                pass
+
+    def _finish(self, output: WindowOutput | None, error: BaseException | None = None) -> None:
+        self._output, self._error = output, error
+        self._push(error if error is not None else output)  # type: ignore[arg-type]
+        self._done.set()
+
+
+@dataclass
+class _Active:
+    ticket: Ticket
+    tokens: list[int] = field(default_factory=list)
+    no_speech_prob: float = float("nan")
+    language_token: int | None = None
+    language_probs: tuple[float, ...] | None = None
+
+
+class Engine:
+    """Continuous batching over a fixed set of KV-cache slots on one device."""
+
+    def __init__(
+        self,
+        model: Whisper,
+        *,
+        eot: int,
+        no_timestamps: int,
+        no_speech: int,
+        timestamp_begin: int,
+        blank_ids: list[int],
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.model = model
+        self.eot = eot
+        self.n_slots = self._slot_count(model)
+        self.runner = Runner(
+            model,
+            n_slots=self.n_slots,
+            eot=eot,
+            no_timestamps=no_timestamps,
+            no_speech=no_speech,
+            timestamp_begin=timestamp_begin,
+            blank_ids=blank_ids,
+            buckets=self.config.buckets,
+            cuda_graphs=self.config.cuda_graphs,
+        )
+        self._queue: list[tuple[int, int, Ticket]] = []  # heap of (priority, arrival, ticket)
+        self._arrival = itertools.count()
+        self._cv = threading.Condition()
+        self._free = list(range(self.n_slots - 1, -1, -1))  # a stack: the lowest slot is reused first
+        self._active: dict[int, _Active] = {}
+        self._closed = False
+        self.failure: BaseException | None = None
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="voxserve-engine", daemon=True)
+        self._thread.start()
+
+    def _slot_count(self, model: Whisper) -> int:
+        cfg = self.config
+        if cfg.max_slots is not None:
+            return cfg.max_slots
+        if model.device.type != "cuda":
+            return cfg.cpu_slots
+        free, _ = torch.cuda.mem_get_info(model.device)
+        fit = int(free * cfg.memory_fraction) // slot_bytes(model)
+        if fit < 1:
+            raise EngineError(
+                f"not enough free GPU memory for one decoding slot ({slot_bytes(model) / 2**20:.0f} MiB needed, "
+                f"{free * cfg.memory_fraction / 2**20:.0f} MiB allowed)"
+            )
+        return min(fit, max(cfg.buckets))
+
+    # ----- public
+
+    def submit(self, request: WindowRequest) -> Ticket:
+        ticket = Ticket(request)
+        with self._cv:
+            if self._closed or self.failure is not None:
+                raise EngineError(
+                    "the engine is closed" if self._closed else f"the engine failed: {self.failure}"
+                )
+            heapq.heappush(self._queue, (int(request.priority), next(self._arrival), ticket))
+            self._cv.notify()
+        return ticket
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def close(self) -> None:
+        """Stop the worker; requests still queued or running end with EngineError."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- worker thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._closed and not self._queue and not self._active:
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    admit = self._take_admissions()
+                if admit:
+                    self._admit(admit)
+                if self._active:
+                    self._step()
+        except BaseException as e:  # noqa: BLE001 - every held request must learn about the failure
+            self.failure = e
+            error = EngineError(f"engine failed: {type(e).__name__}: {e}")
+            error.__cause__ = e
+            self._fail_all(error)
+            return
+        self._fail_all(EngineError("the engine was closed before this request finished"))
+
+    def _take_admissions(self) -> list[Ticket]:
+        taken = []
+        now = time.monotonic()
+        while self._queue and len(taken) < min(len(self._free), self.config.max_admit):
+            _, _, ticket = heapq.heappop(self._queue)
+            deadline = ticket.request.deadline
+            if ticket._cancelled or (deadline is not None and now > deadline):
+                reason = "cancelled" if ticket._cancelled else "deadline"
+                ticket._finish(WindowOutput((), 0.0, float("nan"), reason))
+                continue
+            taken.append(ticket)
+        return taken
+
+    def _admit(self, tickets: list[Ticket]) -> None:
+        slots = [self._free.pop() for _ in tickets]
+        mel = torch.stack([t.request.mel.to(self.runner.device) for t in tickets])
+        features = self.runner.encode(mel)
+        admitted = self.runner.admit(slots, [t.request.spec for t in tickets], features)
+        for ticket, a in zip(tickets, admitted, strict=True):
+            state = _Active(ticket, [], a.no_speech_prob, a.language_token, a.language_probs)
+            self._active[a.slot] = state
+            self._record(a.slot, state, a.token, a.done, a.sum_logprob)
+
+    def _step(self) -> None:
+        slots = list(self._active)
+        sample = any(self._active[s].ticket.request.spec.temperature > 0 for s in slots)
+        tokens, done, sum_logprob = self.runner.step(slots, sample)
+        self.steps += 1
+        now = time.monotonic()
+        for slot, token, finished, lp in zip(slots, tokens, done, sum_logprob, strict=True):
+            state = self._active[slot]
+            request = state.ticket.request
+            if state.ticket._cancelled:
+                self._retire(slot, state, lp, "cancelled")
+            elif request.deadline is not None and now > request.deadline and not finished:
+                self._record(slot, state, token, False, lp)
+                self._retire(slot, state, lp, "deadline")
+            else:
+                self._record(slot, state, token, finished, lp)
+
+    def _record(self, slot: int, state: _Active, token: int, finished: bool, sum_logprob: float) -> None:
+        if slot not in self._active:
+            return
+        if token != self.eot:
+            state.ticket._push(TokenEvent(state.ticket.id, len(state.tokens), token))
+            state.tokens.append(token)
+        if finished:
+            self._retire(slot, state, sum_logprob, "stop" if token == self.eot else "length")
+
+    def _retire(self, slot: int, state: _Active, sum_logprob: float, reason: str) -> None:
+        del self._active[slot]
+        self._free.append(slot)
+        self._free.sort(reverse=True)
+        state.ticket._finish(
+            WindowOutput(
+                tuple(state.tokens),
+                sum_logprob,
+                state.no_speech_prob,
+                reason,
+                state.language_token,
+                state.language_probs,
+            )
+        )
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._cv:
+            queued = [t for _, _, t in self._queue]
+            self._queue.clear()
+        for ticket in queued + [s.ticket for s in self._active.values()]:
+            ticket._finish(None, error)
+        self._active.clear()

@@ -1,0 +1,136 @@
+"""Per-row decoding policy for the batching engine, as tensor state that lives on the device.
+
+The reference decoder applies its logit filters to whole batches that all sit at the same step. In the engine
+every row (slot) is at its own step with its own options, so the same rules are kept as per-slot state tensors:
+an additive bias row (suppressed tokens), flags, the last two sampled tokens and the last timestamp. ``select``
+applies Whisper's rules from that state and picks the next token for every row at once, with no host
+synchronisation and no data-dependent Python control flow, so a decode step including it can be captured in a
+CUDA graph. Shapes: S slots, V vocabulary, B rows in a step; ``rows`` [B] are slot indices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .types import RowSpec
+
+NEG_INF = float("-inf")
+
+
+class PolicyState:
+    """Decoding state of every slot, plus ``select``, which applies the rules and picks tokens."""
+
+    def __init__(
+        self,
+        n_slots: int,
+        n_vocab: int,
+        *,
+        eot: int,
+        no_timestamps: int,
+        timestamp_begin: int,
+        blank_ids: list[int],
+        n_ctx: int,
+        device: torch.device,
+    ) -> None:
+        self.eot, self.no_timestamps, self.ts_begin, self.n_ctx = eot, no_timestamps, timestamp_begin, n_ctx
+        self.n_vocab = n_vocab
+
+        def zeros(dtype: torch.dtype, *shape: int) -> Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.bias = zeros(torch.float32, n_slots, n_vocab)
+        self.blank_ids = torch.tensor(blank_ids, dtype=torch.long, device=device)
+        self.suppress_blank = zeros(torch.bool, n_slots)
+        self.timestamps = zeros(torch.bool, n_slots)
+        self.max_initial = zeros(
+            torch.long, n_slots
+        )  # last allowed first timestamp, as an index; n_vocab = any
+        self.temperature = zeros(torch.float32, n_slots)
+        self.sample_len = zeros(torch.long, n_slots)
+        self.n_sampled = zeros(torch.long, n_slots)
+        self.length = zeros(torch.long, n_slots)  # tokens in the sequence so far (prompt included)
+        self.last = zeros(torch.long, n_slots)  # last token of the sequence
+        self.prev = zeros(torch.long, n_slots)  # the one before it
+        self.ts_last = zeros(torch.long, n_slots)  # largest sampled timestamp token, -1 if none
+        self.sum_logprob = zeros(torch.float32, n_slots)
+        self.done = zeros(torch.bool, n_slots)
+        self.vocab = torch.arange(n_vocab, device=device)
+
+    def reset(self, slot: int, spec: RowSpec) -> None:
+        """Prepare ``slot`` for a new request (host-side, at admission; not inside a captured step)."""
+        bias = torch.zeros(self.n_vocab)
+        if spec.suppress:
+            bias[list(spec.suppress)] = NEG_INF
+        if spec.timestamps:
+            bias[self.no_timestamps] = NEG_INF
+        self.bias[slot] = bias.to(self.bias.device)
+        self.suppress_blank[slot] = spec.suppress_blank
+        self.timestamps[slot] = spec.timestamps
+        mi = spec.max_initial_timestamp_index
+        self.max_initial[slot] = self.n_vocab if mi is None else self.ts_begin + mi
+        self.temperature[slot] = spec.temperature
+        self.sample_len[slot] = spec.sample_len
+        self.n_sampled[slot] = 0
+        self.length[slot] = len(spec.initial_tokens)
+        self.last[slot] = spec.initial_tokens[-1]
+        self.prev[slot] = spec.initial_tokens[-2] if len(spec.initial_tokens) > 1 else -1
+        self.ts_last[slot] = -1
+        self.sum_logprob[slot] = 0.0
+        self.done[slot] = False
+
+    def select(self, logits: Tensor, rows: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Apply the rules to logits [B, V] (float32, modified in place) of ``rows`` and pick the next tokens.
+
+        ``noise`` [B, V] is uniform(0, 1) noise for rows that sample (Gumbel-max); None means greedy for all.
+        Updates the rows' state; returns (next tokens [B], done [B]). Rows already done keep emitting end-of-text.
+        """
+        ts = self.ts_begin
+        vocab = self.vocab[None, :]
+        is_ts_vocab = vocab >= ts
+        logits += self.bias[rows]
+
+        n = self.n_sampled[rows]
+        first = n == 0
+        blank = first & self.suppress_blank[rows]
+        logits[:, self.blank_ids] = torch.where(blank[:, None], NEG_INF, logits[:, self.blank_ids])
+
+        # Timestamp rules (Whisper's ApplyTimestampRules), from per-row state instead of the token history.
+        rules = self.timestamps[rows]
+        last, prev = self.last[rows], self.prev[rows]
+        last_ts = ~first & (last >= ts)
+        penult_ts = (n < 2) | (prev >= ts)
+        forbid = (rules & last_ts & penult_ts)[:, None] & is_ts_vocab  # after a pair: text next
+        forbid |= (rules & last_ts & ~penult_ts)[:, None] & (vocab < self.eot)  # after one: timestamp or eot
+        ts_last = self.ts_last[rows]
+        floor = torch.where(last_ts & ~penult_ts, ts_last, ts_last + 1)  # never decrease; segments non-empty
+        forbid |= (rules & (ts_last >= 0))[:, None] & is_ts_vocab & (vocab < floor[:, None])
+        forbid |= (rules & first)[:, None] & ((vocab < ts) | (vocab > self.max_initial[rows][:, None]))
+        logits.masked_fill_(forbid, NEG_INF)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        ts_mass = logprobs[:, ts:].logsumexp(dim=-1)
+        best_text = logprobs[:, :ts].amax(dim=-1)
+        logits.masked_fill_((rules & (ts_mass > best_text))[:, None] & ~is_ts_vocab, NEG_INF)
+
+        temperature = self.temperature[rows]
+        if noise is None:
+            tokens = logits.argmax(dim=-1)
+        else:
+            gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
+            sampled = (logits / temperature.clamp_min(1e-6)[:, None] + gumbel).argmax(dim=-1)
+            tokens = torch.where(temperature > 0, sampled, logits.argmax(dim=-1))
+        picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+
+        was_done = self.done[rows]
+        tokens = torch.where(was_done, self.eot, tokens)
+        self.sum_logprob[rows] += torch.where(was_done, 0.0, picked)
+        n = n + (~was_done).long()
+        length = self.length[rows] + (~was_done).long()
+        done = was_done | (tokens == self.eot) | (n >= self.sample_len[rows]) | (length > self.n_ctx)
+        self.n_sampled[rows] = n
+        self.length[rows] = length
+        self.prev[rows] = torch.where(was_done, prev, last)
+        self.last[rows] = tokens
+        self.ts_last[rows] = torch.where(~was_done & (tokens >= ts), tokens, ts_last)
+        self.done[rows] = done
+        return tokens, done

@@ -1,0 +1,270 @@
+"""The engine's device work: slot caches, encoding, prefill, and the decode step (CUDA-graph captured).
+
+A slot holds one request's decoder state: its self-attention K/V for up to n_text_ctx tokens, its
+cross-attention K/V (computed once from the encoder output at admission) and its policy state. A decode step
+runs one token for any set of slots; rows are padded to the next batch bucket with a scratch slot, so each
+bucket is one fixed-shape function, captured once as a CUDA graph and replayed. Inside a step nothing reads
+back to the host; the caller copies the new tokens out once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ..model.whisper import Whisper
+from .attention import choose_splits, decode_attention
+from .policy import PolicyState
+from .types import RowSpec
+
+
+@dataclass(frozen=True)
+class Admitted:
+    slot: int
+    token: int  # the first sampled token
+    done: bool
+    sum_logprob: float
+    no_speech_prob: float
+    language_token: int | None = None
+    language_probs: tuple[float, ...] | None = None
+
+
+def slot_bytes(model: Whisper) -> int:
+    """Device memory one slot takes: self and cross K/V for every decoder layer, plus its policy row."""
+    d = model.dims
+    per_layer = 2 * (d.n_text_ctx + d.n_audio_ctx) * d.n_text_state * model.dtype.itemsize
+    return d.n_text_layer * per_layer + 4 * d.n_vocab
+
+
+def buckets_up_to(n: int, buckets: tuple[int, ...]) -> tuple[int, ...]:
+    chosen = tuple(b for b in buckets if b < n) + (n,)
+    return tuple(sorted(set(chosen)))
+
+
+class Runner:
+    def __init__(
+        self,
+        model: Whisper,
+        *,
+        n_slots: int,
+        eot: int,
+        no_timestamps: int,
+        no_speech: int,
+        timestamp_begin: int,
+        blank_ids: list[int],
+        buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
+        cuda_graphs: bool = True,
+    ) -> None:
+        self.model = model
+        self.no_speech = no_speech
+        d = model.dims
+        self.device, self.dtype = model.device, model.dtype
+        self.n_slots = n_slots
+        self.scratch = n_slots  # an extra slot that padding rows point at
+        total = n_slots + 1
+        L, C = d.n_text_layer, d.n_text_state
+        self.n_head, self.head_dim = d.n_text_head, C // d.n_text_head
+
+        def cache(t: int) -> Tensor:
+            return torch.zeros(L, total, t, C, dtype=self.dtype, device=self.device)
+
+        self.self_k, self.self_v = cache(d.n_text_ctx), cache(d.n_text_ctx)
+        self.cross_k, self.cross_v = cache(d.n_audio_ctx), cache(d.n_audio_ctx)
+        self.cross_len = torch.full((total,), d.n_audio_ctx, dtype=torch.long, device=self.device)
+        self.policy = PolicyState(
+            total,
+            d.n_vocab,
+            eot=eot,
+            no_timestamps=no_timestamps,
+            timestamp_begin=timestamp_begin,
+            blank_ids=blank_ids,
+            n_ctx=d.n_text_ctx,
+            device=self.device,
+        )
+        self.policy.length[self.scratch] = 1  # padding rows attend over one (garbage) position
+        self.buckets = buckets_up_to(n_slots, buckets)
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
+        self._pool = None
+        n_sm = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_graphs else 1
+        self._splits = {
+            b: (
+                choose_splits(b, self.n_head, d.n_text_ctx, n_sm),
+                choose_splits(b, self.n_head, d.n_audio_ctx, n_sm),
+            )
+            for b in self.buckets
+        }
+
+    # ----- admission
+
+    @torch.no_grad()
+    def encode(self, mel: Tensor) -> Tensor:
+        """mel [n, n_mels, frames] -> encoder output [n, S, C]."""
+        return self.model.encoder(mel.to(device=self.device, dtype=self.dtype))
+
+    @torch.no_grad()
+    def admit(self, slots: list[int], specs: list[RowSpec], features: Tensor) -> list[Admitted]:
+        """Start requests in ``slots``: detect languages where asked, write their cross K/V, run their prompts
+        (prefill) and pick their first token under each spec's policy. features [n, S, C] are their encoder
+        outputs."""
+        dec = self.model.decoder
+        n = len(slots)
+        languages = self._detect_languages(specs, features)
+        specs = [
+            spec if lang is None else _with_language(spec, lang[0])
+            for spec, lang in zip(specs, languages, strict=True)
+        ]
+        slot_t = torch.tensor(slots, dtype=torch.long, device=self.device)
+        for slot, spec in zip(slots, specs, strict=True):
+            self.policy.reset(slot, spec)
+        self.cross_len[slot_t] = features.shape[1]
+        lengths = [len(s.initial_tokens) for s in specs]
+        t = max(lengths)
+        tokens = torch.zeros(n, t, dtype=torch.long)
+        for i, spec in enumerate(specs):
+            tokens[i, : lengths[i]] = torch.tensor(spec.initial_tokens)
+        tokens = tokens.to(self.device)
+
+        x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
+        for i, layer in enumerate(dec.layers):
+            ck, cv = layer.cross_attn.key(features), layer.cross_attn.value(features)
+            self.cross_k[i, slot_t, : ck.shape[1]] = ck
+            self.cross_v[i, slot_t, : cv.shape[1]] = cv
+            h = layer.attn_ln(x)
+            q, k, v = layer.attn.query(h), layer.attn.key(h), layer.attn.value(h)
+            # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
+            # their real positions, and the decode steps overwrite it position by position later.
+            self.self_k[i, slot_t, :t] = k
+            self.self_v[i, slot_t, :t] = v
+            x = x + layer.attn.attend(q, k, v, None, causal=True)
+            x = x + layer.cross_attn.attend(layer.cross_attn.query(layer.cross_attn_ln(x)), ck, cv, None)
+            x = layer.mlp(x)
+        rows = torch.arange(n, device=self.device)
+        last = torch.tensor(lengths, device=self.device) - 1
+        sot = torch.tensor([s.sot_index for s in specs], device=self.device)
+        logits = dec.logits(x[rows, last])
+        no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
+        first, done = self.policy.select(logits, slot_t, self._noise(n, specs))
+        out = torch.stack(
+            [first.double(), done.double(), self.policy.sum_logprob[slot_t].double(), no_speech.double()]
+        )
+        out = out.cpu()
+        return [
+            Admitted(
+                slot,
+                int(out[0, i]),
+                bool(out[1, i]),
+                float(out[2, i]),
+                float(out[3, i]),
+                languages[i][0] if languages[i] else None,
+                languages[i][1] if languages[i] else None,
+            )
+            for i, slot in enumerate(slots)
+        ]
+
+    def _detect_languages(
+        self, specs: list[RowSpec], features: Tensor
+    ) -> list[tuple[int, tuple[float, ...]] | None]:
+        """Per row: (most likely language token, probabilities over its candidates), or None when not asked.
+        Whisper decides from one decoder step on <|startoftranscript|> alone, before any prompt."""
+        asked = [i for i, s in enumerate(specs) if s.detect_language_ids]
+        found: list[tuple[int, tuple[float, ...]] | None] = [None] * len(specs)
+        if not asked:
+            return found
+        sot = torch.tensor([[specs[i].initial_tokens[specs[i].sot_index]] for i in asked], device=self.device)
+        logits = self.model.decoder.forward_full(sot, features[asked])[:, 0]
+        for row, i in enumerate(asked):
+            ids = list(specs[i].detect_language_ids)
+            probs = logits[row, ids].softmax(dim=-1).cpu()
+            found[i] = (ids[int(probs.argmax())], tuple(probs.tolist()))
+        return found
+
+    def _noise(self, n: int, specs: list[RowSpec]) -> Tensor | None:
+        if all(s.temperature == 0 for s in specs):
+            return None
+        return torch.rand(n, self.model.dims.n_vocab, device=self.device)
+
+    # ----- decode
+
+    def bucket_for(self, n: int) -> int:
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise ValueError(f"{n} rows exceed the largest batch bucket {self.buckets[-1]}")
+
+    @torch.no_grad()
+    def step(self, slots: list[int], sample: bool = False) -> tuple[list[int], list[bool], list[float]]:
+        """One decode step for ``slots``: (next token, finished, summed log-prob so far) per slot."""
+        n = len(slots)
+        b = self.bucket_for(n)
+        rows = self._rows[:b]
+        if self.use_graphs:
+            graph, tokens, done = self._graph(b, sample)  # captured on scratch rows the first time
+        rows.fill_(self.scratch)
+        rows[:n] = torch.tensor(slots, dtype=torch.long, device=self.device)
+        if self.use_graphs:
+            graph.replay()
+        else:
+            tokens, done = self._step(rows, sample)
+        sum_logprob = self.policy.sum_logprob[rows[:n]]
+        out = torch.stack(
+            [tokens[:n].double(), done[:n].double(), sum_logprob.double()]
+        ).cpu()  # one read-back
+        return [int(t) for t in out[0]], [bool(d) for d in out[1]], out[2].tolist()
+
+    def _graph(self, b: int, sample: bool) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+        key = (b, sample)
+        if key not in self._graphs:
+            rows = self._rows[:b]
+            rows.fill_(self.scratch)  # warm-up and capture really run the step: on the scratch slot only
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: lets kernels pick their algorithms outside the capture
+                    self._step(rows, sample)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                tokens, done = self._step(rows, sample)
+            self._pool = graph.pool()
+            self._graphs[key] = (graph, tokens, done)
+        return self._graphs[key]
+
+    def _step(self, rows: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        dec, pol = self.model.decoder, self.policy
+        b, h, dh = rows.shape[0], self.n_head, self.head_dim
+        self_splits, cross_splits = self._splits[b]
+        pos = pol.length[rows] - 1  # position of each row's last token, which this step runs
+        x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
+        for i, layer in enumerate(dec.layers):
+            y = layer.attn_ln(x)
+            q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
+            self.self_k[i, rows, pos] = k
+            self.self_v[i, rows, pos] = v
+            a = decode_attention(
+                q.view(b, h, dh), self.self_k[i], self.self_v[i], rows, pos + 1, splits=self_splits
+            )
+            x = x + layer.attn.out(a)
+            q = layer.cross_attn.query(layer.cross_attn_ln(x))
+            a = decode_attention(
+                q.view(b, h, dh),
+                self.cross_k[i],
+                self.cross_v[i],
+                rows,
+                self.cross_len[rows],
+                splits=cross_splits,
+            )
+            x = x + layer.cross_attn.out(a)
+            x = layer.mlp(x)
+        logits = dec.logits(x)
+        noise = torch.rand(b, logits.shape[-1], device=self.device) if sample else None
+        return pol.select(logits, rows, noise)
+
+
+def _with_language(spec: RowSpec, token: int) -> RowSpec:
+    tokens = list(spec.initial_tokens)
+    tokens[spec.sot_index + 1] = token
+    return replace(spec, initial_tokens=tuple(tokens))

@@ -1,0 +1,89 @@
+"""What goes into the engine and what comes out: token ids and features only, never text (DESIGN: the engine
+knows token ids and features). The decoding layer above turns options into a RowSpec and outputs into results."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from torch import Tensor
+
+
+class Priority(IntEnum):
+    """Admission order: lower first. Within a priority, first come first served."""
+
+    REALTIME = 0  # live streams: partial results while someone speaks
+    INTERACTIVE = 1  # a person waits for this request
+    BATCH = 2  # offline work: files, jobs
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """How one window decodes, in token ids: derived from DecodingOptions by the decoding layer."""
+
+    initial_tokens: tuple[int, ...]
+    sot_index: int
+    suppress: tuple[int, ...]  # always suppressed
+    suppress_blank: bool  # forbid blank (space, end-of-text) as the first sampled token
+    timestamps: bool  # apply the timestamp rules
+    max_initial_timestamp_index: int | None
+    sample_len: int  # most tokens to sample
+    temperature: float
+    # language tokens to choose from when the language is to be detected (written at sot_index + 1); None: given
+    detect_language_ids: tuple[int, ...] | None = None
+
+
+_ids = itertools.count()
+
+
+@dataclass
+class WindowRequest:
+    mel: Tensor  # [n_mels, 3000] log-mel window, on any device
+    spec: RowSpec
+    priority: Priority = Priority.INTERACTIVE
+    deadline: float | None = None  # time.monotonic() after which the request ends with what it has
+    id: int = field(default_factory=lambda: next(_ids))
+
+
+@dataclass(frozen=True)
+class WindowOutput:
+    tokens: tuple[int, ...]  # sampled tokens without end-of-text
+    sum_logprob: float  # includes end-of-text's log-prob when it was sampled
+    no_speech_prob: float
+    finish_reason: str  # "stop", "length", "deadline" or "cancelled"
+    language_token: int | None = None  # the detected language, when detection was asked for
+    language_probs: tuple[float, ...] | None = None  # over RowSpec.detect_language_ids
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request_id: int
+    index: int  # 0 for the first sampled token
+    token: int
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # slots (concurrent windows); None sizes them from memory_fraction of the free device memory
+    max_slots: int | None = None
+    # share of free device memory the slot caches may take when max_slots is None
+    memory_fraction: float = 0.6
+    # decode-step batch sizes captured as CUDA graphs (rows are padded up to the next one)
+    buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    # capture the decode step as CUDA graphs (CUDA only)
+    cuda_graphs: bool = True
+    # most windows encoded together at one admission
+    max_admit: int = 32
+    # slots on the CPU when max_slots is None
+    cpu_slots: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_slots is not None and self.max_slots < 1:
+            raise ValueError(f"max_slots must be >= 1, got {self.max_slots}")
+        if not 0.0 < self.memory_fraction <= 0.95:
+            raise ValueError(f"memory_fraction must be in (0, 0.95], got {self.memory_fraction}")
+        if not self.buckets or any(b < 1 for b in self.buckets):
+            raise ValueError("buckets must be positive batch sizes")
+        if self.max_admit < 1:
+            raise ValueError("max_admit must be >= 1")
