@@ -6,6 +6,7 @@ tokenizer files come from ../shared/data beside the repository.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from voxserve.config import ModelDims
 from voxserve.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# ../shared/data beside the repository; VOXSERVE_SHARED_DATA points elsewhere (e.g. a copy carried to the GPU machine).
+SHARED = Path(os.environ.get("VOXSERVE_SHARED_DATA") or ROOT.parent / "shared" / "data")
 ASSETS = SHARED / "whisper-assets"
 AUDIO = SHARED / "audio"
 JFK = AUDIO / "samples" / "jfk.flac"

@@ -55,7 +55,7 @@ if triton is not None:
 
     @triton.jit
     def _partial_kernel(
-        Q, K, V, Rows, Lengths, Acc, Stats,
+        Q, K, V, Rows, Lengths, Acc, Stats, Out,
         stride_qb, stride_qh, stride_ks, stride_kt, stride_vs, stride_vt,
         scale,
         H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -89,10 +89,13 @@ if triton is not None:
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new
-        part = (b * H + h) * SPLITS + s
-        tl.store(Acc + part * D + d, acc)
-        tl.store(Stats + part * 2, m_i)
-        tl.store(Stats + part * 2 + 1, l_i)
+        if SPLITS == 1:  # nothing to merge: finish here and save a launch
+            tl.store(Out + (b * H + h) * D + d, (acc / l_i).to(Out.dtype.element_ty))
+        else:
+            part = (b * H + h) * SPLITS + s
+            tl.store(Acc + part * D + d, acc)
+            tl.store(Stats + part * 2, m_i)
+            tl.store(Stats + part * 2 + 1, l_i)
 
     @triton.jit
     def _merge_kernel(Acc, Stats, Out, H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):
@@ -118,14 +121,15 @@ def _triton_decode_attention(
     if k_cache.stride(2) != 1 or v_cache.stride(2) != 1 or q.stride(2) != 1:
         raise ValueError("decode_attention needs the head dimension contiguous")
     chunk = math.ceil(t / splits)
-    acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
-    stats = torch.empty(b, h, splits, 2, dtype=torch.float32, device=q.device)
     out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
+    acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device) if splits > 1 else out
+    stats = torch.empty(b, h, splits, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
     _partial_kernel[(b, h, splits)](
-        q, k_cache, v_cache, rows, lengths, acc, stats,
+        q, k_cache, v_cache, rows, lengths, acc, stats, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         d**-0.5,
         H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=64,
     )  # fmt: skip
-    _merge_kernel[(b, h)](acc, stats, out, H=h, D=d, SPLITS=splits)
+    if splits > 1:
+        _merge_kernel[(b, h)](acc, stats, out, H=h, D=d, SPLITS=splits)
     return out.view(b, h * d)

@@ -14,10 +14,15 @@ from torch import Tensor, nn
 
 
 class LayerNorm(nn.LayerNorm):
+    """Layer norm whose statistics are computed in float32 for half-precision input (principle 9).
+
+    PyTorch's layer-norm kernels already accumulate half and bfloat16 input in float32 and round only the
+    output, which is what Whisper's cast-normalise-cast does; calling them directly saves two full passes over
+    the activations (measured: the cast version made the large-v3 encoder markedly slower on an H100).
+    """
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
