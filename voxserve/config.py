@@ -67,6 +67,8 @@ class ModelDims:
         n_vocab = int(dims["n_vocab"])
         multilingual = n_vocab != _vocab_size(99, False)
         n_lang = _languages_in_vocab(n_vocab, multilingual)
+        if n_lang <= 0:
+            raise ValueError(f"n_vocab={n_vocab} is too small for a Whisper vocabulary")
         return cls(**{k: int(dims[k]) for k in keys}, num_languages=n_lang, multilingual=multilingual)
 
     def to_openai(self) -> dict[str, int]:
@@ -88,6 +90,8 @@ class ModelDims:
                 n_lang = len(generation["lang_to_id"])
             else:
                 n_lang = _languages_in_vocab(n_vocab, multilingual)
+                if n_lang <= 0:
+                    raise ValueError(f"vocab_size={n_vocab} is too small for a Whisper vocabulary")
             return cls(
                 n_mels=int(cfg["num_mel_bins"]),
                 n_audio_ctx=int(cfg["max_source_positions"]),

@@ -80,9 +80,20 @@ def log_mel_spectrogram(
     x = torch.as_tensor(audio)
     if device is not None:
         x = x.to(device)
+    if x.dim() not in (1, 2) or x.is_complex():
+        raise ValueError(
+            f"audio must be real samples [samples] or [batch, samples], got shape {tuple(x.shape)}"
+        )
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0 samples, got {padding}")
     x = x.float()
     if padding > 0:
         x = F.pad(x, (0, padding))
+    # The STFT reflects N_FFT // 2 samples at each edge, which needs more samples than that.
+    if x.shape[-1] <= N_FFT // 2:
+        raise ValueError(
+            f"audio has {x.shape[-1]} samples (with padding); the log-mel needs more than {N_FFT // 2}"
+        )
     stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_window(x.device), return_complex=True)
     power = stft[..., :-1].abs() ** 2
     mel = _filters(n_mels, x.device) @ power

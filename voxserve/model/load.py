@@ -121,11 +121,14 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except RepositoryNotFoundError:
-        raise ModelLoadError(f"model {repo_id!r} does not exist on the Hugging Face hub") from None
+        raise ModelLoadError(
+            f"model {repo_id!r} is neither a local path nor a model on the Hugging Face hub"
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise ModelLoadError(
-            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}); without network "
-            "access pass a local path: a model directory (config.json + model.safetensors) or a .pt file"
+            f"{repo_id!r} is not a local path and could not be downloaded from the Hugging Face hub "
+            f"({type(e).__name__}); without network access pass a local path: a model directory "
+            "(config.json + model.safetensors) or an openai-whisper .pt file"
         ) from None
 
 
@@ -142,7 +145,10 @@ def _hf_weight_files(directory: Path) -> list[Path]:
         return [single]
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelLoadError(f"{index}: no 'weight_map'; not a safetensors shard index")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise ModelLoadError(f"{directory}: shards listed in the index are missing: {missing}")
@@ -160,36 +166,84 @@ def _load_hf_dir(
     config = _read_json(directory / "config.json")
     gen_path = directory / "generation_config.json"
     generation = _read_json(gen_path) if gen_path.is_file() else {}
+    if not isinstance(generation, dict):
+        raise ModelLoadError(f"{gen_path}: expected a JSON object")
+    _check_whisper_config(directory, config)
     try:
         dims = ModelDims.from_hf_config(config, generation)
     except ValueError as e:
         raise ModelLoadError(f"{directory}: {e}") from None
     state: dict[str, Tensor] = {}
     for f in _hf_weight_files(directory):
-        if f.suffix == ".safetensors":
-            with safe_open(str(f), framework="pt") as sf:  # memory-mapped
-                for k in sf.keys():
-                    state[_rename(k, _HF_TO_NATIVE)] = sf.get_tensor(k)
-        else:
-            for k, v in torch.load(f, map_location="cpu", weights_only=True, mmap=True).items():
-                state[_rename(k, _HF_TO_NATIVE)] = v
-    state.pop("proj_out.weight", None)  # tied to the token embedding
+        for k, v in _read_weights(f).items():
+            state[_rename(k, _HF_TO_NATIVE)] = v
+    # The output projection is tied to the token embedding; files written without weight de-duplication
+    # carry a copy, which must really be a copy (an untied projection would silently change every logit).
+    proj = state.pop("proj_out.weight", None)
+    embed = state.get("decoder.token_embedding.weight")
+    if proj is not None and embed is not None and not torch.equal(proj, embed):
+        raise ModelLoadError(
+            f"{directory}: proj_out.weight differs from the token embedding; untied output projections "
+            "are not supported (Whisper ties them)"
+        )
     model = _assemble(dims, state, device, dtype, source)
-    heads = generation.get("alignment_heads")
-    info = CheckpointInfo(
-        source=source,
-        format="hf",
-        directory=directory,
-        alignment_heads=tuple((int(a), int(b)) for a, b in heads) if heads else None,
-        suppress_tokens=_tuple_or_none(generation.get("suppress_tokens", config.get("suppress_tokens"))),
-        begin_suppress_tokens=_tuple_or_none(
-            generation.get("begin_suppress_tokens", config.get("begin_suppress_tokens"))
-        ),
-        generation=generation,
-    )
+    try:
+        heads = generation.get("alignment_heads")
+        info = CheckpointInfo(
+            source=source,
+            format="hf",
+            directory=directory,
+            alignment_heads=tuple((int(a), int(b)) for a, b in heads) if heads else None,
+            suppress_tokens=_tuple_or_none(generation.get("suppress_tokens", config.get("suppress_tokens"))),
+            begin_suppress_tokens=_tuple_or_none(
+                generation.get("begin_suppress_tokens", config.get("begin_suppress_tokens"))
+            ),
+            generation=generation,
+        )
+    except (TypeError, ValueError):
+        raise ModelLoadError(
+            f"{directory}: malformed alignment_heads or suppress lists in generation_config.json / config.json "
+            "(expected [[layer, head], ...] and lists of token ids)"
+        ) from None
     if info.alignment_heads:
-        model.set_alignment_heads(list(info.alignment_heads))
+        try:
+            model.set_alignment_heads(list(info.alignment_heads))
+        except ValueError as e:
+            raise ModelLoadError(f"{gen_path}: {e}") from None
     return model, info
+
+
+def _check_whisper_config(directory: Path, config: dict[str, Any]) -> None:
+    """Refuse configs that name another architecture or a Whisper variant this model does not compute
+    (their weights might even have the right shapes, and would then load into wrong outputs)."""
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{directory}/config.json: expected a JSON object")
+    kind = config.get("model_type")
+    if kind is not None and kind != "whisper":
+        raise ModelLoadError(f"{directory}: config.json describes a {kind!r} model, not Whisper")
+    unsupported = []
+    if config.get("scale_embedding", False):
+        unsupported.append("scale_embedding=true")
+    if config.get("activation_function", "gelu") != "gelu":
+        unsupported.append(f"activation_function={config['activation_function']!r}")
+    if config.get("tie_word_embeddings", True) is False:
+        unsupported.append("tie_word_embeddings=false")
+    if unsupported:
+        raise ModelLoadError(f"{directory}: unsupported Whisper variant ({', '.join(unsupported)})")
+
+
+def _read_weights(f: Path) -> dict[str, Tensor]:
+    """Tensors of one weight file, memory-mapped (safetensors' own mapping, torch.load's mmap=True)."""
+    try:
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt") as sf:
+                return {k: sf.get_tensor(k) for k in sf.keys()}
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # safetensors and torch raise many types for truncated or foreign files
+        raise ModelLoadError(f"{f}: unreadable weight file ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ModelLoadError(f"{f}: not a state dict of tensors")
+    return state
 
 
 def _tuple_or_none(x: Any) -> tuple[int, ...] | None:
@@ -201,11 +255,18 @@ def _load_openai_pt(
 ) -> tuple[Whisper, CheckpointInfo]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises many types for bad pickles / zip files
-        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception:  # torch raises many types for bad pickles / zip files
+        # Files in torch's legacy (pre-zip) format cannot be memory-mapped but still load, with a copy.
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ModelLoadError(
+                f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
+            ) from None
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ModelLoadError(
-            f"{path}: not an openai-whisper checkpoint (expected 'dims' and 'model_state_dict')"
+            f"{path}: not an openai-whisper checkpoint (expected 'dims' and 'model_state_dict'); for a "
+            "Hugging Face checkpoint pass its directory"
         )
     try:
         dims = ModelDims.from_openai(ckpt["dims"])
@@ -223,15 +284,17 @@ def _assemble(
         model = Whisper(dims)
     if "encoder.positional_embedding" not in state:
         state["encoder.positional_embedding"] = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
-    expected = set(model.state_dict().keys())
-    missing = sorted(expected - state.keys())
-    unexpected = sorted(state.keys() - expected)
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:
         raise ModelLoadError(
             f"{source}: weights do not match a Whisper model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     for name, tensor in state.items():
-        want = model.state_dict()[name].shape
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            raise ModelLoadError(f"{source}: {name} is not a floating-point tensor")
+        want = expected[name].shape
         if tuple(tensor.shape) != tuple(want):
             raise ModelLoadError(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, config says {tuple(want)}"
