@@ -56,7 +56,7 @@ class _QuantLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's own signature
-        fixed = {name: self._buffers[name] for name in self._fixed}
+        fixed = {name: self._buffers[name] for name in self._fixed if self._buffers[name] is not None}
         super()._apply(fn, recurse)
         for name, before in fixed.items():
             after = self._buffers[name]
