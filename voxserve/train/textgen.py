@@ -104,7 +104,8 @@ def generate_english(n: int, seed: int = 0) -> list[str]:
         attempts += 1
         if attempts > 20 * n + 100:
             raise RuntimeError(f"could not generate {n} distinct sentences")
-        out.setdefault(rng.choice(_TEMPLATES)(rng), None)
+        sentence = rng.choice(_TEMPLATES)(rng)
+        out.setdefault(sentence[:-1] if sentence.endswith("..") else sentence, None)  # "p.m." ends a sentence
     return list(out)
 
 

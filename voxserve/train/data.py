@@ -1,0 +1,174 @@
+"""Training batches: utterances held in memory, laid out in windows, turned into log-mel and targets.
+
+A window is as long as the encoder's context (30 s for every Whisper model: 1500 positions of 20 ms; a model
+built with a shorter context trains on shorter windows, which keeps the CPU tests fast).
+
+All audio is kept as one int16 tensor on the training device (a few GB for tens of hours), so building a
+batch is slicing, augmentation and log-mel on the GPU with no host round trip. What goes into micro-batch ``m``
+is a pure function of (seed, m): the order is a seeded permutation per epoch and every other random choice
+(packing partners, gaps, timestamps or not, augmentation) is drawn from generators seeded with (seed, m). A
+resumed run therefore sees exactly the batches the uninterrupted run would have seen, with no loader state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..audio.features import log_mel_spectrogram
+from ..config import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from ..tokenizer import Tokenizer
+from .augment import NO_AUGMENTATION, Augmentation
+from .manifest import Utterance
+from .targets import Segment, collate, target_tokens
+
+MAX_PACKED = 8  # utterances per packed window at most
+GAP_SECONDS = (0.05, 1.0)  # silence inserted between packed utterances
+
+
+@dataclass(frozen=True)
+class Batch:
+    mel: Tensor  # [B, n_mels, 3000] float32
+    inputs: Tensor  # [B, T] token ids
+    labels: Tensor  # [B, T] next-token targets, IGNORE on padding
+    n_utterances: int  # utterances in the batch (packed windows hold several)
+
+
+class TrainingSet:
+    """Utterances and their audio (16 kHz int16), ready to be drawn into batches."""
+
+    def __init__(
+        self,
+        items: Sequence[Utterance],
+        audio: Sequence[np.ndarray],
+        tokenizer: Tokenizer,
+        *,
+        n_mels: int,
+        max_tokens: int,
+        window_samples: int = N_SAMPLES,
+        device: torch.device,
+        seed: int = 0,
+        timestamps_prob: float = 0.0,
+        pack_prob: float = 0.0,
+        augmentation: Augmentation = NO_AUGMENTATION,
+    ) -> None:
+        for name, p in (("timestamps_prob", timestamps_prob), ("pack_prob", pack_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        self.tokenizer = tokenizer
+        self.n_mels, self.max_tokens, self.device = n_mels, max_tokens, device
+        self.window = window_samples
+        self.seed, self.timestamps_prob, self.pack_prob = seed, timestamps_prob, pack_prob
+        self.augmentation = augmentation
+        keep, self.skipped = [], []
+        for u, a in zip(items, audio, strict=True):
+            # Whole utterances only: one longer than a window, or whose text outgrows the decoder, is skipped.
+            longest = target_tokens(
+                tokenizer, u.language, [Segment(0.0, len(a) / SAMPLE_RATE, u.text)], timestamps=True
+            )
+            if len(a) == 0 or len(a) > window_samples or len(longest) > max_tokens:
+                self.skipped.append(u)
+            else:
+                keep.append((u, a))
+        if not keep:
+            raise ValueError(
+                f"no usable training utterances (all empty, longer than {window_samples / SAMPLE_RATE:g} s or too much text)"
+            )
+        self.items = [u for u, _ in keep]
+        lengths = np.array([len(a) for _, a in keep], dtype=np.int64)
+        self.lengths = lengths
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self.audio = torch.from_numpy(np.concatenate([a for _, a in keep])).to(device)
+        self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _bounds(self, i: int) -> tuple[float, float]:
+        u, duration = self.items[i], self.lengths[i] / SAMPLE_RATE
+        if u.speech_start is None:
+            return 0.0, duration
+        return u.speech_start, min(u.speech_end, duration)
+
+    def _primary(self, example: int) -> int:
+        epoch, position = divmod(example, len(self.items))
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, 7919, epoch]).permutation(len(self.items))
+            self._perm_epoch = epoch
+        return int(self._perm[position])
+
+    def _window(self, first: int, rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[int]]:
+        """One window: [(item, sample offset)] and its token sequence."""
+        language = self.items[first].language
+        timestamps = bool(rng.random() < self.timestamps_prob)
+        packed = bool(rng.random() < self.pack_prob)
+        placed = [(first, 0)]
+        cursor = int(self.lengths[first])
+        if packed:
+            timestamps = True  # a packed window is only readable with its segments' times
+            for _ in range(4 * MAX_PACKED):
+                if len(placed) >= MAX_PACKED:
+                    break
+                j = int(rng.integers(len(self.items)))
+                gap = int(rng.uniform(*GAP_SECONDS) * SAMPLE_RATE)
+                if self.items[j].language != language or cursor + gap + self.lengths[j] > self.window:
+                    continue
+                candidate = [*placed, (j, cursor + gap)]
+                if len(self._tokens(candidate, language, True)) > self.max_tokens:
+                    continue
+                placed, cursor = candidate, cursor + gap + int(self.lengths[j])
+        return placed, self._tokens(placed, language, timestamps)
+
+    def _tokens(self, placed: list[tuple[int, int]], language: str, timestamps: bool) -> list[int]:
+        segments = []
+        for i, offset in placed:
+            start, end = self._bounds(i)
+            t0 = offset / SAMPLE_RATE
+            segments.append(Segment(t0 + start, t0 + end, self.items[i].text))
+        return target_tokens(self.tokenizer, language, segments, timestamps=timestamps)
+
+    def batch(self, micro_step: int, batch_size: int) -> Batch:
+        """Micro-batch number ``micro_step`` (0, 1, ...): the same inputs every time it is asked for."""
+        rng = np.random.default_rng([self.seed, micro_step])
+        windows = [self._window(self._primary(micro_step * batch_size + b), rng) for b in range(batch_size)]
+        window = torch.zeros(batch_size, self.window, device=self.device)
+        filled = torch.zeros(batch_size, dtype=torch.long)
+        for row, (placed, _) in enumerate(windows):
+            for i, offset in placed:
+                n, start = int(self.lengths[i]), int(self.offsets[i])
+                window[row, offset : offset + n] = self.audio[start : start + n].float() / 32768
+                filled[row] = offset + n
+        if self.augmentation.active:
+            generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+            region = torch.arange(self.window, device=self.device)[None, :] < filled.to(self.device)[:, None]
+            window, _ = self.augmentation(window, generator, speech=region, region=region)
+        mel = log_mel_spectrogram(window, self.n_mels)
+        inputs, labels = collate([tokens for _, tokens in windows], self.tokenizer.eot)
+        n = sum(len(placed) for placed, _ in windows)
+        return Batch(mel, inputs.to(self.device), labels.to(self.device), n)
+
+
+def window_samples(n_audio_ctx: int) -> int:
+    """Samples in one window of an encoder with ``n_audio_ctx`` positions (480000, 30 s, for Whisper's 1500)."""
+    return 2 * n_audio_ctx * HOP_LENGTH
+
+
+def eval_mel(
+    audio: Sequence[np.ndarray], n_mels: int, device: torch.device, n_samples: int = N_SAMPLES
+) -> Tensor:
+    """Log-mel [B, n_mels, frames] of utterances (int16) each padded to one window of ``n_samples``."""
+    window = torch.zeros(len(audio), n_samples, device=device)
+    for row, a in enumerate(audio):
+        if len(a) > n_samples:
+            raise ValueError(
+                f"utterance of {len(a) / SAMPLE_RATE:.1f} s does not fit a {n_samples / SAMPLE_RATE:g} s window"
+            )
+        window[row, : len(a)] = torch.from_numpy(a.astype(np.float32) / 32768).to(device)
+    return log_mel_spectrogram(window, n_mels)
+
+
+__all__ = ["Batch", "TrainingSet", "eval_mel", "window_samples"]
