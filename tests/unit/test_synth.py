@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import wave
 import warnings
+import wave
 
 import numpy as np
 import pytest
