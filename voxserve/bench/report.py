@@ -1,0 +1,76 @@
+"""The short table ``voxserve bench`` prints last: one row per subject, then voxserve's speed relative to each
+peer, all read from the result document (so the table shows only what the run measured)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt_ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _rows_by_subject(doc: dict[str, Any], suite: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in doc["figures"].get(suite, []):
+        out.setdefault(row["subject"], []).append(row)
+    return out
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    offline = _rows_by_subject(doc, "offline")
+    latency = _rows_by_subject(doc, "latency")
+    steps = _rows_by_subject(doc, "step")
+    step_batches = sorted({r["batch"] for rows in steps.values() for r in rows})
+    header = ["subject", "device", "precision", "offline RTF", "ms/30s input", "5 s ms", "30 s ms"]
+    header += [f"step ms b={b}" for b in step_batches]
+    table = [header]
+    for s in doc["subjects"]:
+        name = s["name"]
+        off = offline.get(name, [None])[0]
+        lat = {r["input_s"]: r for r in latency.get(name, [])}
+        st = {r["batch"]: r for r in steps.get(name, [])}
+        row = [
+            name,
+            s["device"],
+            s["precision"],
+            f"{off['realtime_factor']:,.1f}x (b={off['batch']})" if off else "-",
+            _fmt_ms(off["ms_per_input"]) if off else "-",
+            *(
+                f"{_fmt_ms(lat[sec]['median_ms'])} (p90 {_fmt_ms(lat[sec]['p90_ms'])})" if sec in lat else "-"
+                for sec in (5.0, 30.0)
+            ),
+            *(_fmt_ms(st[b]["step_ms"]) if b in st else "-" for b in step_batches),
+        ]
+        table.append(row)
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += _ratios(doc, offline, latency)
+    for skip in doc.get("skipped", []):
+        lines.append(f"not measured: {skip['subject']}: {skip['reason']}")
+    return "\n".join(lines)
+
+
+def _ratios(doc: dict[str, Any], offline: dict, latency: dict) -> list[str]:
+    """voxserve's speed over each peer's: offline real-time factor and 30 s latency (>1 means voxserve faster)."""
+    ours = [s["name"] for s in doc["subjects"] if s["side"] == "voxserve"]
+    peers = [s["name"] for s in doc["subjects"] if s["side"] == "peer"]
+    lines = []
+    for v in ours:
+        for p in peers:
+            parts = []
+            if v in offline and p in offline:
+                parts.append(
+                    f"offline {offline[v][0]['realtime_factor'] / offline[p][0]['realtime_factor']:.2f}x"
+                )
+            lat_v = {r["input_s"]: r["median_ms"] for r in latency.get(v, [])}
+            lat_p = {r["input_s"]: r["median_ms"] for r in latency.get(p, [])}
+            for sec in (5.0, 30.0):
+                if sec in lat_v and sec in lat_p:
+                    parts.append(f"{sec:g} s latency {lat_p[sec] / lat_v[sec]:.2f}x")
+            if parts:
+                lines.append(f"{v} vs {p}: " + ", ".join(parts) + " (>1: voxserve faster)")
+    return lines

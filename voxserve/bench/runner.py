@@ -1,0 +1,205 @@
+"""One benchmark run: a validated :class:`BenchPlan` in, one result document (and file) out.
+
+The run prepares the shared random-weight directory and the speech windows, then builds each subject in turn
+(voxserve's first, then the peers), measures it in every planned suite and frees it before the next, so only
+one model occupies memory at a time. A peer that cannot run (package missing, did not do the same work) is
+recorded under ``skipped`` with the reason; a failure of voxserve's own subject fails the run.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import machine, results, suites
+from .inputs import speech_clips, speech_windows
+from .subjects import VOXSERVE_SUBJECTS, Subject, prompt_tokens
+from .weights import NAMED_DIMS, BenchError, bench_tokenizer, random_hf_dir, resolve_dims
+
+SUITE_CHOICES = ("offline", "latency", "step", "peers", "all")
+PEERS = ("transformers", "ctranslate2-int8", "ctranslate2-float32")
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    suite: str  # offline | latency | step: that measurement; peers: all three, peers only; all: everything
+    dims: str  # a name in NAMED_DIMS
+    device: str  # "cpu" or "cuda"
+    precision: str  # voxserve's weights: fp32, fp16 or bf16
+    peers: tuple[str, ...]  # peer subjects to measure besides (or, for suite "peers", instead of) voxserve
+    audio: Path  # folder of 16 kHz mono WAVs
+    tiktoken: Path  # multilingual.tiktoken
+    cache: Path  # where the random-weight model directories are kept
+    out: Path  # result folder
+    subject: str = "reference"  # voxserve path: a key of VOXSERVE_SUBJECTS
+    batch: int = 1  # offline batch size
+    n_inputs: int = 4  # offline: number of 30 s inputs
+    passes: int = 1  # offline: timed passes (median kept)
+    repeats: int = 5  # latency / step: timed repeats
+    warmup: int = 1  # latency / step: untimed runs first
+    step_batches: tuple[int, ...] = (1, 4)
+    threads: int = 1  # torch and CTranslate2 CPU threads
+    hf_precision: str = "fp32"
+    hf_cache: str = "static"
+    hf_compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITE_CHOICES:
+            raise BenchError(f"--suite must be one of {SUITE_CHOICES}, got {self.suite!r}")
+        if self.dims not in NAMED_DIMS:
+            raise BenchError(f"unknown --dims {self.dims!r}; choose one of {sorted(NAMED_DIMS)}")
+        if self.device not in ("cpu", "cuda"):
+            raise BenchError(f"--device must be cpu or cuda, got {self.device!r}")
+        for name in ("batch", "n_inputs", "passes", "repeats", "threads"):
+            if getattr(self, name) < 1:
+                raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise BenchError(f"--warmup must be >= 0, got {self.warmup}")
+        if not self.step_batches or min(self.step_batches) < 1:
+            raise BenchError("--step-batches needs batch sizes >= 1")
+        unknown = [p for p in self.peers if p not in PEERS and not p.startswith("ctranslate2-")]
+        if unknown:
+            raise BenchError(f"unknown peers {unknown}; choose from {PEERS}")
+        if self.suite != "peers" and self.subject not in VOXSERVE_SUBJECTS:
+            raise BenchError(f"unknown --subject {self.subject!r}; choose one of {sorted(VOXSERVE_SUBJECTS)}")
+        if self.suite == "peers" and not self.peers:
+            raise BenchError("--suite peers with no peers measures nothing")
+
+    @property
+    def measurements(self) -> tuple[str, ...]:
+        return results.SUITES if self.suite in ("peers", "all") else (self.suite,)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    offline: list[np.ndarray]  # n_inputs x 30 s
+    latency: dict[float, np.ndarray]  # one 5 s and one 30 s window
+    step: list[np.ndarray]  # max(step_batches) x 30 s, after the offline ones
+    clips: int
+    seconds: float
+
+
+def _inputs(plan: BenchPlan) -> _Inputs:
+    clips = speech_clips(plan.audio)
+    offline = speech_windows(clips, 30.0, plan.n_inputs)
+    n_step = max(plan.step_batches) if "step" in plan.measurements else 1
+    return _Inputs(
+        offline=offline,
+        latency={5.0: speech_windows(clips, 5.0, 1)[0], 30.0: offline[0]},
+        step=speech_windows(clips, 30.0, n_step, start=plan.n_inputs),
+        clips=len(clips),
+        seconds=round(sum(c.size for c in clips) / 16000, 1),
+    )
+
+
+def _builders(plan: BenchPlan, hf_dir: Path, tok: Any) -> list[tuple[str, str, Callable[[], Subject]]]:
+    device = torch.device(plan.device)
+    out: list[tuple[str, str, Callable[[], Subject]]] = []
+    if plan.suite != "peers":
+        build = VOXSERVE_SUBJECTS[plan.subject]
+        out.append(("voxserve", plan.subject, lambda: build(hf_dir, tok, device, plan.precision)))
+    for name in plan.peers:
+        if name == "transformers":
+            from .peers.hf import hf_subject
+
+            out.append(("peer", name, lambda: hf_subject(
+                hf_dir, tok, device, plan.hf_precision, cache=plan.hf_cache, compile=plan.hf_compile)))  # fmt: skip
+        else:
+            from .peers.ct2 import ct2_subject
+
+            compute = name.removeprefix("ctranslate2-")
+            out.append(("peer", name, lambda c=compute: ct2_subject(hf_dir, tok, c, plan.threads)))
+    return out
+
+
+def _measure(
+    plan: BenchPlan, subject: Subject, inputs: _Inputs, eot: int, log: Callable[[str], None]
+) -> dict:
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in results.SUITES}
+    if "offline" in plan.measurements:
+        row = suites.offline(subject, inputs.offline, plan.batch, eot, passes=plan.passes)
+        rows["offline"].append(row)
+        log(
+            f"{subject.name} offline: {row['realtime_factor']}x real time, {row['ms_per_input']} ms per input"
+        )
+    if "latency" in plan.measurements:
+        for seconds, window in inputs.latency.items():
+            row = suites.latency(subject, window, seconds, eot, repeats=plan.repeats, warmup=plan.warmup)
+            rows["latency"].append(row)
+            log(f"{subject.name} {seconds:g} s request: median {row['median_ms']} ms, p90 {row['p90_ms']} ms")
+    if "step" in plan.measurements:
+        for b in plan.step_batches:
+            row = suites.step(subject, inputs.step, b, eot, repeats=plan.repeats, warmup=plan.warmup)
+            rows["step"].append(row)
+            log(f"{subject.name} decode step at batch {b}: {row['step_ms']} ms")
+    return rows
+
+
+def _stderr(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def run_plan(
+    plan: BenchPlan, command: list[str], log: Callable[[str], None] = _stderr
+) -> tuple[dict[str, Any], Path]:
+    """Run ``plan``; returns the result document and the file it was written to."""
+    device = torch.device(plan.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for, but no CUDA device is available")
+    torch.set_num_threads(plan.threads)
+    dims = resolve_dims(plan.dims)
+    tok = bench_tokenizer(dims, plan.tiktoken)
+    inputs = _inputs(plan)
+    log(f"preparing random {plan.dims} weights under {plan.cache}")
+    hf_dir = random_hf_dir(dims, plan.cache / f"whisper-{plan.dims}-random-seed{plan.seed}", plan.tiktoken,
+                           seed=plan.seed)  # fmt: skip
+
+    settings = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()},
+        "model_dims": dims.to_dict(),
+        "measurements": list(plan.measurements),
+        "tokens_per_window": {f"{s:g}s": n for s, n in suites.TOKENS_PER_WINDOW.items()},
+        "prompt": list(prompt_tokens(tok)),
+        "decoding": "greedy (temperature 0, one hypothesis), end-of-text suppressed, no timestamps",
+        "audio_clips": {"count": inputs.clips, "seconds": inputs.seconds},
+    }
+    info = machine.machine_info(device)
+    doc = results.new_document(suite=plan.suite, command=command, machine=info, settings=settings)
+    doc["conditions"]["start"] = start = machine.load_snapshot()
+    busy = (start["load_average"] or [0.0])[0]
+    if device.type == "cpu" and busy > 0.5:
+        log(f"warning: the machine is busy (load average {busy}): CPU figures will be slower and noisier")
+
+    for side, name, build in _builders(plan, hf_dir, tok):
+        subject = None
+        try:
+            log(f"loading {name}")
+            subject = build()
+            entry = {"name": subject.name, "side": subject.side, "device": str(subject.device),
+                     "precision": subject.precision, "config": subject.config}  # fmt: skip
+            rows = _measure(plan, subject, inputs, tok.eot, log)
+        except BenchError as e:
+            if side == "voxserve":
+                raise
+            log(f"{name} not measured: {e}")
+            doc["skipped"].append({"subject": name, "reason": str(e)})
+            continue
+        finally:
+            del subject  # one model in memory at a time
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results.add_subject(doc, **entry)
+        for suite, suite_rows in rows.items():
+            doc["figures"][suite].extend(suite_rows)
+    doc["conditions"]["end"] = machine.load_snapshot()
+    path = results.write_result(doc, plan.out, machine.machine_label(info))
+    return doc, path

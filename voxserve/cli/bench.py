@@ -1,0 +1,153 @@
+"""``voxserve bench``: speed of voxserve and its peers on the same work, written to one JSON file per run.
+
+The work is fixed so that every side does exactly the same: seeded random weights at named Whisper dimensions
+(one Hugging Face directory read by all sides), real speech cut into 30 s and 5 s windows, the prompt
+<|startoftranscript|><|en|><|transcribe|><|notimestamps|>, greedy decoding with end-of-text suppressed, so a
+30 s window decodes exactly 100 tokens and a 5 s window 20. bench/README.md describes the suites and figures;
+the work itself is in ``voxserve.bench.runner``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure speed against transformers and CTranslate2 on the same work",
+        description="Measure offline throughput, request latency and decode-step latency of voxserve and of "
+        "peer implementations on identical random weights and real speech; write one JSON per run and print "
+        "a short table.",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("offline", "latency", "step", "peers", "all"),
+        default="all",
+        help="offline, latency or step: that measurement of voxserve (peers only with --peers); "
+        "peers: all three measurements of the peers alone; all: everything (default)",
+    )
+    p.add_argument("--dims", default="tiny", help="model dimensions: tiny, base or large-v3 (default tiny)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument(
+        "--precision", help="voxserve's weights: fp32, fp16, bf16 (default fp32 on cpu, fp16 on cuda)"
+    )
+    p.add_argument("--subject", default="reference", help="voxserve path to measure (default reference)")
+    p.add_argument("--batch", type=int, default=1, help="offline batch size (default 1)")
+    p.add_argument("--n-inputs", type=int, default=4, help="offline: number of 30 s inputs (default 4)")
+    p.add_argument("--passes", type=int, default=1, help="offline: timed passes, median kept (default 1)")
+    p.add_argument("--repeats", type=int, default=5, help="latency and step: timed repeats (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="latency and step: untimed runs first (default 1)")
+    p.add_argument("--step-batches", default="1,4", help="step: batch sizes, comma-separated (default 1,4)")
+    p.add_argument(
+        "--peers",
+        help="comma-separated transformers, ctranslate2-int8, ctranslate2-float32, or none "
+        "(default for --suite peers/all: transformers on cuda, all three on cpu)",
+    )
+    p.add_argument("--hf-precision", help="transformers' weights (default fp16 on cuda, fp32 on cpu)")
+    p.add_argument(
+        "--hf-cache",
+        choices=("static", "dynamic"),
+        default="static",
+        help="transformers' KV cache (default static, its fastest)",
+    )
+    p.add_argument(
+        "--hf-compile",
+        action="store_true",
+        help="let transformers torch.compile static-cache decoding (off by default)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch and CTranslate2 (default: usable cores)"
+    )
+    p.add_argument(
+        "--audio",
+        type=Path,
+        default=SHARED / "audio" / "hifitts-6097",
+        help="folder of 16 kHz mono 16-bit WAV files, searched recursively",
+    )
+    p.add_argument(
+        "--tiktoken",
+        type=Path,
+        default=SHARED / "whisper-assets" / "multilingual.tiktoken",
+        help="Whisper's multilingual.tiktoken ranks file",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / ".cache" / "bench",
+        help="where random-weight model directories are kept between runs",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random weight seed (default 0)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="result folder")
+    p.set_defaults(func=run)  # fmt: skip
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The run as one command line with every option spelled out (defaults included), for the result file."""
+    parts = ["voxserve", "bench"]
+    for key, value in sorted(vars(args).items()):
+        if key in ("func", "command") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts += [flag] if value is True else [flag, str(value)]
+    return parts
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.report import format_table
+    from ..bench.runner import BenchPlan, run_plan
+    from ..bench.weights import BenchError
+
+    try:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = device == "cuda"
+        try:
+            step_batches = tuple(sorted({int(b) for b in args.step_batches.split(",") if b.strip()}))
+        except ValueError:
+            raise BenchError(
+                f"--step-batches must be comma-separated integers, not {args.step_batches!r}"
+            ) from None
+        if args.peers is not None:
+            peers = tuple(p.strip() for p in args.peers.split(",") if p.strip() and p.strip() != "none")
+        elif args.suite in ("peers", "all"):
+            peers = ("transformers",) if cuda else ("transformers", "ctranslate2-int8", "ctranslate2-float32")
+        else:
+            peers = ()
+        plan = BenchPlan(
+            suite=args.suite,
+            dims=args.dims,
+            device=device,
+            precision=args.precision or ("fp16" if cuda else "fp32"),
+            peers=peers,
+            audio=args.audio,
+            tiktoken=args.tiktoken,
+            cache=args.cache,
+            out=args.out,
+            subject=args.subject,
+            batch=args.batch,
+            n_inputs=args.n_inputs,
+            passes=args.passes,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            step_batches=step_batches,
+            threads=args.threads or len(os.sched_getaffinity(0)),
+            hf_precision=args.hf_precision or ("fp16" if cuda else "fp32"),
+            hf_cache=args.hf_cache,
+            hf_compile=args.hf_compile,
+            seed=args.seed,
+        )
+        doc, path = run_plan(plan, command_line(args))
+    except BenchError as e:
+        print(f"voxserve bench: error: {e}", file=sys.stderr)
+        return 1
+    print(f"bench: wrote {path}", file=sys.stderr)
+    print(format_table(doc))
+    return 0
