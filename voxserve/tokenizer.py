@@ -154,11 +154,23 @@ def _merge_pair(ranks: Mapping[bytes, int], token: bytes) -> tuple[bytes, bytes]
 
 def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
-    with open(path, encoding="ascii") as f:
-        for line in f:
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
+    try:
+        with open(path, encoding="ascii") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    token, rank = line.split()
+                    # Not validated: Whisper's multilingual file itself holds "=", the empty token (rank 50256).
+                    ranks[base64.b64decode(token)] = int(rank)
+                except ValueError:  # wrong field count, bad base64 (binascii.Error) or a non-integer rank
+                    raise ValueError(
+                        f"{path}:{number}: expected '<base64 token> <rank>', got {line.strip()[:60]!r}"
+                    ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a .tiktoken ranks file (non-ASCII bytes)") from None
+    if not ranks:
+        raise ValueError(f"{path}: no ranks in the file")
     # Whisper numbers the specials from len(ranks); that is only sound when the ranks are 0..len-1.
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{path}: ranks are not the dense range 0..{len(ranks) - 1}")
@@ -293,8 +305,10 @@ class Tokenizer:
         codes = [code for code in LANGUAGES if f"<|{code}|>" in specials]
         num_languages = len(codes)
         if codes != list(LANGUAGES)[:num_languages]:
+            gap = next(code for code in list(LANGUAGES)[:num_languages] if code not in codes)
             raise ValueError(
-                f"{directory}: language tokens {codes} are not a prefix of Whisper's language list"
+                f"{directory}: language tokens are not a prefix of Whisper's language list "
+                f"(<|{gap}|> is missing, later languages are present)"
             )
 
         # Vocabularies saved before timestamps became added tokens lack them; Whisper's layout puts them
@@ -526,7 +540,10 @@ class Tokenizer:
             text = self.decode_with_timestamps(pending)
             bad = text.find(_REPLACEMENT)
             # A U+FFFD means the pending bytes stop inside a character, unless the text really has one there.
-            if bad < 0 or full[offset + bad] == _REPLACEMENT:
+            # Past the end of `full` it stands for bytes that never complete (a sequence cut mid-character):
+            # they stay pending and are dropped (openai-whisper indexes past the end there and raises).
+            at = offset + bad
+            if bad < 0 or (at < len(full) and full[at] == _REPLACEMENT):
                 words.append(text)
                 groups.append(pending)
                 pending = []
@@ -608,8 +625,14 @@ def default_tiktoken_path(name: str = "multilingual") -> Path:
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
 
 
 def _write_json(path: Path, obj: object) -> None:
