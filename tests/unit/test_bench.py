@@ -267,3 +267,38 @@ def test_cli_writes_one_result_file(tmp_path, capsys, monkeypatch):
     assert "voxserve-reference" in capsys.readouterr().out
     assert main([*argv, "--n-inputs", "0"]) == 1
     assert "--n-inputs must be >= 1" in capsys.readouterr().err
+
+
+def _plan(tmp_path, **changes):
+    from voxserve.bench.runner import BenchPlan
+
+    base = dict(suite="all", dims="tiny", device="cpu", precision="fp32", peers=(), audio=SPEECH,
+                tiktoken=TIKTOKEN, cache=tmp_path, out=tmp_path)  # fmt: skip
+    return BenchPlan(**{**base, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"suite": "fast"}, "--suite"),
+        ({"dims": "huge"}, "--dims"),
+        ({"batch": 0}, "--batch must be >= 1"),
+        ({"step_batches": ()}, "--step-batches"),
+        ({"peers": ("whisper.cpp",)}, "unknown peers"),
+        ({"subject": "nope"}, "--subject"),
+        ({"suite": "peers"}, "measures nothing"),
+    ],
+)
+def test_bench_plan_refuses_bad_settings(tmp_path, changes, message):
+    with pytest.raises(BenchError, match=message):
+        _plan(tmp_path, **changes)
+
+
+def test_bench_plan_measurements(tmp_path):
+    assert _plan(tmp_path).measurements == ("offline", "latency", "step")
+    assert _plan(tmp_path, suite="step").measurements == ("step",)
+    assert _plan(tmp_path, suite="peers", peers=("transformers",)).measurements == (
+        "offline",
+        "latency",
+        "step",
+    )
