@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="dtype of the calibration pass (default float32; the statistics apply to any dtype of the same weights)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="windows decoded together (default 8)")
+    p.add_argument("--sample-len", type=int, help="most tokens decoded per window (default 224)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
         return _fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.sample_len is not None and args.sample_len < 1:
+        return _fail(f"--sample-len must be >= 1, got {args.sample_len}")
     try:
         files = audio_files(args)
     except (FileNotFoundError, ValueError, OSError) as e:
@@ -136,7 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
     with tqdm(total=len(mels), desc="decoding", unit="window", disable=not show) as bar:
         sequences = reference_token_sequences(
-            model, tokenizer, mels, language=args.language, batch_size=args.batch_size, on_batch=bar.update
+            model,
+            tokenizer,
+            mels,
+            language=args.language,
+            batch_size=args.batch_size,
+            sample_len=args.sample_len,
+            on_batch=bar.update,
         )
     meta = {
         "model": str(args.model),
