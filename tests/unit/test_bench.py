@@ -15,7 +15,7 @@ from tests.conftest import ASSETS, AUDIO, TINY
 from voxserve.bench import machine, report, results, suites
 from voxserve.bench.inputs import features, read_wav_16k, speech_clips, speech_windows
 from voxserve.bench.peers.ct2 import max_length_for
-from voxserve.bench.subjects import prompt_tokens, reference_subject, subject_from_decoder
+from voxserve.bench.subjects import engine_subject, prompt_tokens, reference_subject, subject_from_decoder
 from voxserve.bench.weights import NAMED_DIMS, BenchError, bench_tokenizer, random_hf_dir
 
 TIKTOKEN = ASSETS / "multilingual.tiktoken"
@@ -181,14 +181,17 @@ def test_named_dims_and_weights_directory(hf_dir, tok):
 # ------------------------------------------------------------------------------------ the fixed work
 
 
-def test_reference_subject_decodes_exactly_n_tokens(hf_dir, tok, mel, windows):
-    subject = reference_subject(hf_dir, tok, CPU, "fp32")
+@pytest.mark.parametrize("build", [reference_subject, engine_subject], ids=["reference", "engine"])
+def test_voxserve_subject_decodes_exactly_n_tokens(hf_dir, tok, mel, windows, build):
+    subject = build(hf_dir, tok, CPU, "fp32")
     for n in (100, 20):
         rows = subject.decode(mel, n)
         assert [len(r) for r in rows] == [n, n]
         assert all(tok.eot not in r for r in rows)
     # The suites time the same call and check the count themselves.
     assert suites.timed_call(subject, windows, 100, tok.eot) > 0
+    if subject.close:
+        subject.close()
 
 
 def test_a_subject_that_stops_early_fails_the_run(mel, tok, windows):
@@ -285,7 +288,7 @@ def _plan(tmp_path, **changes):
         ({"batch": 0}, "--batch must be >= 1"),
         ({"step_batches": ()}, "--step-batches"),
         ({"peers": ("whisper.cpp",)}, "unknown peers"),
-        ({"subject": "nope"}, "--subject"),
+        ({"subjects": ("nope",)}, "--subject"),
         ({"suite": "peers"}, "measures nothing"),
     ],
 )

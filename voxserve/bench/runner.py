@@ -38,7 +38,7 @@ class BenchPlan:
     tiktoken: Path  # multilingual.tiktoken
     cache: Path  # where the random-weight model directories are kept
     out: Path  # result folder
-    subject: str = "reference"  # voxserve path: a key of VOXSERVE_SUBJECTS
+    subjects: tuple[str, ...] = ("reference",)  # voxserve paths: keys of VOXSERVE_SUBJECTS
     batch: int = 1  # offline batch size
     n_inputs: int = 4  # offline: number of 30 s inputs
     passes: int = 1  # offline: timed passes (median kept)
@@ -68,8 +68,9 @@ class BenchPlan:
         unknown = [p for p in self.peers if p not in PEERS and not p.startswith("ctranslate2-")]
         if unknown:
             raise BenchError(f"unknown peers {unknown}; choose from {PEERS}")
-        if self.suite != "peers" and self.subject not in VOXSERVE_SUBJECTS:
-            raise BenchError(f"unknown --subject {self.subject!r}; choose one of {sorted(VOXSERVE_SUBJECTS)}")
+        unknown = [s for s in self.subjects if s not in VOXSERVE_SUBJECTS]
+        if self.suite != "peers" and (unknown or not self.subjects):
+            raise BenchError(f"unknown --subject {unknown}; choose from {sorted(VOXSERVE_SUBJECTS)}")
         if self.suite == "peers" and not self.peers:
             raise BenchError("--suite peers with no peers measures nothing")
 
@@ -104,8 +105,9 @@ def _builders(plan: BenchPlan, hf_dir: Path, tok: Any) -> list[tuple[str, str, C
     device = torch.device(plan.device)
     out: list[tuple[str, str, Callable[[], Subject]]] = []
     if plan.suite != "peers":
-        build = VOXSERVE_SUBJECTS[plan.subject]
-        out.append(("voxserve", plan.subject, lambda: build(hf_dir, tok, device, plan.precision)))
+        for name in plan.subjects:
+            build = VOXSERVE_SUBJECTS[name]
+            out.append(("voxserve", name, lambda b=build: b(hf_dir, tok, device, plan.precision)))
     for name in plan.peers:
         if name == "transformers":
             from .peers.hf import hf_subject
@@ -193,6 +195,8 @@ def run_plan(
             doc["skipped"].append({"subject": name, "reason": str(e)})
             continue
         finally:
+            if subject is not None and subject.close is not None:
+                subject.close()
             del subject  # one model in memory at a time
             gc.collect()
             if device.type == "cuda":

@@ -5,17 +5,9 @@ with end-of-text suppressed.
 voxserve's side is built here; the peers (transformers, CTranslate2) are in ``peers/``. Every side is a
 :class:`Subject`; the suites time ``Subject.decode`` and check that it really produced ``n`` tokens per window.
 
-Plugging in another voxserve path (the fast engine) takes one function: wrap it with
-:func:`subject_from_decoder`, e.g.::
-
-    def engine_subject(hf_dir, tok, device, precision):
-        engine = Engine(...)                                  # load the same HF directory
-        def decode(mel, n):                                   # mel [B, n_mels, 3000] on `device`
-            return [list(r.tokens) for r in engine.decode_windows(mel, sample_len=n, suppress=(tok.eot,))]
-        return subject_from_decoder("voxserve-engine", decode, device=device, precision=precision,
-                                    n_mels=..., config={...})
-
-and add it to :data:`VOXSERVE_SUBJECTS`; ``voxserve bench --subject engine`` then measures it.
+Plugging in another voxserve path takes one function: wrap any callable ``decode(mel, n) -> token lists`` with
+:func:`subject_from_decoder` and register the builder in :data:`VOXSERVE_SUBJECTS`; ``voxserve bench
+--subject NAME`` then measures it. :func:`engine_subject` (the batching engine) is built exactly that way.
 """
 
 from __future__ import annotations
@@ -23,12 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from ..decoding.options import DecodingOptions
+    from ..model.whisper import Whisper
 
 # mel [B, n_mels, 3000] float32 on the subject's device, tokens per window -> the sampled ids per window
 # (the prompt not included). Must block until the ids are on the host (a Python list does).
@@ -44,6 +40,7 @@ class Subject:
     n_mels: int
     decode: DecodeFn
     config: dict[str, Any] = field(default_factory=dict)  # how it was set up (recorded in the result file)
+    close: Callable[[], None] | None = None  # releases threads / memory once the subject is measured
 
 
 def subject_from_decoder(
@@ -55,12 +52,13 @@ def subject_from_decoder(
     n_mels: int,
     side: str = "voxserve",
     config: dict[str, Any] | None = None,
+    close: Callable[[], None] | None = None,
 ) -> Subject:
     """A subject from any callable that decodes a batch of mels into ``n`` token ids per window: the one
     place a new decoding path (the fast engine) plugs into the benchmark."""
     if side not in ("voxserve", "peer"):
         raise ValueError(f"side must be 'voxserve' or 'peer', got {side!r}")
-    return Subject(name, side, torch.device(device), precision, n_mels, decode, dict(config or {}))
+    return Subject(name, side, torch.device(device), precision, n_mels, decode, dict(config or {}), close)
 
 
 def prompt_tokens(tok: Tokenizer) -> tuple[int, ...]:
@@ -68,49 +66,84 @@ def prompt_tokens(tok: Tokenizer) -> tuple[int, ...]:
     return tok.with_options(language="en", task="transcribe").sot_sequence_including_notimestamps
 
 
-def reference_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precision: str) -> Subject:
-    """voxserve's reference decoder (``WindowDecoder``, eager) on the weights in ``hf_dir``: greedy,
-    ``sample_len = n``, end-of-text in ``suppress_tokens``, no blank suppression, no timestamps."""
-    from ..config import resolve_dtype
-    from ..decoding.decode import WindowDecoder
+def bench_options(tok: Tokenizer, n: int) -> DecodingOptions:
+    """The benchmark's decoding options for voxserve's decoders: English transcription without timestamps,
+    greedy, exactly ``n`` tokens (end-of-text in ``suppress_tokens``, no blank suppression)."""
     from ..decoding.options import DecodingOptions
+
+    return DecodingOptions(
+        language="en",
+        task="transcribe",
+        temperature=0.0,
+        sample_len=n,
+        suppress_tokens=(tok.eot,),
+        suppress_blank=False,
+        without_timestamps=True,
+    )
+
+
+def _load(hf_dir: Path, device: torch.device, precision: str) -> tuple[Whisper, str]:
+    from ..config import resolve_dtype
     from ..model.load import load_checkpoint
 
-    model, _ = load_checkpoint(hf_dir, device=device, dtype=resolve_dtype(precision))
-    decoders: dict[int, WindowDecoder] = {}
+    dtype = resolve_dtype(precision)
+    model, _ = load_checkpoint(hf_dir, device=device, dtype=dtype)
+    return model, str(dtype).removeprefix("torch.")
 
-    def decoder_for(n: int) -> WindowDecoder:
-        if n not in decoders:
-            options = DecodingOptions(
-                language="en",
-                task="transcribe",
-                temperature=0.0,
-                sample_len=n,
-                suppress_tokens=(tok.eot,),
-                suppress_blank=False,
-                without_timestamps=True,
-            )
-            decoders[n] = WindowDecoder(model, tok, options)
-        return decoders[n]
+
+def reference_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precision: str) -> Subject:
+    """voxserve's reference decoder (``WindowDecoder``, eager) on the weights in ``hf_dir``."""
+    from ..decoding.decode import WindowDecoder
+
+    model, dtype = _load(hf_dir, device, precision)
+    decoders: dict[int, WindowDecoder] = {}
 
     @torch.inference_mode()
     def decode(mel: Tensor, n: int) -> list[list[int]]:
-        return [list(r.tokens) for r in decoder_for(n).decode(mel)]
+        if n not in decoders:
+            decoders[n] = WindowDecoder(model, tok, bench_options(tok, n))
+        return [list(r.tokens) for r in decoders[n].decode(mel)]
 
     return subject_from_decoder(
         "voxserve-reference",
         decode,
         device=device,
-        precision=str(resolve_dtype(precision)).removeprefix("torch."),
+        precision=dtype,
         n_mels=model.dims.n_mels,
-        config={
-            "path": "voxserve.decoding.decode.WindowDecoder (eager reference)",
-            "torch": torch.__version__,
-        },
+        config={"path": "voxserve.decoding.decode.WindowDecoder (eager reference)"},
     )
 
 
-# Name given to --subject -> builder(hf_dir, tokenizer, device, precision). The fast engine joins here.
+def engine_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precision: str) -> Subject:
+    """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
+    default configuration: every window of a call is submitted at once and decoded in continuous batches."""
+    from ..decoding.batched import BatchDecoder, make_engine
+
+    model, dtype = _load(hf_dir, device, precision)
+    engine = make_engine(model, tok)
+    batch = BatchDecoder(engine, model, tok)
+
+    @torch.inference_mode()
+    def decode(mel: Tensor, n: int) -> list[list[int]]:
+        return [list(r.tokens) for r in batch.decode(mel, bench_options(tok, n))]
+
+    return subject_from_decoder(
+        "voxserve-engine",
+        decode,
+        device=device,
+        precision=dtype,
+        n_mels=model.dims.n_mels,
+        config={
+            "path": "voxserve.engine.Engine via decoding.batched.BatchDecoder",
+            "slots": engine.n_slots,
+            "engine_config": repr(engine.config),
+        },  # fmt: skip
+        close=engine.close,
+    )
+
+
+# Name given to --subject -> builder(hf_dir, tokenizer, device, precision). New decoding paths join here.
 VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subject]] = {
     "reference": reference_subject,
+    "engine": engine_subject,
 }

@@ -38,7 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision", help="voxserve's weights: fp32, fp16, bf16 (default fp32 on cpu, fp16 on cuda)"
     )
-    p.add_argument("--subject", default="reference", help="voxserve path to measure (default reference)")
+    p.add_argument(
+        "--subject",
+        default="reference",
+        help="voxserve paths to measure, comma-separated: reference, engine (default reference)",
+    )
     p.add_argument("--batch", type=int, default=1, help="offline batch size (default 1)")
     p.add_argument("--n-inputs", type=int, default=4, help="offline: number of 30 s inputs (default 4)")
     p.add_argument("--passes", type=int, default=1, help="offline: timed passes, median kept (default 1)")
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             tiktoken=args.tiktoken,
             cache=args.cache,
             out=args.out,
-            subject=args.subject,
+            subjects=tuple(s.strip() for s in args.subject.split(",") if s.strip()),
             batch=args.batch,
             n_inputs=args.n_inputs,
             passes=args.passes,
