@@ -47,7 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--text", type=Path, help="English corpus: LJSpeech metadata.csv (id|raw|normalized; the "
                    "normalized column is used) or plain text, one sentence a line")  # fmt: skip
-    p.add_argument("--zh-text", type=Path, help="Mandarin corpus, one sentence a line (used with --languages cmn)")
+    p.add_argument(
+        "--zh-text", type=Path, help="Mandarin corpus, one sentence a line (used with --languages cmn)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (created; WAVs go under train/ and "
                    "heldout/, manifests beside them)")  # fmt: skip
     p.add_argument("--languages", type=_csv, default=["en"], help="comma-separated: en, cmn (Mandarin, written "
@@ -82,7 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "and money, all written in words (default 0)")  # fmt: skip
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="W",
                    help="parallel synthesis processes (default: the number of CPU cores)")  # fmt: skip
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N corpus sentences per language")
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="use only the first N corpus sentences per language"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -1,0 +1,245 @@
+"""The training loop on a tiny manifest: targets, batches, learning, exact resume, export that loads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from voxserve.cli import train as train_cli
+from voxserve.model.load import load_checkpoint
+from voxserve.model.whisper import Whisper
+from voxserve.tokenizer import Tokenizer
+from voxserve.train.data import TrainingSet, window_samples
+from voxserve.train.export import export_hf
+from voxserve.train.manifest import Utterance, load_all_audio, read_manifest, write_manifest
+from voxserve.train.presets import PRESETS, parse_dims
+from voxserve.train.synth import write_wav
+from voxserve.train.targets import IGNORE, Segment, collate, target_tokens
+from voxserve.train.trainer import TrainConfig, Trainer, TrainError, init_for_training, learning_rate
+
+MICRO = PRESETS["micro"]  # TINY's widths with a 5 s window, so CPU steps are fast
+TEXTS = ["the cat sat on the mat", "seven dollars and five cents", "call me at nine", "good morning to you"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shared):
+    return Tokenizer.from_tiktoken(shared / "whisper-assets" / "multilingual.tiktoken")
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """Four 1-2 s "utterances": distinct chirps, each with half a second of silence around it."""
+    root = tmp_path_factory.mktemp("tiny-set")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, text in enumerate(TEXTS):
+        n = 16000 + 4000 * i
+        t = np.arange(n) / 16000
+        f0 = 200 + 150 * i
+        speech = 0.3 * np.sin(2 * np.pi * (f0 * t + 80 * i * t**2)) + 0.01 * rng.standard_normal(n)
+        audio = np.concatenate([np.zeros(8000), speech, np.zeros(8000)]).astype(np.float32)
+        write_wav(root / f"u{i}.wav", audio)
+        rows.append(
+            {"audio": f"u{i}.wav", "text": text, "language": "en", "duration": len(audio) / 16000,
+             "speech_start": 0.5, "speech_end": 0.5 + n / 16000}
+        )  # fmt: skip
+    write_manifest(root / "train.jsonl", rows)
+    write_manifest(root / "heldout.jsonl", rows[:2])
+    return root
+
+
+def _train_set(manifest, tokenizer, **kw):
+    items = read_manifest(manifest / "train.jsonl")
+    audio = load_all_audio(items, progress=False)
+    kw = {"n_mels": 80, "max_tokens": 448, "window_samples": window_samples(MICRO.n_audio_ctx),
+          "device": torch.device("cpu"), **kw}  # fmt: skip
+    return TrainingSet(items, audio, tokenizer, **kw)
+
+
+def test_targets(tokenizer):
+    tok = tokenizer
+    plain = target_tokens(tok, "en", [Segment(0.5, 1.5, "hello world")], timestamps=False)
+    sot = tok.with_options(language="en", task="transcribe").sot_sequence
+    assert plain == [*sot, tok.no_timestamps, *tok.encode(" hello world"), tok.eot]
+    timed = target_tokens(tok, "en", [Segment(0.5, 1.51, "a"), Segment(2.0, 2.0, "b")], timestamps=True)
+    ts = tok.timestamp_begin
+    # 0.5 s is step 25 and 1.51 s rounds to step 76; a zero-length segment still spans one step.
+    assert timed == [
+        *sot,
+        ts + 25,
+        *tok.encode(" a"),
+        ts + 76,
+        ts + 100,
+        *tok.encode(" b"),
+        ts + 101,
+        tok.eot,
+    ]
+    inputs, labels = collate([[1, 2, 3], [4, 5]], pad=9)
+    assert inputs.tolist() == [[1, 2], [4, 9]] and labels.tolist() == [[2, 3], [5, IGNORE]]
+    with pytest.raises(ValueError):
+        target_tokens(tok, "en", [], timestamps=False)
+
+
+def test_batches_are_a_function_of_the_step(manifest, tokenizer):
+    ts = _train_set(manifest, tokenizer, timestamps_prob=0.5, pack_prob=0.5, seed=4)
+    a, b = ts.batch(3, 4), ts.batch(3, 4)
+    assert torch.equal(a.mel, b.mel) and torch.equal(a.labels, b.labels)
+    assert a.mel.shape == (4, 80, 2 * MICRO.n_audio_ctx)
+    assert not torch.equal(ts.batch(4, 4).labels, a.labels)
+    # Over many batches, packing puts several utterances (each with its timestamp pair) in one window.
+    packed = [ts.batch(m, 4) for m in range(10)]
+    assert max(b.n_utterances for b in packed) > 4
+    for b in packed:
+        for row in b.labels.tolist():
+            stamps = [t for t in row if t >= tokenizer.timestamp_begin]
+            assert stamps == sorted(stamps) and len(stamps) % 2 == 0
+            assert all((t - tokenizer.timestamp_begin) * 0.02 <= 5.0 for t in stamps)  # inside the window
+
+
+def test_overlong_utterances_are_skipped(manifest, tokenizer):
+    ts = _train_set(manifest, tokenizer, window_samples=2 * 16000)  # a 2 s window fits only the first
+    assert len(ts) == 1 and len(ts.skipped) == 3
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(steps=100, lr=1e-3, warmup=10, min_lr_ratio=0.1)
+    assert learning_rate(0, cfg) == pytest.approx(1e-4)
+    assert learning_rate(9, cfg) == pytest.approx(1e-3)
+    assert learning_rate(55, cfg) == pytest.approx(0.55e-3)  # half way down the cosine
+    assert learning_rate(100, cfg) == pytest.approx(1e-4)
+    with pytest.raises(TrainError):
+        TrainConfig(batch_size=0)
+
+
+def _trainer(manifest, tokenizer, out, steps, **cfg):
+    torch.manual_seed(0)
+    model = init_for_training(Whisper(MICRO), seed=0).train()
+    config = TrainConfig(steps=steps, batch_size=2, warmup=2, lr=3e-3, eval_every=0, save_every=0, log_every=1,
+                         **cfg)  # fmt: skip
+    ts = _train_set(manifest, tokenizer, timestamps_prob=0.5, seed=0)
+    return Trainer(model, tokenizer, ts, config, out)
+
+
+@pytest.mark.slow
+def test_loss_falls_when_overfitting_two_utterances(manifest, tokenizer, tmp_path):
+    items = read_manifest(manifest / "train.jsonl")[:2]
+    torch.manual_seed(0)
+    model = init_for_training(Whisper(MICRO), seed=0).train()
+    ts = TrainingSet(items, load_all_audio(items, progress=False), tokenizer, n_mels=80, max_tokens=448,
+                     window_samples=window_samples(MICRO.n_audio_ctx), device=torch.device("cpu"))  # fmt: skip
+    config = TrainConfig(
+        steps=24, batch_size=2, warmup=3, lr=1e-2, min_lr_ratio=1.0, eval_every=0, save_every=0
+    )
+    trainer = Trainer(model, tokenizer, ts, config, tmp_path / "run")
+    losses = [float(trainer.train_step()[0]) for _ in range(24)]
+    assert losses[0] > 9.0  # about ln(51865) = 10.86 at the start
+    # Memorising two transcripts: about 1.4 after 15 steps and 0.5 after 21 when this test was written.
+    assert np.mean(losses[-3:]) < 0.15 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(manifest, tokenizer, tmp_path):
+    full = _trainer(manifest, tokenizer, tmp_path / "full", steps=3)
+    for _ in range(3):
+        full.train_step()
+
+    first = _trainer(manifest, tokenizer, tmp_path / "split", steps=3)
+    first.train_step()
+    first.save()
+    second = _trainer(manifest, tokenizer, tmp_path / "split", steps=3)  # a fresh process would start so
+    assert second.resume() and second.step == 1
+    for _ in range(2):
+        second.train_step()
+
+    for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    sa, sb = full.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+
+    other = Trainer(
+        second.model, tokenizer, second.train_set, TrainConfig(steps=3, batch_size=3), tmp_path / "split"
+    )
+    with pytest.raises(TrainError, match="batch_size=2"):
+        other.resume()
+
+
+def test_export_loads_in_voxserve_and_transformers(tokenizer, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = init_for_training(Whisper(MICRO), seed=1).eval()
+    out = export_hf(model, tokenizer, tmp_path / "final", dtype=torch.float16, extra={"note": "test"})
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["no_timestamps_token_id"] == tokenizer.no_timestamps and gen["lang_to_id"]["<|en|>"] == 50259
+    assert gen["alignment_heads"] and gen["suppress_tokens"] and gen["is_multilingual"]
+
+    loaded, info = load_checkpoint(out, dtype="float32")
+    assert loaded.dtype == torch.float32 and loaded.dims == MICRO
+    assert info.alignment_heads == tuple(map(tuple, gen["alignment_heads"]))
+    half = init_for_training(Whisper(MICRO), seed=1).half().float()  # what the fp16 file holds
+    mel = torch.randn(1, 80, 2 * MICRO.n_audio_ctx)
+    tokens = torch.tensor([[tokenizer.sot, 50259, tokenizer.transcribe, tokenizer.no_timestamps]])
+    with torch.no_grad():
+        ours = loaded.decoder.forward_full(tokens, loaded.encoder(mel))
+        assert torch.allclose(ours, half.decoder.forward_full(tokens, half.encoder(mel)), atol=1e-5)
+        hf = transformers.WhisperForConditionalGeneration.from_pretrained(
+            out, torch_dtype=torch.float32
+        ).eval()
+        theirs = hf(input_features=mel, decoder_input_ids=tokens).logits
+    assert torch.allclose(ours, theirs, atol=1e-3), (ours - theirs).abs().max()
+    hf_tok = transformers.WhisperTokenizer.from_pretrained(out)
+    assert hf_tok.encode(" hello world", add_special_tokens=False) == tokenizer.encode(" hello world")
+
+
+def _cli(*argv):
+    parser = argparse.ArgumentParser()
+    train_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", *argv])
+    return args.func(args)
+
+
+@pytest.mark.slow
+def test_train_command_end_to_end(manifest, tmp_path, capsys, multilingual_tiktoken):
+    out = tmp_path / "run"
+    code = _cli(
+        "--train", str(manifest / "train.jsonl"), "--eval", str(manifest / "heldout.jsonl"), "--out", str(out),
+        "--init-dims", "micro", "--tokenizer", str(multilingual_tiktoken), "--steps", "3", "--batch-size", "2",
+        "--eval-every", "2", "--log-every", "1", "--pack-prob", "0.5", "--noise-prob", "0.5", "--quiet",
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in log if "eval" in r] == [2, 3]
+    assert log[-1]["end"] and log[-2]["eval"]["en"]["metric"] == "WER"
+    model, _ = load_checkpoint(out / "final")
+    assert model.dims == parse_dims("micro")
+    assert "held-out: en: WER" in capsys.readouterr().out
+    # Fine-tuning the result: the checkpoint's own tokenizer files are used.
+    code = _cli("--train", str(manifest / "train.jsonl"), "--out", str(tmp_path / "ft"), "--init-from",
+                str(out / "final"), "--steps", "1", "--batch-size", "1", "--quiet")  # fmt: skip
+    assert code == 0 and (tmp_path / "ft" / "final" / "model.safetensors").is_file()
+
+
+def test_train_command_reports_bad_input(manifest, tmp_path, capsys):
+    assert (
+        _cli("--train", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r"), "--init-dims", "micro")
+        == 1
+    )
+    assert "manifest not found" in capsys.readouterr().err
+    assert (
+        _cli("--train", str(manifest / "train.jsonl"), "--out", str(tmp_path / "r"), "--init-dims", "d=3")
+        == 1
+    )
+    assert "dims spec 'd=3' is missing" in capsys.readouterr().err
+
+
+def test_utterance_roundtrip(tmp_path):
+    u = Utterance(
+        audio=tmp_path / "a.wav", text="hi", language="en", duration=1.0, speech_start=0.1, speech_end=0.9
+    )
+    write_manifest(tmp_path / "m.jsonl", [u])
+    back = read_manifest(tmp_path / "m.jsonl", check_files=False)[0]
+    assert (back.audio, back.text, back.speech_start, back.speech_end) == (u.audio, "hi", 0.1, 0.9)
