@@ -60,9 +60,8 @@ def gain(x: Tensor, db: Tensor) -> Tensor:
     return (x * 10 ** (db[:, None] / 20)).clamp(-1, 1)
 
 
-# G.711 mu-law as in the ITU reference and Sun's widely used g711.c: 14-bit magnitude, a bias of 33, then a
-# 3-bit segment and 4 mantissa bits, all bits inverted. Decoding works on the 16-bit scale (bias 0x84).
-_MU_BIAS = 0x84
+# G.711 mu-law encoding as in the ITU reference and Sun's widely used g711.c: 14-bit magnitude, a bias of 33,
+# then a 3-bit segment and 4 mantissa bits, all bits inverted. (voxserve.audio has the decoder, not an encoder.)
 _MU_CLIP = 8159
 
 
@@ -82,12 +81,13 @@ def mulaw_encode(pcm16: Tensor | np.ndarray) -> Tensor:
     return (code ^ mask).to(torch.uint8)
 
 
-def mulaw_decode(codes: Tensor | np.ndarray) -> Tensor:
-    """G.711 mu-law codes -> int16 samples."""
-    u = ~_tensor(codes).to(torch.int32) & 0xFF
-    exponent = (u >> 4) & 0x07
-    mag = (((u & 0x0F) << 3) + _MU_BIAS) << exponent
-    return torch.where((u & 0x80) != 0, _MU_BIAS - mag, mag - _MU_BIAS).to(torch.int16)
+def mulaw_expand(codes: Tensor) -> Tensor:
+    """G.711 mu-law codes (any integer dtype, any device) -> int16 samples, through voxserve.audio's G.711
+    expansion table (the decoder telephony input uses)."""
+    from ..audio.g711 import expansion_table
+
+    table = torch.from_numpy(expansion_table("mulaw")).to(codes.device)
+    return table[codes.long()]
 
 
 def highpass(x: Tensor, rate: int, cutoff: Tensor) -> Tensor:
@@ -112,7 +112,7 @@ def telephone(x: Tensor, cutoff: Tensor | None = None) -> Tensor:
         cutoff = torch.full((x.shape[0],), 300.0, device=x.device)
     narrow = highpass(narrow, TELEPHONE_RATE, cutoff)
     pcm = (narrow * 32767).round().clamp(-32768, 32767).to(torch.int16)
-    decoded = mulaw_decode(mulaw_encode(pcm)).to(torch.float32) / 32768
+    decoded = mulaw_expand(mulaw_encode(pcm)).to(torch.float32) / 32768
     wide = torch.as_tensor(resample(decoded, TELEPHONE_RATE, SAMPLE_RATE)).to(x.device, torch.float32)
     out = torch.zeros_like(x)
     m = min(n, wide.shape[-1])
@@ -219,6 +219,6 @@ NO_AUGMENTATION = Augmentation()
 
 __all__ = [
     "NO_AUGMENTATION",
-    "Augmentation", "NOISE_KINDS", "add_noise", "colored_noise", "gain", "highpass", "mulaw_decode",
-    "mulaw_encode", "speech_bounds", "telephone",
+    "Augmentation", "NOISE_KINDS", "add_noise", "colored_noise", "gain", "highpass", "mulaw_encode",
+    "mulaw_expand", "speech_bounds", "telephone",
 ]  # fmt: skip
