@@ -436,3 +436,9 @@ def test_spoken_digit_8k_wav():
     y = load_audio(path)
     assert len(y) == 2 * n8k
     assert len(load_audio(path, sample_rate=8000)) == n8k
+
+
+def test_without_pyav_the_error_says_what_is_missing(monkeypatch, flac_bytes: bytes):
+    monkeypatch.setitem(__import__("sys").modules, "av", None)  # as on the GPU machine
+    with pytest.raises(RuntimeError, match=r"needs PyAV \(pip install av\)"):
+        load_audio(flac_bytes)

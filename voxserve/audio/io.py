@@ -292,12 +292,12 @@ def load_audio(
     Raises ``EmptyAudioError``, ``CorruptAudioError``, ``UnsupportedAudioError`` (all ``AudioError``) or
     ``FileNotFoundError`` for a path that does not exist.
     """
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     if max_duration is not None and not max_duration > 0:
         raise ValueError(f"max_duration must be positive seconds or None, got {max_duration!r}")
     with _open_source(source) as src:
-        return _decode(src, sample_rate, max_duration)
+        return _decode(src, int(sample_rate), max_duration)
 
 
 __all__ = [

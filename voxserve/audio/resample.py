@@ -121,6 +121,8 @@ def _as_float_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise TypeError(f"audio must be a numpy array or torch tensor, got {type(audio).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"audio must hold floating-point samples, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("audio must have a time axis, got a scalar")
     return x
 
 
@@ -141,7 +143,7 @@ def resample(audio: A, orig_rate: int, target_rate: int) -> A:
         return audio
     plan = _plan(int(orig_rate), int(target_rate))
     lead, n_in = x.shape[:-1], x.shape[-1]
-    work = x.reshape(-1, n_in)
+    work = x.reshape(math.prod(lead), n_in)
     if work.dtype not in (torch.float32, torch.float64):
         work = work.float()
     n_out = _output_length(n_in, plan)
