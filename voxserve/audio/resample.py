@@ -7,7 +7,9 @@ run the same kernel, so file decoding, telephony streams and the GPU machine (wh
 How it works: the ratio ``target/orig`` is reduced to ``L/M``. Output sample ``j = q*L + p`` lies at input
 position ``q*M + p*M/L``, so for a fixed phase ``p`` the outputs form a stride-``M`` convolution of the input
 with a phase-shifted low-pass kernel: ``conv1d(x, weight[L, 1, K], stride=M)`` yields all phases at once.
-The low-pass is a Kaiser-windowed sinc with its cutoff below the lower of the two Nyquist frequencies.
+Phases whose taps start close together share one such convolution, so a large ``M`` (44.1 kHz -> 16 kHz is
+160/441) does not cost ``M`` zero taps per output. The low-pass is a Kaiser-windowed sinc whose stop band
+starts at the lower of the two Nyquist frequencies.
 """
 
 from __future__ import annotations
