@@ -23,11 +23,19 @@ except ImportError:  # the CPU build needs no Triton
 
 
 def decode_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor, *, splits: int = 1
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    rows: Tensor,
+    lengths: Tensor,
+    *,
+    splits: int = 1,
+    block_n: int = 64,
+    num_warps: int = 4,
 ) -> Tensor:
     """softmax(q K^T / sqrt(D)) V over positions [0, length) of each row's slot."""
     if q.is_cuda and triton is not None:
-        return _triton_decode_attention(q, k_cache, v_cache, rows, lengths, splits)
+        return _triton_decode_attention(q, k_cache, v_cache, rows, lengths, splits, block_n, num_warps)
     return reference_decode_attention(q, k_cache, v_cache, rows, lengths)
 
 
@@ -75,20 +83,20 @@ if triton is not None:
         l_i = tl.zeros((), tl.float32)
         acc = tl.zeros((D,), tl.float32)
         for i in range(0, tl.cdiv(CHUNK, BLOCK_N)):
-            n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
-            valid = n < end
-            k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
-            scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-            scores = tl.where(valid, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=0))
-            # A tile (or a whole split) past the row's length has no finite score: keep exp() away from inf - inf.
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(scores - m_safe)
-            alpha = tl.exp(m_i - m_safe)
-            v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            m_i = m_new
+            n0 = start + i * BLOCK_N
+            if n0 < end:  # self-attention rows are mostly far shorter than the context: skip the empty tiles
+                n = n0 + tl.arange(0, BLOCK_N)
+                valid = n < end
+                k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
+                scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+                scores = tl.where(valid, scores, -float("inf")).to(tl.float32)
+                m_new = tl.maximum(m_i, tl.max(scores, axis=0)).to(tl.float32)
+                p = tl.exp(scores - m_new)
+                alpha = tl.exp(m_i - m_new)
+                v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=valid[:, None], other=0.0)
+                acc = (acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)).to(tl.float32)
+                l_i = (l_i * alpha + tl.sum(p, axis=0)).to(tl.float32)
+                m_i = m_new
         if SPLITS == 1:  # nothing to merge: finish here and save a launch
             tl.store(Out + (b * H + h) * D + d, (acc / l_i).to(Out.dtype.element_ty))
         else:
@@ -114,7 +122,14 @@ if triton is not None:
 
 
 def _triton_decode_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor, splits: int
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    rows: Tensor,
+    lengths: Tensor,
+    splits: int,
+    block_n: int = 64,
+    num_warps: int = 4,
 ) -> Tensor:
     b, h, d = q.shape
     t = k_cache.shape[1]
@@ -128,7 +143,7 @@ def _triton_decode_attention(
         q, k_cache, v_cache, rows, lengths, acc, stats, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         d**-0.5,
-        H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=64,
+        H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=block_n, num_warps=num_warps,
     )  # fmt: skip
     if splits > 1:
         _merge_kernel[(b, h)](acc, stats, out, H=h, D=d, SPLITS=splits)

@@ -132,6 +132,8 @@ class Engine:
             blank_ids=blank_ids,
             buckets=self.config.buckets,
             cuda_graphs=self.config.cuda_graphs,
+            max_encode=self.config.max_admit,
+            compile=self.config.compile,
         )
         self._queue: list[tuple[int, int, Ticket]] = []  # heap of (priority, arrival, ticket)
         self._arrival = itertools.count()

@@ -57,6 +57,8 @@ class Runner:
         blank_ids: list[int],
         buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
         cuda_graphs: bool = True,
+        max_encode: int = 32,
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.no_speech = no_speech
@@ -86,12 +88,21 @@ class Runner:
         )
         self.policy.length[self.scratch] = 1  # padding rows attend over one (garbage) position
         self._qkv = [_fuse_qkv(layer.attn) for layer in model.decoder.layers]
+        # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
+        self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
+        self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
         self.buckets = buckets_up_to(n_slots, buckets)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self._encoder_graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
         self._pool = None
-        n_sm = torch.cuda.get_device_properties(self.device).multi_processor_count if self.use_graphs else 1
+        n_sm = (
+            torch.cuda.get_device_properties(self.device).multi_processor_count
+            if self.device.type == "cuda"
+            else 1
+        )
         self._splits = {
             b: (
                 choose_splits(b, self.n_head, d.n_text_ctx, n_sm),
@@ -104,8 +115,40 @@ class Runner:
 
     @torch.no_grad()
     def encode(self, mel: Tensor) -> Tensor:
-        """mel [n, n_mels, frames] -> encoder output [n, S, C]."""
-        return self.model.encoder(mel.to(device=self.device, dtype=self.dtype))
+        """mel [n, n_mels, frames] -> encoder output [n, S, C].
+
+        On CUDA the encoder runs as a captured graph per batch bucket (a batch of one is otherwise bound by
+        kernel launches); the result is a view of the graph's output buffer, valid until the next encode.
+        """
+        mel = mel.to(device=self.device, dtype=self.dtype)
+        n = mel.shape[0]
+        if (
+            not self.use_graphs
+            or n > self.encoder_buckets[-1]
+            or mel.shape[-1] != 2 * self.model.dims.n_audio_ctx
+        ):
+            return self.model.encoder(mel)
+        b = next(x for x in self.encoder_buckets if x >= n)
+        graph, static_in, static_out = self._encoder_graph(b, mel.shape[1:])
+        static_in[:n].copy_(mel)
+        graph.replay()
+        return static_out[:n]
+
+    def _encoder_graph(self, b: int, shape: torch.Size) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+        if b not in self._encoder_graphs:
+            static_in = torch.zeros(b, *shape, dtype=self.dtype, device=self.device)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._encoder_fn(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                static_out = self._encoder_fn(static_in)
+            self._pool = graph.pool()
+            self._encoder_graphs[b] = (graph, static_in, static_out)
+        return self._encoder_graphs[b]
 
     @torch.no_grad()
     def admit(self, slots: list[int], specs: list[RowSpec], features: Tensor) -> list[Admitted]:
@@ -225,21 +268,30 @@ class Runner:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: lets kernels pick their algorithms outside the capture
-                    self._step(rows, sample)
+                for _ in range(2):  # warm-up: compiles and picks kernels outside the capture
+                    self._step_fn(rows, sample)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                tokens, done = self._step(rows, sample)
+                tokens, done = self._step_fn(rows, sample)
             self._pool = graph.pool()
             self._graphs[key] = (graph, tokens, done)
         return self._graphs[key]
 
     def _step(self, rows: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        logits = self._logits(rows)
+        noise = torch.rand(rows.shape[0], logits.shape[-1], device=self.device) if sample else None
+        return self.policy.select(logits, rows, noise)
+
+    def _logits(self, rows: Tensor) -> Tensor:
+        """Run each row's last token through the decoder (writing its K/V): float32 logits [B, V]."""
         dec, pol = self.model.decoder, self.policy
         b, h, dh = rows.shape[0], self.n_head, self.head_dim
         self_splits, cross_splits = self._splits[b]
         pos = pol.length[rows] - 1  # position of each row's last token, which this step runs
+        # Per-step index arithmetic, done once rather than in every layer.
+        write_at = rows * self.self_k.shape[2] + pos  # row-major (slot, position) into a layer's cache
+        self_len, cross_len = pos + 1, self.cross_len[rows]
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
             y = _layer_norm(layer.attn_ln, x)
@@ -247,26 +299,27 @@ class Runner:
                 q, k, v = F.linear(y, *self._qkv[i]).chunk(3, dim=-1)  # one GEMM instead of three
             else:
                 q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
-            self.self_k[i, rows, pos] = k
-            self.self_v[i, rows, pos] = v
+            self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
+            self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
             a = decode_attention(
-                q.view(b, h, dh), self.self_k[i], self.self_v[i], rows, pos + 1, splits=self_splits
+                q.view(b, h, dh), self.self_k[i], self.self_v[i], rows, self_len, splits=self_splits
             )
             x = x + layer.attn.out(a)
             q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
+            # Launch shape from a sweep on an H100 (bench/profile_step.py): 128-key tiles, two warps.
             a = decode_attention(
                 q.view(b, h, dh),
                 self.cross_k[i],
                 self.cross_v[i],
                 rows,
-                self.cross_len[rows],
+                cross_len,
                 splits=cross_splits,
+                block_n=128,
+                num_warps=2,
             )
             x = x + layer.cross_attn.out(a)
             x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
-        logits = dec.logits(x)
-        noise = torch.rand(b, logits.shape[-1], device=self.device) if sample else None
-        return pol.select(logits, rows, noise)
+        return dec.logits(x)
 
 
 def _with_language(spec: RowSpec, token: int) -> RowSpec:

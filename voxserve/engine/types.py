@@ -75,6 +75,9 @@ class EngineConfig:
     cuda_graphs: bool = True
     # most windows encoded together at one admission
     max_admit: int = 32
+    # compile the decode step and the encoder with torch.compile (Inductor fuses the small kernels between
+    # the matrix products); costs compile time per batch bucket at start-up
+    compile: bool = False
     # slots on the CPU when max_slots is None
     cpu_slots: int = 8
 
