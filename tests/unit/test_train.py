@@ -14,6 +14,7 @@ from voxserve.model.load import load_checkpoint
 from voxserve.model.whisper import Whisper
 from voxserve.tokenizer import Tokenizer
 from voxserve.train.data import TrainingSet, window_samples
+from voxserve.train.evaluate import evaluate
 from voxserve.train.export import export_hf
 from voxserve.train.manifest import Utterance, load_all_audio, read_manifest, write_manifest
 from voxserve.train.presets import PRESETS, parse_dims
@@ -115,6 +116,23 @@ def test_learning_rate_schedule():
         TrainConfig(batch_size=0)
 
 
+def test_schedule_fits_a_time_budget(manifest, tokenizer, tmp_path, monkeypatch):
+    import voxserve.train.trainer as trainer_module
+
+    trainer = _trainer(manifest, tokenizer, tmp_path / "budget", steps=10_000, max_minutes=10.0)
+    clock = [1000.0]
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: clock[0])
+    start = clock[0]
+    trainer.step, clock[0] = 40, start + 40  # too few steps timed yet: the plan stays
+    trainer._fit_schedule_to_budget(start, 0)
+    assert trainer.planned_steps == 10_000
+    trainer.step, clock[0] = 60, start + 60  # one step a second, 540 s left -> the cosine ends at step 600
+    trainer._fit_schedule_to_budget(start, 0)
+    assert trainer.planned_steps == 600
+    assert trainer.state()["planned_steps"] == 600
+    assert learning_rate(599, trainer.config, 600) < learning_rate(300, trainer.config, 600)
+
+
 def _trainer(manifest, tokenizer, out, steps, **cfg):
     torch.manual_seed(0)
     model = init_for_training(Whisper(MICRO), seed=0).train()
@@ -122,6 +140,10 @@ def _trainer(manifest, tokenizer, out, steps, **cfg):
                          **cfg)  # fmt: skip
     ts = _train_set(manifest, tokenizer, timestamps_prob=0.5, seed=0)
     return Trainer(model, tokenizer, ts, config, out)
+
+
+def _audio(ts):
+    return [ts.audio[o : o + n].numpy() for o, n in zip(ts.offsets, ts.lengths, strict=True)]
 
 
 @pytest.mark.slow
@@ -139,6 +161,11 @@ def test_loss_falls_when_overfitting_two_utterances(manifest, tokenizer, tmp_pat
     assert losses[0] > 9.0  # about ln(51865) = 10.86 at the start
     # Memorising two transcripts: about 1.4 after 15 steps and 0.5 after 21 when this test was written.
     assert np.mean(losses[-3:]) < 0.15 * losses[0], losses
+    # What was learnt comes back through the library's batched decoder: at this point at least one of the two
+    # transcripts is reproduced word for word (both are, some steps later).
+    report = evaluate(trainer.model, tokenizer, items, _audio(ts))
+    assert [r["reference"] for r in report.rows] == [u.text for u in items]
+    assert min(r["rate"] for r in report.rows) == 0.0, report.rows
 
 
 @pytest.mark.slow
@@ -234,6 +261,34 @@ def test_train_command_reports_bad_input(manifest, tmp_path, capsys):
         == 1
     )
     assert "dims spec 'd=3' is missing" in capsys.readouterr().err
+
+
+def test_eval_command(manifest, tokenizer, tmp_path, capsys):
+    from voxserve.cli import eval as eval_cli
+
+    model_dir = export_hf(init_for_training(Whisper(MICRO), seed=2), tokenizer, tmp_path / "m")
+
+    def run(*argv):
+        parser = argparse.ArgumentParser()
+        eval_cli.add_parser(parser.add_subparsers())
+        args = parser.parse_args(["eval", "--model", str(model_dir), "--quiet", *argv])
+        return args.func(args)
+
+    per_item = tmp_path / "items.jsonl"
+    assert (
+        run("--manifest", str(manifest / "heldout.jsonl"), "--per-item", str(per_item), "--device", "cpu")
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "en: WER" in out and "over 2 items" in out and "S=" in out and "N=11" in out
+    rows = [json.loads(line) for line in per_item.read_text().splitlines()]
+    assert [r["reference"] for r in rows] == TEXTS[:2] and all("hypothesis" in r for r in rows)
+    # An utterance longer than the model's window is a clear error, not a silent truncation.
+    long_manifest = tmp_path / "long.jsonl"
+    write_wav(tmp_path / "long.wav", np.zeros(16000 * 6, np.float32))
+    long_manifest.write_text(json.dumps({"audio": "long.wav", "text": "x", "language": "en"}) + "\n")
+    assert run("--manifest", str(long_manifest)) == 1
+    assert "longer than one 5 s window" in capsys.readouterr().err
 
 
 def test_utterance_roundtrip(tmp_path):

@@ -78,8 +78,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(same --batch-size, --grad-accum and --seed), exactly where it stopped")  # fmt: skip
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default 0)")
-    p.add_argument("--max-minutes", type=float, metavar="M", help="stop after M minutes of training; the "
-                   "checkpoint, final evaluation and export follow")  # fmt: skip
+    p.add_argument("--max-minutes", type=float, metavar="M", help="stop after M minutes of training (the "
+                   "checkpoint, final evaluation and export follow); the cosine decay is fitted to end when the "
+                   "time does, at the pace measured after 50 steps, so the step count depends on the machine")  # fmt: skip
     p.add_argument("--timestamps-prob", type=_prob, default=0.3, metavar="P",
                    help="probability of a timestamped target instead of <|notimestamps|> (default 0.3)")  # fmt: skip
     p.add_argument("--pack-prob", type=_prob, default=0.0, metavar="P",

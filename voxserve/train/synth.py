@@ -226,6 +226,13 @@ def synthesize(
             )
             outcomes = pool.imap_unordered(_run, jobs, chunksize=8)
         else:
+            import torch
+
+            # One intra-op thread, as in the workers: torch's conv1d (the resampler) runs about 100x slower
+            # on CPU with two threads than with one for these shapes (measured with torch 2.13).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, threads)
             outcomes = (_run_here(job, out, augmentation, binary) for job in jobs)
         for job, row, error in outcomes:
             if row is None:

@@ -30,6 +30,7 @@ from .manifest import Utterance
 from .targets import IGNORE
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MIN_STEPS_TO_PLAN = 50  # steps timed before the schedule is fitted to a --max-minutes budget
 
 
 class TrainError(RuntimeError):
@@ -53,7 +54,8 @@ class TrainConfig:
     save_every: int = 1000  # steps between checkpoints (one is always written at the end)
     log_every: int = 10
     seed: int = 0
-    max_minutes: float | None = None  # stop cleanly (checkpoint + export) after this much training time
+    # stop cleanly (checkpoint + export) after this much training time; the cosine is fitted to end there
+    max_minutes: float | None = None
     compile: bool = False  # torch.compile the loss computation
     keep_checkpoints: int = 2
     export_dtype: str = "fp16"  # dtype of the weights written to DIR/final
@@ -73,11 +75,12 @@ class TrainConfig:
             raise TrainError(f"max_minutes must be > 0, got {self.max_minutes}")
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_lr_ratio``."""
+def learning_rate(step: int, config: TrainConfig, total: int | None = None) -> float:
+    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_lr_ratio`` at step
+    ``total`` (default ``config.steps``)."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
-    span = max(1, config.steps - config.warmup)
+    span = max(1, (total or config.steps) - config.warmup)
     progress = min(1.0, (step - config.warmup) / span)
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -153,6 +156,8 @@ class Trainer:
         if config.compile:
             self._loss = torch.compile(sequence_loss)
         self.step = 0
+        # Where the cosine ends: config.steps, or fewer when --max-minutes will stop the run before then.
+        self.planned_steps = config.steps
         self.last_eval: EvalReport | None = None
 
     # ----- state
@@ -164,6 +169,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "dims": self.model.dims.to_dict(),
             "config": asdict(self.config),
+            "planned_steps": self.planned_steps,
         }
 
     def save(self) -> Path:
@@ -190,6 +196,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.planned_steps = min(self.config.steps, int(state.get("planned_steps", self.config.steps)))
         return True
 
     # ----- logging
@@ -210,7 +217,7 @@ class Trainer:
         """One optimizer step; returns (mean loss, gradient norm, utterances seen) as device tensors."""
         cfg = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, cfg)
+            group["lr"] = learning_rate(self.step, cfg, self.planned_steps)
         self.model.train()
         total = torch.zeros((), device=self.device)
         seen = 0
@@ -243,6 +250,22 @@ class Trainer:
         self._log({"step": self.step, "eval": report.summary()})
         return report
 
+    def _fit_schedule_to_budget(self, start: float, first_step: int) -> None:
+        """With a time budget, end the cosine where the budget will end: at the pace measured so far (evaluations
+        included), from ``MIN_STEPS_TO_PLAN`` steps into this session on. Runs with a budget are therefore not
+        bit-reproducible (the step count depends on the machine's speed); runs without one are."""
+        cfg = self.config
+        done = self.step - first_step
+        if cfg.max_minutes is None or done < MIN_STEPS_TO_PLAN:
+            return
+        elapsed = time.monotonic() - start
+        remaining = 60 * cfg.max_minutes - elapsed
+        projected = self.step + int(done / elapsed * max(0.0, remaining))
+        planned = max(self.step + 1, min(cfg.steps, projected))
+        if abs(planned - self.planned_steps) > max(1, self.planned_steps // 100):  # log real changes only
+            self._log({"step": self.step, "planned_steps": planned})
+        self.planned_steps = planned
+
     def run(self, *, resume: bool = False, progress: bool = True) -> TrainResult:
         from tqdm import tqdm
 
@@ -255,6 +278,7 @@ class Trainer:
             )
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", unit="step", disable=not progress)
         start, last_log_time, last_log_step = time.monotonic(), time.monotonic(), self.step
+        first_step = self.step
         loss_sum, seen_sum, saved_at, stopped = torch.zeros((), device=self.device), 0, -1, False
         postfix: dict[str, str] = {}
         while self.step < cfg.steps:
@@ -269,7 +293,7 @@ class Trainer:
                     "step": self.step,
                     "loss": round(float(loss_sum) / n, 5),
                     "grad_norm": round(float(norm), 4),
-                    "lr": learning_rate(self.step - 1, cfg),
+                    "lr": learning_rate(self.step - 1, cfg, self.planned_steps),
                     "utterances_per_s": round(seen_sum / max(now - last_log_time, 1e-9), 1),
                     "steps_per_s": round(n / max(now - last_log_time, 1e-9), 3),
                     "elapsed_s": round(now - start, 1),
@@ -284,6 +308,8 @@ class Trainer:
                 bar.set_postfix(postfix, refresh=False)
                 loss_sum, seen_sum = torch.zeros((), device=self.device), 0
                 last_log_time, last_log_step = now, self.step
+                self._fit_schedule_to_budget(start, first_step)
+                bar.total = self.planned_steps if cfg.max_minutes is not None else cfg.steps
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 report = self.evaluate()
                 if report:
