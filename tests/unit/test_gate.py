@@ -54,15 +54,15 @@ def test_identical_models_do_not_diverge(peaked, windows):
 @pytest.mark.parametrize("precision", ["int8", "int8-dynamic"])
 def test_faithful_quantization_passes(peaked, windows, precision):
     r = check_accuracy(measure_divergence(peaked, quantize_model(copy.deepcopy(peaked), precision), *windows))
-    # Measured ~1e-3 nats here, 20x under the default limit; something was lost, so not zero.
-    assert 0 < r.mean_kl < DEFAULT_MAX_MEAN_KL / 5 and r.p99_kl < 10 * r.mean_kl
+    # Measured ~1e-3 nats here, 50x under the default limit; something was lost, so not zero.
+    assert 0 < r.mean_kl < DEFAULT_MAX_MEAN_KL / 10 and r.p99_kl < 10 * r.mean_kl
     assert r.top1_agreement > 0.85
 
 
 def test_two_bit_weights_fail_with_the_figures(peaked, windows):
     report = measure_divergence(peaked, two_bit(copy.deepcopy(peaked)), *windows)
-    assert report.mean_kl > 50 * DEFAULT_MAX_MEAN_KL  # ~2 nats measured
-    with pytest.raises(AccuracyGateError, match=r"mean KL .* exceeds the limit 0\.02 .*top-1 agreement") as e:
+    assert report.mean_kl > 10 * DEFAULT_MAX_MEAN_KL  # ~2 nats measured
+    with pytest.raises(AccuracyGateError, match=r"mean KL .* exceeds the limit 0\.05 .*top-1 agreement") as e:
         check_accuracy(report)
     assert e.value.report is report
 

@@ -128,7 +128,7 @@ def test_int8_dynamic_refuses_non_cpu_input():
 def test_fp8_linear_matches_float_dynamic_and_static(dtype):
     lin = _linear().to(dtype)
     x = torch.randn(3, 5, 384, dtype=dtype)
-    ref = lin.float()(x.float())
+    ref = copy.deepcopy(lin).float()(x.float())
     dyn = Fp8Linear(lin)(x)
     static = Fp8Linear(lin, input_scale=2 * float(x.abs().max()) / FP8_MAX)(x)
     assert dyn.dtype == dtype and static.dtype == dtype and dyn.shape == ref.shape
