@@ -9,7 +9,6 @@ compared with whisper's full forward pass.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -197,7 +196,7 @@ def test_whisper_reads_our_checkpoint_as_its_own(case) -> None:
     assert set(ckpt["model_state_dict"]) == set(case["ref"].state_dict())
 
 
-def test_loading_to_float16_keeps_values(case, tmp_path: Path) -> None:
+def test_loading_to_float16_keeps_values(case) -> None:
     half, _ = load_checkpoint(case["path"], dtype="float16")
     assert half.dtype == torch.float16
     full = case["loaded"].state_dict()

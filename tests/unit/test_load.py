@@ -279,13 +279,32 @@ _HUB_SCRIPT = textwrap.dedent(
         print("ERROR:", e)
     model, info = load_checkpoint("someone/whisper-cached")
     print("CACHED:", model.dims.n_text_layer, info.format, info.source)
+
+    # Online mode with an unreachable network: connection attempts fail as they would without a route.
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = False
+    attempts = []
+
+    def unreachable(*args, **kwargs):
+        attempts.append(args)
+        raise OSError(101, "Network is unreachable")
+
+    socket.socket.connect = unreachable
+    socket.create_connection = unreachable
+    try:
+        load_checkpoint("openai/whisper-base")
+    except ModelLoadError as e:
+        print("UNREACHABLE:", e)
+    print("ATTEMPTS:", len(attempts))
     """
 )
 
 
 def test_hub_id_offline_gives_clear_error_and_uses_cache(hf_dir, tmp_path) -> None:
     """A fresh process (huggingface_hub reads HF_HUB_OFFLINE and HF_HOME at import) with sockets disabled:
-    an uncached hub id fails with a message telling the user to pass a local path, and a cached one loads."""
+    an uncached hub id fails with a message telling the user to pass a local path, and a cached one loads;
+    then online mode with an unreachable network gives the same clear message."""
     home = tmp_path / "hf-home"
     repo = home / "hub" / "models--someone--whisper-cached"
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -309,6 +328,8 @@ def test_hub_id_offline_gives_clear_error_and_uses_cache(hf_dir, tmp_path) -> No
     assert "openai/whisper-tiny" in lines["ERROR"]
     assert "pass a local path" in lines["ERROR"]
     assert lines["CACHED"] == f"{TINY.n_text_layer} hf someone/whisper-cached"
+    assert "openai/whisper-base" in lines["UNREACHABLE"] and "pass a local path" in lines["UNREACHABLE"]
+    assert int(lines["ATTEMPTS"]) > 0  # that phase really went for the network (and was refused)
 
 
 # ---------------------------------------------------------------------------- memory-mapped loading
