@@ -91,6 +91,13 @@ def test_batches_are_a_function_of_the_step(manifest, tokenizer):
     assert torch.equal(a.mel, b.mel) and torch.equal(a.labels, b.labels)
     assert a.mel.shape == (4, 80, 2 * MICRO.n_audio_ctx)
     assert not torch.equal(ts.batch(4, 4).labels, a.labels)
+    # Windows are assembled from cached encodings; they match the targets module's definition.
+    rng = np.random.default_rng(0)
+    for first in range(len(ts)):
+        for _ in range(5):
+            placed, tokens = ts.window_layout(first, rng)
+            timed = any(t >= tokenizer.timestamp_begin for t in tokens)
+            assert tokens == target_tokens(tokenizer, "en", ts.segments(placed), timestamps=timed)
     # Over many batches, packing puts several utterances (each with its timestamp pair) in one window.
     packed = [ts.batch(m, 4) for m in range(10)]
     assert max(b.n_utterances for b in packed) > 4

@@ -24,7 +24,7 @@ from ..config import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from ..tokenizer import Tokenizer
 from .augment import NO_AUGMENTATION, Augmentation
 from .manifest import Utterance
-from .targets import Segment, collate, target_tokens
+from .targets import MAX_TIMESTAMP_INDEX, Segment, collate, timestamp_token
 
 MAX_PACKED = 8  # utterances per packed window at most
 GAP_SECONDS = (0.05, 1.0)  # silence inserted between packed utterances
@@ -64,25 +64,29 @@ class TrainingSet:
         self.window = window_samples
         self.seed, self.timestamps_prob, self.pack_prob = seed, timestamps_prob, pack_prob
         self.augmentation = augmentation
+        # Each utterance's text is encoded once; windows are assembled from these (see _tokens).
+        self._prefix = {}
+        for lang in sorted({u.language for u in items}):
+            self._prefix[lang] = list(tokenizer.with_options(language=lang, task="transcribe").sot_sequence)
         keep, self.skipped = [], []
         for u, a in zip(items, audio, strict=True):
+            text = tokenizer.encode(" " + u.text.strip())
             # Whole utterances only: one longer than a window, or whose text outgrows the decoder, is skipped.
-            longest = target_tokens(
-                tokenizer, u.language, [Segment(0.0, len(a) / SAMPLE_RATE, u.text)], timestamps=True
-            )
-            if len(a) == 0 or len(a) > window_samples or len(longest) > max_tokens:
+            longest = len(self._prefix[u.language]) + len(text) + 3  # two timestamps and <|endoftext|>
+            if len(a) == 0 or len(a) > window_samples or longest > max_tokens:
                 self.skipped.append(u)
             else:
-                keep.append((u, a))
+                keep.append((u, a, text))
         if not keep:
             raise ValueError(
                 f"no usable training utterances (all empty, longer than {window_samples / SAMPLE_RATE:g} s or too much text)"
             )
-        self.items = [u for u, _ in keep]
-        lengths = np.array([len(a) for _, a in keep], dtype=np.int64)
+        self.items = [u for u, _, _ in keep]
+        self._text = [t for _, _, t in keep]
+        lengths = np.array([len(a) for _, a, _ in keep], dtype=np.int64)
         self.lengths = lengths
         self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        self.audio = torch.from_numpy(np.concatenate([a for _, a in keep])).to(device)
+        self.audio = torch.from_numpy(np.concatenate([a for _, a, _ in keep])).to(device)
         self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -101,7 +105,7 @@ class TrainingSet:
             self._perm_epoch = epoch
         return int(self._perm[position])
 
-    def _window(self, first: int, rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[int]]:
+    def window_layout(self, first: int, rng: np.random.Generator) -> tuple[list[tuple[int, int]], list[int]]:
         """One window: [(item, sample offset)] and its token sequence."""
         language = self.items[first].language
         timestamps = bool(rng.random() < self.timestamps_prob)
@@ -110,6 +114,7 @@ class TrainingSet:
         cursor = int(self.lengths[first])
         if packed:
             timestamps = True  # a packed window is only readable with its segments' times
+            n_tokens = len(self._tokens(placed, language, True))
             for _ in range(4 * MAX_PACKED):
                 if len(placed) >= MAX_PACKED:
                     break
@@ -117,24 +122,46 @@ class TrainingSet:
                 gap = int(rng.uniform(*GAP_SECONDS) * SAMPLE_RATE)
                 if self.items[j].language != language or cursor + gap + self.lengths[j] > self.window:
                     continue
-                candidate = [*placed, (j, cursor + gap)]
-                if len(self._tokens(candidate, language, True)) > self.max_tokens:
+                if n_tokens + len(self._text[j]) + 2 > self.max_tokens:
                     continue
-                placed, cursor = candidate, cursor + gap + int(self.lengths[j])
+                placed.append((j, cursor + gap))
+                cursor += gap + int(self.lengths[j])
+                n_tokens += len(self._text[j]) + 2
         return placed, self._tokens(placed, language, timestamps)
 
-    def _tokens(self, placed: list[tuple[int, int]], language: str, timestamps: bool) -> list[int]:
-        segments = []
+    def segments(self, placed: list[tuple[int, int]]) -> list[Segment]:
+        """The window's utterances as timed segments (what ``targets.target_tokens`` describes)."""
+        out = []
         for i, offset in placed:
             start, end = self._bounds(i)
             t0 = offset / SAMPLE_RATE
-            segments.append(Segment(t0 + start, t0 + end, self.items[i].text))
-        return target_tokens(self.tokenizer, language, segments, timestamps=timestamps)
+            out.append(Segment(t0 + start, t0 + end, self.items[i].text))
+        return out
+
+    def _tokens(self, placed: list[tuple[int, int]], language: str, timestamps: bool) -> list[int]:
+        # The same sequence as target_tokens(self.segments(placed)), built from the cached text encodings;
+        # the tests check the two agree.
+        tok = self.tokenizer
+        seq = list(self._prefix[language])
+        if not timestamps:
+            if len(placed) != 1:
+                raise ValueError("a window without timestamps holds exactly one utterance")
+            return [*seq, tok.no_timestamps, *self._text[placed[0][0]], tok.eot]
+        for (i, _), segment in zip(placed, self.segments(placed), strict=True):
+            begin = timestamp_token(tok, segment.start)
+            end = min(
+                max(begin + 1, timestamp_token(tok, segment.end)), tok.timestamp_begin + MAX_TIMESTAMP_INDEX
+            )
+            seq += [begin, *self._text[i], end]
+        seq.append(tok.eot)
+        return seq
 
     def batch(self, micro_step: int, batch_size: int) -> Batch:
         """Micro-batch number ``micro_step`` (0, 1, ...): the same inputs every time it is asked for."""
         rng = np.random.default_rng([self.seed, micro_step])
-        windows = [self._window(self._primary(micro_step * batch_size + b), rng) for b in range(batch_size)]
+        windows = [
+            self.window_layout(self._primary(micro_step * batch_size + b), rng) for b in range(batch_size)
+        ]
         window = torch.zeros(batch_size, self.window, device=self.device)
         filled = torch.zeros(batch_size, dtype=torch.long)
         for row, (placed, _) in enumerate(windows):
@@ -144,12 +171,17 @@ class TrainingSet:
                 filled[row] = offset + n
         if self.augmentation.active:
             generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-            region = torch.arange(self.window, device=self.device)[None, :] < filled.to(self.device)[:, None]
+            filled = filled.to(self.device, non_blocking=True)
+            region = torch.arange(self.window, device=self.device)[None, :] < filled[:, None]
             window, _ = self.augmentation(window, generator, speech=region, region=region)
         mel = log_mel_spectrogram(window, self.n_mels)
         inputs, labels = collate([tokens for _, tokens in windows], self.tokenizer.eot)
+        if self.device.type == "cuda":  # pinned, asynchronous copies keep the host from waiting on the GPU
+            inputs, labels = inputs.pin_memory(), labels.pin_memory()
         n = sum(len(placed) for placed, _ in windows)
-        return Batch(mel, inputs.to(self.device), labels.to(self.device), n)
+        return Batch(
+            mel, inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), n
+        )
 
 
 def window_samples(n_audio_ctx: int) -> int:
