@@ -298,6 +298,14 @@ def test_eval_command(manifest, tokenizer, tmp_path, capsys):
     assert "longer than one 5 s window" in capsys.readouterr().err
 
 
+def test_nemo_style_manifest(tmp_path):
+    (tmp_path / "m.json").write_text(
+        '{"audio_filepath": "audio/a.wav", "text": "hi there", "duration": 1.5}\n'
+    )
+    u = read_manifest(tmp_path / "m.json", check_files=False)[0]
+    assert (u.audio, u.text, u.language, u.duration) == (tmp_path / "audio" / "a.wav", "hi there", "en", 1.5)
+
+
 def test_utterance_roundtrip(tmp_path):
     u = Utterance(
         audio=tmp_path / "a.wav", text="hi", language="en", duration=1.0, speech_start=0.1, speech_end=0.9

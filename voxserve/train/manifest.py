@@ -2,7 +2,8 @@
 
 A line is ``{"audio": path, "text": ..., "language": "en", "duration": s}`` plus, optionally, ``voice``,
 ``speech_start`` and ``speech_end`` (seconds where speech begins and ends in the file; used for timestamp
-targets). Relative audio paths are relative to the manifest's folder. WAV files are read with the standard
+targets). Relative audio paths are relative to the manifest's folder. NeMo-style manifests, whose audio key is
+``audio_filepath`` (as HiFi-TTS ships), are read too; the language then defaults to English. WAV files are read with the standard
 library (no audio decoder package needed, as on the GPU machine); other formats go through
 ``voxserve.audio.io`` when it is installed.
 """
@@ -76,6 +77,8 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> list[Utteran
 def _utterance(row: Any, root: Path, where: str, check_files: bool) -> Utterance:
     if not isinstance(row, dict):
         raise ManifestError(f"{where}: each line must be a JSON object")
+    if "audio" not in row and "audio_filepath" in row:
+        row = {**row, "audio": row["audio_filepath"]}
     for key in ("audio", "text"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise ManifestError(f"{where}: missing or empty {key!r}")
