@@ -232,3 +232,17 @@ def test_manifest_errors_name_the_line(tmp_path):
     m.write_text('{"audio": "a.wav"}\n', encoding="utf-8")
     with pytest.raises(ManifestError, match="missing or empty 'text'"):
         read_manifest(m, check_files=False)
+
+
+def test_unpacked_espeak_libraries_reach_only_espeak(monkeypatch):
+    from voxserve.train.espeak import espeak_env
+
+    monkeypatch.delenv("ESPEAK_NG_LIBRARY_PATH", raising=False)
+    assert espeak_env() is None  # the processes simply inherit our environment
+    monkeypatch.setenv("ESPEAK_NG_LIBRARY_PATH", "/opt/espeak/lib")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/local/cuda/lib64")
+    env = espeak_env()
+    assert env["LD_LIBRARY_PATH"] == "/opt/espeak/lib:/usr/local/cuda/lib64"
+    import os
+
+    assert os.environ["LD_LIBRARY_PATH"] == "/usr/local/cuda/lib64"  # this process is untouched

@@ -42,8 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="make a synthetic speech dataset with espeak-ng",
         description="Render sentences with espeak-ng in random voices, speeds and pitches, and write 16 kHz "
         "16-bit WAV files with train.jsonl and heldout.jsonl manifests (held-out sentences never occur in the "
-        "training set). espeak-ng is found through $ESPEAK_NG or the PATH; $ESPEAK_DATA_PATH points it to its "
-        "data when it is unpacked outside the system folders.",
+        "training set). espeak-ng is found through $ESPEAK_NG or the PATH; for a copy unpacked outside the "
+        "system folders, $ESPEAK_DATA_PATH names the folder holding espeak-ng-data and $ESPEAK_NG_LIBRARY_PATH "
+        "its libraries (used for the espeak-ng processes only). Prints the throughput in seconds of audio per "
+        "second per worker and writes a summary to OUT/synth.json.",
     )
     p.add_argument("--text", type=Path, help="English corpus: LJSpeech metadata.csv (id|raw|normalized; the "
                    "normalized column is used) or plain text, one sentence a line")  # fmt: skip

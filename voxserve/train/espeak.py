@@ -1,8 +1,9 @@
 """Rendering text with the espeak-ng command-line synthesiser.
 
 The binary is ``$ESPEAK_NG`` when set, else ``espeak-ng`` on the PATH; espeak-ng itself reads
-``$ESPEAK_DATA_PATH`` (the folder holding ``espeak-ng-data``), so a copy unpacked from the Debian packages into
-any folder works with ``LD_LIBRARY_PATH`` pointing at its libraries. Audio comes back on stdout as a WAV stream
+``$ESPEAK_DATA_PATH`` (the folder holding ``espeak-ng-data``). A copy unpacked from the Debian packages into any
+folder (``dpkg -x``) finds its libraries through ``$ESPEAK_NG_LIBRARY_PATH``, which is put on the
+``LD_LIBRARY_PATH`` of the espeak-ng processes only, so Python and torch keep the system's own libraries. Audio comes back on stdout as a WAV stream
 and is read with the standard library's ``wave`` module: no audio decoder package is needed.
 """
 
@@ -29,6 +30,16 @@ DEFAULT_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f
 
 class EspeakError(RuntimeError):
     """espeak-ng is missing or failed; the message says how to install or point to it."""
+
+
+def espeak_env() -> dict[str, str] | None:
+    """The environment for espeak-ng processes: ours, plus $ESPEAK_NG_LIBRARY_PATH on LD_LIBRARY_PATH."""
+    extra = os.environ.get("ESPEAK_NG_LIBRARY_PATH")
+    if not extra:
+        return None
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (extra, env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
 
 
 def find_espeak() -> str:
@@ -63,7 +74,11 @@ def render(
     try:
         # Text goes through stdin, so a sentence starting with "-" is never taken for an option.
         proc = subprocess.run(
-            [*cmd, "--stdout"], input=" ".join(text.split()).encode("utf-8"), capture_output=True, timeout=120
+            [*cmd, "--stdout"],
+            input=" ".join(text.split()).encode("utf-8"),
+            capture_output=True,
+            timeout=120,
+            env=espeak_env(),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise EspeakError(f"could not run {cmd[0]}: {e}") from None
@@ -106,10 +121,18 @@ def list_variants(binary: str | None = None) -> set[str]:
     are silently ignored by espeak-ng, so they are checked against this list instead."""
     try:
         proc = subprocess.run(
-            [binary or find_espeak(), "--voices=variant"], capture_output=True, text=True, timeout=30
+            [binary or find_espeak(), "--voices=variant"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=espeak_env(),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise EspeakError(f"could not list espeak-ng voice variants: {e}") from None
+    if proc.returncode != 0:
+        raise EspeakError(
+            f"espeak-ng --voices=variant failed (exit {proc.returncode}): {proc.stderr.strip()}"
+        )
     names = set()
     for line in proc.stdout.splitlines()[1:]:
         parts = line.split()
