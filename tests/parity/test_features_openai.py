@@ -21,6 +21,16 @@ whisper = pytest.importorskip("whisper")
 TOL = 1e-4  # max-abs, in the normalised log-mel units (about [-1, 1])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small CPU ops: where other processes share the CPU, OpenMP's barriers between them cost more than
+    the ops themselves, so these tests run on one thread."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         assert (w.getsampwidth(), w.getframerate(), w.getnchannels()) == (2, 16000, 1)

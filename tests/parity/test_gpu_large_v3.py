@@ -38,6 +38,16 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SOT, EOT = 50258, 50257
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small CPU ops: where other processes share the CPU, OpenMP's barriers between them cost more than
+    the ops themselves, so these tests run on one thread."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).norm() / b.norm()).item()

@@ -26,6 +26,16 @@ REL = 1e-4
 TURBO_LIKE = dataclasses.replace(TINY, n_audio_layer=1, n_text_layer=4)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Decode steps are many tiny ops: where other processes share the CPU, OpenMP's barriers between them
+    cost more than the ops (the greedy test measured 0.3 s on one thread, 20 s on two under load)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm()).item()

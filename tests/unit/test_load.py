@@ -28,6 +28,16 @@ from voxserve.model.load import (
 EOT, SOT = 50257, 50258
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small CPU ops: where other processes share the CPU, OpenMP's barriers between them cost more than
+    the ops themselves, so these tests run on one thread."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def model():
     return init_random(TINY, seed=2)
