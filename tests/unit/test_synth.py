@@ -202,6 +202,15 @@ def _row(out, u):
 
 
 @needs_espeak
+def test_speak_returns_trimmed_16k_speech():
+    from voxserve.train.synth import speak
+
+    x = speak("Hello there.", pad=0.2)
+    assert x.dtype == np.float32 and 0.6 < len(x) / 16000 < 3.0
+    assert np.abs(x[:3000]).max() == 0 and np.abs(x).max() > 0.1  # 0.2 s of silence, then speech
+
+
+@needs_espeak
 def test_synth_rejects_unknown_voices(tmp_path, capsys):
     parser = __import__("argparse").ArgumentParser()
     synth_cli.add_parser(parser.add_subparsers())

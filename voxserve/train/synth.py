@@ -146,6 +146,18 @@ def render_job(job: SynthJob, out_dir: Path, augmentation: Augmentation, binary:
     return row
 
 
+def speak(
+    text: str, voice: str = "en-us", *, speed: int = 160, pitch: int = 50, pad: float = 0.3
+) -> np.ndarray:
+    """``text`` spoken by espeak-ng as 16 kHz float32 samples, the silence around the speech cut to ``pad``
+    seconds each side (for demos and tests that need speech on the spot). Raises EspeakError without espeak-ng."""
+    rendering = render(text, voice, speed=speed, pitch=pitch)
+    x = _to_16k(rendering.samples, rendering.sample_rate)
+    start, end = speech_bounds(x)
+    margin = np.zeros(round(pad * SAMPLE_RATE), np.float32)
+    return np.concatenate([margin, x[start:end], margin])
+
+
 def write_wav(path: Path, x: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     pcm = np.clip(np.round(x * 32767), -32768, 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
@@ -255,4 +267,6 @@ def synthesize(
     return SynthReport(rows, failures, audio, wall, workers)
 
 
-__all__ = ["SynthConfig", "SynthJob", "SynthReport", "plan_jobs", "render_job", "synthesize", "write_wav"]
+__all__ = [
+    "SynthConfig", "SynthJob", "SynthReport", "plan_jobs", "render_job", "speak", "synthesize", "write_wav",
+]  # fmt: skip
