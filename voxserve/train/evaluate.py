@@ -123,12 +123,15 @@ def evaluate(
     *,
     batch_size: int = 32,
     language: str | None = None,
+    sample_len: int | None = None,
     progress: bool = False,
 ) -> EvalReport:
-    """Transcribe and score ``items``: WER for English, CER for Chinese (see voxserve.metrics)."""
+    """Transcribe and score ``items``: WER for English, CER for Chinese (see voxserve.metrics).
+    ``sample_len`` caps the tokens decoded per utterance (default: half the decoder context)."""
     hyps = transcribe_items(
-        model, tokenizer, items, audio, batch_size=batch_size, language=language, progress=progress
-    )
+        model, tokenizer, items, audio, batch_size=batch_size, language=language, sample_len=sample_len,
+        progress=progress,
+    )  # fmt: skip
     return score(items, hyps, language=language)
 
 

@@ -141,6 +141,10 @@ class Trainer:
         self.eval_items = list(eval_items)[: config.eval_limit]
         self.eval_audio = list(eval_audio)[: config.eval_limit]
         self.base_generation = base_generation
+        # An undertrained model repeats itself until the length limit; twice the longest reference (plus some)
+        # still shows every error, and keeps early evaluations from decoding 224 tokens an utterance.
+        longest = max((len(tokenizer.encode(" " + u.text)) for u in self.eval_items), default=0)
+        self._eval_sample_len = min(model.dims.n_text_ctx // 2, 2 * longest + 16)
         self.run_info = run_info or {}
         cuda = self.device.type == "cuda"
         self.amp_dtype = PRECISIONS[config.precision] if cuda else torch.float32
@@ -245,6 +249,7 @@ class Trainer:
             self.eval_items,
             self.eval_audio,
             batch_size=self.config.eval_batch_size,
+            sample_len=self._eval_sample_len,
         )
         self.last_eval = report
         self._log({"step": self.step, "eval": report.summary()})
