@@ -135,6 +135,10 @@ def test_machine_info_without_gpu():
     assert re.fullmatch(r"[a-z0-9-]+", label) and label.endswith("c")
     snap = machine.load_snapshot()
     assert snap["load_average"] is None or len(snap["load_average"]) == 3
+    a = {"monotonic_s": 10.0, "cpu_pressure_total_us": 1_000_000}
+    b = {"monotonic_s": 12.0, "cpu_pressure_total_us": 1_500_000}
+    assert machine.contention_pct(a, b) == 25.0  # 0.5 s of waiting in 2 s
+    assert machine.contention_pct({"monotonic_s": 1.0}, b) is None
 
 
 def test_machine_label_names_the_gpu():

@@ -12,6 +12,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def load_snapshot() -> dict[str, Any]:
-    """How busy the machine is right now: load averages and, where the kernel reports it, the share of time
-    runnable tasks waited for a CPU. Other work on a shared machine slows CPU figures; this records it."""
-    snap: dict[str, Any] = {}
+    """How busy the machine is right now: load averages and, where the kernel reports it (Linux PSI), how much
+    of the time runnable tasks waited for a CPU. Other work on a shared machine slows CPU figures; the result
+    file records it, and :func:`contention_pct` turns two snapshots into the share of a run spent waiting."""
+    snap: dict[str, Any] = {"monotonic_s": time.monotonic()}
     try:
         snap["load_average"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -146,9 +148,20 @@ def load_snapshot() -> dict[str, Any]:
         line = Path("/proc/pressure/cpu").read_text(encoding="utf-8").splitlines()[0]
         fields = dict(kv.split("=") for kv in line.split()[1:])
         snap["cpu_pressure_pct"] = {"avg10": float(fields["avg10"]), "avg60": float(fields["avg60"])}
+        snap["cpu_pressure_total_us"] = int(fields["total"])
     except (OSError, IndexError, KeyError, ValueError):
         snap["cpu_pressure_pct"] = None
     return snap
+
+
+def contention_pct(start: dict[str, Any], end: dict[str, Any]) -> float | None:
+    """Percent of the wall time between two snapshots in which some runnable task waited for a CPU (PSI
+    "some"); near 0 on an otherwise idle machine. None where the kernel does not report it."""
+    if "cpu_pressure_total_us" not in start or "cpu_pressure_total_us" not in end:
+        return None
+    wall_us = (end["monotonic_s"] - start["monotonic_s"]) * 1e6
+    stalled = end["cpu_pressure_total_us"] - start["cpu_pressure_total_us"]
+    return round(100.0 * stalled / wall_us, 1) if wall_us > 0 else None
 
 
 def machine_label(info: dict[str, Any]) -> str:

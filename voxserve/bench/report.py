@@ -51,6 +51,10 @@ def format_table(doc: dict[str, Any]) -> str:
     lines += _ratios(doc, offline, latency)
     for skip in doc.get("skipped", []):
         lines.append(f"not measured: {skip['subject']}: {skip['reason']}")
+    contention = doc.get("conditions", {}).get("cpu_contention_pct")
+    if contention is not None:
+        lines.append(f"CPU contention during the run: tasks waited for a CPU {contention}% of the time "
+                     "(near 0 on an idle machine)")  # fmt: skip
     return "\n".join(lines)
 
 

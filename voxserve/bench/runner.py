@@ -176,9 +176,10 @@ def run_plan(
     info = machine.machine_info(device)
     doc = results.new_document(suite=plan.suite, command=command, machine=info, settings=settings)
     doc["conditions"]["start"] = start = machine.load_snapshot()
-    busy = (start["load_average"] or [0.0])[0]
-    if device.type == "cpu" and busy > 0.5:
-        log(f"warning: the machine is busy (load average {busy}): CPU figures will be slower and noisier")
+    pressure = (start.get("cpu_pressure_pct") or {}).get("avg10")
+    if device.type == "cpu" and pressure is not None and pressure > 20:
+        log(f"warning: other work is competing for the CPU (tasks waited {pressure}% of the last 10 s): "
+            "CPU figures will be slower and noisier than on an idle machine")  # fmt: skip
 
     for side, name, build in _builders(plan, hf_dir, tok):
         subject = None
@@ -204,6 +205,8 @@ def run_plan(
         results.add_subject(doc, **entry)
         for suite, suite_rows in rows.items():
             doc["figures"][suite].extend(suite_rows)
-    doc["conditions"]["end"] = machine.load_snapshot()
+    doc["conditions"]["end"] = end = machine.load_snapshot()
+    # The share of the run in which some task waited for a CPU: other work competing with the measurement.
+    doc["conditions"]["cpu_contention_pct"] = machine.contention_pct(start, end)
     path = results.write_result(doc, plan.out, machine.machine_label(info))
     return doc, path
