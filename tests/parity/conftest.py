@@ -9,9 +9,8 @@ import pytest
 from voxserve.model.load import save_openai
 from voxserve.model.whisper import Whisper
 
-whisper = pytest.importorskip("whisper")
-
 
 def to_openai(model: Whisper, tmp_path: Path):  # noqa: ANN201 - whisper.model.Whisper
+    whisper = pytest.importorskip("whisper")
     path = save_openai(model, tmp_path / "model.pt")
     return whisper.load_model(str(path), device="cpu")

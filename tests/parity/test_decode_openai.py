@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from tests.conftest import AUDIO, TINY
-from tests.parity.conftest import to_openai, whisper
+from tests.parity.conftest import to_openai
 from tests.support import decisive_model, read_wav
 from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions
+
+whisper = pytest.importorskip("whisper")
 
 
 @pytest.fixture(scope="module", params=[2.0, 2.5], ids=["long", "short"])

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import AUDIO, TINY
-from tests.parity.conftest import to_openai, whisper
+from tests.parity.conftest import to_openai
 from tests.support import decisive_model, read_wav
 from voxserve.decoding.options import DecodingOptions, TranscribeOptions
 from voxserve.transcribe.longform import transcribe_audio
+
+whisper = pytest.importorskip("whisper")
 
 
 @pytest.fixture(scope="module")
