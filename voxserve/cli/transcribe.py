@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv", "all")
@@ -87,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
     from ..results import Transcription
 
     options = make_options(**_options(args))  # validated before the model loads
-    model = load_model(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
+    for w in caught:
+        print(f"voxserve transcribe: note: {w.message}", file=sys.stderr)
     formats = FORMATS if args.format == "all" else (args.format,)
     if args.output_dir is None and len(formats) > 1:
         print("voxserve transcribe: error: --format all needs --output-dir", file=sys.stderr)
@@ -101,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
             )
             result = Transcription.from_segments(list(segments), info)
         except (AudioError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            print(f"voxserve transcribe: error: {path}: {e}", file=sys.stderr)
+            # Audio errors name their source already; file-system errors may not.
+            message = str(e) if str(path) in str(e) else f"{path}: {e}"
+            print(f"voxserve transcribe: error: {message}", file=sys.stderr)
             failures += 1
             continue
         if args.output_dir is not None:
