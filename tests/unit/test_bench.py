@@ -271,6 +271,7 @@ def test_cli_writes_one_result_file(tmp_path, capsys, monkeypatch):
     assert [s["name"] for s in doc["subjects"]] == ["voxserve-reference"]
     assert {(r["input_s"], r["tokens"]) for r in doc["figures"]["latency"]} == {(5.0, 20), (30.0, 100)}
     assert doc["settings"]["threads"] == 1 and doc["conditions"]["end"]
+    assert all("cpu_contention_pct" in r for r in doc["figures"]["latency"])
     assert "voxserve-reference" in capsys.readouterr().out
     assert main([*argv, "--n-inputs", "0"]) == 1
     assert "--n-inputs must be >= 1" in capsys.readouterr().err

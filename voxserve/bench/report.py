@@ -12,6 +12,14 @@ def _fmt_ms(x: float | None) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
+# A figure measured while other work competed for the CPU more than this share of the time is marked "*".
+CONTENDED_PCT = 10.0
+
+
+def _mark(row: dict[str, Any]) -> str:
+    return "*" if (row.get("cpu_contention_pct") or 0.0) > CONTENDED_PCT else ""
+
+
 def _rows_by_subject(doc: dict[str, Any], suite: str) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for row in doc["figures"].get(suite, []):
@@ -36,13 +44,15 @@ def format_table(doc: dict[str, Any]) -> str:
             name,
             s["device"],
             s["precision"],
-            f"{off['realtime_factor']:,.1f}x (b={off['batch']})" if off else "-",
-            _fmt_ms(off["ms_per_input"]) if off else "-",
+            f"{off['realtime_factor']:,.1f}x (b={off['batch']}){_mark(off)}" if off else "-",
+            _fmt_ms(off["ms_per_input"]) + _mark(off) if off else "-",
             *(
-                f"{_fmt_ms(lat[sec]['median_ms'])} (p90 {_fmt_ms(lat[sec]['p90_ms'])})" if sec in lat else "-"
+                f"{_fmt_ms(lat[sec]['median_ms'])} (p90 {_fmt_ms(lat[sec]['p90_ms'])}){_mark(lat[sec])}"
+                if sec in lat
+                else "-"
                 for sec in (5.0, 30.0)
             ),
-            *(_fmt_ms(st[b]["step_ms"]) if b in st else "-" for b in step_batches),
+            *(_fmt_ms(st[b]["step_ms"]) + _mark(st[b]) if b in st else "-" for b in step_batches),
         ]
         table.append(row)
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
@@ -55,6 +65,8 @@ def format_table(doc: dict[str, Any]) -> str:
     if contention is not None:
         lines.append(f"CPU contention during the run: tasks waited for a CPU {contention}% of the time "
                      "(near 0 on an idle machine)")  # fmt: skip
+    if any(_mark(r) for rows in doc["figures"].values() for r in rows):
+        lines.append(f"* other work competed for the CPU more than {CONTENDED_PCT:g}% of that measurement")
     return "\n".join(lines)
 
 

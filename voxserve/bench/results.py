@@ -44,6 +44,7 @@ UNITS = {
     "one_token_ms_median": "ms",
     "step_ms": "ms per decode step (whole batch)",
     "decode_tokens_per_s": "tokens per second in the decode loop (batch / step)",
+    "cpu_contention_pct": "% of the measurement's wall time in which other tasks waited for a CPU (PSI)",
 }
 
 _REQUIRED = {

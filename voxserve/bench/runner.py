@@ -122,24 +122,35 @@ def _builders(plan: BenchPlan, hf_dir: Path, tok: Any) -> list[tuple[str, str, C
     return out
 
 
+def _contended(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one measurement and add the share of its wall time in which other work competed for the CPU, so a
+    figure disturbed by a neighbour is visible in the file as such."""
+    start = machine.load_snapshot()
+    row = measure()
+    row["cpu_contention_pct"] = machine.contention_pct(start, machine.load_snapshot())
+    return row
+
+
 def _measure(
     plan: BenchPlan, subject: Subject, inputs: _Inputs, eot: int, log: Callable[[str], None]
 ) -> dict:
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in results.SUITES}
     if "offline" in plan.measurements:
-        row = suites.offline(subject, inputs.offline, plan.batch, eot, passes=plan.passes)
+        row = _contended(lambda: suites.offline(subject, inputs.offline, plan.batch, eot, passes=plan.passes))
         rows["offline"].append(row)
         log(
             f"{subject.name} offline: {row['realtime_factor']}x real time, {row['ms_per_input']} ms per input"
         )
     if "latency" in plan.measurements:
         for seconds, window in inputs.latency.items():
-            row = suites.latency(subject, window, seconds, eot, repeats=plan.repeats, warmup=plan.warmup)
+            row = _contended(lambda s=seconds, w=window: suites.latency(
+                subject, w, s, eot, repeats=plan.repeats, warmup=plan.warmup))  # fmt: skip
             rows["latency"].append(row)
             log(f"{subject.name} {seconds:g} s request: median {row['median_ms']} ms, p90 {row['p90_ms']} ms")
     if "step" in plan.measurements:
         for b in plan.step_batches:
-            row = suites.step(subject, inputs.step, b, eot, repeats=plan.repeats, warmup=plan.warmup)
+            row = _contended(lambda b=b: suites.step(
+                subject, inputs.step, b, eot, repeats=plan.repeats, warmup=plan.warmup))  # fmt: skip
             rows["step"].append(row)
             log(f"{subject.name} decode step at batch {b}: {row['step_ms']} ms")
     return rows
