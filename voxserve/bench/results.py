@@ -44,7 +44,8 @@ UNITS = {
     "one_token_ms_median": "ms",
     "step_ms": "ms per decode step (whole batch)",
     "decode_tokens_per_s": "tokens per second in the decode loop (batch / step)",
-    "cpu_contention_pct": "% of the measurement's wall time in which other tasks waited for a CPU (PSI)",
+    "cpu_contention_pct": "% of the measurement's wall time in which some task waited for a CPU (PSI 'some'): "
+    "other work, or the subject's own threads when it runs more than there are cores",
 }
 
 _REQUIRED = {
