@@ -3,8 +3,8 @@
 ``python -m voxserve.quant.cpu_bench --dims tiny base`` prints one line per (dims, precision). Random weights;
 the decoder step runs the model's own cached ``decoder.forward`` for one token at position ``--position``
 (the middle of a 100-token decode), so it times the Linears and attention, not the engine's scheduling.
-Times are the minimum and the median over repeats: the minimum is the machine's speed, the median shows noise
-from other work on it.
+Precisions are timed in interleaved rounds; times are the minimum (the machine's speed) and the median (which
+shows the noise from other work on a shared machine).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import copy
 import json
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -26,35 +25,53 @@ from ..model.whisper import Whisper
 CPU_PRECISIONS = ("fp32", "bf16", "int8", "int8-dynamic")
 
 
-def _times(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
+class _Case:
+    """One model ready to time: its encoder input and a decoder cache holding one window's cross K/V."""
+
+    def __init__(self, model: Whisper, position: int) -> None:
+        d = model.dims
+        self.model, self.position = model, position
+        self.mel = torch.randn(1, d.n_mels, 3000, generator=torch.Generator().manual_seed(0)).to(model.dtype)
+        with torch.inference_mode():
+            features = model.encoder(self.mel)
+            self.cache = model.new_cache(1)
+            self.cache.cross_k[:], self.cache.cross_v[:] = model.decoder.cross_kv(features)
+        self.token, self.pos = torch.tensor([[1000]]), torch.tensor([[position]])
+        self.encoder: list[float] = []
+        self.step: list[float] = []
+
+    @torch.inference_mode()
+    def run(self, steps: int) -> None:
         t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts) * 1e3, statistics.median(ts) * 1e3
+        self.model.encoder(self.mel)
+        self.encoder.append(time.perf_counter() - t)
+        for _ in range(steps):
+            t = time.perf_counter()
+            self.model.decoder(self.token, self.pos, self.cache, self.position + 1)
+            self.step.append(time.perf_counter() - t)
 
 
-@torch.inference_mode()
-def time_model(model: Whisper, *, encoder_repeats: int, step_repeats: int, position: int) -> dict[str, float]:
-    d = model.dims
-    mel = torch.randn(1, d.n_mels, 3000, generator=torch.Generator().manual_seed(0))
-    enc_min, enc_med = _times(lambda: model.encoder(mel.to(model.dtype)), encoder_repeats)
-    features = model.encoder(mel.to(model.dtype))
-    cache = model.new_cache(1)
-    cache.cross_k[:], cache.cross_v[:] = model.decoder.cross_kv(features)
-    token = torch.tensor([[1000]])
-    pos = torch.tensor([[position]])
-    step_min, step_med = _times(
-        lambda: model.decoder(token, pos, cache, position + 1), step_repeats, warmup=5
-    )
+def time_precisions(
+    base: Whisper, precisions: list[str], *, rounds: int, steps: int, position: int
+) -> dict[str, dict[str, float]]:
+    """Interleaved rounds (each precision in turn, ``rounds`` times), so load from other processes on a shared
+    machine spreads over all precisions alike; the minimum over rounds is the uncontended speed."""
+    cases = {p: _Case(quantize_model(copy.deepcopy(base), p), position) for p in precisions}
+    for case in cases.values():  # warm-up: allocator, packed weights, thread pool
+        case.run(3)
+        case.encoder.clear()
+        case.step.clear()
+    for _ in range(rounds):
+        for case in cases.values():
+            case.run(steps)
     return {
-        "encoder_ms": enc_min,
-        "encoder_median_ms": enc_med,
-        "step_ms": step_min,
-        "step_median_ms": step_med,
+        p: {
+            "encoder_ms": min(c.encoder) * 1e3,
+            "encoder_median_ms": statistics.median(c.encoder) * 1e3,
+            "step_ms": min(c.step) * 1e3,
+            "step_median_ms": statistics.median(c.step) * 1e3,
+        }
+        for p, c in cases.items()
     }
 
 
@@ -63,22 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", nargs="+", default=["tiny", "base"], choices=sorted(NAMED_DIMS))
     p.add_argument("--precisions", nargs="+", default=list(CPU_PRECISIONS), choices=CPU_PRECISIONS)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--encoder-repeats", type=int, default=5)
-    p.add_argument("--step-repeats", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=8, help="encoder passes per precision, interleaved")
+    p.add_argument("--steps", type=int, default=20, help="decoder steps per precision per round")
     p.add_argument("--position", type=int, default=54)
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     for name in args.dims:
         base = init_random(NAMED_DIMS[name], seed=0)
-        for precision in args.precisions:
-            model = quantize_model(copy.deepcopy(base), precision)
-            r = time_model(
-                model,
-                encoder_repeats=args.encoder_repeats,
-                step_repeats=args.step_repeats,
-                position=args.position,
-            )
+        results = time_precisions(
+            base, args.precisions, rounds=args.rounds, steps=args.steps, position=args.position
+        )
+        for precision, r in results.items():
             row = {"dims": name, "precision": precision, "threads": args.threads, **r}
             if args.json:
                 print(json.dumps(row), flush=True)
