@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,server]'
 	# openai-whisper is a test-only reference; its own requirements pull triton, so it goes in without them.
 	$(BIN)/python -m pip install -q --no-deps openai-whisper==20250625
 	touch $(STAMP)
