@@ -164,6 +164,7 @@ class Engine:
     # ----- public
 
     def submit(self, request: WindowRequest) -> Ticket:
+        self._check_mel(request)
         ticket = Ticket(request)
         with self._cv:
             if self._closed or self.failure is not None:
@@ -173,6 +174,22 @@ class Engine:
             heapq.heappush(self._queue, (int(request.priority), next(self._arrival), ticket))
             self._cv.notify()
         return ticket
+
+    def _check_mel(self, request: WindowRequest) -> None:
+        # Checked here, in the caller's thread: a bad shape inside the worker would fail every request it holds.
+        d, mel = self.model.dims, request.mel
+        frames = mel.shape[-1] if mel.dim() == 2 else -1
+        if (
+            mel.dim() != 2
+            or mel.shape[0] != d.n_mels
+            or frames < 2
+            or frames % 2
+            or frames > 2 * d.n_audio_ctx
+        ):
+            raise ValueError(
+                f"a window mel must be [{d.n_mels}, frames] with an even number of frames up to "
+                f"{2 * d.n_audio_ctx}, got {tuple(mel.shape)}"
+            )
 
     @property
     def queued(self) -> int:
@@ -232,6 +249,15 @@ class Engine:
         return taken
 
     def _admit(self, tickets: list[Ticket]) -> None:
+        # Windows shorter than 30 s (live streams encode only the audio they have) encode apart, one group per
+        # length; each slot's cross-attention then covers its own encoder length.
+        groups: dict[int, list[Ticket]] = {}
+        for ticket in tickets:
+            groups.setdefault(ticket.request.mel.shape[-1], []).append(ticket)
+        for group in groups.values():
+            self._admit_group(group)
+
+    def _admit_group(self, tickets: list[Ticket]) -> None:
         slots = [self._free.pop() for _ in tickets]
         mel = torch.stack([t.request.mel.to(self.runner.device) for t in tickets])
         features = self.runner.encode(mel)

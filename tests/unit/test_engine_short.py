@@ -1,0 +1,53 @@
+"""Windows shorter than 30 s in the batching engine (live streams encode only the audio they have): mixed
+lengths admitted together match the reference decoder on each window, and bad shapes are refused at submit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import AUDIO, TINY
+from tests.support import decisive_model, read_wav
+from voxserve.audio.features import log_mel_spectrogram
+from voxserve.decoding.batched import BatchDecoder, make_engine
+from voxserve.decoding.decode import WindowDecoder
+from voxserve.decoding.options import DecodingOptions
+from voxserve.engine.types import EngineConfig, Priority, WindowRequest
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+
+
+def _short_mels() -> list[torch.Tensor]:
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    mels = []
+    for seconds in (1, 2.5, 2.5, 4, 7):  # two of the same length share one encoder batch
+        mel = log_mel_spectrogram(speech[: int(16000 * seconds)], 80)
+        mels.append(mel[:, : mel.shape[-1] // 2 * 2])
+    return mels
+
+
+def test_mixed_lengths_match_the_reference(model, tokenizer):
+    torch.set_num_threads(1)
+    opts = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
+    mels = _short_mels()
+    expected = [WindowDecoder(model, tokenizer, opts).decode(m[None])[0].tokens for m in mels]
+    with make_engine(model, tokenizer, EngineConfig(max_slots=4, max_admit=4)) as engine:
+        batch = BatchDecoder(engine, model, tokenizer)
+        pending = [batch.submit(m, opts, priority=Priority.REALTIME) for m in mels]
+        got = [d.result_from(t.result(timeout=60)).tokens for d, t in pending]
+    assert got == expected
+    assert any(len(t) > 0 for t in got)
+
+
+def test_bad_window_shapes_are_refused_and_the_engine_lives_on(model, tokenizer):
+    opts = DecodingOptions(language="en", without_timestamps=True, sample_len=4)
+    spec = WindowDecoder(model, tokenizer, opts).row_spec()
+    with make_engine(model, tokenizer, EngineConfig(max_slots=2)) as engine:
+        for mel in (torch.zeros(80, 101), torch.zeros(80, 3002), torch.zeros(64, 200), torch.zeros(80)):
+            with pytest.raises(ValueError, match="window mel must be"):
+                engine.submit(WindowRequest(mel=mel, spec=spec))
+        out = engine.submit(WindowRequest(mel=_short_mels()[0], spec=spec)).result(timeout=60)
+        assert out.finish_reason in ("stop", "length")
