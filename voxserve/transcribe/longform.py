@@ -8,7 +8,7 @@ Segments come out of a lazy iterator as soon as their window is done.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,12 @@ from ..model.whisper import Whisper
 from ..results import Segment, TranscriptionInfo
 from ..tokenizer import Tokenizer
 from .alignment import DraftSegment, add_word_timestamps
+
+# (model, tokenizer, window mel [n_mels, 3000], options, decoding options, prompt tokens) -> (result, features)
+WindowDecodeFn = Callable[
+    [Whisper, Tokenizer, Tensor, TranscribeOptions, DecodingOptions, tuple[int, ...]],
+    tuple[DecodingResult, Tensor],
+]
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,13 @@ def transcribe_audio(
     options: TranscribeOptions | None = None,
     *,
     progress: bool = False,
+    decode_window: WindowDecodeFn | None = None,
 ) -> tuple[Iterator[Segment], TranscriptionInfo]:
     """Transcribe 16 kHz mono float audio of any length.
 
     Returns (segments, info) at once: the language is detected first (from the first 30 s) when not given,
-    and the segments are decoded lazily as the iterator is consumed.
+    and the segments are decoded lazily as the iterator is consumed. ``decode_window`` replaces how one window
+    is decoded (``decode_with_fallback``'s signature); the server passes one that feeds the batching engine.
     """
     options = options or TranscribeOptions()
     mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES, device=model.device)
@@ -74,7 +82,16 @@ def transcribe_audio(
         all_language_probs=language_probs,
     )
     options_with_language = options.decoding.with_changes(language=language)
-    segments = _seek_loop(model, tokenizer, mel, content_frames, options, options_with_language, progress)
+    segments = _seek_loop(
+        model,
+        tokenizer,
+        mel,
+        content_frames,
+        options,
+        options_with_language,
+        progress,
+        decode_window or decode_with_fallback,
+    )
     return segments, info
 
 
@@ -96,6 +113,7 @@ def _seek_loop(
     options: TranscribeOptions,
     decoding: DecodingOptions,  # the user's options with the language fixed
     progress: bool,
+    decode_window: WindowDecodeFn,
 ) -> Iterator[Segment]:
     tokenizer = tokenizer.with_options(
         language=decoding.language if tokenizer.is_multilingual else None,
@@ -116,9 +134,7 @@ def _seek_loop(
                 window = _Window(seek, min(N_FRAMES, content_frames - seek, clip_end - seek))
                 window_mel = pad_or_trim(mel[:, seek : seek + window.frames], N_FRAMES)
                 prompt = tuple(all_tokens[prompt_reset_since:])
-                result, features = decode_with_fallback(
-                    model, tokenizer, window_mel, options, decoding, prompt
-                )
+                result, features = decode_window(model, tokenizer, window_mel, options, decoding, prompt)
 
                 if _is_silence(result, options):
                     seek += window.frames

@@ -1,0 +1,62 @@
+"""Server test fixtures: a tiny random model written as a Hugging Face directory (so the server loads it the
+way it loads any checkpoint), settings pointing at temporary job storage, and short test audio."""
+
+from __future__ import annotations
+
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY
+from tests.support import decisive_model
+from voxserve.server.settings import ServerSettings
+from voxserve.train.export import export_hf
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    # A decisive model ends its sequences at varied lengths, so requests finish quickly and differ.
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+    return export_hf(model, tokenizer, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def make_settings(tmp_path, tiny_model_dir):
+    def make(**overrides) -> ServerSettings:
+        kw = {
+            "models": {"tiny": str(tiny_model_dir)},
+            "default_model": "tiny",
+            "device": "cpu",
+            "jobs_db": tmp_path / "jobs.sqlite3",
+            "jobs_dir": tmp_path / "jobs",
+            "engine_slots": 4,
+        }
+        kw.update(overrides)
+        return ServerSettings(**kw)
+
+    return make
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
+    return buf.getvalue()
+
+
+def tone(seconds: float, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    """A tone with a little noise: not speech, but audio the random model decodes into some tokens."""
+    t = np.arange(round(seconds * 16000)) / 16000
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def short_wav() -> bytes:
+    return wav_bytes(tone(2.0))

@@ -1,0 +1,147 @@
+"""Everything the routes share, built once per application and started / stopped by its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from ..engine.types import EngineConfig, Priority
+from .admission import Admission
+from .chunking import Chunker
+from .jobs import JobRunner, JobStore
+from .metrics import ServerMetrics
+from .registry import ModelRegistry
+from .runtime import ModelLoader
+from .service import Transcriber
+from .settings import ServerSettings
+
+log = logging.getLogger("voxserve.server")
+T = TypeVar("T")
+
+
+def default_loader(source: str, *, device: str | None = None, dtype: str | None = None) -> Any:
+    from ..api import load_model
+
+    return load_model(source, device=device, dtype=dtype)
+
+
+@dataclass
+class ServerContext:
+    settings: ServerSettings
+    metrics: ServerMetrics
+    registry: ModelRegistry
+    admission: Admission
+    transcriber: Transcriber
+    jobs: JobRunner
+    # worker threads for blocking work (decoding audio, the seek loops); sized to the admission capacity
+    pool: ThreadPoolExecutor
+    ready: bool = False
+    shutting_down: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)  # for mounted routers (e.g. realtime) to keep state
+
+    @classmethod
+    def build(cls, settings: ServerSettings, *, loader: ModelLoader | None = None) -> ServerContext:
+        metrics = ServerMetrics()
+        engine_config = EngineConfig(max_slots=settings.engine_slots)
+        registry = ModelRegistry(
+            settings.models,
+            settings.default_model,
+            loader=loader or default_loader,
+            device=settings.device,
+            dtype=settings.dtype,
+            engine_config=engine_config,
+            metrics=metrics,
+            memory_budget=settings.memory_budget_bytes,
+            cpu_fallback=settings.cpu_fallback,
+        )
+        limits = {p: settings.queue_limits[p.name.lower()] for p in Priority}
+        admission = Admission(settings.max_concurrency, limits)
+        transcriber = Transcriber(
+            metrics, Chunker(), settings.split_above_seconds, pool_size=settings.engine_slots or 8
+        )
+        pool = ThreadPoolExecutor(
+            max_workers=settings.max_concurrency + settings.job_workers, thread_name_prefix="voxserve-req"
+        )
+        ctx = cls(settings, metrics, registry, admission, transcriber, None, pool)  # type: ignore[arg-type]
+        ctx.jobs = JobRunner(JobStore(settings.jobs_db, settings.jobs_dir), ctx)
+        ctx._register_live_metrics()
+        return ctx
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def start(self) -> None:
+        if self.settings.preload:
+            await self.registry.get(self.settings.default_model)
+        self.ready = True
+        await self.jobs.start()
+
+    async def stop(self) -> None:
+        self.shutting_down = True
+        self.ready = False
+        await self.jobs.stop()
+        self.transcriber.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.close)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _register_live_metrics(self) -> None:
+        m, reg, adm = self.metrics, self.registry, self.admission
+
+        def engines() -> list[tuple[str, str, Any]]:
+            out = []
+            for alias, rt in list(reg.loaded.items()):
+                for e in (rt.primary, rt.fallback):
+                    if e is not None:
+                        out.append((alias, e.whisper.device.type, e.engine))
+            return out
+
+        m.add_live(
+            "voxserve_queue_depth",
+            "Requests waiting for a decoding turn, by priority",
+            ["priority"],
+            lambda: [(p.name.lower(), n) for p, n in adm.waiting.items()],
+        )
+        m.add_live(
+            "voxserve_requests_decoding", "Requests holding a decoding turn", [], lambda: [(adm.running,)]
+        )
+        m.add_live(
+            "voxserve_engine_active_slots",
+            "KV-cache slots decoding a window",
+            ["model", "device"],
+            lambda: [(a, d, e.active) for a, d, e in engines()],
+        )
+        m.add_live(
+            "voxserve_engine_queued_windows",
+            "Windows waiting for an engine slot",
+            ["model", "device"],
+            lambda: [(a, d, e.queued) for a, d, e in engines()],
+        )
+        m.add_live(
+            "voxserve_engine_healthy",
+            "1 while the model's primary engine works, 0 after it failed",
+            ["model"],
+            lambda: [(a, int(rt.healthy)) for a, rt in list(reg.loaded.items())],
+        )
+        m.add_live(
+            "voxserve_model_memory_bytes",
+            "Estimated memory of each loaded model and its engines",
+            ["model"],
+            lambda: [(a, rt.memory_bytes()) for a, rt in list(reg.loaded.items())],
+        )
+        m.add_live("voxserve_jobs", "Jobs by state", ["state"], lambda: self.jobs.counts().items())
+        m.add_live(
+            "voxserve_gpu_memory_bytes",
+            "Memory the process holds on each GPU (allocated by tensors)",
+            ["device"],
+            lambda: (
+                [(f"cuda:{i}", torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count())]
+                if torch.cuda.is_available()
+                else []
+            ),
+        )

@@ -1,0 +1,138 @@
+"""Models by alias: loaded on first use, evicted least-recently-used under a memory budget.
+
+A request holds a lease on its model (``async with registry.lease(alias) as runtime``); a leased model is never
+evicted, so a budget too small for the models in use at once makes the new request wait for none and fail
+with 503 instead of unloading a model under someone's feet. Loading runs in a worker thread, one load per alias
+at a time; other aliases keep serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..engine.types import EngineConfig
+from .errors import APIError
+from .metrics import ServerMetrics
+from .runtime import ModelLoader, ModelRuntime
+
+log = logging.getLogger("voxserve.server")
+
+OPENAI_DEFAULT_NAMES = ("whisper-1",)  # OpenAI's model names, answered by the default alias
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        sources: dict[str, str],
+        default: str,
+        *,
+        loader: ModelLoader,
+        device: str | None,
+        dtype: str | None,
+        engine_config: EngineConfig,
+        metrics: ServerMetrics,
+        memory_budget: int | None = None,
+        cpu_fallback: bool = True,
+    ) -> None:
+        self.sources, self.default = dict(sources), default
+        self.loader, self.device, self.dtype = loader, device, dtype
+        self.engine_config, self.metrics = engine_config, metrics
+        self.memory_budget, self.cpu_fallback = memory_budget, cpu_fallback
+        self.loaded: OrderedDict[str, ModelRuntime] = OrderedDict()  # least recently used first
+        self._leases: dict[str, int] = {}
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._guard = threading.Lock()
+
+    def resolve(self, name: str | None) -> str:
+        """The alias a request's ``model`` field names; 404 for an unknown one."""
+        if not name or name in OPENAI_DEFAULT_NAMES:
+            return self.default
+        if name not in self.sources:
+            raise APIError(
+                404,
+                f"model {name!r} does not exist; available: {', '.join(sorted(self.sources))}",
+                code="model_not_found",
+                param="model",
+            )
+        return name
+
+    @asynccontextmanager
+    async def lease(self, name: str | None) -> AsyncIterator[ModelRuntime]:
+        alias = self.resolve(name)
+        runtime = await self.get(alias)
+        with self._guard:
+            self._leases[alias] = self._leases.get(alias, 0) + 1
+        try:
+            yield runtime
+        finally:
+            with self._guard:
+                self._leases[alias] -= 1
+
+    async def get(self, alias: str) -> ModelRuntime:
+        with self._guard:
+            if alias in self.loaded:
+                self.loaded.move_to_end(alias)
+                return self.loaded[alias]
+        lock = self._load_locks.setdefault(alias, asyncio.Lock())
+        async with lock:
+            if alias in self.loaded:
+                return self.loaded[alias]
+            runtime = await asyncio.to_thread(self._load, alias)
+            with self._guard:
+                self.loaded[alias] = runtime
+            return runtime
+
+    def _load(self, alias: str) -> ModelRuntime:
+        source = self.sources[alias]
+        log.info("loading model %r from %s", alias, source)
+        whisper = self.loader(source, device=self.device, dtype=self.dtype)
+        runtime = ModelRuntime(
+            alias,
+            source,
+            whisper,
+            loader=self.loader,
+            engine_config=self.engine_config,
+            metrics=self.metrics,
+            cpu_fallback=self.cpu_fallback,
+        )
+        try:
+            self._make_room(alias, runtime.memory_bytes())
+            runtime.warm_up()
+        except BaseException:
+            runtime.close()
+            raise
+        self.metrics.model_loads.labels(alias).inc()
+        return runtime
+
+    def _make_room(self, alias: str, needed: int) -> None:
+        if self.memory_budget is None:
+            return
+        with self._guard:
+            used = sum(r.memory_bytes() for r in self.loaded.values())
+            while used + needed > self.memory_budget:
+                idle = [a for a in self.loaded if self._leases.get(a, 0) == 0]
+                if not idle:
+                    raise APIError(
+                        503,
+                        f"model {alias!r} needs {needed / 2**20:.0f} MiB but the memory budget "
+                        f"({self.memory_budget / 2**20:.0f} MiB) is held by models in use; retry later",
+                        code="memory_budget",
+                        headers={"Retry-After": "1"},
+                    )
+                victim = self.loaded.pop(idle[0])
+                used -= victim.memory_bytes()
+                log.info("evicting model %r (least recently used) to load %r", victim.alias, alias)
+                victim.close()
+                self.metrics.model_evictions.labels(victim.alias).inc()
+
+    def close(self) -> None:
+        with self._guard:
+            runtimes = list(self.loaded.values())
+            self.loaded.clear()
+        for r in runtimes:
+            r.close()

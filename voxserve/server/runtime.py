@@ -1,0 +1,246 @@
+"""One served model: its weights, its batching engine, and the move to a CPU engine when the primary fails.
+
+``ModelRuntime.window_decoder(...)`` gives the long-form seek loop a per-request window decoder (the same
+signature as ``decode_with_fallback``) that feeds every window to the shared engine at the request's priority
+and deadline, with temperature fallback. Requests the engine cannot decode (beam search, best-of, hotwords)
+run on the reference decoder in the request's own thread. When the engine fails (a CUDA error; tests inject
+one), every request it held gets ``EngineError``; the first to see it builds a CPU copy of the model (loaded
+again from its source: a device that raised a CUDA error cannot be copied from) and a CPU engine, and every
+window is submitted again there, so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..api import WhisperModel
+from ..decoding.batched import make_engine
+from ..decoding.decode import DecodingResult, WindowDecoder
+from ..decoding.fallback import needs_fallback
+from ..decoding.hotwords import Hotword, HotwordDecoder
+from ..decoding.options import DecodingOptions, TranscribeOptions, at_temperature
+from ..engine.engine import Engine, EngineError
+from ..engine.runner import slot_bytes
+from ..engine.types import EngineConfig, Priority, WindowRequest
+from ..model.whisper import Whisper
+from ..tokenizer import Tokenizer
+from ..transcribe.longform import WindowDecodeFn
+from .metrics import ServerMetrics
+
+log = logging.getLogger("voxserve.server")
+
+ModelLoader = Callable[..., WhisperModel]  # (source, device=..., dtype=...) -> WhisperModel
+
+
+class DeadlinePassed(Exception):
+    """The request's deadline passed while a window was decoding; ``partial`` holds what it had by then."""
+
+    def __init__(self, partial: DecodingResult | None) -> None:
+        super().__init__("deadline passed")
+        self.partial = partial
+
+
+@dataclass
+class _Engine:
+    whisper: WhisperModel
+    engine: Engine
+
+
+class ModelRuntime:
+    def __init__(
+        self,
+        alias: str,
+        source: str,
+        whisper: WhisperModel,
+        *,
+        loader: ModelLoader,
+        engine_config: EngineConfig,
+        metrics: ServerMetrics,
+        cpu_fallback: bool = True,
+    ) -> None:
+        self.alias, self.source = alias, source
+        self.loader, self.engine_config, self.metrics = loader, engine_config, metrics
+        self.cpu_fallback = cpu_fallback
+        self._lock = threading.Lock()
+        self.primary = _Engine(whisper, self._new_engine(whisper))
+        self.fallback: _Engine | None = None
+        self.warm = False
+
+    # ----- state
+
+    @property
+    def current(self) -> _Engine:
+        return self.fallback or self.primary
+
+    @property
+    def whisper(self) -> WhisperModel:
+        return self.current.whisper
+
+    @property
+    def healthy(self) -> bool:
+        """False once the primary engine has failed (the CPU engine may still be answering)."""
+        return self.primary.engine.failure is None and self.fallback is None
+
+    def memory_bytes(self) -> int:
+        """Estimated device memory: weights plus the engine's KV-cache slots."""
+        total = 0
+        for e in (self.primary, self.fallback):
+            if e is not None:
+                model = e.whisper.model
+                total += sum(p.numel() * p.element_size() for p in model.parameters())
+                total += e.engine.n_slots * slot_bytes(model)
+        return total
+
+    def close(self) -> None:
+        for e in (self.primary, self.fallback):
+            if e is not None:
+                e.engine.close()
+
+    # ----- engines
+
+    def _new_engine(self, whisper: WhisperModel) -> Engine:
+        engine = make_engine(whisper.model, whisper.tokenizer, self.engine_config)
+        _instrument(engine, self.metrics)
+        return engine
+
+    def _fail_over(self, failed: Engine, error: BaseException) -> bool:
+        """Move to a CPU engine after ``failed`` broke; False when there is nowhere to go."""
+        with self._lock:
+            if self.fallback is not None and failed is not self.fallback.engine:
+                return True  # another request already moved everyone over
+            if not self.cpu_fallback or self.fallback is not None:
+                return False
+            log.error("model %r: engine failed (%s); moving its requests to a CPU engine", self.alias, error)
+            primary = self.primary.whisper
+            if primary.device.type == "cpu":
+                cpu = primary  # the weights are fine; only the engine's state is suspect
+            else:
+                cpu = self.loader(self.source, device="cpu", dtype="float32")
+            self.fallback = _Engine(cpu, self._new_engine(cpu))
+            self.metrics.fallbacks.labels(self.alias).inc()
+            return True
+
+    # ----- decoding
+
+    def warm_up(self) -> None:
+        """Decode one silent window so first requests do not pay for allocation and graph capture."""
+        model = self.whisper.model
+        mel = torch.full((model.dims.n_mels, 3000), -1.5, device=model.device)
+        decoding = DecodingOptions(language="en" if self.whisper.tokenizer.is_multilingual else None)
+        self._decode_engine(mel, self.whisper.tokenizer, decoding, Priority.BATCH, None)
+        self.warm = True
+
+    def _decode_engine(
+        self,
+        mel: Tensor,
+        tokenizer: Tokenizer,
+        decoding: DecodingOptions,
+        priority: Priority,
+        deadline: float | None,
+    ) -> DecodingResult:
+        while True:
+            current = self.current
+            decoder = WindowDecoder(current.whisper.model, tokenizer, decoding)
+            request = WindowRequest(mel=mel, spec=decoder.row_spec(), priority=priority, deadline=deadline)
+            submitted = time.monotonic()
+            try:
+                ticket = current.engine.submit(request)
+                output = ticket.result()
+            except EngineError as e:
+                if not self._fail_over(current.engine, e):
+                    raise
+                continue
+            admitted = getattr(ticket, "admitted_at", submitted)
+            self.metrics.observe_stage("queue_wait", admitted - submitted)
+            self.metrics.observe_stage("decoder", time.monotonic() - admitted)
+            self.metrics.windows.labels("engine").inc()
+            return decoder.result_from(output)
+
+    def _decode_reference(
+        self, mel: Tensor, tokenizer: Tokenizer, decoding: DecodingOptions, hotwords: Sequence[Hotword]
+    ) -> tuple[DecodingResult, Tensor]:
+        model = self.whisper.model
+        decoder = (
+            HotwordDecoder(model, tokenizer, decoding, hotwords)
+            if hotwords
+            else WindowDecoder(model, tokenizer, decoding)
+        )
+        t0 = time.monotonic()
+        features = decoder.encode(mel)
+        t1 = time.monotonic()
+        result = decoder.decode_features(features)[0]
+        self.metrics.observe_stage("encoder", t1 - t0)
+        self.metrics.observe_stage("decoder", time.monotonic() - t1)
+        self.metrics.windows.labels("reference").inc()
+        return result, features
+
+    def window_decoder(
+        self, *, priority: Priority, deadline: float | None, hotwords: Sequence[Hotword] = ()
+    ) -> WindowDecodeFn:
+        """A window decoder for one request (``decode_with_fallback``'s signature), see the module docstring."""
+
+        def decode(
+            model: Whisper,
+            tokenizer: Tokenizer,
+            mel: Tensor,
+            options: TranscribeOptions,
+            decoding: DecodingOptions,
+            prompt: tuple[int, ...],
+        ) -> tuple[DecodingResult, Tensor]:
+            decoding = decoding.with_changes(prompt=prompt or None)
+            result: DecodingResult | None = None
+            features: Tensor | None = None
+            for temperature in options.temperatures:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlinePassed(result)
+                at_t = at_temperature(decoding, temperature, options.best_of)
+                if hotwords or at_t.n_group > 1:
+                    result, features = self._decode_reference(mel, tokenizer, at_t, hotwords)
+                else:
+                    result = self._decode_engine(mel, tokenizer, at_t, priority, deadline)
+                    if result.finish_reason == "deadline":
+                        raise DeadlinePassed(result)
+                if not needs_fallback(result, options):
+                    break
+            assert result is not None  # temperatures is never empty (validated)
+            if features is None and options.word_timestamps:
+                # Word alignment needs the encoder output, which stays inside the engine: encode once more.
+                features = WindowDecoder(self.whisper.model, tokenizer, decoding).encode(mel)
+            return result, features if features is not None else torch.empty(0)
+
+        return decode
+
+
+def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
+    """Time the engine's encoder passes and decode steps, record step batch sizes and admission times.
+
+    The engine knows nothing of metrics (it sits below the server), so its runner's two device calls and its
+    admission are wrapped on this instance only.
+    """
+    runner = engine.runner
+    encode, step, admit = runner.encode, runner.step, engine._admit
+
+    def timed_encode(mel: Tensor) -> Tensor:
+        t0 = time.monotonic()
+        out = encode(mel)
+        metrics.observe_stage("encoder", time.monotonic() - t0)
+        return out
+
+    def timed_step(slots: list[int], sample: bool) -> object:
+        metrics.batch_size.observe(len(slots))
+        return step(slots, sample)
+
+    def stamped_admit(tickets: list) -> None:
+        now = time.monotonic()
+        for t in tickets:
+            t.admitted_at = now
+        admit(tickets)
+
+    runner.encode, runner.step, engine._admit = timed_encode, timed_step, stamped_admit

@@ -1,0 +1,86 @@
+"""Server settings: the one place that reads the environment (DESIGN principle 7).
+
+Every field can be set as ``VOXSERVE_<FIELD>`` (upper case); dicts and lists are given as JSON, e.g.
+``VOXSERVE_MODELS='{"default": "default", "large": "/models/large-v3"}'``. ``voxserve serve`` fills the same
+fields from its flags, which take precedence. Everything below the server receives plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PRIORITIES = ("realtime", "interactive", "batch")
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXSERVE_", extra="ignore", frozen=True)
+
+    # alias -> checkpoint source (HF directory, openai .pt file, hub id or "default"); loaded on first use
+    models: dict[str, str] = Field(default_factory=lambda: {"default": "default"})
+    # alias used when a request names no model or OpenAI's "whisper-1"
+    default_model: str = "default"
+    # device for the primary engines ("cuda", "cpu"); None: CUDA when available
+    device: str | None = None
+    # weights dtype; None: float16 on CUDA, float32 on the CPU
+    dtype: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Bearer keys accepted on /v1/*; empty: no authentication
+    api_keys: list[str] = Field(default_factory=list)
+    # largest request body accepted (OpenAI's own upload limit is 25 MB)
+    max_upload_bytes: int = 25 * 1024 * 1024
+    # longest audio a synchronous request may carry; longer files go through /v1/jobs
+    max_audio_seconds: float = 1800.0
+    # longest audio a job may carry
+    max_job_audio_seconds: float = 4 * 3600.0
+    # requests decoding at once (each feeds its windows to the shared engine, which batches them)
+    max_concurrency: int = 8
+    # requests allowed to wait for a decoding turn, per priority; beyond that the answer is 429
+    queue_limits: dict[str, int] = Field(
+        default_factory=lambda: {"realtime": 16, "interactive": 64, "batch": 256}
+    )
+    # KV-cache slots per engine; None lets the engine size them from free memory
+    engine_slots: int | None = None
+    # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
+    memory_budget_bytes: int | None = None
+    # audio longer than this is cut at pauses (VAD) and its pieces decoded as one batch
+    split_above_seconds: float = 60.0
+    # SQLite database and audio folder of /v1/jobs
+    jobs_db: Path = Path("voxserve-jobs.sqlite3")
+    jobs_dir: Path = Path("voxserve-jobs")
+    # jobs decoded at once
+    job_workers: int = 1
+    # load and warm the default model at start-up (/ready waits for it)
+    preload: bool = True
+    # when the primary (GPU) engine fails, rebuild the model on the CPU and carry on there
+    cpu_fallback: bool = True
+    # seconds uvicorn waits for in-flight requests after SIGTERM before it gives up on them
+    shutdown_grace_seconds: float = 30.0
+
+    @field_validator("queue_limits")
+    @classmethod
+    def _known_priorities(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(v) - set(PRIORITIES))
+        if unknown:
+            raise ValueError(f"queue_limits: unknown priorities {unknown}; expected {list(PRIORITIES)}")
+        if any(n < 0 for n in v.values()):
+            raise ValueError("queue_limits must be >= 0")
+        return {p: v.get(p, 0) for p in PRIORITIES}
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerSettings:
+        if not self.models:
+            raise ValueError("models: at least one model is needed")
+        if self.default_model not in self.models:
+            raise ValueError(
+                f"default_model {self.default_model!r} is not one of models {sorted(self.models)}"
+            )
+        for name in ("max_upload_bytes", "max_concurrency", "job_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_audio_seconds <= 0 or self.max_job_audio_seconds <= 0:
+            raise ValueError("audio duration limits must be > 0")
+        return self
