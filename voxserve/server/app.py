@@ -19,6 +19,7 @@ from fastapi import APIRouter, FastAPI
 from .context import ModelLoader, ServerContext
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
+from .metrics import RequestMetricsMiddleware
 from .settings import ServerSettings
 
 log = logging.getLogger("voxserve.server")
@@ -55,6 +56,7 @@ def create_app(
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, metrics=ctx.metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=ctx.metrics)  # outermost: sees the 413s too
 
     from .routes import audio, jobs, ops
 

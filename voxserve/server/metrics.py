@@ -85,3 +85,29 @@ class _LiveCollector(Collector):
             for *values, v in read():
                 family.add_metric([str(x) for x in values], float(v))
             yield family
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP answer by route template (not raw path, which would explode label values)."""
+
+    def __init__(self, app: Any, *, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(path, scope.get("method", ""), str(status)).inc()
