@@ -139,6 +139,11 @@ def test_schedule_fits_a_time_budget(manifest, tokenizer, tmp_path, monkeypatch)
     assert trainer.state()["planned_steps"] == 600
     assert learning_rate(599, trainer.config, 600) < learning_rate(300, trainer.config, 600)
 
+    kept = _trainer(manifest, tokenizer, tmp_path / "kept", steps=10_000, max_minutes=10.0, fit_schedule=False)
+    kept.step = 60
+    kept._fit_schedule_to_budget(start, 0)  # a run split over sessions keeps its cosine for all its steps
+    assert kept.planned_steps == 10_000
+
 
 def _trainer(manifest, tokenizer, out, steps, **cfg):
     torch.manual_seed(0)
@@ -313,3 +318,55 @@ def test_utterance_roundtrip(tmp_path):
     write_manifest(tmp_path / "m.jsonl", [u])
     back = read_manifest(tmp_path / "m.jsonl", check_files=False)[0]
     assert (back.audio, back.text, back.speech_start, back.speech_end) == (u.audio, "hi", 0.1, 0.9)
+
+
+def test_char_targets():
+    from voxserve.train.ctc import ALPHABET, char_targets
+
+    text = "Hello,  World! It's 9 o'clock — ok. "
+    decoded = "".join(ALPHABET[i - 1] for i in char_targets(text))
+    assert decoded == "hello world it's 9 o'clock ok"
+    assert char_targets("¿¡...") == []
+
+
+def test_batches_carry_the_characters_of_their_windows(manifest, tokenizer):
+    from voxserve.train.ctc import ALPHABET
+
+    ts = _train_set(manifest, tokenizer, pack_prob=0.7, seed=1)
+    for m in range(6):
+        batch = ts.batch(m, 3)
+        rng = np.random.default_rng([ts.seed, m])
+        layouts = [ts.window_layout(ts._primary(m * 3 + b), rng)[0] for b in range(3)]
+        rows = torch.split(batch.chars, batch.char_lengths.tolist())
+        for placed, row in zip(layouts, rows, strict=True):
+            spoken = " ".join(ts.items[i].text for i, _ in placed)
+            assert "".join(ALPHABET[i - 1] for i in row.tolist()) == spoken
+
+
+@pytest.mark.slow
+def test_ctc_head_learns_and_resumes(manifest, tokenizer, tmp_path):
+    """With a CTC weight the encoder gets its own loss: it falls from the start, the logged loss stays the
+    decoder's cross entropy, and the head's state survives a resume (it is saved, never exported)."""
+    ts = _train_set(manifest, tokenizer)
+    config = TrainConfig(steps=30, batch_size=4, warmup=2, lr=3e-3, min_lr_ratio=1.0, eval_every=0,
+                         save_every=0, ctc_weight=0.5)  # fmt: skip
+    trainer = Trainer(init_for_training(Whisper(MICRO), seed=0), tokenizer, ts, config, tmp_path / "run")
+    ctc = []
+    for _ in range(12):
+        before = float(trainer.ctc_total)
+        ce = float(trainer.train_step()[0])
+        ctc.append(float(trainer.ctc_total) - before)
+    assert ce > 0.5 and np.mean(ctc[-3:]) < 0.7 * ctc[0], ctc
+    trainer.save()
+    again = Trainer(init_for_training(Whisper(MICRO), seed=1), tokenizer, ts, config, tmp_path / "run")
+    assert again.resume() and again.step == 12
+    for a, b in zip(trainer.ctc_head.parameters(), again.ctc_head.parameters(), strict=True):
+        assert torch.equal(a, b)
+    plain = Trainer(again.model, tokenizer, ts, TrainConfig(steps=30, batch_size=4), tmp_path / "run")
+    with pytest.raises(TrainError, match="ctc_weight"):
+        plain.resume()
+    from safetensors import safe_open
+
+    final = trainer.run(progress=False).final_dir
+    with safe_open(str(final / "model.safetensors"), "pt") as f:
+        assert not any("ctc" in k for k in f.keys())

@@ -94,6 +94,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="on-the-fly 8 kHz G.711 mu-law telephone channel probability (default 0)")  # fmt: skip
     p.add_argument("--gain-prob", type=_prob, default=0.0, metavar="P",
                    help="on-the-fly random gain (-6..+6 dB) probability (default 0)")  # fmt: skip
+    p.add_argument(
+        "--ctc-weight",
+        type=_prob,
+        default=0.0,
+        metavar="W",
+        help="weight of an auxiliary character CTC loss on the encoder (0: off, default). 0.3 makes "
+        "training from scratch learn to listen far sooner; the exported model is unchanged",
+    )
+    p.add_argument(
+        "--keep-schedule",
+        action="store_true",
+        help="with --max-minutes, keep the learning-rate cosine planned for --steps instead of fitting "
+        "it to the time budget (for a run split over several sessions with --resume)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the loss computation")
     p.add_argument("--export-dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
                    help="dtype of the weights in DIR/final (default fp16: half the size)")  # fmt: skip
@@ -155,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, precision=args.precision, eval_every=args.eval_every,
             eval_limit=args.eval_limit or None, eval_batch_size=args.eval_batch_size, save_every=args.save_every,
             log_every=args.log_every, seed=args.seed, max_minutes=args.max_minutes, compile=args.compile,
-            export_dtype=args.export_dtype,
+            export_dtype=args.export_dtype, ctc_weight=args.ctc_weight,
+            fit_schedule=not args.keep_schedule,
         )  # fmt: skip
         augmentation = Augmentation(
             noise_prob=args.noise_prob, snr_db=args.snr_db, telephone_prob=args.telephone_prob,

@@ -23,6 +23,7 @@ from ..audio.features import log_mel_spectrogram
 from ..config import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from ..tokenizer import Tokenizer
 from .augment import NO_AUGMENTATION, Augmentation
+from .ctc import ALPHABET, char_targets
 from .manifest import Utterance
 from .targets import MAX_TIMESTAMP_INDEX, Segment, collate, timestamp_token
 
@@ -36,6 +37,10 @@ class Batch:
     inputs: Tensor  # [B, T] token ids
     labels: Tensor  # [B, T] next-token targets, IGNORE on padding
     n_utterances: int  # utterances in the batch (packed windows hold several)
+    # For the auxiliary CTC loss: every window's characters (see ctc.char_targets), concatenated, and their
+    # lengths [B]; a packed window's utterances are joined by a space in time order.
+    chars: Tensor
+    char_lengths: Tensor
 
 
 class TrainingSet:
@@ -83,6 +88,7 @@ class TrainingSet:
             )
         self.items = [u for u, _, _ in keep]
         self._text = [t for _, _, t in keep]
+        self._chars = [char_targets(u.text) for u in self.items]
         lengths = np.array([len(a) for _, a, _ in keep], dtype=np.int64)
         self.lengths = lengths
         self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -179,9 +185,29 @@ class TrainingSet:
         if self.device.type == "cuda":  # pinned, asynchronous copies keep the host from waiting on the GPU
             inputs, labels = inputs.pin_memory(), labels.pin_memory()
         n = sum(len(placed) for placed, _ in windows)
+        chars, char_lengths = self._window_chars([placed for placed, _ in windows])
         return Batch(
-            mel, inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), n
+            mel,
+            inputs.to(self.device, non_blocking=True),
+            labels.to(self.device, non_blocking=True),
+            n,
+            chars.to(self.device, non_blocking=True),
+            char_lengths.to(self.device, non_blocking=True),
         )
+
+    def _window_chars(self, layouts: list[list[tuple[int, int]]]) -> tuple[Tensor, Tensor]:
+        space = ALPHABET.index(" ") + 1
+        flat: list[int] = []
+        lengths = []
+        for placed in layouts:
+            row: list[int] = []
+            for i, _ in placed:  # placed in time order
+                if row and self._chars[i]:
+                    row.append(space)
+                row += self._chars[i]
+            flat += row
+            lengths.append(len(row))
+        return torch.tensor(flat, dtype=torch.long), torch.tensor(lengths, dtype=torch.long)
 
 
 def window_samples(n_audio_ctx: int) -> int:

@@ -23,7 +23,8 @@ from torch import Tensor
 from ..model.whisper import Whisper
 from ..tokenizer import Tokenizer
 from .checkpoint import list_checkpoints, load_checkpoint_state, save_checkpoint, set_rng_state
-from .data import TrainingSet
+from .ctc import CTCHead, ctc_loss
+from .data import Batch, TrainingSet
 from .evaluate import EvalReport, evaluate
 from .export import export_hf
 from .manifest import Utterance
@@ -59,6 +60,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss computation
     keep_checkpoints: int = 2
     export_dtype: str = "fp16"  # dtype of the weights written to DIR/final
+    # weight of the auxiliary character CTC loss on the encoder (see ctc.py); 0 turns it off. It speeds up
+    # training from scratch a great deal; fine-tuning a pretrained checkpoint does not need it.
+    ctc_weight: float = 0.0
+    # With max_minutes, end the cosine where the time budget will end (True), or keep it planned for `steps`
+    # (False: a run split over several sessions, each stopped by its budget and resumed).
+    fit_schedule: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_batch_size", "log_every"):
@@ -71,6 +78,8 @@ class TrainConfig:
             raise TrainError(f"precision must be one of {sorted(PRECISIONS)}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise TrainError("lr must be > 0 and min_lr_ratio in [0, 1]")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise TrainError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise TrainError(f"max_minutes must be > 0, got {self.max_minutes}")
 
@@ -90,6 +99,17 @@ def sequence_loss(model: Whisper, mel: Tensor, inputs: Tensor, labels: Tensor) -
     """Mean cross entropy of the next-token predictions over all non-padding labels."""
     logits = model.decoder.forward_full(inputs, model.encoder(mel))
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+
+def hybrid_loss(
+    model: Whisper, head: CTCHead, batch: Batch, ctc_weight: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(1 - w) * cross entropy + w * character CTC on the encoder; returns (loss, cross entropy, CTC)."""
+    features = model.encoder(batch.mel)
+    logits = model.decoder.forward_full(batch.inputs, features)
+    ce = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
+    ctc = ctc_loss(head, features, batch.chars, batch.char_lengths)
+    return (1 - ctc_weight) * ce + ctc_weight * ctc, ce, ctc
 
 
 def init_for_training(model: Whisper, seed: int) -> Whisper:
@@ -151,10 +171,12 @@ class Trainer:
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
-            fused=cuda,
-        )  # fmt: skip
+        # The CTC head trains beside the model and is saved in checkpoints, never exported.
+        self.ctc_head = CTCHead(model.dims.n_audio_state).to(self.device) if config.ctc_weight > 0 else None
+        groups = _param_groups(model, config.weight_decay)
+        if self.ctc_head is not None:
+            groups.append({"params": list(self.ctc_head.parameters()), "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=cuda)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self._loss: Callable[..., Tensor] = sequence_loss
         if config.compile:
@@ -163,6 +185,7 @@ class Trainer:
         # Where the cosine ends: config.steps, or fewer when --max-minutes will stop the run before then.
         self.planned_steps = config.steps
         self.last_eval: EvalReport | None = None
+        self.ctc_total = torch.zeros((), device=self.device)  # CTC loss summed since the last log line
 
     # ----- state
 
@@ -174,6 +197,7 @@ class Trainer:
             "dims": self.model.dims.to_dict(),
             "config": asdict(self.config),
             "planned_steps": self.planned_steps,
+            **({"ctc_head": self.ctc_head.state_dict()} if self.ctc_head is not None else {}),
         }
 
     def save(self) -> Path:
@@ -195,7 +219,13 @@ class Trainer:
                 raise TrainError(
                     f"{found[-1]} was trained with {key}={old[key]}; resume with the same value to continue exactly"
                 )
+        if (self.ctc_head is None) != ("ctc_head" not in state):
+            raise TrainError(
+                f"{found[-1]} was trained with another ctc_weight on/off; resume with the same setting"
+            )
         self.model.load_state_dict(state["model"])
+        if self.ctc_head is not None:
+            self.ctc_head.load_state_dict(state["ctc_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -218,7 +248,9 @@ class Trainer:
     # ----- the loop
 
     def train_step(self) -> tuple[Tensor, Tensor, int]:
-        """One optimizer step; returns (mean loss, gradient norm, utterances seen) as device tensors."""
+        """One optimizer step; returns (mean loss, gradient norm, utterances seen) as device tensors. With a
+        CTC weight the loss is the decoder's cross entropy alone (comparable across runs); the CTC part is
+        accumulated in ``self.ctc_total``."""
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, cfg, self.planned_steps)
@@ -228,12 +260,19 @@ class Trainer:
         for k in range(cfg.grad_accum):
             batch = self.train_set.batch(self.step * cfg.grad_accum + k, cfg.batch_size)
             with self._autocast():
-                loss = self._loss(self.model, batch.mel, batch.inputs, batch.labels) / cfg.grad_accum
-            self.scaler.scale(loss).backward()
-            total += loss.detach()
+                if self.ctc_head is not None:
+                    loss, ce, ctc = hybrid_loss(self.model, self.ctc_head, batch, cfg.ctc_weight)
+                    self.ctc_total += ctc.detach() / cfg.grad_accum
+                    reported = ce.detach()
+                else:
+                    loss = self._loss(self.model, batch.mel, batch.inputs, batch.labels)
+                    reported = loss.detach()
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            total += reported / cfg.grad_accum
             seen += batch.n_utterances
         self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -261,7 +300,7 @@ class Trainer:
         bit-reproducible (the step count depends on the machine's speed); runs without one are."""
         cfg = self.config
         done = self.step - first_step
-        if cfg.max_minutes is None or done < MIN_STEPS_TO_PLAN:
+        if cfg.max_minutes is None or not cfg.fit_schedule or done < MIN_STEPS_TO_PLAN:
             return
         elapsed = time.monotonic() - start
         remaining = 60 * cfg.max_minutes - elapsed
@@ -298,6 +337,7 @@ class Trainer:
                     "step": self.step,
                     "loss": round(float(loss_sum) / n, 5),
                     "grad_norm": round(float(norm), 4),
+                    **({"ctc": round(float(self.ctc_total) / n, 5)} if self.ctc_head is not None else {}),
                     "lr": learning_rate(self.step - 1, cfg, self.planned_steps),
                     "utterances_per_s": round(seen_sum / max(now - last_log_time, 1e-9), 1),
                     "steps_per_s": round(n / max(now - last_log_time, 1e-9), 3),
@@ -312,6 +352,7 @@ class Trainer:
                 postfix["loss"] = f"{record['loss']:.3f}"
                 bar.set_postfix(postfix, refresh=False)
                 loss_sum, seen_sum = torch.zeros((), device=self.device), 0
+                self.ctc_total.zero_()
                 last_log_time, last_log_step = now, self.step
                 self._fit_schedule_to_budget(start, first_step)
                 bar.total = self.planned_steps if cfg.max_minutes is not None else cfg.steps
@@ -352,5 +393,6 @@ __all__ = [
     "Trainer",
     "init_for_training",
     "learning_rate",
+    "hybrid_loss",
     "sequence_loss",
 ]
