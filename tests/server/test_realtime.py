@@ -1,0 +1,325 @@
+"""The realtime transcription WebSocket on a tiny random model: OpenAI's event flow (manual commit and server
+VAD), the final transcript equal to the offline decode of the same audio, telephony formats, and robustness
+(garbage, wrong formats, too-fast audio, idle sessions, caps, disconnects) without a server crash."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("onnxruntime")
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
+
+from tests.conftest import AUDIO, SHARED, TINY  # noqa: E402
+from tests.support import decisive_model, read_wav  # noqa: E402
+from voxserve.api import WhisperModel  # noqa: E402
+from voxserve.audio.vad import SileroVAD  # noqa: E402
+from voxserve.decoding.batched import make_engine  # noqa: E402
+from voxserve.engine.types import EngineConfig  # noqa: E402
+from voxserve.live.service import LiveOptions, LiveService  # noqa: E402
+from voxserve.model.load import CheckpointInfo  # noqa: E402
+from voxserve.server.realtime import realtime_router  # noqa: E402
+
+SR = 16000
+URL = "/v1/realtime?intent=transcription"
+
+
+@pytest.fixture(scope="module")
+def whisper(tokenizer):
+    torch.set_num_threads(1)
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+    return WhisperModel(model, tokenizer, CheckpointInfo("tiny random", "random", None), is_random=True)
+
+
+@pytest.fixture(scope="module")
+def engine(whisper):
+    eng = make_engine(whisper.model, whisper.tokenizer, EngineConfig(max_slots=4))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def vad_model():
+    return SileroVAD(SHARED / "vad" / "silero_vad.onnx")
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return read_wav(AUDIO / "samples" / "jfk.wav")
+
+
+def client_for(whisper, engine, vad_model, **options) -> tuple[TestClient, LiveService]:
+    keys = options.pop("keys", None)
+    opts = {"max_ahead_s": 1000.0, "partial_interval_s": 0.2, **options}
+    service = LiveService(whisper, engine, vad_model, LiveOptions(**opts))
+    app = FastAPI()
+    app.include_router(realtime_router(service, api_keys=keys))
+    return TestClient(app), service
+
+
+def pcm16(x: np.ndarray) -> str:
+    return base64.b64encode((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+def append(ws, x: np.ndarray) -> None:
+    ws.send_json({"type": "input_audio_buffer.append", "audio": pcm16(x)})
+
+
+def receive_until(ws, type_: str, limit: int = 500) -> list[dict]:
+    events = []
+    for _ in range(limit):
+        events.append(ws.receive_json())
+        if events[-1]["type"] == type_:
+            return events
+    raise AssertionError(f"no {type_} in {[e['type'] for e in events]}")
+
+
+def configure(ws, **session) -> dict:
+    assert ws.receive_json()["type"] == "transcription_session.created"
+    ws.send_json({"type": "transcription_session.update", "session": session})
+    event = ws.receive_json()
+    assert event["type"] == "transcription_session.updated", event
+    return event["session"]
+
+
+def offline_text(service: LiveService, x: np.ndarray) -> str:
+    """The same audio through the reference decoder (what the final transcript must equal)."""
+    mel = service.mel(x)
+    return service.window_decoder(None, None).decode(mel[None])[0].text
+
+
+def test_manual_commit_gives_the_offline_transcript(whisper, engine, vad_model, speech):
+    client, service = client_for(whisper, engine, vad_model)
+    x = speech[: 3 * SR]
+    with client, client.websocket_connect(URL) as ws:
+        session = configure(
+            ws, input_audio_format="pcm16", input_audio_sample_rate=16000, turn_detection=None
+        )
+        assert session["turn_detection"] is None and session["input_audio_sample_rate"] == 16000
+        for i in range(0, len(x), 1600):
+            append(ws, x[i : i + 1600])
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        events = receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")
+    completed = events[-1]
+    assert completed["item_id"] == committed["item_id"] and committed["previous_item_id"] is None
+    quantised = np.round(np.clip(x, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768
+    assert completed["transcript"] == offline_text(service, quantised)
+    assert completed["transcript"]  # the decisive random model writes something
+    assert service.open_streams == 0
+
+
+def test_server_vad_items_and_partials(whisper, engine, vad_model, speech):
+    client, service = client_for(whisper, engine, vad_model, partial_interval_s=0.05)
+    silence = np.zeros(SR, np.float32)
+    x = np.concatenate(
+        [silence, speech[: 4 * SR], silence, silence, speech[5 * SR : 8 * SR], silence, silence]
+    )
+    with client, client.websocket_connect(URL) as ws:
+        configure(ws, input_audio_sample_rate=16000)
+        for i in range(0, len(x), 1600):
+            append(ws, x[i : i + 1600])
+            time.sleep(0.02)  # 5x real time: partials come back between chunks
+        # events are handled in order: "cleared" comes after every VAD event of the audio before it
+        ws.send_json({"type": "input_audio_buffer.clear"})
+        events = receive_until(ws, "input_audio_buffer.cleared")
+        started = [e for e in events if e["type"] == "input_audio_buffer.speech_started"]
+        while sum(e["type"].endswith(".completed") for e in events) < len(started):
+            events += receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    types = [e["type"] for e in events]
+    stopped = [e for e in events if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert len(started) == len(stopped) >= 2
+    # speech 1-5 s and 7-10 s, silence around: the 2 s pause ends an item and the next starts after it
+    assert 700 <= started[0]["audio_start_ms"] <= 1600
+    assert any(4500 <= e["audio_end_ms"] <= 6000 for e in stopped)
+    assert any(6500 <= e["audio_start_ms"] <= 7500 for e in started)
+    assert [s["item_id"] for s in started] == [s["item_id"] for s in stopped]
+    deltas = [e for e in events if e["type"].endswith(".delta")]
+    assert deltas, f"no partials: {types}"
+    for d in deltas:  # a partial comes after its item started and before it completed
+        i = events.index(d)
+        assert any(e["type"].endswith("speech_started") and e["item_id"] == d["item_id"] for e in events[:i])
+        assert not any(e["type"].endswith(".completed") and e["item_id"] == d["item_id"] for e in events[:i])
+    completed = [e for e in events if e["type"].endswith(".completed")]
+    assert {c["item_id"] for c in completed} == {s["item_id"] for s in started}
+    for d in deltas:
+        assert isinstance(d["delta"], str) and isinstance(d["partial"], str)
+    assert service.stats.partials >= len(deltas) and service.stats.partial_latency
+
+
+@pytest.mark.parametrize("law", ["g711_ulaw", "g711_alaw"])
+def test_telephony_formats(whisper, engine, vad_model, speech, law):
+    from voxserve.audio.resample import resample
+
+    client, _ = client_for(whisper, engine, vad_model)
+    narrow = resample(speech[: 2 * SR], SR, 8000)
+    codes = _g711_encode(narrow, law)
+    with client, client.websocket_connect(URL) as ws:
+        session = configure(ws, input_audio_format=law, turn_detection=None)
+        assert session["input_audio_sample_rate"] == 8000
+        for i in range(0, len(codes), 800):
+            ws.send_json(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(codes[i : i + 800]).decode()}
+            )
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        events = receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    assert not [e for e in events if e["type"] == "error"]
+
+
+def _g711_encode(x: np.ndarray, law: str) -> bytes:
+    """Brute force: the nearest code by the decoder's own expansion table."""
+    from voxserve.audio.g711 import expansion_table
+
+    table = expansion_table("mulaw" if law == "g711_ulaw" else "alaw").astype(np.float32) / 32768
+    order = np.argsort(table)
+    idx = np.clip(np.searchsorted(table[order], x), 1, len(order) - 1)
+    lo, hi = order[idx - 1], order[idx]
+    pick = np.where(np.abs(table[lo] - x) <= np.abs(table[hi] - x), lo, hi)
+    return pick.astype(np.uint8).tobytes()
+
+
+def test_bad_input_gets_error_events_and_the_session_goes_on(whisper, engine, vad_model, speech):
+    client, _ = client_for(whisper, engine, vad_model)
+    bad = [
+        ("not json at all", "invalid_json"),
+        (json.dumps([1, 2]), "invalid_event"),
+        (json.dumps({"type": "response.create"}), "unknown_event_type"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": "%%%not base64"}), "invalid_audio"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": 12}), "invalid_audio"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}), "invalid_audio"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": ""}), "invalid_audio"),
+        (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty"),
+        (json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "opus"}}), "invalid_audio"),
+        (json.dumps({"type": "transcription_session.update", "session": {"input_audio_sample_rate": 44100}}), "invalid_audio"),
+        (json.dumps({"type": "transcription_session.update", "session": {"turn_detection": {"type": "semantic"}}}), "invalid_turn_detection"),
+        (json.dumps({"type": "transcription_session.update", "session": {"input_audio_transcription": {"language": "xx"}}}), "invalid_language"),
+        (json.dumps({"type": "transcription_session.update", "session": "nope"}), "invalid_session"),
+    ]  # fmt: skip
+    with client, client.websocket_connect(URL) as ws:
+        configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+        for frame, code in bad:
+            ws.send_text(frame)
+            event = ws.receive_json()
+            assert event["type"] == "error" and event["error"]["code"] == code, (frame, event)
+            assert event["error"]["message"]
+        ws.send_bytes(b"\x00\x01binary")
+        assert ws.receive_json()["error"]["code"] == "invalid_event"
+        # still healthy: a valid utterance is transcribed
+        append(ws, speech[:SR])
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        receive_until(ws, "conversation.item.input_audio_transcription.completed")
+
+
+def test_audio_faster_than_real_time_is_refused(whisper, engine, vad_model, speech):
+    client, _ = client_for(whisper, engine, vad_model, max_ahead_s=2.0)
+    with client, client.websocket_connect(URL) as ws:
+        configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+        append(ws, speech[: SR // 2])
+        append(ws, speech[: 3 * SR])  # 3.5 s of audio within milliseconds
+        event = receive_until(ws, "error")[-1]
+        assert event["error"]["code"] == "audio_too_fast"
+        ws.send_json({"type": "input_audio_buffer.commit"})  # what was accepted is still transcribed
+        receive_until(ws, "conversation.item.input_audio_transcription.completed")
+
+
+def test_endless_garbage_closes_with_policy_code(whisper, engine, vad_model):
+    client, _ = client_for(whisper, engine, vad_model)
+    with client, client.websocket_connect(URL) as ws:
+        ws.receive_json()
+        for _ in range(60):
+            ws.send_text("{")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                ws.receive_json()
+    assert closed.value.code == 1008
+
+
+def test_idle_session_is_closed(whisper, engine, vad_model):
+    client, service = client_for(whisper, engine, vad_model, idle_timeout_s=0.3)
+    with client, client.websocket_connect(URL) as ws:
+        ws.receive_json()
+        event = ws.receive_json()
+        assert event["error"]["code"] == "session_idle_timeout"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1000 and service.open_streams == 0
+
+
+def test_wrong_intent_and_api_keys(whisper, engine, vad_model):
+    client, _ = client_for(whisper, engine, vad_model, keys=["k1"])
+    with client:
+        for url, headers, code in [
+            ("/v1/realtime", {"authorization": "Bearer k1"}, "unsupported_intent"),
+            (URL, {}, "invalid_api_key"),
+            (URL, {"authorization": "Bearer wrong"}, "invalid_api_key"),
+        ]:
+            with client.websocket_connect(url, headers=headers) as ws:
+                assert ws.receive_json()["error"]["code"] == code
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    ws.receive_json()
+                assert closed.value.code == 1008
+        # browsers pass the key as a subprotocol
+        with client.websocket_connect(URL, subprotocols=["realtime", "openai-insecure-api-key.k1"]) as ws:
+            assert ws.receive_json()["type"] == "transcription_session.created"
+
+
+def test_stream_cap_per_key_and_disconnect_frees_the_slot(whisper, engine, vad_model, speech):
+    client, service = client_for(whisper, engine, vad_model, max_streams_per_key=1, keys=["a", "b"])
+    with client:
+        a = {"authorization": "Bearer a"}
+        with client.websocket_connect(URL, headers=a) as ws:
+            configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+            with client.websocket_connect(URL, headers=a) as second:
+                event = second.receive_json()
+                assert event["error"]["code"] == "too_many_streams"
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    second.receive_json()
+                assert closed.value.code == 1008
+            with client.websocket_connect(URL, headers={"authorization": "Bearer b"}) as other:
+                assert other.receive_json()["type"] == "transcription_session.created"
+            # mid-utterance: audio and a final decode in flight, then the client vanishes
+            append(ws, speech[: 2 * SR])
+            ws.send_json({"type": "input_audio_buffer.commit"})
+        deadline = time.monotonic() + 10
+        while (service.open_streams or engine.active or engine.queued) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert service.open_streams == 0 and engine.active == 0 and engine.queued == 0
+        with client.websocket_connect(URL, headers=a) as ws:  # the key's slot is free again
+            assert ws.receive_json()["type"] == "transcription_session.created"
+
+
+def test_page_is_served(whisper, engine, vad_model):
+    client, _ = client_for(whisper, engine, vad_model)
+    with client:
+        page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/v1/realtime?intent=transcription" in page.text and "partial" in page.text
+
+
+def test_mounted_by_create_app(make_settings, speech):
+    """create_app mounts the router; the model comes from the server's registry, keys from its settings."""
+    from voxserve.server.app import create_app
+
+    app = create_app(make_settings(api_keys=["secret"], preload=False))
+    with TestClient(app) as client:
+        assert "voxserve live" in client.get("/").text
+        with client.websocket_connect(URL + "&model=nope", headers={"authorization": "Bearer secret"}) as ws:
+            assert ws.receive_json()["error"]["code"] == "model_not_found"
+        with client.websocket_connect(URL, headers={"authorization": "Bearer secret"}) as ws:
+            session = configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+            assert session["input_audio_transcription"]["model"] == "tiny"
+            append(ws, speech[: 2 * SR])
+            ws.send_json({"type": "input_audio_buffer.commit"})
+            done = receive_until(ws, "conversation.item.input_audio_transcription.completed")[-1]
+            assert isinstance(done["transcript"], str)
+        with client.websocket_connect(URL) as ws:
+            assert ws.receive_json()["error"]["code"] == "invalid_api_key"

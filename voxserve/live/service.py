@@ -1,0 +1,255 @@
+"""What all live streams share: one model and its batching engine, the VAD model, and the stream caps.
+
+Streams never decode on their own: each partial or final decode is one window request on the shared engine at
+``realtime`` priority, so the partial re-decodes of many streams are admitted, encoded and stepped together.
+VAD work is batched the same way: chunks that arrive while a VAD batch runs wait and go together in the next
+one, a batched model call per 32 ms frame step, split into groups that run in parallel threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..api import WhisperModel
+from ..audio.features import log_mel_spectrogram
+from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
+from ..config import HOP_LENGTH, SAMPLE_RATE
+from ..decoding.decode import DecodingResult, WindowDecoder
+from ..decoding.options import DecodingOptions
+from ..engine.engine import Engine, Ticket
+from ..engine.types import Priority, WindowRequest
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    # least time between two partial re-decodes of one stream (a partial in flight also waits for its answer)
+    partial_interval_s: float = 0.3
+    # audio an utterance needs before its first partial
+    min_partial_s: float = 0.3
+    # encode only the audio an utterance has (rounded up to window_step_s) instead of a padded 30 s window
+    short_windows: bool = False
+    window_step_s: float = 1.0
+    # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
+    # suppressed), the length of real speech's transcripts; None decodes normally
+    fixed_tokens_per_second: float | None = None
+    # streams open at once, in all and per API key
+    max_streams: int = 256
+    max_streams_per_key: int = 16
+    # a session that sends nothing for this long is closed
+    idle_timeout_s: float = 60.0
+    # audio may run this far ahead of real time (bursts, buffered clients); more is refused
+    max_ahead_s: float = 10.0
+    # largest decoded audio payload of one append event
+    max_chunk_bytes: int = 1 << 20
+    # a decode that takes longer ends with the text it has
+    decode_timeout_s: float = 10.0
+    # VAD rows per batched model call (groups run in parallel threads)
+    vad_batch: int = 64
+    vad: VADOptions = field(default_factory=VADOptions)
+
+    def __post_init__(self) -> None:
+        for name in ("partial_interval_s", "window_step_s", "idle_timeout_s", "decode_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_streams", "max_streams_per_key", "max_chunk_bytes", "vad_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_partial_s < 0 or self.max_ahead_s < 0:
+            raise ValueError("min_partial_s and max_ahead_s must be >= 0")
+        if self.fixed_tokens_per_second is not None and self.fixed_tokens_per_second <= 0:
+            raise ValueError("fixed_tokens_per_second must be > 0")
+
+
+class StreamLimitError(Exception):
+    """No room for another stream: ``scope`` is "server" (all streams) or "key" (this API key's)."""
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+@dataclass
+class LiveStats:
+    """Figures the stream benchmark and metrics read: latency from audio arriving to its text appearing."""
+
+    partial_latency: list[float] = field(default_factory=list)  # per audio chunk, to its first partial text
+    final_latency: list[float] = field(default_factory=list)  # per utterance: end of speech -> completed
+    partials: int = 0
+    finals: int = 0
+    decode_seconds: list[float] = field(default_factory=list)  # submit -> result, partials and finals
+
+
+class LiveService:
+    def __init__(
+        self,
+        whisper: WhisperModel,
+        engine: Engine,
+        vad_model: SileroVAD | None,
+        options: LiveOptions | None = None,
+    ) -> None:
+        self.whisper, self.engine, self.vad_model = whisper, engine, vad_model
+        self.options = options or LiveOptions()
+        self.stats = LiveStats()
+        d = whisper.model.dims
+        self.window_samples = 2 * d.n_audio_ctx * HOP_LENGTH
+        self._decoders: dict[tuple[str | None, str | None], WindowDecoder] = {}
+        self._streams: Counter[str | None] = Counter()
+        self._pending: list[tuple[StreamingVAD, np.ndarray, asyncio.Future]] = []
+        self._wake: asyncio.Event | None = None
+        self._pump: asyncio.Task | None = None
+
+    # ----- stream caps
+
+    @property
+    def open_streams(self) -> int:
+        return sum(self._streams.values())
+
+    def open_stream(self, key: str | None) -> None:
+        o = self.options
+        if self.open_streams >= o.max_streams:
+            raise StreamLimitError(f"the server holds its maximum of {o.max_streams} live streams", "server")
+        if self._streams[key] >= o.max_streams_per_key:
+            raise StreamLimitError(
+                f"this API key already has its maximum of {o.max_streams_per_key} live streams open", "key"
+            )
+        self._streams[key] += 1
+
+    def close_stream(self, key: str | None) -> None:
+        if self._streams[key] > 0:
+            self._streams[key] -= 1
+        if self._streams[key] == 0:
+            del self._streams[key]
+
+    # ----- VAD, batched across streams
+
+    def new_vad(self, options: VADOptions | None = None) -> StreamingVAD:
+        if self.vad_model is None:
+            raise RuntimeError("this service has no VAD model")
+        return StreamingVAD(self.vad_model, options or self.options.vad)
+
+    async def vad(self, vad: StreamingVAD, samples: np.ndarray) -> list[VADEvent]:
+        """Feed one stream's chunk; resolves once a batch that holds it has run."""
+        loop = asyncio.get_running_loop()
+        if self._pump is None or self._pump.done() or self._pump.get_loop() is not loop:
+            # (Re)started in the running loop: test clients run each app instance in a loop of their own.
+            self._wake, self._pending = asyncio.Event(), []
+            self._pump = loop.create_task(self._vad_pump())
+        future = loop.create_future()
+        self._pending.append((vad, samples, future))
+        self._wake.set()
+        return await future
+
+    async def _vad_pump(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, []
+            # One chunk per stream per call: a stream's later chunks go in the next round, in order.
+            while pending:
+                batch, later, seen = [], [], set()
+                for item in pending:
+                    (later if id(item[0]) in seen else batch).append(item)
+                    seen.add(id(item[0]))
+                pending = later
+                groups = [
+                    batch[i : i + self.options.vad_batch]
+                    for i in range(0, len(batch), self.options.vad_batch)
+                ]
+                results = await asyncio.gather(
+                    *(
+                        asyncio.to_thread(feed_many, [g[0] for g in grp], [g[1] for g in grp])
+                        for grp in groups
+                    ),
+                    return_exceptions=True,
+                )
+                for grp, res in zip(groups, results, strict=True):
+                    for i, (_, _, future) in enumerate(grp):
+                        if future.done():
+                            continue
+                        if isinstance(res, BaseException):
+                            future.set_exception(res)
+                        else:
+                            future.set_result(res[i])
+
+    # ----- decoding on the shared engine
+
+    def window_decoder(self, language: str | None, prompt: str | None) -> WindowDecoder:
+        key = (language, prompt)
+        if key not in self._decoders:
+            tok = self.whisper.tokenizer
+            fixed = self.options.fixed_tokens_per_second is not None
+            options = DecodingOptions(
+                language=language,
+                prompt=prompt or None,
+                without_timestamps=True,
+                suppress_tokens=(-1, tok.eot) if fixed else (-1,),
+            )
+            if len(self._decoders) > 64:  # bounded: prompts are free text
+                self._decoders.clear()
+            self._decoders[key] = WindowDecoder(self.whisper.model, tok, options)
+        return self._decoders[key]
+
+    def mel(self, samples: np.ndarray) -> torch.Tensor:
+        """The window mel for an utterance: padded to 30 s, or to whole window steps with short_windows."""
+        n = len(samples)
+        if n > self.window_samples:
+            samples, n = samples[-self.window_samples :], self.window_samples
+        if self.options.short_windows:
+            step = int(self.options.window_step_s * SAMPLE_RATE)
+            target = min(self.window_samples, max(step, math.ceil(n / step) * step))
+        else:
+            target = self.window_samples
+        device = self.engine.runner.device
+        x = torch.zeros(target, dtype=torch.float32, device=device)
+        x[:n] = torch.as_tensor(samples, dtype=torch.float32).to(device)
+        mel = log_mel_spectrogram(x, self.whisper.model.dims.n_mels)
+        return mel[:, : target // HOP_LENGTH]
+
+    async def decode(
+        self,
+        samples: np.ndarray,
+        *,
+        language: str | None,
+        prompt: str | None,
+        on_ticket: Callable[[Ticket], None] | None = None,
+    ) -> DecodingResult:
+        """Decode one utterance (16 kHz samples) at realtime priority; ``on_ticket`` gets the engine ticket
+        (to cancel it when the stream goes away)."""
+        started = time.monotonic()
+        decoder = self.window_decoder(language, prompt)
+        spec = decoder.row_spec()
+        if self.options.fixed_tokens_per_second is not None:
+            seconds = min(len(samples), self.window_samples) / SAMPLE_RATE
+            spec = replace(spec, sample_len=max(1, round(self.options.fixed_tokens_per_second * seconds)))
+        mel = await asyncio.to_thread(self.mel, samples)
+        deadline = time.monotonic() + self.options.decode_timeout_s
+        ticket = self.engine.submit(
+            WindowRequest(mel=mel, spec=spec, priority=Priority.REALTIME, deadline=deadline)
+        )
+        if on_ticket is not None:
+            on_ticket(ticket)
+        output = await ticket.wait()
+        self.stats.decode_seconds.append(time.monotonic() - started)
+        return decoder.result_from(output)
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            try:
+                await self._pump
+            except asyncio.CancelledError:
+                pass
+            self._pump = None
+        for _, _, future in self._pending:
+            if not future.done():
+                future.cancel()
+        self._pending.clear()
