@@ -45,7 +45,9 @@ def audio():
 
 def _create(client, audio, **kw):
     # temperature 0: one decode per window (no fallback ladder), so the tests stay fast on random weights
-    return client.audio.transcriptions.create(file=audio, model="whisper-1", temperature=0, language="en", **kw)
+    return client.audio.transcriptions.create(
+        file=audio, model="whisper-1", temperature=0, language="en", **kw
+    )
 
 
 def test_json_and_text_agree(client, audio):
