@@ -60,7 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--dtype", choices=("float32", "float16", "bfloat16"), help="default: float16 on cuda, else float32"
     )
     p.add_argument("--max-duration", type=float, help="refuse audio longer than this many seconds")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bar (otherwise shown on a terminal for audio over 30 s) and no 'wrote' lines",
+    )
     p.set_defaults(func=run)
 
 
@@ -88,15 +93,16 @@ def run(args: argparse.Namespace) -> int:
     from ..results import Transcription
 
     options = make_options(**_options(args))  # validated before the model loads
+    # json and verbose_json share the .json extension; "all" writes the fuller one.
+    formats = tuple(f for f in FORMATS if f != "json") if args.format == "all" else (args.format,)
+    if args.output_dir is None and len(formats) > 1:
+        print("voxserve transcribe: error: --format all needs --output-dir", file=sys.stderr)
+        return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     for w in caught:
         print(f"voxserve transcribe: note: {w.message}", file=sys.stderr)
-    formats = FORMATS if args.format == "all" else (args.format,)
-    if args.output_dir is None and len(formats) > 1:
-        print("voxserve transcribe: error: --format all needs --output-dir", file=sys.stderr)
-        return 2
 
     failures = 0
     for path in args.files:

@@ -126,7 +126,14 @@ def _seek_loop(
     last_speech = 0.0
     segment_id = 0
 
-    bar = tqdm(total=content_frames, unit="frames", disable=not progress, desc="transcribing")
+    # Seconds of audio done, for audio longer than one window (a single window is over before a bar helps).
+    bar = tqdm(
+        total=round(content_frames / FRAMES_PER_SECOND, 2),
+        unit="s",
+        disable=not progress or content_frames <= N_FRAMES,
+        desc="transcribing",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
+    )
     with bar:
         for clip_start, clip_end in _seek_clips(options, content_frames):
             seek = clip_start
@@ -138,7 +145,7 @@ def _seek_loop(
 
                 if _is_silence(result, options):
                     seek += window.frames
-                    bar.update(window.frames)
+                    bar.update(window.frames / FRAMES_PER_SECOND)
                     continue
 
                 drafts, next_seek, single_ending = _split_segments(result.tokens, window, tokenizer)
@@ -179,7 +186,7 @@ def _seek_loop(
                 if not options.condition_on_previous_text or result.temperature > 0.5:
                     # Text decoded at a high temperature is a poor prompt: start the context afresh.
                     prompt_reset_since = len(all_tokens)
-                bar.update(min(content_frames, next_seek) - seek)
+                bar.update((min(content_frames, next_seek) - seek) / FRAMES_PER_SECOND)
                 seek = next_seek
 
 
