@@ -1,0 +1,110 @@
+"""Development profile of one decode step and one encoder pass: which kernels, how many, how long.
+
+python3 bench/profile_step.py --dims large-v3
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import torch
+from probe_engine import DIMS  # noqa: I001 - a sibling script
+from torch.profiler import ProfilerActivity, profile
+
+from voxserve.config import ModelDims
+from voxserve.decoding.batched import make_engine
+from voxserve.engine.types import EngineConfig
+from voxserve.model.load import init_random
+from voxserve.tokenizer import Tokenizer
+
+
+def table(prof: profile, title: str, rows: int = 18) -> None:
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.device_time_total for e in events)
+    print(f"\n== {title}: {total / 1000:.3f} ms of kernels, {sum(e.count for e in events)} launches")
+    for e in sorted(events, key=lambda e: -e.device_time_total)[:rows]:
+        print(f"{e.device_time_total / 1000:8.3f} ms {e.count:6d}x  {e.key[:110]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dims", default="large-v3")
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--tiktoken", default=".devdata/whisper-assets/multilingual.tiktoken")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    dims = ModelDims(n_audio_ctx=1500, n_text_ctx=448, **DIMS[args.dims])
+    tok = Tokenizer.from_tiktoken(args.tiktoken, num_languages=dims.num_languages)
+    model = init_random(dims, seed=0).to("cuda", dtype)
+    eng = make_engine(model, tok, EngineConfig(max_slots=64, cuda_graphs=False))
+    runner = eng.runner
+    try:
+        with torch.no_grad():
+            for b in (1, 64):
+                rows = torch.arange(b, device="cuda")
+                runner.policy.length[:b] = 10
+                runner.policy.sample_len[:b] = 10**6
+                for _ in range(3):
+                    runner._step(rows, False)
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    runner._step(rows, False)
+                    torch.cuda.synchronize()
+                table(prof, f"decode step b={b}")
+            mel = torch.randn(1, dims.n_mels, 3000, device="cuda", dtype=dtype)
+            model.encoder(mel)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                model.encoder(mel)
+                torch.cuda.synchronize()
+            table(prof, "encoder b=1")
+    finally:
+        eng.close()
+
+
+def attention_sweep() -> None:
+    """Time the decode-attention kernel over its launch parameters, for the cross (1500) and self (448) cases."""
+    import triton.testing
+
+    from voxserve.engine.attention import decode_attention
+
+    h, d = 20, 64
+    for t, length in ((1500, 1500), (448, 40)):
+        for b in (1, 16, 64):
+            k = torch.randn(b + 1, t, h * d, device="cuda", dtype=torch.float16)
+            v = torch.randn_like(k)
+            q = torch.randn(b, h, d, device="cuda", dtype=torch.float16)
+            rows = torch.arange(b, device="cuda")
+            lengths = torch.full((b,), length, device="cuda")
+            best = []
+            for splits in (1, 2, 4, 8, 16, 32):
+                for block_n in (32, 64, 128):
+                    for warps in (2, 4, 8):
+                        ms = triton.testing.do_bench(
+                            functools.partial(
+                                decode_attention,
+                                q,
+                                k,
+                                v,
+                                rows,
+                                lengths,
+                                splits=splits,
+                                block_n=block_n,
+                                num_warps=warps,
+                            ),
+                            warmup=5,
+                            rep=20,
+                        )
+                        best.append((ms, splits, block_n, warps))
+            best.sort()
+            gb = 2 * b * length * h * d * 2 / 1e9
+            top = ", ".join(f"{ms * 1000:.1f}us s{s} n{n} w{w}" for ms, s, n, w in best[:4])
+            print(
+                f"T={t} len={length} b={b}: {top}  (floor {gb / 3.35e3 * 1e6:.1f}us at 3.35 TB/s)", flush=True
+            )
+
+
+if __name__ == "__main__":
+    attention_sweep()
+    main()
