@@ -1,11 +1,12 @@
 """Hotword biasing: phrases the decoder should prefer, boosted inside the search (shallow fusion).
 
 Each phrase is tokenised (with and without a leading space, as written and capitalised) into a token trie.
-At every step, for each row, every trie node whose prefix equals the last tokens sampled is active, and the
-tokens that continue it get the phrase's weight added to their logits; the root is always active, so the first
-token of a phrase gets its weight anywhere. Continuing a phrase already begun is therefore as cheap as
-starting it was, which is what lets an acoustically close word flip to the hotword. A row's bias is the
-largest weight among the active edges that lead to a token (weights do not add up across overlapping phrases).
+At every step, for each row, the deepest trie nodes whose prefix equals the last tokens sampled are active,
+and the tokens that continue them get the phrase's weight added to their logits; when no phrase is under way
+the root is active, so the first token of a phrase gets its weight anywhere. Continuing a phrase already begun
+is therefore as cheap as starting it was, which is what lets an acoustically close word flip to the hotword,
+and a row inside a phrase is not pulled towards starting another one. A row's bias is the largest weight among
+the active edges that lead to a token (weights do not add up across overlapping phrases).
 
 The filter runs on whole batches: one comparison per trie depth, no Python loop over rows, so it serves greedy,
 sampled and beam decoding alike. The batching engine's per-slot policy has no per-step token history, so
@@ -109,9 +110,11 @@ class HotwordBias(LogitFilter):
             else:
                 # [B, k, 1] against [1, k, E]: the last k sampled tokens equal the edge's prefix
                 match = (sampled[:, n - k :, None] == prefixes.T[None]).all(dim=1)
-            bonus.scatter_reduce_(
-                1, nxt.expand(b, -1), match.float() * weight[None], reduce="amax", include_self=True
-            )
+            level = torch.zeros(b, n_vocab, device=tokens.device)
+            level.scatter_reduce_(1, nxt.expand(b, -1), match.float() * weight[None], reduce="amax")
+            # Levels go from shallow to deep: a row inside a phrase is biased only to continue it (its deepest
+            # match), not to start another phrase, which would make it stutter first tokens.
+            bonus = torch.where(match.any(dim=1, keepdim=True), level, bonus)
         return bonus
 
     def apply(self, logits: Tensor, tokens: Tensor) -> None:

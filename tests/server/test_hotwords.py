@@ -1,0 +1,77 @@
+"""Hotword biasing: the trie bias itself (exact, on token ids), its effect on a real decode, and, with the
+trained demo model, that a biased word that sounds close replaces what the model heard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.support import decisive_model
+from voxserve.api import DEMO_MODEL_DIR
+from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
+from voxserve.decoding.decode import WindowDecoder
+from voxserve.decoding.hotwords import Hotword, HotwordBias, HotwordDecoder, HotwordTrie
+from voxserve.decoding.options import DecodingOptions, OptionsError
+
+
+def test_bias_follows_the_trie(tokenizer):
+    ids = tokenizer.encode(" voxserve rocks")
+    assert len(ids) >= 3
+    trie = HotwordTrie([Hotword("voxserve rocks", 2.5)], tokenizer)
+    bias = HotwordBias(trie, sample_begin=1)
+    v = 51865
+    # nothing sampled yet: the phrase's first token (in each spelling) gets the weight, nothing else does
+    b = bias.bias(torch.tensor([[7]]), v)[0]
+    assert b[ids[0]] == 2.5 and b[ids[1]] == 0
+    firsts = {
+        tokenizer.encode(t)[0]
+        for t in (" voxserve rocks", "voxserve rocks", " Voxserve rocks", "Voxserve rocks")
+    }
+    assert set(b.nonzero().flatten().tolist()) == firsts
+    # after the first k tokens, the (k+1)-th is boosted too; a row elsewhere gets only the first tokens
+    rows = torch.tensor([[7, *ids[:2]], [7, 11, 12]])
+    b = bias.bias(rows, v)
+    assert b[0, ids[2]] == 2.5 and b[1, ids[2]] == 0
+    assert b[0].nonzero().flatten().tolist() == [ids[2]]
+    assert b[1, ids[0]] == 2.5
+
+
+def test_weights_are_checked():
+    with pytest.raises(OptionsError):
+        Hotword("x", 0)
+    with pytest.raises(OptionsError):
+        Hotword("   ")
+
+
+def test_a_strong_hotword_steers_a_decode(tokenizer):
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+    mel = pad_or_trim(log_mel_spectrogram(torch.zeros(16000), 80, padding=0), 3000)
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=20)
+    tok = tokenizer.with_options(language="en", task="transcribe")
+    plain = WindowDecoder(model, tok, options).decode(mel)[0]
+    biased = HotwordDecoder(model, tok, options, [Hotword("voxserve", 20.0)]).decode(mel)[0]
+    assert "voxserve" not in plain.text.lower()
+    assert "voxserve" in biased.text.lower()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not DEMO_MODEL_DIR.is_dir(), reason="needs the trained demo model (voxserve/assets/demo-model)"
+)
+def test_hotword_flips_an_acoustically_close_word():
+    """espeak says "pat"; biased towards "bat", the demo model writes "bat", and it does not without bias."""
+    from voxserve.api import load_model
+    from voxserve.train.synth import speak
+
+    model = load_model("default", device="cpu")
+    audio = speak("please call pat tomorrow")
+    plain = " ".join(s.text for s in model.transcribe(audio, language="en", temperatures=(0.0,))[0]).lower()
+    assert "bat" not in plain.split()
+    from voxserve.decoding.hotwords import DEFAULT_WEIGHT
+
+    tok = model.tokenizer.with_options(language="en", task="transcribe")
+    mel = pad_or_trim(log_mel_spectrogram(torch.from_numpy(audio), model.model.dims.n_mels, padding=0), 3000)
+    options = DecodingOptions(language="en")
+    biased = HotwordDecoder(model.model, tok, options, [Hotword("bat", 2 * DEFAULT_WEIGHT)]).decode(mel)[0]
+    assert "bat" in biased.text.lower().replace(".", " ").split()
