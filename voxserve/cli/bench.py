@@ -89,6 +89,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random weight seed (default 0)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="result folder")
+    live = p.add_argument_group("live streams (--streams; voxserve/live/streambench.py)")
+    live.add_argument(
+        "--streams",
+        help="simulate this many live callers (comma-separated counts, e.g. 1,4,16): "
+        "partial-result latency p50/p99 and the streams held at p99 <= --target-ms",
+    )
+    live.add_argument(
+        "--model", help="streams: a checkpoint (e.g. default, the demo model) instead of random --dims"
+    )
+    live.add_argument(
+        "--stream-seconds", type=float, default=20.0, help="audio each caller sends (default 20)"
+    )
+    live.add_argument("--chunk-ms", type=int, default=100, help="audio per append event (default 100)")
+    live.add_argument(
+        "--partial-interval",
+        type=float,
+        default=0.3,
+        help="seconds between a stream's partial re-decodes (default 0.3)",
+    )
+    live.add_argument(
+        "--short-windows",
+        action="store_true",
+        help="encode only the audio an utterance has instead of a padded 30 s window",
+    )
+    live.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=3.0,
+        help="random weights: tokens decoded per second of audio (default 3)",
+    )
+    live.add_argument("--slots", type=int, help="engine KV-cache slots (default: the engine's choice)")
+    live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")
+    live.add_argument(
+        "--vad-model", type=Path, default=SHARED / "vad" / "silero_vad.onnx", help="Silero VAD ONNX file"
+    )
+    live.add_argument(
+        "--vad",
+        choices=("silero", "oracle"),
+        default="silero",
+        help="silero: the server's VAD; oracle: speech events at the known utterance bounds (no onnxruntime)",
+    )
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -104,6 +145,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.streams:
+        return run_streams(args)
     import torch
 
     from ..bench.report import format_table
@@ -154,4 +197,50 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"bench: wrote {path}", file=sys.stderr)
     print(format_table(doc))
+    return 0
+
+
+def run_streams(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.weights import BenchError
+    from ..live.streambench import StreamBenchPlan, format_streams
+    from ..live.streambench import run_streams as measure
+
+    try:
+        try:
+            counts = tuple(int(n) for n in args.streams.split(",") if n.strip())
+        except ValueError:
+            raise BenchError(f"--streams must be comma-separated integers, not {args.streams!r}") from None
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        plan = StreamBenchPlan(
+            streams=counts,
+            device=device,
+            precision=args.precision or ("fp16" if device == "cuda" else "fp32"),
+            audio=args.audio,
+            tiktoken=args.tiktoken,
+            out=args.out,
+            dims=args.dims,
+            model=args.model,
+            seconds=args.stream_seconds,
+            chunk_ms=args.chunk_ms,
+            partial_interval_s=args.partial_interval,
+            short_windows=args.short_windows,
+            tokens_per_second=args.tokens_per_second,
+            slots=args.slots,
+            target_ms=args.target_ms,
+            vad_model=args.vad_model,
+            vad=args.vad,
+            seed=args.seed,
+        )
+        doc, path = measure(
+            plan, command_line(args), log=lambda line: print(f"bench: {line}", file=sys.stderr)
+        )
+    except BenchError as e:
+        print(f"voxserve bench: error: {e}", file=sys.stderr)
+        return 1
+    print(f"bench: wrote {path}", file=sys.stderr)
+    print(format_streams(doc))
     return 0

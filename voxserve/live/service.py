@@ -80,7 +80,8 @@ class StreamLimitError(Exception):
 class LiveStats:
     """Figures the stream benchmark and metrics read: latency from audio arriving to its text appearing."""
 
-    partial_latency: list[float] = field(default_factory=list)  # per audio chunk, to its first partial text
+    # per audio chunk in speech: (arrival time, seconds until the first text covering it: a partial or the final)
+    text_latency: list[tuple[float, float]] = field(default_factory=list)
     final_latency: list[float] = field(default_factory=list)  # per utterance: end of speech -> completed
     partials: int = 0
     finals: int = 0
@@ -136,7 +137,10 @@ class LiveService:
         return StreamingVAD(self.vad_model, options or self.options.vad)
 
     async def vad(self, vad: StreamingVAD, samples: np.ndarray) -> list[VADEvent]:
-        """Feed one stream's chunk; resolves once a batch that holds it has run."""
+        """Feed one stream's chunk; resolves once a batch that holds it has run. A VAD of another kind (the
+        stream benchmark's oracle) is fed directly."""
+        if not isinstance(vad, StreamingVAD):
+            return vad.feed(samples)
         loop = asyncio.get_running_loop()
         if self._pump is None or self._pump.done() or self._pump.get_loop() is not loop:
             # (Re)started in the running loop: test clients run each app instance in a loop of their own.

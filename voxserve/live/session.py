@@ -255,11 +255,13 @@ class LiveSession:
         except (TypeError, ValueError) as e:
             raise ProtocolError("invalid_turn_detection", f"turn_detection: {e}") from None
 
-    async def append(self, payload: Any) -> None:
+    async def append(self, payload: Any, *, arrived: float | None = None) -> None:
+        """Take one base64 chunk. ``arrived`` (the session clock's time) is when the audio was sent, where the
+        caller knows it better than the time this runs (the stream benchmark's callers do)."""
         data = decode_base64(payload, max_bytes=self.service.options.max_chunk_bytes)
         if not data:
             raise ProtocolError("invalid_audio", "audio is empty", "audio")
-        now = self.clock()
+        now = self.clock() if arrived is None else arrived
         seconds = len(data) / self.format.bytes_per_second
         if self.first_audio_at is None:
             self.first_audio_at = now
@@ -367,7 +369,8 @@ class LiveSession:
         stats = self.service.stats
         stats.partials += 1
         while self.arrivals and self.arrivals[0][0] <= end:
-            stats.partial_latency.append(now - self.arrivals.popleft()[1])
+            arrived = self.arrivals.popleft()[1]
+            stats.text_latency.append((arrived, now - arrived))
         self._maybe_partial()
 
     async def _final(self, item: _Item, samples: np.ndarray, arrivals: list, ended_at: float) -> None:
@@ -387,7 +390,7 @@ class LiveSession:
         now, stats = self.clock(), self.service.stats
         stats.finals += 1
         stats.final_latency.append(now - ended_at)
-        stats.partial_latency.extend(now - t for _, t in arrivals)
+        stats.text_latency.extend((t, now - t) for _, t in arrivals)
 
     async def _decode(self, item: _Item, samples: np.ndarray) -> Any:
         if len(samples) < 400:  # the log-mel needs a few hundred samples; pad tiny items with silence

@@ -1,0 +1,358 @@
+"""``voxserve bench --streams N``: N simulated callers on the live path, at real-time pace.
+
+Each caller is a :class:`LiveSession` on one shared :class:`LiveService` (the server's code below the WebSocket:
+base64 pcm16 chunks, VAD batched across streams, partial re-decodes and finals on the shared engine at realtime
+priority). Callers speak ../shared speech (utterances joined with short pauses, each caller starting elsewhere)
+in ``chunk_ms`` chunks, sent on a real-time schedule with staggered starts.
+
+The figure is the latency from audio arriving to its text appearing: for every chunk sent during speech, the
+time from its scheduled send to the first delta (partial) or completed event whose audio covers it. So it
+includes the wait for the next partial, the VAD, the engine queue, the encoder and every decode step. p50/p99
+come from chunks sent after a warm-up; a stream count is held when p99 <= the target (300 ms). With random
+weights each decode yields exactly ``tokens_per_second`` tokens per second of audio (end-of-text suppressed),
+the length of real speech's transcripts; with a real checkpoint (``--model``) decoding is normal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..api import WhisperModel, load_model
+from ..audio.vad import SileroVAD, VADError
+from ..bench import machine
+from ..bench.inputs import speech_clips
+from ..bench.weights import BenchError, bench_tokenizer, resolve_dims
+from ..config import SAMPLE_RATE, resolve_dtype
+from ..decoding.batched import make_engine
+from ..engine.engine import Engine
+from ..engine.types import EngineConfig, WindowRequest
+from ..model.load import CheckpointInfo, init_random
+from .service import LiveOptions, LiveService
+from .session import LiveSession
+
+SCHEMA = "voxserve.bench.streams/1"
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class StreamBenchPlan:
+    streams: tuple[int, ...]  # stream counts to measure, in order
+    device: str
+    precision: str
+    audio: Path
+    tiktoken: Path
+    out: Path
+    dims: str = "tiny"
+    model: str | None = None  # a checkpoint (e.g. "default", the demo model) instead of random weights
+    seconds: float = 20.0  # audio each caller sends
+    chunk_ms: int = 100
+    partial_interval_s: float = 0.3
+    short_windows: bool = False
+    tokens_per_second: float = 3.0
+    slots: int | None = None  # engine slots; None: the engine's own choice
+    target_ms: float = 300.0
+    warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
+    vad_model: Path | None = None
+    # "silero" (the server's VAD) or "oracle" (events at the known utterance bounds; needs no onnxruntime)
+    vad: str = "silero"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.streams or any(n < 1 for n in self.streams):
+            raise BenchError(f"--streams needs positive stream counts, got {self.streams}")
+        if self.seconds <= self.warmup_s:
+            raise BenchError(f"--stream-seconds ({self.seconds}) must exceed the warm-up ({self.warmup_s} s)")
+        if not 10 <= self.chunk_ms <= 2000:
+            raise BenchError(f"--chunk-ms must be 10..2000, got {self.chunk_ms}")
+        if self.vad not in ("silero", "oracle"):
+            raise BenchError(f"--vad must be silero or oracle, got {self.vad!r}")
+        if self.precision not in PRECISIONS:
+            raise BenchError(f"--precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(1000 * x, 1)
+
+
+@dataclass(frozen=True)
+class Track:
+    audio: np.ndarray
+    speech: list[tuple[int, int]]  # where the utterances are, in samples of this track
+
+
+def caller_audio(clips: list[np.ndarray], n: int, seconds: float, seed: int) -> list[Track]:
+    """``n`` different ``seconds``-long tracks: the utterances joined with 0.4-1.2 s pauses, each track
+    starting at its own place (wrapping around)."""
+    rng = np.random.default_rng(seed)
+    parts, spans, at = [], [], 0
+    for clip in clips:
+        pause = int(rng.uniform(0.4, 1.2) * SAMPLE_RATE)
+        parts += [clip, np.zeros(pause, np.float32)]
+        spans.append((at, at + len(clip)))
+        at += len(clip) + pause
+    joined = np.concatenate(parts)
+    size = int(seconds * SAMPLE_RATE)
+    reps = math.ceil((size + joined.size) / joined.size) + 1
+    repeated = np.tile(joined, reps)
+    all_spans = [(a + r * joined.size, b + r * joined.size) for r in range(reps) for a, b in spans]
+    tracks = []
+    for s in rng.integers(0, joined.size, n):
+        speech = [(max(a - s, 0), min(b - s, size)) for a, b in all_spans if b > s and a < s + size]
+        tracks.append(Track(repeated[s : s + size], speech))
+    return tracks
+
+
+class OracleVAD:
+    """Speech events at the known utterance bounds, timed as a VAD would report them (the start once its
+    audio arrives, the end after ``silence_ms`` of silence): for machines without onnxruntime."""
+
+    def __init__(self, speech: list[tuple[int, int]], pad_ms: int = 300, silence_ms: int = 500) -> None:
+        pad, silence = pad_ms * SAMPLE_RATE // 1000, silence_ms * SAMPLE_RATE // 1000
+        self._events = []
+        last_end = 0
+        for a, b in speech:
+            self._events += [(a, "start", max(a - pad, last_end)), (b + silence, "end", b + pad)]
+            last_end = b + pad
+        self._position = 0
+        self.in_speech = False
+
+    def feed(self, samples: np.ndarray) -> list:
+        from ..audio.vad import VADEvent
+
+        self._position += len(samples)
+        out = []
+        while self._events and self._events[0][0] <= self._position:
+            _, kind, sample = self._events.pop(0)
+            self.in_speech = kind == "start"
+            out.append(VADEvent(kind, sample))
+        return out
+
+    def finish(self) -> list:
+        return []
+
+
+def warm_up(engine: Engine, whisper: WhisperModel, service: LiveService) -> None:
+    """Fill every slot once (CUDA graphs for every batch bucket are captured on the way), full and short."""
+    decoder = service.window_decoder("en" if whisper.tokenizer.is_multilingual else None, None)
+    spec = decoder.row_spec()
+    from dataclasses import replace
+
+    spec = replace(spec, sample_len=8)
+    mels = [service.mel(np.zeros(SAMPLE_RATE * s, np.float32)) for s in (2, 5)]
+    tickets = [engine.submit(WindowRequest(mel=mels[i % 2], spec=spec)) for i in range(engine.n_slots)]
+    for t in tickets:
+        t.result(timeout=600)
+
+
+async def _caller(
+    service: LiveService,
+    track: Track,
+    chunk: int,
+    start: float,
+    language: str | None,
+    lag: list[float],
+    oracle: bool,
+) -> None:
+    async def drop(event: dict[str, Any]) -> None:
+        return None
+
+    session = LiveSession(service, drop)
+    if oracle:
+        session.vad, session.vad_options = OracleVAD(track.speech), service.options.vad
+    audio = track.audio
+    await session.handle(
+        {
+            "type": "transcription_session.update",
+            "session": {
+                "input_audio_sample_rate": 16000,
+                "input_audio_transcription": {"language": language},
+            },
+        }
+    )
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    period = chunk / SAMPLE_RATE
+    try:
+        for k in range(0, len(pcm) // chunk):
+            due = start + k * period
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            lag.append(time.monotonic() - due)
+            payload = base64.b64encode(pcm[k * chunk : (k + 1) * chunk].tobytes()).decode()
+            await session.append(payload, arrived=due)
+        if session.item is not None:
+            await session.commit()
+        deadline = time.monotonic() + 30
+        while session.tasks and time.monotonic() < deadline:  # the last finals
+            await asyncio.sleep(0.05)
+    finally:
+        await session.close()
+
+
+async def _simulate(
+    n: int, tracks: list[Track], service: LiveService, plan: StreamBenchPlan, language: str | None
+) -> tuple[float, list[float]]:
+    chunk = plan.chunk_ms * SAMPLE_RATE // 1000
+    t0 = time.monotonic() + 0.5
+    rng = np.random.default_rng(plan.seed + n)
+    # Staggered over one partial interval, so callers do not all ask for partials at the same instant.
+    offsets = rng.uniform(0, max(plan.partial_interval_s, plan.chunk_ms / 1000), n)
+    lag: list[float] = []
+    await asyncio.gather(
+        *(
+            _caller(service, tracks[i], chunk, t0 + offsets[i], language, lag, plan.vad == "oracle")
+            for i in range(n)
+        )
+    )
+    await service.close()
+    return t0 + float(offsets.max()) + plan.warmup_s, lag
+
+
+def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> tuple[dict[str, Any], Path]:
+    """Measure every stream count of ``plan``; returns the result document and the file written."""
+    from ..bench.results import result_filename
+
+    device = torch.device(plan.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for, but no CUDA device is available")
+    dtype = resolve_dtype(PRECISIONS[plan.precision])
+    if plan.model is not None:
+        whisper = load_model(plan.model, device=device, dtype=dtype)
+        fixed = None
+        log(f"model {whisper.checkpoint.source}")
+    else:
+        dims = resolve_dims(plan.dims)
+        tok = bench_tokenizer(dims, plan.tiktoken)
+        model = init_random(dims, seed=plan.seed).to(device=device, dtype=dtype).eval()
+        whisper = WhisperModel(
+            model, tok, CheckpointInfo(f"random {plan.dims}", "random", None), is_random=True
+        )
+        fixed = plan.tokens_per_second
+        log(f"random {plan.dims} weights, {fixed:g} tokens per second of audio")
+    language = "en" if whisper.tokenizer.is_multilingual else None
+    engine = make_engine(whisper.model, whisper.tokenizer, EngineConfig(max_slots=plan.slots))
+    try:
+        vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
+    except VADError as e:
+        raise BenchError(f"{e} (--vad oracle needs no onnxruntime)") from None
+    clips = speech_clips(plan.audio)
+    tracks = caller_audio(clips, max(plan.streams), plan.seconds, plan.seed)
+
+    def options(n: int) -> LiveOptions:
+        return LiveOptions(
+            partial_interval_s=plan.partial_interval_s,
+            short_windows=plan.short_windows,
+            fixed_tokens_per_second=fixed,
+            max_streams=n,
+            max_streams_per_key=n,
+            max_ahead_s=5.0,
+            idle_timeout_s=3600.0,
+        )
+
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
+    settings.update(
+        model_dims=whisper.model.dims.to_dict(),
+        engine_slots=engine.n_slots,
+        decoding="greedy, no timestamps, language en"
+        + (f"; exactly {fixed:g} tokens per second of audio (end-of-text suppressed)" if fixed else ""),
+    )
+    info = machine.machine_info(device)
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "suite": "streams",
+        "command": command,
+        "machine": info,
+        "settings": settings,
+        "figures": {"streams": []},
+        "conditions": {"start": machine.load_snapshot()},
+        "definitions": {
+            "text_latency": "per 100 ms-style chunk sent during speech: from its scheduled send time to the first "
+            "delta or completed event covering its audio (includes the wait for the next partial)",
+            "held": f"p99 text latency <= {plan.target_ms:g} ms",
+            "final": "from the end of speech (VAD) to the completed event",
+        },
+    }
+    try:
+        log(f"warming up the engine ({engine.n_slots} slots)")
+        warm_up(engine, whisper, LiveService(whisper, engine, vad, options(1)))
+        for n in plan.streams:
+            service = LiveService(whisper, engine, vad, options(n))
+            snap = machine.load_snapshot()
+            steps0, started = engine.steps, time.monotonic()
+            counted_from, lag = asyncio.run(_simulate(n, tracks, service, plan, language))
+            wall = time.monotonic() - started
+            st = service.stats
+            lat = [x for t, x in st.text_latency if t >= counted_from]
+            p99 = _percentile(lat, 99)
+            row = {
+                "streams": n,
+                "chunks_counted": len(lat),
+                "p50_ms": _ms(_percentile(lat, 50)),
+                "p90_ms": _ms(_percentile(lat, 90)),
+                "p99_ms": _ms(p99),
+                "max_ms": _ms(max(lat) if lat else None),
+                "held": p99 is not None and p99 * 1000 <= plan.target_ms,
+                "final_p50_ms": _ms(_percentile(st.final_latency, 50)),
+                "final_p99_ms": _ms(_percentile(st.final_latency, 99)),
+                "partials": st.partials,
+                "finals": st.finals,
+                "decodes_per_s": round(len(st.decode_seconds) / wall, 1),
+                "decode_p50_ms": _ms(_percentile(st.decode_seconds, 50)),
+                "engine_steps_per_s": round((engine.steps - steps0) / wall, 1),
+                "sender_lag_p99_ms": _ms(_percentile(lag, 99)),
+                "cpu_contention_pct": machine.contention_pct(snap, machine.load_snapshot()),
+            }
+            doc["figures"]["streams"].append(row)
+            log(
+                f"{n} streams: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({'held' if row['held'] else 'NOT held'}), "
+                f"final p50 {row['final_p50_ms']} ms, {row['decodes_per_s']} decodes/s"
+            )
+            gc.collect()
+    finally:
+        engine.close()
+    doc["conditions"]["end"] = machine.load_snapshot()
+    held = [r["streams"] for r in doc["figures"]["streams"] if r["held"]]
+    doc["streams_held"] = max(held) if held else 0
+    plan.out.mkdir(parents=True, exist_ok=True)
+    path = plan.out / result_filename(
+        {**doc, "settings": {**settings, "dims": plan.model and "model" or plan.dims}},
+        machine.machine_label(info),
+    )
+    i = 1
+    while path.exists():
+        path = path.with_name(f"{path.stem.rsplit('~', 1)[0]}~{i}.json")
+        i += 1
+    import json
+
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return doc, path
+
+
+def format_streams(doc: dict[str, Any]) -> str:
+    rows = [["streams", "p50 ms", "p99 ms", "held", "final p50 ms", "decodes/s", "steps/s", "contention %"]]
+    for r in doc["figures"]["streams"]:
+        rows.append(
+            [str(r["streams"]), str(r["p50_ms"]), str(r["p99_ms"]), "yes" if r["held"] else "no",
+             str(r["final_p50_ms"]), str(r["decodes_per_s"]), str(r["engine_steps_per_s"]),
+             str(r["cpu_contention_pct"])]
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    target = doc["settings"]["target_ms"]
+    lines.append(f"streams held at p99 <= {target:g} ms: {doc['streams_held']}")
+    return "\n".join(lines)
