@@ -12,12 +12,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# Debian packages the project needs at run time: espeak-ng synthesises speech for the demo and for training
-# data. PyAV bundles its own FFmpeg, so no ffmpeg package is needed.
+# Debian packages the project needs: espeak-ng synthesises speech for the demo and for training data;
+# chromium runs the live page's end-to-end test headless. PyAV bundles its own FFmpeg, so no ffmpeg package.
 system-packages:
-	@command -v espeak-ng >/dev/null 2>&1 || { \
+	@{ command -v espeak-ng && command -v chromium; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(MAKE) system-packages

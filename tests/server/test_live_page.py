@@ -1,0 +1,71 @@
+"""The live page end to end in headless Chromium: a WAV file is the microphone, the page streams it over the
+realtime WebSocket and shows the text. With the demo model the page must show the spoken sentence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("websockets")
+
+from tests.server.browser import Browser, chromium_path  # noqa: E402
+from tests.server.conftest import LiveServer  # noqa: E402
+from voxserve.api import DEMO_MODEL_DIR  # noqa: E402
+from voxserve.server.app import create_app  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (make system-packages)"),
+]
+
+ITEMS = "Array.from(document.querySelectorAll('#transcript .item')).map(p => [p.dataset.final || '', p.textContent])"
+
+
+def _speech_wav(tmp_path, text: str):
+    from voxserve.train.espeak import EspeakError
+    from voxserve.train.synth import speak, write_wav
+
+    try:
+        x = speak(text)
+    except EspeakError as e:
+        pytest.skip(f"espeak-ng unavailable: {e}")
+    # silence first (the page connects), then the sentence, then enough silence for the VAD to end it
+    x = np.concatenate([np.zeros(16000, np.float32), x, np.zeros(32000, np.float32)])
+    path = tmp_path / "mic.wav"
+    write_wav(path, x)
+    return path, len(x) / 16000
+
+
+def _run_page(app, wav, seconds: float, profile) -> list[list[str]]:
+    with LiveServer(app) as server, Browser(server.url + "/?autostart=mic", wav, profile) as browser:
+        done = browser.wait_for("document.body.dataset.completed", timeout=seconds + 30)
+        items = browser.evaluate(ITEMS)
+        errors = browser.evaluate("document.getElementById('errors').textContent")
+    assert not errors, errors
+    assert done, f"no completed item on the page; items: {items}"
+    return items
+
+
+def test_page_streams_the_microphone(make_settings, tmp_path):
+    """Random tiny model: the page's microphone audio reaches the server and a completed item appears."""
+    wav, seconds = _speech_wav(tmp_path, "the quick brown fox jumps over the lazy dog")
+    items = _run_page(create_app(make_settings(preload=False)), wav, seconds, tmp_path / "profile")
+    assert items and items[0][0] == "1"
+
+
+@pytest.mark.skipif(
+    not DEMO_MODEL_DIR.is_dir(), reason=f"the demo model is not trained yet ({DEMO_MODEL_DIR})"
+)
+def test_page_shows_the_demo_model_transcript(make_settings, tmp_path):
+    from voxserve.metrics.wer import item_errors
+
+    sentence = "please call the office before noon on friday"
+    wav, seconds = _speech_wav(tmp_path, sentence)
+    settings = make_settings(models={"default": "default"}, default_model="default", preload=False)
+    items = _run_page(create_app(settings), wav, seconds, tmp_path / "profile")
+    text = " ".join(t for final, t in items if final)
+    counts = item_errors(sentence, text)
+    wer = counts.errors / counts.reference_length
+    assert wer <= 0.2, f"page shows {text!r} for {sentence!r} (WER {wer:.2f})"
