@@ -309,7 +309,7 @@ def test_mounted_by_create_app(make_settings, speech):
     """create_app mounts the router; the model comes from the server's registry, keys from its settings."""
     from voxserve.server.app import create_app
 
-    app = create_app(make_settings(api_keys=["secret"], preload=False))
+    app = create_app(make_settings(api_keys=["secret"], preload=False, realtime_max_streams_per_key=1))
     with TestClient(app) as client:
         assert "voxserve live" in client.get("/").text
         with client.websocket_connect(URL + "&model=nope", headers={"authorization": "Bearer secret"}) as ws:
@@ -317,6 +317,8 @@ def test_mounted_by_create_app(make_settings, speech):
         with client.websocket_connect(URL, headers={"authorization": "Bearer secret"}) as ws:
             session = configure(ws, input_audio_sample_rate=16000, turn_detection=None)
             assert session["input_audio_transcription"]["model"] == "tiny"
+            with client.websocket_connect(URL, headers={"authorization": "Bearer secret"}) as second:
+                assert second.receive_json()["error"]["code"] == "too_many_streams"  # the settings' cap
             append(ws, speech[: 2 * SR])
             ws.send_json({"type": "input_audio_buffer.commit"})
             done = receive_until(ws, "conversation.item.input_audio_transcription.completed")[-1]

@@ -59,6 +59,15 @@ class ServerSettings(BaseSettings):
     cpu_fallback: bool = True
     # seconds uvicorn waits for in-flight requests after SIGTERM before it gives up on them
     shutdown_grace_seconds: float = 30.0
+    # ----- live transcription (/v1/realtime; voxserve.live.service.LiveOptions holds what each means)
+    # Silero VAD ONNX file; None: ../shared/data/vad/silero_vad.onnx beside the project
+    vad_model: Path | None = None
+    realtime_max_streams: int = 256
+    realtime_max_streams_per_key: int = 16
+    realtime_partial_interval_s: float = 0.3
+    realtime_short_windows: bool = False
+    realtime_idle_timeout_s: float = 60.0
+    realtime_max_ahead_s: float = 10.0
 
     @field_validator("queue_limits")
     @classmethod
