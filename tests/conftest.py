@@ -53,6 +53,13 @@ LARGE_V3 = ModelDims(
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread for the whole suite unless OMP_NUM_THREADS says otherwise: the tests run many small CPU
+    # ops, and where other processes share the CPU (CI has two cores) OpenMP's barriers cost more than the ops
+    # (a greedy parity test measured 0.3 s on one thread, 20 s on two under load). Subprocesses inherit it.
+    torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -23,10 +23,21 @@ def minute_of_speech() -> np.ndarray:
     return audio
 
 
-@pytest.fixture(scope="module", params=[0.1, 0.2], ids=["std0.1", "std0.2"])
+@pytest.fixture(scope="module")
 def pair(request, tokenizer, tmp_path_factory):
     model = decisive_model(TINY, tokenizer, std=request.param, eot_boost=2.0)
     return model, to_openai(model, tmp_path_factory.mktemp("ref"))
+
+
+# Weight scale x language x word timestamps, as a pairwise covering (every pair of factor values occurs once) in
+# four runs instead of eight: each run is a minute of openai-whisper's Python decode loop, the suite's largest
+# cost on CI's two cores, and no code path depends on all three factors together.
+LONGFORM_CASES = [
+    pytest.param(0.1, "en", True, id="std0.1-words-en"),
+    pytest.param(0.1, None, False, id="std0.1-segments-detect"),
+    pytest.param(0.2, "en", False, id="std0.2-segments-en"),
+    pytest.param(0.2, None, True, id="std0.2-words-detect"),
+]
 
 
 def reference_segments(result: dict) -> list[dict]:
@@ -35,8 +46,7 @@ def reference_segments(result: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("language", ["en", None], ids=["en", "detect"])
-@pytest.mark.parametrize("word_timestamps", [False, True], ids=["segments", "words"])
+@pytest.mark.parametrize(("pair", "language", "word_timestamps"), LONGFORM_CASES, indirect=["pair"])
 def test_longform_matches_openai(pair, tokenizer, minute_of_speech, language, word_timestamps) -> None:
     model, ref_model = pair
     options = TranscribeOptions(
@@ -73,6 +83,7 @@ def test_longform_matches_openai(pair, tokenizer, minute_of_speech, language, wo
             assert s.words is None
 
 
+@pytest.mark.parametrize("pair", [0.1], ids=["std0.1"], indirect=True)  # std 0.2 gives too few segments
 def test_initial_prompt_and_clips_match_openai(pair, tokenizer, minute_of_speech) -> None:
     model, ref_model = pair
     clips = (5.0, 25.0, 40.0)  # an odd count: the last clip runs to the end
@@ -93,6 +104,7 @@ def test_initial_prompt_and_clips_match_openai(pair, tokenizer, minute_of_speech
         clip_timestamps=list(clips),
     )
     expected = reference_segments(ref)
+    assert len(segments) >= 3, "the clips should hold several segments"
     assert [(s.text, round(s.start, 6), round(s.end, 6)) for s in segments] == [
         (r["text"], round(r["start"], 6), round(r["end"], 6)) for r in expected
     ]
