@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import secrets
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from .agreement import StablePrefix
 from .formats import ChunkDecoder, FormatError, InputFormat, decode_base64
 from .service import LiveService
 
+log = logging.getLogger("voxserve.live")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _event_ids = itertools.count(1)
 
@@ -408,6 +410,12 @@ class LiveSession:
             )
         except EngineError as e:
             await self.error("engine_error", f"transcription failed: {e}", kind="server_error")
+            return None
+        except Exception as e:  # noqa: BLE001 - one stream's failure is reported to it, never raised further
+            log.exception("live decode failed")
+            await self.error(
+                "server_error", f"transcription failed: {type(e).__name__}: {e}", kind="server_error"
+            )
             return None
         finally:
             self.tickets.difference_update(tickets)

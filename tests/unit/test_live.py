@@ -1,0 +1,144 @@
+"""Live transcription parts without a server: stable-prefix agreement, realtime input formats, and a session's
+partial/final logic over a scripted decoder (what is committed, what stays provisional, what replaces it)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from voxserve.audio.raw import decode_g711, decode_pcm16
+from voxserve.decoding.decode import DecodingResult
+from voxserve.live.agreement import StablePrefix
+from voxserve.live.formats import ChunkDecoder, FormatError, InputFormat, decode_base64
+from voxserve.live.service import LiveOptions, LiveStats
+from voxserve.live.session import LiveSession
+
+
+def test_agreement_commits_what_two_hypotheses_share():
+    a = StablePrefix()
+    assert a.update("and so my") == ("", "and so my")  # nothing to agree with yet
+    assert a.update("and so my fellow") == ("and so my", "fellow")
+    assert a.update("and so my fellow americans") == (" fellow", "americans")
+    # a hypothesis that contradicts committed words commits nothing; its words past the committed ones stay grey
+    assert a.update("and sew my fellow citizens") == ("", "citizens")
+    assert a.update("and so my fellow americans ask") == ("", "americans ask")
+    assert a.update("and so my fellow americans ask not") == (" americans ask", "not")
+    assert a.text == "and so my fellow americans ask"
+
+
+def test_agreement_deltas_concatenate_to_the_committed_text():
+    rng = np.random.default_rng(0)
+    words = "ask not what your country can do for you".split()
+    a, shown = StablePrefix(), ""
+    for n in range(1, len(words) + 1):
+        hyp = words[:n] + (["noise"] if rng.random() < 0.5 else [])
+        delta, _ = a.update(" ".join(hyp))
+        shown += delta
+    assert shown == a.text and a.text.split() == words[: len(a.committed)]
+    assert len(a.committed) >= len(words) - 2
+
+
+def test_pcm16_24k_chunks_match_the_whole_signal():
+    rng = np.random.default_rng(1)
+    pcm = (rng.standard_normal(24000) * 3000).astype("<i2").tobytes()
+    dec = ChunkDecoder(InputFormat.of("pcm16", 24000))
+    chunks = [dec.decode(pcm[i : i + 960]) for i in range(0, len(pcm), 960)]  # 20 ms chunks
+    streamed = np.concatenate(chunks)
+    whole = decode_pcm16(pcm, sample_rate=24000)
+    assert 15000 <= len(streamed) <= 16000
+    np.testing.assert_allclose(streamed, whole[: len(streamed)], atol=1e-4)
+
+
+@pytest.mark.parametrize("name,law", [("g711_ulaw", "mulaw"), ("g711_alaw", "alaw")])
+def test_g711_chunks_match_the_reference_decoder(name, law):
+    codes = np.random.default_rng(2).integers(0, 256, 8000, dtype=np.uint8).tobytes()
+    dec = ChunkDecoder(InputFormat.of(name))
+    streamed = np.concatenate([dec.decode(codes[i : i + 160]) for i in range(0, len(codes), 160)])
+    whole = decode_g711(codes, law=law)
+    np.testing.assert_allclose(streamed, whole[: len(streamed)], atol=1e-4)
+    assert len(streamed) >= 15800
+
+
+def test_format_errors():
+    with pytest.raises(FormatError, match="input_audio_format"):
+        InputFormat.of("mp3")
+    with pytest.raises(FormatError, match="16000 or 24000"):
+        InputFormat.of("pcm16", 8000)
+    with pytest.raises(FormatError, match="8000 Hz"):
+        InputFormat.of("g711_ulaw", 16000)
+    with pytest.raises(FormatError, match="integer"):
+        InputFormat.of("pcm16", "16000")
+    with pytest.raises(FormatError, match="whole 16-bit samples"):
+        ChunkDecoder(InputFormat()).decode(b"\x00\x01\x02")
+    with pytest.raises(FormatError, match="base64 string"):
+        decode_base64(None, max_bytes=10)
+    with pytest.raises(FormatError, match="not valid base64"):
+        decode_base64("a b c!", max_bytes=10)
+    with pytest.raises(FormatError, match="larger than 10 bytes"):
+        decode_base64(base64.b64encode(bytes(100)).decode(), max_bytes=10)
+    assert decode_base64(base64.b64encode(b"ok").decode(), max_bytes=10) == b"ok"
+
+
+class ScriptedService:
+    """What a session needs from LiveService, with decodes answered from a script."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.options = LiveOptions(partial_interval_s=0.5, min_partial_s=0.0, max_ahead_s=1e6)
+        self.vad_model = None
+        self.stats = LiveStats()
+        self.window_samples = 16000 * 30
+        self.whisper = SimpleNamespace(tokenizer=SimpleNamespace(is_multilingual=False))
+        self.texts, self.decoded = list(texts), []
+
+    async def decode(self, samples, *, language, prompt, on_ticket=None):
+        self.decoded.append(len(samples))
+        text = self.texts.pop(0)
+        return DecodingResult((), text, "en", 0.0, 0.0, 0.0, 1.0)
+
+
+def test_session_partials_then_final_replaces_them():
+    partials = [
+        "the cat",
+        "the cat sat",
+        "the cat sat on",
+        "the cat sat on",
+        "the cat sat on a",
+        "the cat sat on a mat",
+    ]
+    service = ScriptedService([*partials, "the cat sat on the mat."])
+    events, now = [], [0.0]
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send, clock=lambda: now[0])
+        await session.update({"input_audio_sample_rate": 16000, "turn_detection": None})
+        chunk = base64.b64encode(np.full(1600, 1000, "<i2").tobytes()).decode()
+        for k in range(30):  # 3 s of audio, 100 ms apart
+            now[0] = k * 0.1
+            await session.append(chunk)
+            await asyncio.sleep(0)  # partial tasks run
+            await asyncio.sleep(0)
+        await session.commit()
+        while session.tasks:
+            await asyncio.sleep(0)
+        await session.close()
+
+    asyncio.run(run())
+    deltas = [e for e in events if e["type"].endswith(".delta")]
+    assert [(d["delta"], d["partial"]) for d in deltas] == [
+        ("", "the cat"), ("the cat", "sat"), (" sat", "on"), (" on", ""), ("", "a"), (" a", "mat")
+    ]  # fmt: skip
+    # partials every 0.5 s (the interval), each over the whole item so far
+    assert service.decoded[:6] == [1600 * (1 + 5 * k) for k in range(6)]
+    completed = events[-1]
+    assert completed["type"].endswith(".completed") and completed["transcript"] == "the cat sat on the mat."
+    assert service.decoded[-1] == 30 * 1600  # the final decodes the whole item
+    assert {d["item_id"] for d in deltas} == {completed["item_id"]}
+    # every chunk's latency is counted once: by a partial, or by the final
+    assert len(service.stats.text_latency) == 30

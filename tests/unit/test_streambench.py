@@ -1,0 +1,76 @@
+"""The live-stream benchmark: plan checks, caller tracks, the oracle VAD, and one short run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import AUDIO, ASSETS, SHARED
+from voxserve.bench.weights import BenchError
+from voxserve.live.streambench import OracleVAD, StreamBenchPlan, caller_audio, format_streams, run_streams
+
+SR = 16000
+
+
+def _plan(tmp_path, **kw) -> StreamBenchPlan:
+    base = dict(
+        streams=(1,),
+        device="cpu",
+        precision="fp32",
+        audio=AUDIO / "hifitts-6097",
+        tiktoken=ASSETS / "multilingual.tiktoken",
+        out=tmp_path,
+        vad_model=SHARED / "vad" / "silero_vad.onnx",
+    )
+    return StreamBenchPlan(**{**base, **kw})
+
+
+def test_plan_is_checked(tmp_path):
+    for bad, match in [
+        ({"streams": ()}, "positive stream counts"),
+        ({"streams": (0,)}, "positive stream counts"),
+        ({"seconds": 2.0}, "must exceed the warm-up"),
+        ({"chunk_ms": 5}, "chunk-ms"),
+        ({"precision": "int4"}, "precision"),
+        ({"vad": "energy"}, "silero or oracle"),
+    ]:
+        with pytest.raises(BenchError, match=match):
+            _plan(tmp_path, **bad)
+
+
+def test_caller_tracks_and_oracle_vad():
+    clips = [np.full(SR, 0.5, np.float32), np.full(2 * SR, -0.5, np.float32)]
+    tracks = caller_audio(clips, 3, 6.0, seed=0)
+    assert len(tracks) == 3 and all(len(t.audio) == 6 * SR for t in tracks)
+    for t in tracks:
+        assert t.speech
+        for a, b in t.speech:  # the spans are exactly where the track is not silent
+            assert 0 <= a < b <= len(t.audio)
+            assert np.all(t.audio[a:b] != 0)
+        mask = np.zeros(len(t.audio), bool)
+        for a, b in t.speech:
+            mask[a:b] = True
+        assert np.all(t.audio[~mask] == 0)
+    vad = OracleVAD([(SR, 2 * SR)], pad_ms=100, silence_ms=500)
+    assert vad.feed(np.zeros(SR - 1)) == []
+    (start,) = vad.feed(np.zeros(1))
+    assert (start.kind, start.sample) == ("start", SR - 1600)
+    assert vad.feed(np.zeros(SR + 7999)) == []  # the end is known only after 500 ms of silence
+    (end,) = vad.feed(np.zeros(1))
+    assert (end.kind, end.sample) == ("end", 2 * SR + 1600)
+
+
+@pytest.mark.slow
+def test_short_run_writes_a_result(tmp_path):
+    pytest.importorskip("onnxruntime")
+    plan = _plan(tmp_path, seconds=4.0, warmup_s=1.0, short_windows=True)
+    doc, path = run_streams(plan, ["voxserve", "bench", "--streams", "1"], log=lambda line: None)
+    assert json.loads(path.read_text())["figures"] == doc["figures"]
+    (row,) = doc["figures"]["streams"]
+    assert row["streams"] == 1 and row["chunks_counted"] > 0
+    assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert row["partials"] + row["finals"] > 0
+    assert doc["streams_held"] in (0, 1) and (doc["streams_held"] == 1) == row["held"]
+    assert "streams held at p99" in format_streams(doc)
