@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import AUDIO, ASSETS, SHARED
+from tests.conftest import ASSETS, AUDIO, SHARED
 from voxserve.bench.weights import BenchError
 from voxserve.live.streambench import OracleVAD, StreamBenchPlan, caller_audio, format_streams, run_streams
 
