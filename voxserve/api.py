@@ -64,6 +64,14 @@ class WhisperModel:
         if options is not None and option_kwargs:
             raise OptionsError("pass either a TranscribeOptions or keyword options, not both")
         options = options or make_options(**option_kwargs)
+        language = options.decoding.language
+        if language is not None and self.tokenizer.is_multilingual:
+            try:  # before decoding anything: an unknown language is the caller's mistake, named as such
+                self.tokenizer.with_options(language=language, task=None)
+            except ValueError as e:
+                raise OptionsError(str(e)) from None
+        if max_duration is not None and not max_duration > 0:
+            raise OptionsError(f"max_duration must be positive seconds, got {max_duration}")
         samples = as_samples(audio, max_duration=max_duration)
         return transcribe_audio(self.model, self.tokenizer, samples, options, progress=progress)
 

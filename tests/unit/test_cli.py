@@ -292,6 +292,7 @@ def test_bad_options_exit_2_from_the_parser(capsys, clips, args):
         (["--temperature", "9"], "temperatures must be in [0, 5]"),
         (["--beam-size", "3", "--best-of", "2"], "cannot be given together"),
         (["--format", "all"], "--format all needs --output-dir"),
+        (["--max-duration", "-1"], "--max-duration must be positive"),
     ],
 )
 def test_invalid_option_values_exit_2_with_one_line_before_loading_the_model(capsys, clips, args, words):
@@ -299,6 +300,13 @@ def test_invalid_option_values_exit_2_with_one_line_before_loading_the_model(cap
     code, _, err = transcribe(capsys, clips[0], "--model", "/nonexistent/model", *args)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err
+
+
+def test_unknown_language_exits_2_with_one_line(capsys, model_dir, clips):
+    code, out, err = transcribe(capsys, clips[0], "--model", model_dir, "--language", "klingon")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "unknown language 'klingon'" in err
 
 
 def test_installed_command_one_line_on_corrupt_audio(tmp_path, model_dir):

@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir is None and len(formats) > 1:
         print("voxserve transcribe: error: --format all needs --output-dir", file=sys.stderr)
         return 2
+    if args.max_duration is not None and not args.max_duration > 0:
+        print("voxserve transcribe: error: --max-duration must be positive seconds", file=sys.stderr)
+        return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
