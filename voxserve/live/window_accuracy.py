@@ -1,0 +1,123 @@
+"""What encoding only the audio an utterance has costs in accuracy: the same utterances decoded through the
+live path with 30 s padded windows and with short windows (``LiveOptions.short_windows``), scored by WER.
+
+Utterances are espeak-ng sentences (what the demo model recognises), whole and cut at half their length (as a
+partial sees them). Run: ``python -m voxserve.live.window_accuracy --model default --n 40``; it prints the
+table and writes one JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def sentences(path: Path, n: int, *, min_words: int = 4, max_words: int = 16) -> list[str]:
+    """The first ``n`` normalised LJSpeech sentences of a speakable length."""
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE):
+            text = row[-1].strip()
+            if min_words <= len(text.split()) <= max_words and text.isascii():
+                out.append(text)
+            if len(out) == n:
+                break
+    return out
+
+
+def measure(model: str, n: int, device: str | None, text_path: Path) -> dict[str, Any]:
+    from ..api import load_model
+    from ..decoding.batched import make_engine
+    from ..metrics.wer import item_errors
+    from ..train.synth import speak
+    from .service import LiveOptions, LiveService
+
+    whisper = load_model(model, device=device)
+    engine = make_engine(whisper.model, whisper.tokenizer)
+    language = "en" if whisper.tokenizer.is_multilingual else None
+    texts = sentences(text_path, n)
+    audio = [speak(t) for t in texts]
+    rows: dict[str, Any] = {}
+    try:
+        for short in (False, True):
+            service = LiveService(whisper, engine, None, LiveOptions(short_windows=short))
+
+            async def decode_all(service: LiveService = service) -> list[list[str]]:
+                whole = [service.decode(x, language=language, prompt=None) for x in audio]
+                half = [service.decode(x[: len(x) // 2], language=language, prompt=None) for x in audio]
+                done = await asyncio.gather(*whole, *half)
+                return [[r.text for r in done[: len(audio)]], [r.text for r in done[len(audio) :]]]
+
+            started = time.monotonic()
+            whole, half = asyncio.run(decode_all())
+            wall = time.monotonic() - started
+            counts = sum(
+                (item_errors(t, h) for t, h in zip(texts, whole, strict=True)), start=item_errors("", "")
+            )
+            rows["short" if short else "full"] = {
+                "wer_whole": round(counts.errors / max(counts.reference_length, 1), 4),
+                "wall_s": round(wall, 2),
+                "examples": [
+                    {"reference": t, "whole": w, "half": h}
+                    for t, w, h in list(zip(texts, whole, half, strict=True))[:5]
+                ],
+                "half_wer_vs_full": None,
+                "_half": half,
+            }
+    finally:
+        engine.close()
+    # Partials see cut audio, which has no reference text: score short-window halves against full-window ones.
+    full_half, short_half = rows["full"].pop("_half"), rows["short"].pop("_half")
+    agree = sum(
+        (item_errors(f, s) for f, s in zip(full_half, short_half, strict=True)), start=item_errors("", "")
+    )
+    rows["short"]["half_wer_vs_full"] = round(agree.errors / max(agree.reference_length, 1), 4)
+    rows["full"]["half_wer_vs_full"] = 0.0
+    return {
+        "model": whisper.checkpoint.source,
+        "random_weights": whisper.is_random,
+        "utterances": len(texts),
+        "seconds": round(sum(len(x) for x in audio) / 16000, 1),
+        "device": str(whisper.device),
+        "results": rows,
+        "cost_wer_points": round(100 * (rows["short"]["wer_whole"] - rows["full"]["wer_whole"]), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default", help="checkpoint (default: the demo model)")
+    p.add_argument("--n", type=int, default=40, help="utterances (default 40)")
+    p.add_argument("--device", help="default: cuda when available")
+    p.add_argument("--text", type=Path, default=SHARED / "text" / "ljspeech-metadata.csv")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    doc = measure(args.model, args.n, args.device, args.text)
+    doc["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    doc["command"] = ["python", "-m", "voxserve.live.window_accuracy", *(argv or sys.argv[1:])]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{doc['created_utc'][:16].replace(':', '')}_window-accuracy.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    for name, row in doc["results"].items():
+        print(f"{name:>5} windows: WER {row['wer_whole']:.3f}, halves differ from full windows' by "
+              f"WER {row['half_wer_vs_full']:.3f}, {row['wall_s']} s")  # fmt: skip
+    print(f"short windows cost {doc['cost_wer_points']:+.2f} WER points; wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
