@@ -325,3 +325,31 @@ def test_mounted_by_create_app(make_settings, speech):
             assert isinstance(done["transcript"], str)
         with client.websocket_connect(URL) as ws:
             assert ws.receive_json()["error"]["code"] == "invalid_api_key"
+
+
+def test_buffer_without_vad_is_capped(whisper, engine, vad_model, speech):
+    client, service = client_for(whisper, engine, vad_model, max_item_s=2.0)
+    with client, client.websocket_connect(URL) as ws:
+        configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+        append(ws, speech[: int(1.5 * SR)])
+        append(ws, speech[:SR])  # 2.5 s in one item: refused
+        assert receive_until(ws, "error")[-1]["error"]["code"] == "input_audio_buffer_full"
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        receive_until(ws, "conversation.item.input_audio_transcription.completed")
+        append(ws, speech[:SR])  # a new item has room again
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        events = receive_until(ws, "conversation.item.input_audio_transcription.completed")
+        assert not [e for e in events if e["type"] == "error"]
+
+
+def test_server_wide_cap_without_keys(whisper, engine, vad_model):
+    client, service = client_for(whisper, engine, vad_model, max_streams_per_key=1, max_streams=2)
+    with client, client.websocket_connect(URL) as a, client.websocket_connect(URL) as b:
+        # no API keys: the per-key cap does not apply, the server-wide one does
+        assert a.receive_json()["type"] == b.receive_json()["type"] == "transcription_session.created"
+        with client.websocket_connect(URL) as c:
+            assert c.receive_json()["error"]["code"] == "too_many_streams"
+            with pytest.raises(WebSocketDisconnect) as closed:
+                c.receive_json()
+            assert closed.value.code == 1013
+        assert service.open_streams == 2

@@ -49,6 +49,8 @@ class LiveOptions:
     max_ahead_s: float = 10.0
     # largest decoded audio payload of one append event
     max_chunk_bytes: int = 1 << 20
+    # longest item without server VAD (audio between commits); more is refused until the client commits
+    max_item_s: float = 120.0
     # a decode that takes longer ends with the text it has
     decode_timeout_s: float = 10.0
     # VAD rows per batched model call (groups run in parallel threads)
@@ -56,7 +58,13 @@ class LiveOptions:
     vad: VADOptions = field(default_factory=VADOptions)
 
     def __post_init__(self) -> None:
-        for name in ("partial_interval_s", "window_step_s", "idle_timeout_s", "decode_timeout_s"):
+        for name in (
+            "partial_interval_s",
+            "window_step_s",
+            "idle_timeout_s",
+            "decode_timeout_s",
+            "max_item_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("max_streams", "max_streams_per_key", "max_chunk_bytes", "vad_batch"):
@@ -117,7 +125,8 @@ class LiveService:
         o = self.options
         if self.open_streams >= o.max_streams:
             raise StreamLimitError(f"the server holds its maximum of {o.max_streams} live streams", "server")
-        if self._streams[key] >= o.max_streams_per_key:
+        # Without API keys (key None) only the server-wide cap applies.
+        if key is not None and self._streams[key] >= o.max_streams_per_key:
             raise StreamLimitError(
                 f"this API key already has its maximum of {o.max_streams_per_key} live streams open", "key"
             )

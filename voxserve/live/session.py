@@ -275,6 +275,14 @@ class LiveSession:
                 f"{self.service.options.max_ahead_s:g} s allowed); this chunk was dropped",
                 "audio",
             )
+        item_s = 0.0 if self.item is None else (self.audio.end - self.item.start) / SAMPLE_RATE
+        if self.vad is None and item_s + seconds > self.service.options.max_item_s:
+            raise ProtocolError(
+                "input_audio_buffer_full",
+                f"the input audio buffer holds {item_s:.0f} s, its maximum without server VAD; send "
+                "input_audio_buffer.commit (this chunk was dropped)",
+                "audio",
+            )
         samples = self.decoder.decode(data)
         self.received_s += seconds
         self.audio.append(samples)
@@ -425,7 +433,7 @@ class LiveSession:
     def _trim(self) -> None:
         """Keep the current item's audio, or enough recent audio for the VAD's look-back padding."""
         if self.item is not None:
-            keep = max(self.item.start, self.audio.end - self.service.window_samples)
+            keep = self.item.start  # bounded: VAD cuts items at max_speech_s, max_item_s caps the others
         else:
             pad = (self.vad_options.speech_pad_ms if self.vad_options else 0) * SAMPLE_RATE // 1000
             keep = self.audio.end - pad - SAMPLE_RATE
