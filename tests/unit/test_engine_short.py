@@ -51,3 +51,26 @@ def test_bad_window_shapes_are_refused_and_the_engine_lives_on(model, tokenizer)
                 engine.submit(WindowRequest(mel=mel, spec=spec))
         out = engine.submit(WindowRequest(mel=_short_mels()[0], spec=spec)).result(timeout=60)
         assert out.finish_reason in ("stop", "length")
+
+
+def test_token_events_can_be_switched_off(model, tokenizer):
+    import asyncio
+
+    from voxserve.engine.types import TokenEvent
+
+    opts = DecodingOptions(language="en", without_timestamps=True, sample_len=6)
+    spec = WindowDecoder(model, tokenizer, opts).row_spec()
+    mel = _short_mels()[1]
+
+    async def run(token_events: bool) -> list:
+        ticket = engine.submit(WindowRequest(mel=mel, spec=spec))
+        ticket.token_events = token_events
+        return [item async for item in ticket]
+
+    with make_engine(model, tokenizer, EngineConfig(max_slots=2)) as engine:
+        with_events = asyncio.run(run(True))
+        without = asyncio.run(run(False))
+    assert without[-1] == with_events[-1] and len(without[-1].tokens) > 1
+    # the switch is set after submit, so the admission's first token may still come as an event
+    assert len([e for e in without if isinstance(e, TokenEvent)]) <= 1
+    assert len([e for e in with_events if isinstance(e, TokenEvent)]) == len(with_events[-1].tokens)

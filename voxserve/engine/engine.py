@@ -37,6 +37,9 @@ class Ticket:
         self._output: WindowOutput | None = None
         self._error: BaseException | None = None
         self._cancelled = False
+        # False: the event loop gets only the final output, not an event per token (callers that only await
+        # the output, such as live partials, spare the loop a wake-up per token at large batch sizes)
+        self.token_events = True
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             self._events: asyncio.Queue | None = asyncio.Queue()
@@ -83,6 +86,8 @@ class Ticket:
     # ----- called from the engine thread
 
     def _push(self, item: TokenEvent | WindowOutput | BaseException) -> None:
+        if isinstance(item, TokenEvent) and not self.token_events:
+            return
         if self._loop is not None and self._events is not None:
             try:
                 self._loop.call_soon_threadsafe(self._events.put_nowait, item)

@@ -248,6 +248,7 @@ class LiveService:
         ticket = self.engine.submit(
             WindowRequest(mel=mel, spec=spec, priority=Priority.REALTIME, deadline=deadline)
         )
+        ticket.token_events = False  # only the output is awaited: no event-loop wake-up per token
         if on_ticket is not None:
             on_ticket(ticket)
         output = await ticket.wait()
