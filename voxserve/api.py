@@ -8,6 +8,7 @@ Options are plain keyword arguments (validated before any work starts) or ready-
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -195,3 +196,8 @@ def transcribe(
         model = load_model(model)
     segments, info = model.transcribe(audio, options, progress=progress, **option_kwargs)
     return Transcription.from_segments(list(segments), info)
+
+
+# ``voxserve.transcribe`` names both this function (the public API) and the package voxserve/transcribe/, whose
+# import above bound the package to that attribute of ``voxserve``: bind the function, as openai-whisper does.
+sys.modules[__package__].transcribe = transcribe

@@ -336,3 +336,24 @@ def test_help_lists_every_command_without_importing_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_voxserve_transcribe_is_the_function_after_the_package_is_imported(model_dir, clips):
+    """``voxserve.transcribe`` is also the name of the package voxserve/transcribe/; in a fresh interpreter, the
+    public function must win whichever is touched first."""
+    code = (
+        "import sys, voxserve\n"
+        "model = voxserve.load_model(sys.argv[1], device='cpu')\n"
+        "import voxserve.transcribe.alignment\n"
+        "result = voxserve.transcribe(model, sys.argv[2], language='en', temperature=0.0)\n"
+        "print(type(result).__name__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir), str(clips[0])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "Transcription"
