@@ -120,6 +120,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="random weights: tokens decoded per second of audio (default 3)",
     )
     live.add_argument("--slots", type=int, help="engine KV-cache slots (default: the engine's choice)")
+    live.add_argument(
+        "--max-admit", type=int, default=32, help="windows the engine admits per turn (default 32)"
+    )
     live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")
     live.add_argument(
         "--vad-model", type=Path, default=SHARED / "vad" / "silero_vad.onnx", help="Silero VAD ONNX file"
@@ -230,6 +233,7 @@ def run_streams(args: argparse.Namespace) -> int:
             short_windows=args.short_windows,
             tokens_per_second=args.tokens_per_second,
             slots=args.slots,
+            max_admit=args.max_admit,
             target_ms=args.target_ms,
             vad_model=args.vad_model,
             vad=args.vad,

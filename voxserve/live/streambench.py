@@ -60,6 +60,7 @@ class StreamBenchPlan:
     short_windows: bool = False
     tokens_per_second: float = 3.0
     slots: int | None = None  # engine slots; None: the engine's own choice
+    max_admit: int = 32  # windows the engine admits (and encodes) per turn
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
@@ -244,7 +245,9 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         fixed = plan.tokens_per_second
         log(f"random {plan.dims} weights, {fixed:g} tokens per second of audio")
     language = "en" if whisper.tokenizer.is_multilingual else None
-    engine = make_engine(whisper.model, whisper.tokenizer, EngineConfig(max_slots=plan.slots))
+    engine = make_engine(
+        whisper.model, whisper.tokenizer, EngineConfig(max_slots=plan.slots, max_admit=plan.max_admit)
+    )
     try:
         vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
     except VADError as e:
