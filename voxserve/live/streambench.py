@@ -147,16 +147,25 @@ class OracleVAD:
 
 
 def warm_up(engine: Engine, whisper: WhisperModel, service: LiveService) -> None:
-    """Fill every slot once (CUDA graphs for every batch bucket are captured on the way), full and short."""
-    decoder = service.window_decoder("en" if whisper.tokenizer.is_multilingual else None, None)
-    spec = decoder.row_spec()
+    """Capture every CUDA graph before the callers start (a capture while other threads launch work fails), and
+    run every batch size once on the CPU: the encoder at each admission batch size, then each decode-step
+    bucket, by filling it with requests that stay long enough for all of them to be admitted together."""
     from dataclasses import replace
 
-    spec = replace(spec, sample_len=8)
-    mels = [service.mel(np.zeros(SAMPLE_RATE * s, np.float32)) for s in (2, 5)]
-    tickets = [engine.submit(WindowRequest(mel=mels[i % 2], spec=spec)) for i in range(engine.n_slots)]
-    for t in tickets:
-        t.result(timeout=600)
+    runner = engine.runner
+    dims = whisper.model.dims
+    if runner.use_graphs:
+        full = torch.zeros(1, dims.n_mels, 2 * dims.n_audio_ctx, device=runner.device)
+        for b in runner.encoder_buckets:  # the engine's worker is idle: nothing else runs on the device
+            runner.encode(full.expand(b, -1, -1))
+        torch.cuda.synchronize(runner.device)
+    decoder = service.window_decoder("en" if whisper.tokenizer.is_multilingual else None, None)
+    mel = service.mel(np.zeros(2 * SAMPLE_RATE, np.float32))
+    for b in runner.buckets:
+        spec = replace(decoder.row_spec(), sample_len=4 + math.ceil(b / engine.config.max_admit))
+        tickets = [engine.submit(WindowRequest(mel=mel, spec=spec)) for _ in range(b)]
+        for t in tickets:
+            t.result(timeout=600)
 
 
 async def _caller(
