@@ -63,14 +63,29 @@ class Browser:
         self.ws = self._stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None))
         self._id = 0
 
-    def evaluate(self, expression: str) -> Any:
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """One DevTools protocol command; returns its result (events in between are skipped)."""
         self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": "Runtime.evaluate",
-                                 "params": {"expression": expression, "returnByValue": True}}))  # fmt: skip
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
         while True:
             reply = json.loads(self.ws.recv(timeout=30))
             if reply.get("id") == self._id:
-                return reply.get("result", {}).get("result", {}).get("value")
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str) -> Any:
+        return (
+            self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+            .get("result", {})
+            .get("value")
+        )
+
+    def choose_file(self, selector: str, path: Path) -> None:
+        """Put ``path`` into a file input, as a user picking it would (the page gets its change event)."""
+        root = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
 
     def wait_for(self, expression: str, timeout: float) -> Any:
         deadline = time.monotonic() + timeout

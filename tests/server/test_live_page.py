@@ -55,6 +55,24 @@ def test_page_streams_the_microphone(make_settings, tmp_path):
     assert items and items[0][0] == "1"
 
 
+def test_page_sends_a_chosen_file(make_settings, tmp_path):
+    """File upload: the page decodes the file, streams it at real-time pace and shows the completed item."""
+    from voxserve.train.synth import write_wav
+
+    wav, seconds = _speech_wav(tmp_path, "one two three four")
+    silent = tmp_path / "silent.wav"
+    write_wav(silent, np.zeros(16000, np.float32))  # the microphone stays unused
+    app = create_app(make_settings(preload=False))
+    with LiveServer(app) as server, Browser(server.url + "/", silent, tmp_path / "profile") as browser:
+        assert browser.wait_for("document.getElementById('file') !== null", timeout=30)
+        browser.choose_file("#file", wav)
+        done = browser.wait_for("document.body.dataset.completed", timeout=seconds + 30)
+        status = browser.evaluate("document.getElementById('status').textContent")
+        errors = browser.evaluate("document.getElementById('errors').textContent")
+    assert not errors, errors
+    assert done, f"no completed item; status {status!r}"
+
+
 @pytest.mark.skipif(
     not DEMO_MODEL_DIR.is_dir(), reason=f"the demo model is not trained yet ({DEMO_MODEL_DIR})"
 )
