@@ -97,6 +97,8 @@ class ScriptedService:
     async def decode(self, samples, *, language, prompt, on_ticket=None):
         self.decoded.append(len(samples))
         text = self.texts.pop(0)
+        if isinstance(text, BaseException):
+            raise text
         return DecodingResult((), text, "en", 0.0, 0.0, 0.0, 1.0)
 
 
@@ -138,7 +140,46 @@ def test_session_partials_then_final_replaces_them():
     assert service.decoded[:6] == [1600 * (1 + 5 * k) for k in range(6)]
     completed = events[-1]
     assert completed["type"].endswith(".completed") and completed["transcript"] == "the cat sat on the mat."
+    assert completed["usage"] == {"type": "duration", "seconds": 3.0}
+    types = [e["type"] for e in events]
+    assert types.index("input_audio_buffer.committed") + 1 == types.index("conversation.item.created")
     assert service.decoded[-1] == 30 * 1600  # the final decodes the whole item
     assert {d["item_id"] for d in deltas} == {completed["item_id"]}
     # every chunk's latency is counted once: by a partial, or by the final
     assert len(service.stats.text_latency) == 30
+
+
+def test_failed_decodes_are_reported_and_the_session_goes_on():
+    from voxserve.engine.engine import EngineError
+
+    service = ScriptedService([EngineError("the engine failed: CUDA error"), RuntimeError("boom"), "hello"])
+    events = []
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send)
+        service.options = LiveOptions(partial_interval_s=100.0, min_partial_s=0.0, max_ahead_s=1e6)
+        await session.update({"input_audio_sample_rate": 16000, "turn_detection": None})
+        chunk = base64.b64encode(np.full(1600, 1000, "<i2").tobytes()).decode()
+        await session.append(chunk)  # its partial fails: an error event
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await session.commit()  # its final fails: a failed event for the item
+        while session.tasks:
+            await asyncio.sleep(0)
+        await session.append(chunk)
+        await session.commit()  # the next item is transcribed
+        while session.tasks:
+            await asyncio.sleep(0)
+        await session.close()
+
+    asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    error = next(e for e in events if e["type"] == "error")
+    assert error["error"]["code"] == "engine_error" and "CUDA error" in error["error"]["message"]
+    failed = next(e for e in events if e["type"].endswith(".failed"))
+    assert failed["error"]["code"] == "server_error" and "boom" in failed["error"]["message"]
+    assert kinds[-1].endswith(".completed") and events[-1]["transcript"] == "hello"
+    assert events[-1]["item_id"] != failed["item_id"]

@@ -340,6 +340,18 @@ class LiveSession:
         await self.emit(
             "input_audio_buffer.committed", previous_item_id=self.previous_item_id, item_id=item.id
         )
+        await self.emit(
+            "conversation.item.created",
+            previous_item_id=self.previous_item_id,
+            item={
+                "id": item.id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}],
+            },
+        )
         self.previous_item_id = item.id
         self._cancel(item)
         arrivals = []
@@ -387,7 +399,7 @@ class LiveSession:
         # A manual commit can hold more than one window: decode it window by window.
         window, texts = self.service.window_samples, []
         for i in range(0, max(len(samples), 1), window):
-            result = await self._decode(item, samples[i : i + window])
+            result = await self._decode(item, samples[i : i + window], final=True)
             if result is None:
                 return
             texts.append(result.text)
@@ -396,13 +408,16 @@ class LiveSession:
             item_id=item.id,
             content_index=0,
             transcript=" ".join(t for t in texts if t),
+            usage={"type": "duration", "seconds": round(len(samples) / SAMPLE_RATE, 3)},
         )
         now, stats = self.clock(), self.service.stats
         stats.finals += 1
         stats.final_latency.append(now - ended_at)
         stats.text_latency.extend((t, now - t) for _, t in arrivals)
 
-    async def _decode(self, item: _Item, samples: np.ndarray) -> Any:
+    async def _decode(self, item: _Item, samples: np.ndarray, *, final: bool = False) -> Any:
+        """The decode of ``samples`` for ``item``; None after a failure, which the client is told of (a final's
+        as OpenAI's ``...input_audio_transcription.failed`` event, a partial's as an error event)."""
         if len(samples) < 400:  # the log-mel needs a few hundred samples; pad tiny items with silence
             samples = np.pad(samples, (0, 400 - len(samples)))
         tickets: list[Ticket] = []
@@ -416,14 +431,20 @@ class LiveSession:
             return await self.service.decode(
                 samples, language=self.language, prompt=self.prompt, on_ticket=track
             )
-        except EngineError as e:
-            await self.error("engine_error", f"transcription failed: {e}", kind="server_error")
-            return None
         except Exception as e:  # noqa: BLE001 - one stream's failure is reported to it, never raised further
-            log.exception("live decode failed")
-            await self.error(
-                "server_error", f"transcription failed: {type(e).__name__}: {e}", kind="server_error"
-            )
+            if not isinstance(e, EngineError):
+                log.exception("live decode failed")
+            code = "engine_error" if isinstance(e, EngineError) else "server_error"
+            message = f"transcription failed: {type(e).__name__}: {e}"
+            if final:
+                await self.emit(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=item.id,
+                    content_index=0,
+                    error={"type": "server_error", "code": code, "message": message},
+                )
+            else:
+                await self.error(code, message, kind="server_error")
             return None
         finally:
             self.tickets.difference_update(tickets)
