@@ -325,6 +325,10 @@ def test_mounted_by_create_app(make_settings, speech):
             assert isinstance(done["transcript"], str)
         with client.websocket_connect(URL) as ws:
             assert ws.receive_json()["error"]["code"] == "invalid_api_key"
+        metrics = client.get("/metrics", headers={"authorization": "Bearer secret"}).text
+    assert 'voxserve_live_streams{model="tiny"} 0.0' in metrics
+    assert 'voxserve_live_latency_seconds_count{kind="final"} 1.0' in metrics
+    assert 'voxserve_live_latency_seconds_count{kind="text"}' in metrics
 
 
 def test_buffer_without_vad_is_capped(whisper, engine, vad_model, speech):

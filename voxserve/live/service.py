@@ -86,14 +86,33 @@ class StreamLimitError(Exception):
 
 @dataclass
 class LiveStats:
-    """Figures the stream benchmark and metrics read: latency from audio arriving to its text appearing."""
+    """Latency from audio arriving to its text appearing, and decode counts. ``keep`` holds every figure (the
+    stream benchmark reads them); a server passes ``observe`` instead (metrics) so memory stays flat."""
 
+    keep: bool = True
+    observe: Callable[[str, float], None] | None = None  # (figure name, seconds)
     # per audio chunk in speech: (arrival time, seconds until the first text covering it: a partial or the final)
     text_latency: list[tuple[float, float]] = field(default_factory=list)
     final_latency: list[float] = field(default_factory=list)  # per utterance: end of speech -> completed
+    decode_seconds: list[float] = field(default_factory=list)  # submit -> result, partials and finals
     partials: int = 0
     finals: int = 0
-    decode_seconds: list[float] = field(default_factory=list)  # submit -> result, partials and finals
+
+    def text(self, arrived: float, now: float) -> None:
+        self._add("text", now - arrived, self.text_latency, (arrived, now - arrived))
+
+    def final(self, seconds: float) -> None:
+        self.finals += 1
+        self._add("final", seconds, self.final_latency, seconds)
+
+    def decode(self, seconds: float) -> None:
+        self._add("decode", seconds, self.decode_seconds, seconds)
+
+    def _add(self, name: str, seconds: float, into: list, item: object) -> None:
+        if self.keep:
+            into.append(item)
+        if self.observe is not None:
+            self.observe(name, seconds)
 
 
 class LiveService:
@@ -103,10 +122,11 @@ class LiveService:
         engine: Engine,
         vad_model: SileroVAD | None,
         options: LiveOptions | None = None,
+        stats: LiveStats | None = None,
     ) -> None:
         self.whisper, self.engine, self.vad_model = whisper, engine, vad_model
         self.options = options or LiveOptions()
-        self.stats = LiveStats()
+        self.stats = stats or LiveStats()
         d = whisper.model.dims
         self.window_samples = 2 * d.n_audio_ctx * HOP_LENGTH
         self._decoders: dict[tuple[str | None, str | None], WindowDecoder] = {}
@@ -252,7 +272,7 @@ class LiveService:
         if on_ticket is not None:
             on_ticket(ticket)
         output = await ticket.wait()
-        self.stats.decode_seconds.append(time.monotonic() - started)
+        self.stats.decode(time.monotonic() - started)
         return decoder.result_from(output)
 
     async def close(self) -> None:

@@ -391,8 +391,7 @@ class LiveSession:
         stats = self.service.stats
         stats.partials += 1
         while self.arrivals and self.arrivals[0][0] <= end:
-            arrived = self.arrivals.popleft()[1]
-            stats.text_latency.append((arrived, now - arrived))
+            stats.text(self.arrivals.popleft()[1], now)
         self._maybe_partial()
 
     async def _final(self, item: _Item, samples: np.ndarray, arrivals: list, ended_at: float) -> None:
@@ -411,9 +410,9 @@ class LiveSession:
             usage={"type": "duration", "seconds": round(len(samples) / SAMPLE_RATE, 3)},
         )
         now, stats = self.clock(), self.service.stats
-        stats.finals += 1
-        stats.final_latency.append(now - ended_at)
-        stats.text_latency.extend((t, now - t) for _, t in arrivals)
+        stats.final(now - ended_at)
+        for _, arrived in arrivals:
+            stats.text(arrived, now)
 
     async def _decode(self, item: _Item, samples: np.ndarray, *, final: bool = False) -> Any:
         """The decode of ``samples`` for ``item``; None after a failure, which the client is told of (a final's

@@ -22,7 +22,7 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import HTMLResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..live.service import LiveOptions, LiveService, StreamLimitError
+from ..live.service import LiveOptions, LiveService, LiveStats, StreamLimitError
 from ..live.session import LiveSession
 
 log = logging.getLogger("voxserve.server.realtime")
@@ -83,6 +83,7 @@ def _from_context(
         }
     )
     services: dict[str, LiveService] = ctx.extras.setdefault("live", {})
+    observe = _live_metrics(ctx, services)
     vad_holder: list = []
 
     def vad_model() -> SileroVAD | None:
@@ -104,15 +105,41 @@ def _from_context(
         current = runtime.current
         service = services.get(alias)
         if service is None:
-            service = LiveService(
-                current.whisper, current.engine, await asyncio.to_thread(vad_model), options
-            )
+            stats = LiveStats(keep=False, observe=observe)
+            vad = await asyncio.to_thread(vad_model)
+            service = LiveService(current.whisper, current.engine, vad, options, stats)
             services[alias] = service
         # After a fail-over (or an eviction and reload) new sessions use the engine that works now.
         service.whisper, service.engine = current.whisper, current.engine
         return alias, service
 
     return service_for, list(api_keys if api_keys is not None else settings.api_keys), options.idle_timeout_s
+
+
+def _live_metrics(ctx: Any, services: dict[str, LiveService]) -> Callable[[str, float], None]:
+    """Live streams and their latencies in the server's /metrics."""
+    from prometheus_client import Histogram
+
+    metrics = ctx.metrics
+    latency = Histogram(
+        "voxserve_live_latency_seconds",
+        "Live transcription: text (audio arriving -> its first text), final (end of speech -> completed), "
+        "decode (one partial or final on the engine)",
+        ["kind"],
+        buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+        registry=metrics.registry,
+    )
+    metrics.add_live(
+        "voxserve_live_streams",
+        "Open realtime transcription streams",
+        ["model"],
+        lambda: [(alias, s.open_streams) for alias, s in list(services.items())],
+    )
+
+    def observe(kind: str, seconds: float) -> None:
+        latency.labels(kind).observe(max(0.0, seconds))
+
+    return observe
 
 
 def _api_key(ws: WebSocket) -> str | None:
