@@ -357,3 +357,34 @@ def test_server_wide_cap_without_keys(whisper, engine, vad_model):
                 c.receive_json()
             assert closed.value.code == 1013
         assert service.open_streams == 2
+
+
+@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+def test_the_openai_client_transcribes_over_the_websocket(make_settings, speech):
+    """OpenAI's own Python client (its beta realtime connection) against the server on loopback."""
+    openai = pytest.importorskip("openai")
+    from tests.server.conftest import LiveServer
+    from voxserve.server.app import create_app
+
+    app = create_app(make_settings(api_keys=["sk-test"]))
+    with LiveServer(app) as server:
+        client = openai.OpenAI(
+            api_key="sk-test",
+            base_url=server.url + "/v1",
+            websocket_base_url=server.url.replace("http", "ws") + "/v1",
+        )
+        with client.beta.realtime.connect(model="whisper-1", extra_query={"intent": "transcription"}) as conn:
+            conn.send({"type": "transcription_session.update",
+                       "session": {"input_audio_format": "pcm16", "turn_detection": None}})  # fmt: skip
+            x24 = np.interp(np.arange(0, 2 * SR, 16000 / 24000), np.arange(2 * SR), speech[: 2 * SR])
+            for i in range(0, len(x24), 4800):  # pcm16 at 24 kHz, OpenAI's default format
+                conn.input_audio_buffer.append(audio=pcm16(x24[i : i + 4800].astype(np.float32)))
+            conn.input_audio_buffer.commit()
+            kinds = []
+            for event in conn:
+                kinds.append(event.type)
+                if event.type == "conversation.item.input_audio_transcription.completed":
+                    break
+    assert kinds[0] == "transcription_session.created" and "transcription_session.updated" in kinds
+    assert "input_audio_buffer.committed" in kinds and "error" not in kinds
+    assert isinstance(event.transcript, str)
