@@ -110,12 +110,21 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     tokenizer: str | os.PathLike | None = None,
+    rebuild: bool = False,
 ) -> WhisperModel:
-    """Load a checkpoint: an HF directory, an openai-whisper ``.pt`` file, a hub id, or "default".
+    """Load a checkpoint: an HF directory, an openai-whisper ``.pt`` file, a hub id, "default", or an engine
+    build directory (``voxserve build``).
 
     ``device`` defaults to CUDA when available; ``dtype`` to float16 on CUDA and float32 on the CPU.
     ``tokenizer`` overrides where the tokenizer comes from (a ``.tiktoken`` file or an HF tokenizer directory).
+    A build keeps its own precision, dtype and tokenizer; one made for another machine raises
+    ``BuildMismatchError`` unless ``rebuild`` (then it is built again here from its recorded source).
     """
+    if source is not None and Path(source).is_dir() and (Path(source) / "manifest.json").is_file():
+        from .build import is_build, load_build
+
+        if is_build(source):
+            return load_build(source, device=device, rebuild=rebuild)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device 'cuda' was asked for, but no CUDA device is available")

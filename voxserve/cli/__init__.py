@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules, in the order --help lists them.
-COMMANDS = ("transcribe", "serve", "demo", "bench", "calibrate", "synth", "train", "eval")
+COMMANDS = ("transcribe", "serve", "demo", "bench", "calibrate", "build", "synth", "train", "eval")
 
 EXIT_USAGE = 2  # bad arguments or options
 EXIT_INPUT = 1  # the input (audio, model, manifest) could not be used

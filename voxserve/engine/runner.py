@@ -278,6 +278,29 @@ class Runner:
             self._graphs[key] = (graph, tokens, done)
         return self._graphs[key]
 
+    @torch.no_grad()
+    def warmup(self) -> list[tuple[str, int]]:
+        """Run every decode bucket (greedy and sampling) and every encoder bucket once, on the scratch slot only,
+        so that no request pays for CUDA-graph capture, compilation or first-call kernel selection. Returns what
+        ran, as ("step" | "sample" | "encoder", batch) pairs."""
+        ran = []
+        for b in self.buckets:
+            for sample in (False, True):
+                rows = self._rows[:b]
+                rows.fill_(self.scratch)
+                if self.use_graphs:
+                    self._graph(b, sample)[0].replay()
+                else:
+                    self._step_fn(rows, sample)
+                ran.append(("sample" if sample else "step", b))
+        d = self.model.dims
+        for b in self.encoder_buckets:
+            self.encode(torch.zeros(b, d.n_mels, 2 * d.n_audio_ctx, dtype=self.dtype, device=self.device))
+            ran.append(("encoder", b))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return ran
+
     def _step(self, rows: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
         logits = self._logits(rows)
         noise = torch.rand(rows.shape[0], logits.shape[-1], device=self.device) if sample else None

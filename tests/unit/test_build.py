@@ -1,0 +1,252 @@
+"""Engine builds on the CPU: build, load, warm-up, the manifest checked against the machine (a mismatch refused
+with a clear message, or rebuilt), the model hash following the weights, the accuracy gate, and the command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.conftest import AUDIO, TINY
+from tests.support import decisive_model, read_wav
+from voxserve.api import load_model
+from voxserve.build import (
+    BuildError,
+    BuildMismatchError,
+    build_engine,
+    load_build,
+    load_engine,
+    read_manifest,
+    target,
+)
+from voxserve.cli import main
+from voxserve.cli.build import PRECISION_CHOICES
+from voxserve.decoding.batched import BatchDecoder
+from voxserve.decoding.decode import WindowDecoder
+from voxserve.decoding.options import DecodingOptions
+from voxserve.model.load import hf_config, save_hf
+from voxserve.model.qlinear import Int8WeightOnlyLinear
+from voxserve.model.quant import PRECISIONS, QuantizationError, quantize_model, weights_hash
+from voxserve.quant.calibrate import audio_windows
+from voxserve.quant.gate import AccuracyGateError
+from voxserve.tokenizer import Tokenizer
+
+HIFI = AUDIO / "hifitts-6097" / "audio"
+FAST = {"max_windows": 2, "sample_len": 24, "language": "en"}  # two windows, short sequences: seconds
+
+
+def write_model(directory: Path, tokenizer: Tokenizer, *, seed: int = 0) -> Path:
+    # Decisive weights: next-token distributions that carry information, so the gate measures something.
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0, seed=seed)
+    save_hf(model, directory, config=hf_config(TINY, eot=tokenizer.eot, sot=tokenizer.sot), generation={})
+    tokenizer.save_hf(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("build")
+
+
+@pytest.fixture(scope="module")
+def source(work: Path, tokenizer: Tokenizer) -> Path:
+    return write_model(work / "model", tokenizer)
+
+
+@pytest.fixture(scope="module")
+def clips(shared) -> list:
+    return [read_wav(f) for f in sorted(HIFI.glob("*.wav"))[:2]]
+
+
+@pytest.fixture(scope="module")
+def int8_build(work: Path, source: Path, clips):
+    return build_engine(
+        source, work / "int8", precision="int8", max_batch=4, audio=clips, device="cpu", **FAST
+    )
+
+
+@pytest.fixture(scope="module")
+def fp32_build(work: Path, source: Path):
+    return build_engine(source, work / "fp32", precision="fp32", max_batch=2, device="cpu")
+
+
+def test_the_command_offers_every_precision():
+    assert set(PRECISION_CHOICES) == set(PRECISIONS)
+
+
+def test_manifest_records_machine_precision_buckets_hash_and_gate(int8_build, source):
+    m = read_manifest(int8_build.directory)
+    assert m == int8_build.manifest
+    here = target("cpu")
+    assert m["target"]["device"] == "cpu" and m["target"]["torch"] == torch.__version__
+    assert m["target"] == here
+    assert m["precision"] == "int8" and m["max_batch"] == 4 and m["batch_buckets"] == [1, 2, 4]
+    assert m["model_hash"] == weights_hash(load_model(source, device="cpu").model)
+    gate = m["gate"]
+    assert gate["n_windows"] == 1 and gate["n_tokens"] > 0  # the odd window: not one the build fitted to
+    assert 0 <= gate["mean_kl"] <= gate["max_mean_kl"] and gate["mean_kl"] == int8_build.gate.mean_kl
+    assert 0 < gate["top1_agreement"] <= 1
+    assert sorted(p.name for p in int8_build.directory.iterdir()) == [
+        "engine.safetensors",
+        "manifest.json",
+        "tokenizer",
+        "windows.safetensors",
+    ]
+
+
+def test_int8_weights_are_stored_quantized_and_load_as_built(int8_build, source):
+    with safe_open(str(int8_build.directory / "engine.safetensors"), framework="pt") as f:
+        assert f.get_tensor("decoder.layers.0.fc1.weight").dtype == torch.int8
+        assert f.get_tensor("decoder.layers.0.fc1.scale").dtype == torch.float32
+    loaded = load_build(int8_build.directory)
+    assert isinstance(loaded.model.decoder.layers[0].fc1, Int8WeightOnlyLinear)
+    # The same numbers as quantizing the checkpoint afresh.
+    fresh = quantize_model(load_model(source, device="cpu").model, "int8")
+    mel = torch.randn(1, TINY.n_mels, 3000, generator=torch.Generator().manual_seed(0))
+    tokens = torch.tensor([[50258, 50259, 50359, 50363, 220]])
+    with torch.no_grad():
+        want = fresh.decoder.forward_full(tokens, fresh.encoder(mel))
+        got = loaded.model.decoder.forward_full(tokens, loaded.model.encoder(mel))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_fp32_engine_is_warmed_for_every_bucket_and_decodes_like_the_reference(fp32_build, source, clips):
+    engine, loaded, manifest = load_engine(fp32_build.directory)
+    try:
+        assert manifest["batch_buckets"] == [1, 2]
+        assert engine.runner.buckets == (1, 2)
+        assert engine.warmed == [("step", 1), ("sample", 1), ("step", 2), ("sample", 2)] + [
+            ("encoder", b) for b in engine.runner.encoder_buckets
+        ]
+        mels = torch.stack(
+            audio_windows(clips[0], TINY.n_mels)[:1] + audio_windows(clips[1], TINY.n_mels)[:1]
+        )
+        options = DecodingOptions(language="en", sample_len=32)
+        got = BatchDecoder(engine, loaded.model, loaded.tokenizer).decode(mels, options)
+    finally:
+        engine.close()
+    reference = load_model(source, device="cpu")
+    want = WindowDecoder(reference.model, reference.tokenizer, options).decode(mels)
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+
+
+def edit_target(directory: Path, **changes) -> None:
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["target"].update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_build_for_another_machine_is_refused_with_every_difference_named(int8_build, work):
+    copy = work / "elsewhere"
+    shutil.copytree(int8_build.directory, copy)
+    edit_target(copy, torch="9.9.9", cpu_features=["amx_bf16"])
+    with pytest.raises(BuildMismatchError) as info:
+        load_build(copy)
+    message = str(info.value)
+    assert f"torch '9.9.9', here '{torch.__version__}'" in message
+    assert "cpu_features ['amx_bf16']" in message and "rebuild" in message
+    with pytest.raises(BuildMismatchError):
+        load_model(copy)  # the public loader checks too
+    with pytest.raises(BuildMismatchError, match="device 'cuda'"):
+        edit_target(copy, device="cuda", torch=torch.__version__)
+        load_build(copy)
+
+
+def test_cuda_build_refused_on_a_cpu_machine(int8_build, work):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    copy = work / "gpu-build"
+    shutil.copytree(int8_build.directory, copy)
+    edit_target(copy, device="cuda", name="NVIDIA H200", compute_capability="9.0", cuda="12.8")
+    with pytest.raises(BuildMismatchError, match="no CUDA device is available"):
+        load_build(copy)
+
+
+def test_rebuild_makes_the_build_again_for_this_machine(int8_build, work):
+    copy = work / "rebuilt"
+    shutil.copytree(int8_build.directory, copy)
+    edit_target(copy, torch="9.9.9")
+    loaded = load_build(copy, rebuild=True)
+    assert isinstance(loaded.model.decoder.layers[0].fc1, Int8WeightOnlyLinear)
+    m = read_manifest(copy)
+    assert m["target"] == target("cpu")
+    assert m["model_hash"] == int8_build.manifest["model_hash"]
+    # Built again from the stored windows: the same gate measurement, not a copy of the old manifest's.
+    assert m["gate"]["mean_kl"] == pytest.approx(int8_build.manifest["gate"]["mean_kl"], rel=1e-6)
+    assert m["created_utc"] >= int8_build.manifest["created_utc"]
+    load_build(copy)  # and now it loads without rebuilding
+
+
+def test_model_hash_changes_with_the_weights(work, tokenizer, fp32_build):
+    other = write_model(work / "model-seed1", tokenizer, seed=1)
+    built = build_engine(other, work / "fp32-seed1", precision="fp32", max_batch=2, device="cpu")
+    assert built.manifest["model_hash"] != fp32_build.manifest["model_hash"]
+    assert built.manifest["model_hash"] == weights_hash(load_model(other, device="cpu").model)
+
+
+def test_damaged_weights_are_refused(fp32_build, work):
+    copy = work / "damaged"
+    shutil.copytree(fp32_build.directory, copy)
+    data = bytearray((copy / "engine.safetensors").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "engine.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BuildError, match="differ from the manifest's hash"):
+        load_build(copy)
+
+
+def test_gate_failure_writes_nothing_and_reports_the_divergence(source, clips, work):
+    out = work / "too-strict"
+    with pytest.raises(AccuracyGateError, match="mean KL .* exceeds the limit 1e-12") as info:
+        build_engine(source, out, precision="int8", max_batch=2, audio=clips, max_mean_kl=1e-12, **FAST)
+    assert info.value.report.mean_kl > 1e-12
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_refusals_before_any_work(source, work, fp32_build):
+    with pytest.raises(QuantizationError, match="fp8 needs a CUDA GPU"):
+        build_engine(source, work / "fp8", precision="fp8", max_batch=2, device="cpu")
+    with pytest.raises(BuildError, match="needs representative audio"):
+        build_engine(source, work / "int8-no-audio", precision="int8", max_batch=2, device="cpu")
+    with pytest.raises(BuildError, match="not empty"):
+        build_engine(source, fp32_build.directory, precision="fp32", max_batch=2, device="cpu")
+
+
+def test_build_command(capsys, source, work, int8_build):
+    out = work / "cli-int8"
+    audio_dir = work / "audio"
+    audio_dir.mkdir()
+    for f in sorted(HIFI.glob("*.wav"))[:2]:
+        shutil.copy(f, audio_dir)
+    args = ["build", "--model", str(source), "--precision", "int8", "--max-batch", "4", "--out", str(out)]
+    args += ["--audio-dir", str(audio_dir), "--limit", "2", "--sample-len", "24", "--language", "en"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "accuracy gate passed (limit 0.05): mean KL" in err and f"wrote {out}: int8 for CPU" in err
+    assert read_manifest(out)["gate"]["mean_kl"] == pytest.approx(int8_build.manifest["gate"]["mean_kl"])
+    # A second run into the same directory needs --force.
+    assert main(args) == 1
+    assert "not empty" in capsys.readouterr().err
+    # transcribe takes the build as its model
+    clip = sorted(HIFI.glob("*.wav"))[0]
+    assert main(["transcribe", str(clip), "--model", str(out), "--temperature", "0", "--language", "en"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--precision", "int8", "--max-batch", "2"], "needs representative audio"),
+        (["--precision", "fp32", "--max-batch", "0"], "--max-batch must be >= 1"),
+        (["--precision", "fp8", "--max-batch", "2", "--device", "cpu", "--audio-dir", str(HIFI), "--limit", "1"],
+         "fp8 needs a CUDA GPU"),
+    ],
+)  # fmt: skip
+def test_build_command_refusals_exit_2_with_one_line(capsys, source, work, extra, words):
+    code = main(["build", "--model", str(source), "--out", str(work / "refused"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
