@@ -49,10 +49,25 @@ def _run_page(app, wav, seconds: float, profile) -> list[list[str]]:
 
 
 def test_page_streams_the_microphone(make_settings, tmp_path):
-    """Random tiny model: the page's microphone audio reaches the server and a completed item appears."""
+    """Random tiny model: the page's microphone audio reaches the server, partials arrive while it speaks,
+    a completed item appears; committed text is black and provisional text grey."""
     wav, seconds = _speech_wav(tmp_path, "the quick brown fox jumps over the lazy dog")
-    items = _run_page(create_app(make_settings(preload=False)), wav, seconds, tmp_path / "profile")
-    assert items and items[0][0] == "1"
+    app = create_app(make_settings(preload=False))
+    with (
+        LiveServer(app) as server,
+        Browser(server.url + "/?autostart=mic", wav, tmp_path / "profile") as browser,
+    ):
+        done = browser.wait_for("document.body.dataset.completed", timeout=seconds + 30)
+        items = browser.evaluate(ITEMS)
+        deltas = browser.evaluate("document.body.dataset.deltas")
+        colours = browser.evaluate(
+            "['.committed', '.partial'].map(s => getComputedStyle(document.querySelector(s)).color)"
+        )
+        errors = browser.evaluate("document.getElementById('errors').textContent")
+    assert not errors, errors
+    assert done and items and items[0][0] == "1", items
+    assert deltas and int(deltas) >= 1
+    assert colours == ["rgb(0, 0, 0)", "rgb(153, 153, 153)"]
 
 
 def test_page_sends_a_chosen_file(make_settings, tmp_path):
