@@ -74,3 +74,20 @@ def test_token_events_can_be_switched_off(model, tokenizer):
     # the switch is set after submit, so the admission's first token may still come as an event
     assert len([e for e in without if isinstance(e, TokenEvent)]) <= 1
     assert len([e for e in with_events if isinstance(e, TokenEvent)]) == len(with_events[-1].tokens)
+
+
+def test_warm_engine_runs_every_bucket(model, tokenizer):
+    """warm_engine fills each decode-step bucket once (on CUDA that captures every graph before serving)."""
+    from voxserve.api import WhisperModel
+    from voxserve.live.service import warm_engine
+    from voxserve.model.load import CheckpointInfo
+
+    whisper = WhisperModel(model, tokenizer, CheckpointInfo("tiny", "random", None), is_random=True)
+    with make_engine(model, tokenizer, EngineConfig(max_slots=8, max_admit=2)) as engine:
+        seen = []
+        step = engine.runner.step
+        engine.runner.step = lambda slots, sample=False: (seen.append(len(slots)), step(slots, sample))[1]
+        warm_engine(engine, whisper)
+        buckets = {engine.runner.bucket_for(n) for n in seen}
+        assert buckets == set(engine.runner.buckets) == {1, 2, 4, 8}
+        assert engine.active == 0 and engine.queued == 0

@@ -287,3 +287,29 @@ class LiveService:
             if not future.done():
                 future.cancel()
         self._pending.clear()
+
+
+def warm_engine(engine: Engine, whisper: WhisperModel) -> None:
+    """Run every batch size the engine has once: on CUDA this captures all its graphs (the encoder at each
+    admission batch size, the decode step at each bucket). Call it while nothing else uses the device (at
+    start-up): a graph captured later, while other threads launch work (live sessions compute their log-mels on
+    the device), can fail. Each decode-step bucket is filled with requests that stay long enough for all of
+    them to be admitted together."""
+    runner, dims = engine.runner, whisper.model.dims
+    if runner.use_graphs:
+        full = torch.zeros(1, dims.n_mels, 2 * dims.n_audio_ctx, device=runner.device, dtype=runner.dtype)
+        for b in runner.encoder_buckets:  # the worker is idle: nothing else runs on the device
+            runner.encode(full.expand(b, -1, -1))
+        torch.cuda.synchronize(runner.device)
+    tok = whisper.tokenizer
+    decoder = WindowDecoder(
+        whisper.model,
+        tok,
+        DecodingOptions(language="en" if tok.is_multilingual else None, without_timestamps=True),
+    )
+    mel = log_mel_spectrogram(torch.zeros(2 * SAMPLE_RATE, device=runner.device), dims.n_mels)
+    for b in runner.buckets:
+        spec = replace(decoder.row_spec(), sample_len=4 + math.ceil(b / engine.config.max_admit))
+        tickets = [engine.submit(WindowRequest(mel=mel, spec=spec)) for _ in range(b)]
+        for t in tickets:
+            t.result(timeout=600)

@@ -34,10 +34,9 @@ from ..bench.inputs import speech_clips
 from ..bench.weights import BenchError, bench_tokenizer, resolve_dims
 from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
-from ..engine.engine import Engine
-from ..engine.types import EngineConfig, WindowRequest
+from ..engine.types import EngineConfig
 from ..model.load import CheckpointInfo, init_random
-from .service import LiveOptions, LiveService
+from .service import LiveOptions, LiveService, warm_engine
 from .session import LiveSession
 
 SCHEMA = "voxserve.bench.streams/1"
@@ -144,28 +143,6 @@ class OracleVAD:
 
     def finish(self) -> list:
         return []
-
-
-def warm_up(engine: Engine, whisper: WhisperModel, service: LiveService) -> None:
-    """Capture every CUDA graph before the callers start (a capture while other threads launch work fails), and
-    run every batch size once on the CPU: the encoder at each admission batch size, then each decode-step
-    bucket, by filling it with requests that stay long enough for all of them to be admitted together."""
-    from dataclasses import replace
-
-    runner = engine.runner
-    dims = whisper.model.dims
-    if runner.use_graphs:
-        full = torch.zeros(1, dims.n_mels, 2 * dims.n_audio_ctx, device=runner.device)
-        for b in runner.encoder_buckets:  # the engine's worker is idle: nothing else runs on the device
-            runner.encode(full.expand(b, -1, -1))
-        torch.cuda.synchronize(runner.device)
-    decoder = service.window_decoder("en" if whisper.tokenizer.is_multilingual else None, None)
-    mel = service.mel(np.zeros(2 * SAMPLE_RATE, np.float32))
-    for b in runner.buckets:
-        spec = replace(decoder.row_spec(), sample_len=4 + math.ceil(b / engine.config.max_admit))
-        tickets = [engine.submit(WindowRequest(mel=mel, spec=spec)) for _ in range(b)]
-        for t in tickets:
-            t.result(timeout=600)
 
 
 async def _caller(
@@ -301,7 +278,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     }
     try:
         log(f"warming up the engine ({engine.n_slots} slots)")
-        warm_up(engine, whisper, LiveService(whisper, engine, vad, options(1)))
+        warm_engine(engine, whisper)
         for n in plan.streams:
             service = LiveService(whisper, engine, vad, options(n))
             snap = machine.load_snapshot()
