@@ -29,8 +29,15 @@ from voxserve.decoding.batched import BatchDecoder
 from voxserve.decoding.decode import WindowDecoder
 from voxserve.decoding.options import DecodingOptions
 from voxserve.model.load import hf_config, save_hf
-from voxserve.model.qlinear import Int8WeightOnlyLinear
-from voxserve.model.quant import PRECISIONS, QuantizationError, quantize_model, weights_hash
+from voxserve.model.qlinear import Fp8Linear, Int8WeightOnlyLinear, fuse_output_features
+from voxserve.model.quant import (
+    PRECISIONS,
+    QuantizationError,
+    get_handler,
+    quantize_model,
+    swap_linears,
+    weights_hash,
+)
 from voxserve.quant.calibrate import audio_windows
 from voxserve.quant.gate import AccuracyGateError
 from voxserve.tokenizer import Tokenizer
@@ -250,3 +257,68 @@ def test_build_command_refusals_exit_2_with_one_line(capsys, source, work, extra
     code = main(["build", "--model", str(source), "--out", str(work / "refused"), *extra])
     err = capsys.readouterr().err
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------- fused QKV
+
+
+def quantized(precision: str, tokenizer: Tokenizer):
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+    if precision == "fp8":  # the fp8 math through torch's CPU _scaled_mm (no production path runs it)
+        return swap_linears(model, get_handler("fp8"))
+    return quantize_model(model, precision)
+
+
+def cpu_scaled_mm() -> bool:
+    try:
+        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        torch._scaled_mm(a, a.t(), torch.ones(16, 1), torch.ones(1, 16), out_dtype=torch.float32)
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8-dynamic", "fp8"])
+def test_fused_quantized_qkv_gives_each_projection_its_own_output(precision, tokenizer):
+    if precision == "fp8" and not cpu_scaled_mm():
+        pytest.skip("this torch has no CPU _scaled_mm")
+    attn = quantized(precision, tokenizer).decoder.layers[1].attn
+    parts = (attn.query, attn.key, attn.value)
+    x = torch.randn(3, TINY.n_text_state, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        separate = [m(x) for m in parts]
+        fused = fuse_output_features(parts)
+        assert fused is not None and fused.out_features == 3 * TINY.n_text_state
+        joint = fused(x).chunk(3, dim=-1)
+        after = [m(x) for m in parts]  # the parts now read views of the fused weight
+    for a, b, c in zip(separate, joint, after, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(c, a, rtol=0, atol=0)
+    assert all(
+        m.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr() for m in parts
+    )
+
+
+def test_fp8_projections_with_different_static_scales_stay_separate(tokenizer):
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+    attn = model.decoder.layers[0].attn
+    linears = (attn.query, attn.key, attn.value)
+    parts = [Fp8Linear(m, input_scale=s) for m, s in zip(linears, (1.0, 1.0, 2.0), strict=True)]
+    assert fuse_output_features(parts) is None
+    assert fuse_output_features([Int8WeightOnlyLinear(attn.query), Fp8Linear(attn.key)]) is None
+    assert (
+        fuse_output_features([attn.query, attn.key]) is None
+    )  # float Linears: the runner fuses those itself
+
+
+def test_int8_engine_with_fused_qkv_decodes_like_the_int8_reference(int8_build, clips):
+    engine, loaded, _ = load_engine(int8_build.directory)
+    try:
+        assert all(m is not None for m in engine.runner._qkv_quant)
+        mels = torch.stack([audio_windows(c, TINY.n_mels)[0] for c in clips])
+        options = DecodingOptions(language="en", sample_len=32)
+        got = BatchDecoder(engine, loaded.model, loaded.tokenizer).decode(mels, options)
+    finally:
+        engine.close()
+    want = WindowDecoder(loaded.model, loaded.tokenizer, options).decode(mels)
+    assert [r.tokens for r in got] == [r.tokens for r in want]

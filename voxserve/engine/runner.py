@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.qlinear import fuse_output_features
 from ..model.whisper import Whisper
 from .attention import choose_splits, decode_attention
 from .policy import PolicyState
@@ -88,6 +89,13 @@ class Runner:
         )
         self.policy.length[self.scratch] = 1  # padding rows attend over one (garbage) position
         self._qkv = [_fuse_qkv(layer.attn) for layer in model.decoder.layers]
+        # Quantized projections (int8, fp8) fuse into one quantized module instead (None: kept separate).
+        self._qkv_quant = [
+            fuse_output_features((layer.attn.query, layer.attn.key, layer.attn.value))
+            if fused is None
+            else None
+            for layer, fused in zip(model.decoder.layers, self._qkv, strict=True)
+        ]
         # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
         self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
@@ -320,6 +328,8 @@ class Runner:
             y = _layer_norm(layer.attn_ln, x)
             if self._qkv[i] is not None:
                 q, k, v = F.linear(y, *self._qkv[i]).chunk(3, dim=-1)  # one GEMM instead of three
+            elif self._qkv_quant[i] is not None:
+                q, k, v = self._qkv_quant[i](y).chunk(3, dim=-1)
             else:
                 q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
             self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)

@@ -11,7 +11,9 @@ them between devices but never re-casts them (a cast would turn fp8 weights into
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -232,3 +234,46 @@ class Fp8Linear(_QuantLinear):
 
 
 QUANT_LINEARS = (Int8WeightOnlyLinear, Int8DynamicLinear, Fp8Linear)
+
+
+def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
+    """One quantized module computing the concatenated outputs of ``modules``, which read the same input (the
+    query, key and value projections): a decode step then runs one GEMM, and for fp8 quantizes its input once,
+    instead of three times. Per-output-channel scales concatenate exactly, so each output equals its own
+    module's. The parts' weights become views of the fused weight (stored once). None when the modules are not
+    all of one quantized type over one input width, or (fp8) do not share their static input scale."""
+    first = modules[0]
+    if type(first) not in QUANT_LINEARS or any(type(m) is not type(first) for m in modules):
+        return None
+    if any(m.in_features != first.in_features for m in modules):
+        return None
+    if isinstance(first, Fp8Linear):
+        scales = [m.input_scale for m in modules]
+        if scales[0] is None:
+            if any(s is not None for s in scales):
+                return None
+        elif any(s is None or not torch.equal(s, scales[0]) for s in scales):
+            return None
+    fused = copy.copy(first)
+    fused._buffers = dict(first._buffers)
+    fused.out_features = sum(m.out_features for m in modules)
+    weight = torch.cat([m.weight for m in modules])
+    fused._buffers["weight"] = weight
+    if isinstance(first, Fp8Linear):
+        fused._buffers["weight_scale"] = torch.cat([m.weight_scale for m in modules], dim=1).contiguous()
+    else:
+        fused._buffers["scale"] = torch.cat([m.scale for m in modules])
+    if all(m.bias is None for m in modules):
+        fused._buffers["bias"] = None
+    else:
+        like = next(m.bias for m in modules if m.bias is not None)
+        fused._buffers["bias"] = torch.cat(
+            [m.bias if m.bias is not None else like.new_zeros(m.out_features) for m in modules]
+        )
+    start = 0
+    for m in modules:  # views into the fused weight: the quantized values are held once
+        m._buffers["weight"] = weight[start : start + m.out_features]
+        start += m.out_features
+    if isinstance(fused, Int8DynamicLinear):
+        fused._pack()
+    return fused
