@@ -172,14 +172,18 @@ async def _caller(
     )
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     period = chunk / SAMPLE_RATE
+    # Encoded up front: the callers' own work is not the server's, and shares its event loop here.
+    payloads = [
+        base64.b64encode(pcm[k * chunk : (k + 1) * chunk].tobytes()).decode()
+        for k in range(len(pcm) // chunk)
+    ]
     try:
-        for k in range(0, len(pcm) // chunk):
+        for k, payload in enumerate(payloads):
             due = start + k * period
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             lag.append(time.monotonic() - due)
-            payload = base64.b64encode(pcm[k * chunk : (k + 1) * chunk].tobytes()).decode()
             await session.append(payload, arrived=due)
         if session.item is not None:
             await session.commit()
