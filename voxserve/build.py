@@ -119,7 +119,7 @@ def target(device: str | torch.device) -> dict[str, Any]:
 def _mismatches(built: dict[str, Any], here: dict[str, Any]) -> list[str]:
     keys = MATCHED + (MATCHED_CUDA if "cuda" in (built.get("device"), here.get("device")) else ())
     return [
-        f"{k} {built.get(k)!r}, here {here.get(k)!r}"
+        f"{k}: built for {built.get(k)!r}, here {here.get(k)!r}"
         for k in keys
         if (k in built or k in here) and built.get(k) != here.get(k)
     ]
@@ -303,7 +303,7 @@ def load_build(
     built = manifest["target"]
     device = torch.device(device or built["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
-        differences = ["device 'cuda', here 'cpu' (no CUDA device is available)"]
+        differences = ["device: built for 'cuda', here 'cpu' (no CUDA device is available)"]
     else:
         differences = _mismatches(built, target(device))
     if differences:

@@ -155,11 +155,11 @@ def test_a_build_for_another_machine_is_refused_with_every_difference_named(int8
     with pytest.raises(BuildMismatchError) as info:
         load_build(copy)
     message = str(info.value)
-    assert f"torch '9.9.9', here '{torch.__version__}'" in message
-    assert "cpu_features ['amx_bf16']" in message and "rebuild" in message
+    assert f"torch: built for '9.9.9', here '{torch.__version__}'" in message
+    assert "cpu_features: built for ['amx_bf16']" in message and "rebuild" in message
     with pytest.raises(BuildMismatchError):
         load_model(copy)  # the public loader checks too
-    with pytest.raises(BuildMismatchError, match="device 'cuda'"):
+    with pytest.raises(BuildMismatchError, match="device: built for 'cuda'"):
         edit_target(copy, device="cuda", torch=torch.__version__)
         load_build(copy)
 
