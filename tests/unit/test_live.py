@@ -21,12 +21,12 @@ from voxserve.live.session import LiveSession
 def test_agreement_commits_what_two_hypotheses_share():
     a = StablePrefix()
     assert a.update("and so my") == ("", "and so my")  # nothing to agree with yet
-    assert a.update("and so my fellow") == ("and so my", "fellow")
-    assert a.update("and so my fellow americans") == (" fellow", "americans")
+    assert a.update("and so my fellow") == ("and so my", " fellow")
+    assert a.update("and so my fellow americans") == (" fellow", " americans")
     # a hypothesis that contradicts committed words commits nothing; its words past the committed ones stay grey
-    assert a.update("and sew my fellow citizens") == ("", "citizens")
-    assert a.update("and so my fellow americans ask") == ("", "americans ask")
-    assert a.update("and so my fellow americans ask not") == (" americans ask", "not")
+    assert a.update("and sew my fellow citizens") == ("", " citizens")
+    assert a.update("and so my fellow americans ask") == ("", " americans ask")
+    assert a.update("and so my fellow americans ask not") == (" americans ask", " not")
     assert a.text == "and so my fellow americans ask"
 
 
@@ -134,7 +134,7 @@ def test_session_partials_then_final_replaces_them():
     asyncio.run(run())
     deltas = [e for e in events if e["type"].endswith(".delta")]
     assert [(d["delta"], d["partial"]) for d in deltas] == [
-        ("", "the cat"), ("the cat", "sat"), (" sat", "on"), (" on", ""), ("", "a"), (" a", "mat")
+        ("", "the cat"), ("the cat", " sat"), (" sat", " on"), (" on", ""), ("", " a"), (" a", " mat")
     ]  # fmt: skip
     # partials every 0.5 s (the interval), each over the whole item so far
     assert service.decoded[:6] == [1600 * (1 + 5 * k) for k in range(6)]
@@ -183,3 +183,12 @@ def test_failed_decodes_are_reported_and_the_session_goes_on():
     assert failed["error"]["code"] == "server_error" and "boom" in failed["error"]["message"]
     assert kinds[-1].endswith(".completed") and events[-1]["transcript"] == "hello"
     assert events[-1]["item_id"] != failed["item_id"]
+
+
+def test_agreement_in_unspaced_scripts_commits_characters():
+    a = StablePrefix()
+    assert a.update("今天天气") == ("", "今天天气")
+    assert a.update("今天天气很好") == ("今天天气", "很好")
+    assert a.update("今天天气很好啊 OK") == ("很好", "啊 OK")
+    assert a.update("今天天气很好啊 OK then") == ("啊 OK", " then")
+    assert a.text == "今天天气很好啊 OK"
