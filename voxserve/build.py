@@ -358,7 +358,7 @@ def _load_converted(path: Path, manifest: dict[str, Any], device: torch.device) 
     with torch.device("meta"):
         model = Whisper(dims).to(dtype)
     _swap_skeleton(model, precision, static=bool(manifest.get("static_activation_scales")))
-    state = load_file(str(weights), device="cpu")
+    state = load_file(str(weights), device=str(device))  # straight onto the device: no host copy to move
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:

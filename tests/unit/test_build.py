@@ -322,3 +322,33 @@ def test_int8_engine_with_fused_qkv_decodes_like_the_int8_reference(int8_build, 
         engine.close()
     want = WindowDecoder(loaded.model, loaded.tokenizer, options).decode(mels)
     assert [r.tokens for r in got] == [r.tokens for r in want]
+
+
+def test_fp8_build_with_static_scales_loads_as_built(monkeypatch, source, clips, work):
+    """The fp8 path end to end on the CPU, through torch's CPU _scaled_mm with the device check lifted (on a GPU
+    this is the real thing): calibrated static scales stored and loaded into Fp8Linears, and an engine whose
+    fused fp8 QKV decodes like the loaded model's reference path."""
+    if not cpu_scaled_mm():
+        pytest.skip("this torch has no CPU _scaled_mm")
+    from voxserve.model import quant
+
+    monkeypatch.setattr(quant.Fp8Handler, "check", lambda self, model: None)
+    built = build_engine(
+        source, work / "fp8", precision="fp8", max_batch=2, audio=clips, device="cpu", **FAST
+    )
+    assert built.manifest["static_activation_scales"] and (built.directory / "calibration.json").is_file()
+    with safe_open(str(built.directory / "engine.safetensors"), framework="pt") as f:
+        assert f.get_tensor("decoder.layers.0.attn.query.weight").dtype == torch.float8_e4m3fn
+        assert f.get_tensor("decoder.layers.0.attn.query.input_scale").shape == (1, 1)
+    engine, loaded, _ = load_engine(built.directory)
+    try:
+        layer = loaded.model.decoder.layers[0]
+        assert isinstance(layer.fc1, Fp8Linear) and layer.fc1.input_scale is not None
+        assert all(m is not None for m in engine.runner._qkv_quant)
+        mels = torch.stack([audio_windows(c, TINY.n_mels)[0] for c in clips])
+        options = DecodingOptions(language="en", sample_len=16)
+        got = BatchDecoder(engine, loaded.model, loaded.tokenizer).decode(mels, options)
+    finally:
+        engine.close()
+    want = WindowDecoder(loaded.model, loaded.tokenizer, options).decode(mels)
+    assert [r.tokens for r in got] == [r.tokens for r in want]
