@@ -388,3 +388,56 @@ def test_the_openai_client_transcribes_over_the_websocket(make_settings, speech)
     assert kinds[0] == "transcription_session.created" and "transcription_session.updated" in kinds
     assert "input_audio_buffer.committed" in kinds and "error" not in kinds
     assert isinstance(event.transcript, str)
+
+
+def test_random_events_never_break_the_session(whisper, engine, vad_model, speech):
+    """Seeded fuzz: events of every known type (and others) with fields of random kinds and values."""
+    rng = np.random.default_rng(7)
+    types = ["transcription_session.update", "session.update", "input_audio_buffer.append",
+             "input_audio_buffer.commit", "input_audio_buffer.clear", "response.create", "", None, 5]  # fmt: skip
+    keys = ["input_audio_format", "input_audio_sample_rate", "input_audio_transcription", "turn_detection",
+            "partial_interval_ms", "language", "prompt", "threshold", "silence_duration_ms", "prefix_padding_ms",
+            "type", "model"]  # fmt: skip
+
+    def value(depth: int = 0):
+        makers = [
+            lambda: None,
+            lambda: True,
+            lambda: int(rng.integers(-(10**12), 10**12)),
+            lambda: float(rng.normal() * 1e6),
+            lambda: "pcm16",
+            lambda: "x" * int(rng.integers(0, 40)),
+            lambda: base64.b64encode(rng.bytes(int(rng.integers(0, 64)))).decode(),
+            lambda: {str(k): value(depth + 1) for k in rng.choice(keys, int(rng.integers(0, 4)))},
+            lambda: [value(depth + 1) for _ in range(int(rng.integers(0, 3)))],
+        ]
+        return makers[int(rng.integers(0, len(makers) if depth < 2 else len(makers) - 2))]()
+
+    client, service = client_for(whisper, engine, vad_model)
+    with client, client.websocket_connect(URL) as ws:
+        ws.receive_json()
+        for i in range(300):
+            if i % 20 == 19:  # a valid event now and then: 50 invalid ones in a row close the session
+                ws.send_json({"type": "input_audio_buffer.clear"})
+            event = {"type": types[int(rng.integers(0, len(types)))]}
+            for k in rng.choice(["session", "audio", "event_id", *keys], int(rng.integers(0, 4))):
+                event[str(k)] = value()
+            ws.send_json(event)
+        ws.send_json({"type": "the.end", "event_id": "the-end"})  # its error event echoes the id: a marker
+        events = []
+        while not (events and events[-1]["type"] == "error" and events[-1]["error"]["event_id"] == "the-end"):
+            events.append(ws.receive_json())
+        codes = {e["error"]["code"] for e in events if e["type"] == "error"}
+        # the fuzz reached the checks of every kind of event (not only the JSON and type checks)
+        assert {"unknown_event_type", "invalid_event", "invalid_audio", "invalid_session"} <= codes, codes
+        ws.send_json({"type": "input_audio_buffer.clear"})
+        receive_until(ws, "input_audio_buffer.cleared")
+        configure_events = {"type": "transcription_session.update",
+                            "session": {"input_audio_format": "pcm16", "input_audio_sample_rate": 16000,
+                                        "turn_detection": None, "input_audio_transcription": None}}  # fmt: skip
+        ws.send_json(configure_events)
+        receive_until(ws, "transcription_session.updated", limit=5000)
+        append(ws, speech[:SR])
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        receive_until(ws, "conversation.item.input_audio_transcription.completed", limit=5000)
+    assert service.open_streams == 0
