@@ -441,3 +441,40 @@ def test_random_events_never_break_the_session(whisper, engine, vad_model, speec
         ws.send_json({"type": "input_audio_buffer.commit"})
         receive_until(ws, "conversation.item.input_audio_transcription.completed", limit=5000)
     assert service.open_streams == 0
+
+
+def test_streams_share_the_engine_at_realtime_priority(whisper, vad_model, speech):
+    """Partials of concurrent streams run in the same decode steps, all at realtime priority."""
+    import asyncio
+
+    from voxserve.engine.types import Priority
+    from voxserve.live.session import LiveSession
+
+    with make_engine(whisper.model, whisper.tokenizer, EngineConfig(max_slots=8)) as engine:
+        rows, priorities = [], []
+        step, submit = engine.runner.step, engine.submit
+        engine.runner.step = lambda slots, sample=False: (rows.append(len(slots)), step(slots, sample))[1]
+        engine.submit = lambda request: (priorities.append(request.priority), submit(request))[1]
+        service = LiveService(whisper, engine, None, LiveOptions(partial_interval_s=0.05, max_ahead_s=1e6))
+
+        async def stream(i: int) -> None:
+            async def drop(event):
+                return None
+
+            session = LiveSession(service, drop)
+            await session.update({"input_audio_sample_rate": 16000, "turn_detection": None})
+            for k in range(20):
+                await session.append(pcm16(speech[(i + k) * 1600 : (i + k + 1) * 1600]))
+                await asyncio.sleep(0.02)
+            await session.commit()
+            while session.tasks:
+                await asyncio.sleep(0.01)
+            await session.close()
+
+        async def main() -> None:
+            await asyncio.gather(*(stream(i) for i in range(4)))
+
+        asyncio.run(main())
+    assert service.stats.partials >= 4 and service.stats.finals == 4
+    assert set(priorities) == {Priority.REALTIME}
+    assert max(rows) > 1, f"no decode step held more than one stream: {rows}"
