@@ -192,3 +192,15 @@ def test_agreement_in_unspaced_scripts_commits_characters():
     assert a.update("今天天气很好啊 OK") == ("很好", "啊 OK")
     assert a.update("今天天气很好啊 OK then") == ("啊 OK", " then")
     assert a.text == "今天天气很好啊 OK"
+
+
+def test_vad_segments_fit_a_short_model_window():
+    from voxserve.live.service import LiveService
+
+    def service(ctx: int) -> LiveService:
+        whisper = SimpleNamespace(model=SimpleNamespace(dims=SimpleNamespace(n_audio_ctx=ctx)))
+        return LiveService(whisper, None, None)
+
+    assert service(1500).options.vad.max_speech_s == 28.0  # 30 s windows: the default cap
+    short = service(250)  # a 5 s window
+    assert short.window_samples == 5 * 16000 and short.options.vad.max_speech_s == 4.0

@@ -129,6 +129,11 @@ class LiveService:
         self.stats = stats or LiveStats()
         d = whisper.model.dims
         self.window_samples = 2 * d.n_audio_ctx * HOP_LENGTH
+        window_s = self.window_samples / SAMPLE_RATE
+        if self.options.vad.max_speech_s > window_s - 1:
+            # A model with a shorter window (e.g. 5 s): the VAD cuts speech to fit it.
+            vad = replace(self.options.vad, max_speech_s=max(window_s - 1, window_s / 2))
+            self.options = replace(self.options, vad=vad)
         self._decoders: dict[tuple[str | None, str | None], WindowDecoder] = {}
         self._streams: Counter[str | None] = Counter()
         self._pending: list[tuple[StreamingVAD, np.ndarray, asyncio.Future]] = []
