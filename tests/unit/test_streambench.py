@@ -74,3 +74,34 @@ def test_short_run_writes_a_result(tmp_path):
     assert row["partials"] + row["finals"] > 0
     assert doc["streams_held"] in (0, 1) and (doc["streams_held"] == 1) == row["held"]
     assert "streams held at p99" in format_streams(doc)
+
+
+def test_client_side_latencies_over_websockets():
+    from voxserve.live.wsbench import _latencies
+
+    chunk_ms, sent = 100, [10.0 + 0.1 * k for k in range(10)]  # chunk k ends at audio (k + 1) * 100 ms
+    events = [
+        (10.25, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 150, "item_id": "a"}),
+        (
+            10.45,
+            {
+                "type": "conversation.item.input_audio_transcription.delta",
+                "item_id": "a",
+                "audio_end_ms": 400,
+            },
+        ),
+        (10.75, {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 700, "item_id": "a"}),
+        (10.9, {"type": "conversation.item.input_audio_transcription.completed", "item_id": "a"}),
+        (11.0, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 900, "item_id": "b"}),
+    ]
+    latencies, missing = _latencies(events, sent, chunk_ms, counted_from=0.0)
+    # chunks ending at 200..400 ms: the delta at 10.45; 500..700 ms: the completed at 10.9; 1000 ms: item b,
+    # which never got text; chunks outside speech are not counted
+    expected = [10.45 - sent[k] for k in (1, 2, 3)] + [10.9 - sent[k] for k in (4, 5, 6)]
+    assert latencies == pytest.approx(expected) and missing == 1
+    assert _latencies(events, sent, chunk_ms, counted_from=10.35) == (pytest.approx(expected[3:]), 1)
+
+
+def test_transport_is_checked(tmp_path):
+    with pytest.raises(BenchError, match="inproc or ws"):
+        _plan(tmp_path, transport="grpc")

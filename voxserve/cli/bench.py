@@ -128,6 +128,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--vad-model", type=Path, default=SHARED / "vad" / "silero_vad.onnx", help="Silero VAD ONNX file"
     )
     live.add_argument(
+        "--transport",
+        choices=("inproc", "ws"),
+        default="inproc",
+        help="inproc: callers drive the sessions directly; ws: uvicorn and the WebSocket route, callers in "
+        "client processes",
+    )
+    live.add_argument(
         "--vad",
         choices=("silero", "oracle"),
         default="silero",
@@ -237,6 +244,7 @@ def run_streams(args: argparse.Namespace) -> int:
             target_ms=args.target_ms,
             vad_model=args.vad_model,
             vad=args.vad,
+            transport=args.transport,
             seed=args.seed,
         )
         doc, path = measure(

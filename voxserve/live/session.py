@@ -8,7 +8,8 @@ Client events: ``transcription_session.update``, ``input_audio_buffer.append`` (
 With server VAD each speech segment is one item; without it (``turn_detection: null``) the audio between commits
 is. While an item grows it is re-decoded every ``partial_interval_ms``; a delta event carries the newly stable
 words (``delta``, append-only as in OpenAI's API) and, as a voxserve extension, the provisional rest of the
-latest hypothesis (``partial``, to show right after the committed text; both keep their leading space). At the end of the item the final decode's ``transcript`` replaces them.
+latest hypothesis (``partial``, to show right after the committed text; both keep their leading space) and
+the end of the audio it covers (``audio_end_ms``). At the end of the item the final decode's ``transcript`` replaces them.
 """
 
 from __future__ import annotations
@@ -386,6 +387,7 @@ class LiveSession:
             content_index=0,
             delta=delta,
             partial=tail,
+            audio_end_ms=_ms(end),
         )
         now = self.clock()
         stats = self.service.stats

@@ -42,9 +42,11 @@ def realtime_router(
     *,
     options: LiveOptions | None = None,
     api_keys: list[str] | None = None,
+    on_session: Callable[[LiveSession, WebSocket], None] | None = None,
 ) -> APIRouter:
     """The router, from a ready :class:`LiveService` (tests, the stream bench) or from the server context
-    (``create_app`` mounts it so; services are then made per model alias, on first use, from the registry)."""
+    (``create_app`` mounts it so; services are then made per model alias, on first use, from the registry).
+    ``on_session`` sees each new session with its connection (the stream bench sets its oracle VAD there)."""
     if isinstance(source, LiveService):
         fixed = source
 
@@ -64,7 +66,7 @@ def realtime_router(
 
     @router.websocket("/v1/realtime")
     async def realtime(ws: WebSocket) -> None:
-        await _serve(ws, service_for, keys, idle)
+        await _serve(ws, service_for, keys, idle, on_session)
 
     return router
 
@@ -163,7 +165,13 @@ async def _refuse(ws: WebSocket, code: int, error_code: str, message: str) -> No
         await ws.close(code=code, reason=message[:120])
 
 
-async def _serve(ws: WebSocket, service_for: ServiceFor, keys: list[str], idle_timeout: float) -> None:
+async def _serve(
+    ws: WebSocket,
+    service_for: ServiceFor,
+    keys: list[str],
+    idle_timeout: float,
+    on_session: Callable[[LiveSession, WebSocket], None] | None = None,
+) -> None:
     offered = ws.scope.get("subprotocols", [])
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
     key = _api_key(ws)
@@ -199,6 +207,8 @@ async def _serve(ws: WebSocket, service_for: ServiceFor, keys: list[str], idle_t
                 await ws.send_text(json.dumps(event))
 
     session = LiveSession(service, send, model=alias)
+    if on_session is not None:
+        on_session(session, ws)
     errors = 0
     try:
         await session.start()
