@@ -139,7 +139,9 @@ def test_schedule_fits_a_time_budget(manifest, tokenizer, tmp_path, monkeypatch)
     assert trainer.state()["planned_steps"] == 600
     assert learning_rate(599, trainer.config, 600) < learning_rate(300, trainer.config, 600)
 
-    kept = _trainer(manifest, tokenizer, tmp_path / "kept", steps=10_000, max_minutes=10.0, fit_schedule=False)
+    kept = _trainer(
+        manifest, tokenizer, tmp_path / "kept", steps=10_000, max_minutes=10.0, fit_schedule=False
+    )
     kept.step = 60
     kept._fit_schedule_to_budget(start, 0)  # a run split over sessions keeps its cosine for all its steps
     assert kept.planned_steps == 10_000
