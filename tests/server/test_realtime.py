@@ -478,3 +478,36 @@ def test_streams_share_the_engine_at_realtime_priority(whisper, vad_model, speec
     assert service.stats.partials >= 4 and service.stats.finals == 4
     assert set(priorities) == {Priority.REALTIME}
     assert max(rows) > 1, f"no decode step held more than one stream: {rows}"
+
+
+def test_engine_fault_moves_live_streams_to_the_cpu_engine(make_settings, speech):
+    """An injected engine fault mid-stream: the item is still transcribed (on the fall-back engine), and so is
+    the next one; the server's health says what happened."""
+    with TestClient(create_app_for_test(make_settings)) as client:
+        runtime = client.app.state.ctx.registry.loaded["tiny"]
+        engine = runtime.primary.engine
+        real_step = engine.runner.step
+        steps = {"n": 0}
+
+        def faulty_step(slots, sample):
+            steps["n"] += 1
+            if steps["n"] == 3:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+            return real_step(slots, sample)
+
+        engine.runner.step = faulty_step
+        with client.websocket_connect(URL) as ws:
+            configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+            for _ in range(2):
+                append(ws, speech[: 2 * SR])
+                ws.send_json({"type": "input_audio_buffer.commit"})
+                events = receive_until(ws, "conversation.item.input_audio_transcription.completed")
+                assert not [e for e in events if e["type"].endswith(".failed")]
+        assert engine.failure is not None  # the fault really hit the engine
+        assert client.get("/health").json()["engines_healthy"] == {"tiny": False}
+
+
+def create_app_for_test(make_settings):
+    from voxserve.server.app import create_app
+
+    return create_app(make_settings(engine_slots=2))

@@ -24,7 +24,7 @@ from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
 from ..config import HOP_LENGTH, SAMPLE_RATE
 from ..decoding.decode import DecodingResult, WindowDecoder
 from ..decoding.options import DecodingOptions
-from ..engine.engine import Engine, Ticket
+from ..engine.engine import Engine, EngineError, Ticket
 from ..engine.types import Priority, WindowRequest
 
 
@@ -127,6 +127,11 @@ class LiveService:
         self.whisper, self.engine, self.vad_model = whisper, engine, vad_model
         self.options = options or LiveOptions()
         self.stats = stats or LiveStats()
+        # where the model and engine are read from before each decode (a server's fail-over); None: fixed
+        self.runtime: Callable[[], tuple[WhisperModel, Engine]] | None = None
+        # called (in a worker thread) with a failed engine and its error: True when another engine now takes
+        # the work (the server's fail-over to the CPU), and the decode is tried once more there
+        self.on_failure: Callable[[Engine, BaseException], bool] | None = None
         d = whisper.model.dims
         self.window_samples = 2 * d.n_audio_ctx * HOP_LENGTH
         window_s = self.window_samples / SAMPLE_RATE
@@ -263,20 +268,39 @@ class LiveService:
         """Decode one utterance (16 kHz samples) at realtime priority; ``on_ticket`` gets the engine ticket
         (to cancel it when the stream goes away)."""
         started = time.monotonic()
-        decoder = self.window_decoder(language, prompt)
-        spec = decoder.row_spec()
-        if self.options.fixed_tokens_per_second is not None:
-            seconds = min(len(samples), self.window_samples) / SAMPLE_RATE
-            spec = replace(spec, sample_len=max(1, round(self.options.fixed_tokens_per_second * seconds)))
-        mel = await asyncio.to_thread(self.mel, samples)
-        deadline = time.monotonic() + self.options.decode_timeout_s
-        ticket = self.engine.submit(
-            WindowRequest(mel=mel, spec=spec, priority=Priority.REALTIME, deadline=deadline)
-        )
-        ticket.token_events = False  # only the output is awaited: no event-loop wake-up per token
-        if on_ticket is not None:
-            on_ticket(ticket)
-        output = await ticket.wait()
+        mel = None
+        for attempt in range(2):
+            if self.runtime is not None:
+                whisper, engine = self.runtime()
+                if engine is not self.engine:
+                    self.whisper, self.engine = whisper, engine
+                    self._decoders.clear()  # built for the other model object
+            decoder = self.window_decoder(language, prompt)
+            spec = decoder.row_spec()
+            if self.options.fixed_tokens_per_second is not None:
+                seconds = min(len(samples), self.window_samples) / SAMPLE_RATE
+                spec = replace(spec, sample_len=max(1, round(self.options.fixed_tokens_per_second * seconds)))
+            if mel is None:
+                mel = await asyncio.to_thread(self.mel, samples)
+            engine = self.engine
+            try:
+                deadline = time.monotonic() + self.options.decode_timeout_s
+                ticket = engine.submit(
+                    WindowRequest(mel=mel, spec=spec, priority=Priority.REALTIME, deadline=deadline)
+                )
+                ticket.token_events = False  # only the output is awaited: no event-loop wake-up per token
+                if on_ticket is not None:
+                    on_ticket(ticket)
+                output = await ticket.wait()
+                break
+            except EngineError as e:
+                if (
+                    attempt
+                    or self.on_failure is None
+                    or not await asyncio.to_thread(self.on_failure, engine, e)
+                ):
+                    raise
+                mel = None  # made again for the engine that takes over (its device may differ)
         self.stats.decode(time.monotonic() - started)
         return decoder.result_from(output)
 

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ PAGE = Path(__file__).parent / "static" / "live.html"
 MAX_ERRORS = 50  # invalid events in a row before the session is closed
 KEY_PREFIX = "openai-insecure-api-key."  # how browsers pass a key (they cannot set headers on WebSockets)
 
-ServiceFor = Callable[[str | None], Awaitable[tuple[str, LiveService]]]
+# model name -> an async context manager holding (alias, service) for one session's life
+ServiceFor = Callable[[str | None], AbstractAsyncContextManager[tuple[str, LiveService]]]
 
 
 class UnknownModel(LookupError):
@@ -50,8 +52,9 @@ def realtime_router(
     if isinstance(source, LiveService):
         fixed = source
 
-        async def service_for(model: str | None) -> tuple[str, LiveService]:
-            return model or "default", fixed
+        @contextlib.asynccontextmanager
+        async def service_for(model: str | None) -> AsyncIterator[tuple[str, LiveService]]:
+            yield model or "default", fixed
 
         keys = list(api_keys or [])
         idle = fixed.options.idle_timeout_s
@@ -98,22 +101,35 @@ def _from_context(
                 vad_holder.append(None)
         return vad_holder[0]
 
-    async def service_for(model: str | None) -> tuple[str, LiveService]:
+    @contextlib.asynccontextmanager
+    async def service_for(model: str | None) -> AsyncIterator[tuple[str, LiveService]]:
         try:
             alias = ctx.registry.resolve(model)
         except Exception as e:  # the registry's own error says which models exist
             raise UnknownModel(str(e)) from None
-        runtime = await ctx.registry.get(alias)
-        current = runtime.current
-        service = services.get(alias)
-        if service is None:
-            stats = LiveStats(keep=False, observe=observe)
-            vad = await asyncio.to_thread(vad_model)
-            service = LiveService(current.whisper, current.engine, vad, options, stats)
-            services[alias] = service
-        # After a fail-over (or an eviction and reload) new sessions use the engine that works now.
-        service.whisper, service.engine = current.whisper, current.engine
-        return alias, service
+        # A session holds a lease for its whole life: its model is not evicted under it.
+        async with ctx.registry.lease(alias) as runtime:
+            service = services.get(alias)
+            if service is None:
+                stats = LiveStats(keep=False, observe=observe)
+                vad = await asyncio.to_thread(vad_model)
+                current = runtime.current
+                service = LiveService(current.whisper, current.engine, vad, options, stats)
+                services[alias] = service
+
+            def engine_now(alias: str = alias, leased: Any = runtime) -> tuple[Any, Any]:
+                # After a fail-over to the CPU (or a reload) decodes go to the engine that works now.
+                current = ctx.registry.loaded.get(alias, leased).current
+                return current.whisper, current.engine
+
+            def fail_over(engine: Any, error: BaseException, alias: str = alias) -> bool:
+                # The server's own fail-over (to a CPU engine), as its HTTP routes use it.
+                runtime = ctx.registry.loaded.get(alias)
+                move = getattr(runtime, "_fail_over", None)
+                return bool(move is not None and move(engine, error))
+
+            service.runtime, service.on_failure = engine_now, fail_over
+            yield alias, service
 
     return service_for, list(api_keys if api_keys is not None else settings.api_keys), options.idle_timeout_s
 
@@ -187,18 +203,31 @@ async def _serve(
             "unsupported_intent",
             f"this server does transcription only: use ?intent=transcription, got {intent!r}",
         )
-    try:
-        alias, service = await service_for(ws.query_params.get("model"))
-    except UnknownModel as e:
-        return await _refuse(ws, 1008, "model_not_found", str(e))
-    except Exception as e:  # noqa: BLE001 - a model that cannot load must not take the server down
-        log.exception("realtime: no model")
-        return await _refuse(ws, 1011, "model_unavailable", f"the model could not be loaded: {e}")
-    try:
-        service.open_stream(key)
-    except StreamLimitError as e:
-        return await _refuse(ws, 1013 if e.scope == "server" else 1008, "too_many_streams", str(e))
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            alias, service = await stack.enter_async_context(service_for(ws.query_params.get("model")))
+        except UnknownModel as e:
+            return await _refuse(ws, 1008, "model_not_found", str(e))
+        except Exception as e:  # noqa: BLE001 - a model that cannot load must not take the server down
+            log.exception("realtime: no model")
+            return await _refuse(ws, 1011, "model_unavailable", f"the model could not be loaded: {e}")
+        try:
+            service.open_stream(key)
+        except StreamLimitError as e:
+            return await _refuse(ws, 1013 if e.scope == "server" else 1008, "too_many_streams", str(e))
+        try:
+            await _run_session(ws, alias, service, idle_timeout, on_session)
+        finally:
+            service.close_stream(key)
 
+
+async def _run_session(
+    ws: WebSocket,
+    alias: str,
+    service: LiveService,
+    idle_timeout: float,
+    on_session: Callable[[LiveSession, WebSocket], None] | None,
+) -> None:
     lock = asyncio.Lock()
 
     async def send(event: dict[str, Any]) -> None:
@@ -245,4 +274,3 @@ async def _serve(
         return  # the client went away (RuntimeError: a send raced the disconnect)
     finally:
         await session.close()
-        service.close_stream(key)
