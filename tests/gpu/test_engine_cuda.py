@@ -17,6 +17,7 @@ from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions
 from voxserve.engine.attention import decode_attention, reference_decode_attention
 from voxserve.engine.types import EngineConfig
+from voxserve.model.load import init_random
 from voxserve.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.gpu
@@ -69,27 +70,34 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels) -> None
         eng.close()
 
 
-def test_engine_large_v3_fp16_close_to_reference(mels) -> None:
-    """At large-v3 dimensions in fp16 the engine (fused QKV, Triton attention, graphs) and the eager reference
-    round differently; with decisive weights the greedy sequences must still agree almost everywhere."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_engine_step_logits_large_v3(dtype) -> None:
+    """At large-v3 dimensions in half precision, the engine's graph-captured step (fused QKV, Triton attention)
+    gives the logits of the eager reference pass: compared in fp32 against a float64-free fp32 reference, its
+    error is no larger than the eager half-precision pass's own."""
     tok = Tokenizer.from_tiktoken(ASSETS / "multilingual.tiktoken", num_languages=100)
-    model = decisive_model(LARGE_V3, tok, std=0.05, eot_boost=1.0).to("cuda", torch.float16)
-    speech = read_wav(AUDIO / "samples" / "jfk.wav")
-    mel128 = torch.stack(
-        [pad_or_trim(log_mel_spectrogram(x, 128)) for x in (speech, speech[16000:], speech[:48000])]
-    )
+    model32 = init_random(LARGE_V3, seed=0).cuda()
+    mel = pad_or_trim(log_mel_spectrogram(read_wav(AUDIO / "samples" / "jfk.wav"), 128))[None].cuda()
     options = DecodingOptions(
-        language="en", without_timestamps=True, sample_len=24, suppress_tokens=(-1, tok.eot)
+        language="en", without_timestamps=True, sample_len=8, suppress_tokens=(-1, tok.eot)
     )
-    ref = decode_windows(model, tok, mel128.cuda(), options)
-    eng = make_engine(model, tok, EngineConfig(max_slots=4))
-    try:
-        got = BatchDecoder(eng, model, tok).decode(mel128.cuda(), options)
-    finally:
-        eng.close()
-    agree = [
-        sum(a == b for a, b in zip(g.tokens, r.tokens, strict=True)) / 24
-        for g, r in zip(got, ref, strict=True)
-    ]
-    assert all(len(g.tokens) == 24 for g in got)
-    assert min(agree) >= 0.9, agree
+    with torch.no_grad():
+        features32 = model32.encoder(mel)
+        model = init_random(LARGE_V3, seed=0).to("cuda", dtype)
+        eng = make_engine(model, tok, EngineConfig(max_slots=2))
+        try:
+            decoder, ticket = BatchDecoder(eng, model, tok).submit(mel[0], options)
+            tokens = list(decoder.initial_tokens) + list(ticket.result(timeout=120).tokens)
+            runner = eng.runner
+            # Park slot 0 on the finished sequence minus its last token and run one more step on it.
+            runner.policy.length[0] = len(tokens) - 1
+            runner.policy.last[0] = tokens[-2]
+            got = runner._logits(torch.tensor([0], device="cuda"))[0]
+        finally:
+            eng.close()
+        seq = torch.tensor([tokens[:-1]], device="cuda")
+        ref32 = model32.decoder.forward_full(seq, features32)[0, -1]
+        half = model.decoder.forward_full(seq, model.encoder(mel.to(dtype)))[0, -1]
+    err_engine = ((got - ref32).norm() / ref32.norm()).item()
+    err_eager = ((half - ref32).norm() / ref32.norm()).item()
+    assert err_engine < max(2 * err_eager, 1e-2), (err_engine, err_eager)
