@@ -4,8 +4,10 @@ configuration: SDPA attention, batched, a static KV cache (``cache_implementatio
 The prompt is forced through Whisper's own ``language="en", task="transcribe", return_timestamps=False``
 (which yields <|startoftranscript|><|en|><|transcribe|><|notimestamps|>); end-of-text is suppressed through
 ``generation_config.suppress_tokens`` and the length pinned with ``min_new_tokens = max_new_tokens = n``.
-transformers' automatic ``torch.compile`` of static-cache decoding is off unless asked for: on the H200 it made
-``generate`` slower (DESIGN.md, Performance method).
+transformers compiles static-cache decoding by default (``generation_config.disable_compile`` False); that is
+its fastest configuration on CUDA and the one DESIGN.md's reference figures (about 3.4 ms a step at batch 1 on the
+H200) were measured with. The bench keeps it on for CUDA and off on the CPU (``--hf-compile``). A run on the H200
+on 2026-12-04 with it off measured 27.6 ms a step: without it the peer is not in its fastest configuration.
 """
 
 from __future__ import annotations
