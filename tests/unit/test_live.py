@@ -94,12 +94,13 @@ class ScriptedService:
         self.whisper = SimpleNamespace(tokenizer=SimpleNamespace(is_multilingual=False))
         self.texts, self.decoded = list(texts), []
 
-    async def decode(self, samples, *, language, prompt, on_ticket=None):
+    async def decode(self, samples, *, language, prompt, on_ticket=None, partial=False):
         self.decoded.append(len(samples))
         text = self.texts.pop(0)
         if isinstance(text, BaseException):
             raise text
-        return DecodingResult((), text, "en", 0.0, 0.0, 0.0, 1.0)
+        text, reason = text if isinstance(text, tuple) else (text, "stop")
+        return DecodingResult((), text, "en", 0.0, 0.0, 0.0, 1.0, finish_reason=reason)
 
 
 def test_session_partials_then_final_replaces_them():
@@ -204,3 +205,29 @@ def test_vad_segments_fit_a_short_model_window():
     assert service(1500).options.vad.max_speech_s == 28.0  # 30 s windows: the default cap
     short = service(250)  # a 5 s window
     assert short.window_samples == 5 * 16000 and short.options.vad.max_speech_s == 4.0
+
+
+def test_a_partial_cut_by_its_deadline_shows_nothing():
+    service = ScriptedService([("the", "deadline"), "the cat", "the cat sat", "the cat sat down"])
+    events, now = [], [0.0]
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send, clock=lambda: now[0])
+        await session.update({"input_audio_sample_rate": 16000, "turn_detection": None})
+        chunk = base64.b64encode(np.full(1600, 1000, "<i2").tobytes()).decode()
+        for k in range(11):
+            now[0] = k * 0.1
+            await session.append(chunk)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        await session.commit()
+        while session.tasks:
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    deltas = [(e["delta"], e["partial"]) for e in events if e["type"].endswith(".delta")]
+    assert deltas == [("", "the cat"), ("the cat", " sat")]  # nothing from the cut-short first partial
+    assert events[-1]["transcript"] == "the cat sat down"

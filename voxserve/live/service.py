@@ -51,7 +51,7 @@ class LiveOptions:
     max_chunk_bytes: int = 1 << 20
     # longest item without server VAD (audio between commits); more is refused until the client commits
     max_item_s: float = 120.0
-    # a decode that takes longer ends with the text it has
+    # a partial not decoded within this time is dropped (a later partial or the final answers instead)
     decode_timeout_s: float = 10.0
     # VAD rows per batched model call (groups run in parallel threads)
     vad_batch: int = 64
@@ -264,9 +264,11 @@ class LiveService:
         language: str | None,
         prompt: str | None,
         on_ticket: Callable[[Ticket], None] | None = None,
+        partial: bool = False,
     ) -> DecodingResult:
         """Decode one utterance (16 kHz samples) at realtime priority; ``on_ticket`` gets the engine ticket
-        (to cancel it when the stream goes away)."""
+        (to cancel it when the stream goes away). A partial has a deadline (``decode_timeout_s``): past it, its
+        result has finish_reason "deadline" and what was decoded by then."""
         started = time.monotonic()
         mel = None
         for attempt in range(2):
@@ -284,7 +286,7 @@ class LiveService:
                 mel = await asyncio.to_thread(self.mel, samples)
             engine = self.engine
             try:
-                deadline = time.monotonic() + self.options.decode_timeout_s
+                deadline = time.monotonic() + self.options.decode_timeout_s if partial else None
                 ticket = engine.submit(
                     WindowRequest(mel=mel, spec=spec, priority=Priority.REALTIME, deadline=deadline)
                 )

@@ -378,6 +378,9 @@ class LiveSession:
         result = await self._decode(item, samples)
         if result is None or item.end is not None or self.closed:
             return  # the item ended meanwhile: its final decode answers
+        if result.finish_reason in ("deadline", "cancelled"):
+            item.partial = None
+            return  # cut short (an overloaded engine): no text from it; the next partial tries again
         item.covered = end
         item.partial = None  # this task is ending: let the next partial start
         delta, tail = item.agreement.update(result.text)
@@ -430,7 +433,7 @@ class LiveSession:
 
         try:
             return await self.service.decode(
-                samples, language=self.language, prompt=self.prompt, on_ticket=track
+                samples, language=self.language, prompt=self.prompt, on_ticket=track, partial=not final
             )
         except Exception as e:  # noqa: BLE001 - one stream's failure is reported to it, never raised further
             if not isinstance(e, EngineError):
