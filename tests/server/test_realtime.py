@@ -511,3 +511,21 @@ def create_app_for_test(make_settings):
     from voxserve.server.app import create_app
 
     return create_app(make_settings(engine_slots=2))
+
+
+def test_partial_prefix_is_forced_and_counts_in_the_fixed_length(whisper, engine, speech):
+    import asyncio
+
+    service = LiveService(whisper, engine, None, LiveOptions(fixed_tokens_per_second=3.0))
+    prefix = "and so my fellow"
+    forced = len(whisper.tokenizer.encode(" " + prefix))
+
+    async def run():
+        plain = await service.decode(speech[: 4 * SR], language="en", prompt=None)
+        forced_run = await service.decode(speech[: 4 * SR], language="en", prompt=None, prefix=prefix)
+        return plain, forced_run
+
+    plain, with_prefix = asyncio.run(run())
+    assert len(plain.tokens) == 12  # 3 tokens per second of 4 s, end-of-text suppressed
+    assert len(with_prefix.tokens) == 12 - forced  # the forced words count in the transcript's length
+    assert not with_prefix.text.startswith(prefix)  # the result holds what follows the prefix only

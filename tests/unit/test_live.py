@@ -92,14 +92,18 @@ class ScriptedService:
         self.stats = LiveStats()
         self.window_samples = 16000 * 30
         self.whisper = SimpleNamespace(tokenizer=SimpleNamespace(is_multilingual=False))
-        self.texts, self.decoded = list(texts), []
+        self.texts, self.decoded, self.prefixes = list(texts), [], []
 
-    async def decode(self, samples, *, language, prompt, on_ticket=None, partial=False):
+    async def decode(self, samples, *, language, prompt, on_ticket=None, partial=False, prefix=None):
         self.decoded.append(len(samples))
+        self.prefixes.append(prefix)
         text = self.texts.pop(0)
         if isinstance(text, BaseException):
             raise text
         text, reason = text if isinstance(text, tuple) else (text, "stop")
+        if prefix:  # a real decoder is given the prefix and writes only what follows it
+            assert text.startswith(prefix), (prefix, text)
+            text = text[len(prefix) :].strip()
         return DecodingResult((), text, "en", 0.0, 0.0, 0.0, 1.0, finish_reason=reason)
 
 
@@ -137,8 +141,9 @@ def test_session_partials_then_final_replaces_them():
     assert [(d["delta"], d["partial"]) for d in deltas] == [
         ("", "the cat"), ("the cat", " sat"), (" sat", " on"), (" on", ""), ("", " a"), (" a", " mat")
     ]  # fmt: skip
-    # partials every 0.5 s (the interval), each over the whole item so far
+    # partials every 0.5 s (the interval), each over the whole item so far, the committed words forced
     assert service.decoded[:6] == [1600 * (1 + 5 * k) for k in range(6)]
+    assert service.prefixes == [None, None, "the cat", "the cat sat", "the cat sat on", "the cat sat on", None]
     completed = events[-1]
     assert completed["type"].endswith(".completed") and completed["transcript"] == "the cat sat on the mat."
     assert completed["usage"] == {"type": "duration", "seconds": 3.0}

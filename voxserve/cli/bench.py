@@ -76,7 +76,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--audio",
         type=Path,
         default=SHARED / "audio" / "hifitts-6097",
-        help="folder of 16 kHz mono 16-bit WAV files, searched recursively",
+        help="folder of 16 kHz mono 16-bit WAV files, searched recursively (--streams: or 'espeak', sentences "
+        "the demo model knows, synthesised on the spot)",
     )
     p.add_argument(
         "--tiktoken",

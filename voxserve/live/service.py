@@ -40,6 +40,9 @@ class LiveOptions:
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
     fixed_tokens_per_second: float | None = None
+    # a partial forces the words already committed as its transcript's prefix and decodes only the rest (their
+    # prefill is one pass; each decoded token is a step); finals always decode from scratch
+    prefix_partials: bool = True
     # streams open at once, in all and per API key
     max_streams: int = 256
     max_streams_per_key: int = 16
@@ -225,20 +228,27 @@ class LiveService:
 
     # ----- decoding on the shared engine
 
-    def window_decoder(self, language: str | None, prompt: str | None) -> WindowDecoder:
+    def window_decoder(
+        self, language: str | None, prompt: str | None, prefix: str | None = None
+    ) -> WindowDecoder:
+        """The decoding policy for a stream's options; ``prefix`` (committed text of a partial) is forced."""
         key = (language, prompt)
-        if key not in self._decoders:
+        if key not in self._decoders or prefix:
             tok = self.whisper.tokenizer
             fixed = self.options.fixed_tokens_per_second is not None
             options = DecodingOptions(
                 language=language,
                 prompt=prompt or None,
+                prefix=prefix or None,
                 without_timestamps=True,
                 suppress_tokens=(-1, tok.eot) if fixed else (-1,),
             )
+            decoder = WindowDecoder(self.whisper.model, tok, options)
+            if prefix:
+                return decoder  # one partial's: not kept
             if len(self._decoders) > 64:  # bounded: prompts are free text
                 self._decoders.clear()
-            self._decoders[key] = WindowDecoder(self.whisper.model, tok, options)
+            self._decoders[key] = decoder
         return self._decoders[key]
 
     def mel(self, samples: np.ndarray) -> torch.Tensor:
@@ -265,10 +275,13 @@ class LiveService:
         prompt: str | None,
         on_ticket: Callable[[Ticket], None] | None = None,
         partial: bool = False,
+        prefix: str | None = None,
     ) -> DecodingResult:
         """Decode one utterance (16 kHz samples) at realtime priority; ``on_ticket`` gets the engine ticket
         (to cancel it when the stream goes away). A partial has a deadline (``decode_timeout_s``): past it, its
-        result has finish_reason "deadline" and what was decoded by then."""
+        result has finish_reason "deadline" and what was decoded by then. ``prefix`` is text forced at the start
+        of the transcript (a partial's committed words, which never change): only the rest is decoded, and the
+        result's text is the rest only."""
         started = time.monotonic()
         mel = None
         for attempt in range(2):
@@ -277,11 +290,14 @@ class LiveService:
                 if engine is not self.engine:
                     self.whisper, self.engine = whisper, engine
                     self._decoders.clear()  # built for the other model object
-            decoder = self.window_decoder(language, prompt)
+            decoder = self.window_decoder(language, prompt, prefix)
             spec = decoder.row_spec()
             if self.options.fixed_tokens_per_second is not None:
+                # the transcript's length, forced prefix included, follows the audio's
                 seconds = min(len(samples), self.window_samples) / SAMPLE_RATE
-                spec = replace(spec, sample_len=max(1, round(self.options.fixed_tokens_per_second * seconds)))
+                forced = len(spec.initial_tokens) - len(self.window_decoder(language, prompt).initial_tokens)
+                total = round(self.options.fixed_tokens_per_second * seconds)
+                spec = replace(spec, sample_len=max(1, total - forced))
             if mel is None:
                 mel = await asyncio.to_thread(self.mel, samples)
             engine = self.engine

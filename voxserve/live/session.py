@@ -375,7 +375,11 @@ class LiveSession:
 
     async def _partial(self, item: _Item, end: int) -> None:
         samples = self.audio.slice(max(item.start, end - self.service.window_samples), end)
-        result = await self._decode(item, samples)
+        # (Only while the whole item fits one window: a prefix belongs to the item's start.)
+        prefix = item.agreement.text if self.service.options.prefix_partials and samples.size else ""
+        if end - item.start > self.service.window_samples:
+            prefix = ""
+        result = await self._decode(item, samples, prefix=prefix)
         if result is None or item.end is not None or self.closed:
             return  # the item ended meanwhile: its final decode answers
         if result.finish_reason in ("deadline", "cancelled"):
@@ -383,7 +387,8 @@ class LiveSession:
             return  # cut short (an overloaded engine): no text from it; the next partial tries again
         item.covered = end
         item.partial = None  # this task is ending: let the next partial start
-        delta, tail = item.agreement.update(result.text)
+        hypothesis = f"{prefix} {result.text}" if prefix else result.text
+        delta, tail = item.agreement.update(hypothesis)
         await self.emit(
             "conversation.item.input_audio_transcription.delta",
             item_id=item.id,
@@ -419,7 +424,9 @@ class LiveSession:
         for _, arrived in arrivals:
             stats.text(arrived, now)
 
-    async def _decode(self, item: _Item, samples: np.ndarray, *, final: bool = False) -> Any:
+    async def _decode(
+        self, item: _Item, samples: np.ndarray, *, final: bool = False, prefix: str = ""
+    ) -> Any:
         """The decode of ``samples`` for ``item``; None after a failure, which the client is told of (a final's
         as OpenAI's ``...input_audio_transcription.failed`` event, a partial's as an error event)."""
         if len(samples) < 400:  # the log-mel needs a few hundred samples; pad tiny items with silence
@@ -433,7 +440,12 @@ class LiveSession:
 
         try:
             return await self.service.decode(
-                samples, language=self.language, prompt=self.prompt, on_ticket=track, partial=not final
+                samples,
+                language=self.language,
+                prompt=self.prompt,
+                on_ticket=track,
+                partial=not final,
+                prefix=prefix or None,
             )
         except Exception as e:  # noqa: BLE001 - one stream's failure is reported to it, never raised further
             if not isinstance(e, EngineError):

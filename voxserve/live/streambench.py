@@ -99,6 +99,25 @@ class Track:
     speech: list[tuple[int, int]]  # where the utterances are, in samples of this track
 
 
+ESPEAK = "espeak"  # --audio espeak: sentences the demo model was trained on, spoken by espeak-ng on the spot
+
+
+def bench_clips(audio: Path | str) -> list[np.ndarray]:
+    """The callers' utterances: WAV files under ``audio``, or with "espeak" 60 LJSpeech sentences of the demo
+    model's training text's style synthesised by espeak-ng (real speech means nothing to the demo model)."""
+    if str(audio) != ESPEAK:
+        return speech_clips(Path(audio))
+    from ..train.espeak import EspeakError
+    from ..train.synth import speak
+    from .window_accuracy import SHARED, sentences
+
+    try:
+        texts = sentences(SHARED / "text" / "ljspeech-metadata.csv", 60, ids=("LJ044", "LJ045", "LJ046"))
+        return [speak(t) for t in texts]
+    except (EspeakError, OSError) as e:
+        raise BenchError(f"--audio espeak: {e}") from None
+
+
 def caller_audio(clips: list[np.ndarray], n: int, seconds: float, seed: int) -> list[Track]:
     """``n`` different ``seconds``-long tracks: the utterances joined with 0.4-1.2 s pauses, each track
     starting at its own place (wrapping around)."""
@@ -264,7 +283,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
     except VADError as e:
         raise BenchError(f"{e} (--vad oracle needs no onnxruntime)") from None
-    clips = speech_clips(plan.audio)
+    clips = bench_clips(plan.audio)
     tracks = caller_audio(clips, max(plan.streams), plan.seconds, plan.seed)
 
     def options(n: int) -> LiveOptions:

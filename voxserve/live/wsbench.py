@@ -98,10 +98,9 @@ def _client_process(
     port: int, ids: list[int], n: int, audio_dir: str, seconds: float, seed: int, chunk_ms: int,
     offsets: list[float], language: str | None, queue: Any, start: Any,
 ) -> None:  # fmt: skip
-    from ..bench.inputs import speech_clips
-    from .streambench import caller_audio
+    from .streambench import bench_clips, caller_audio
 
-    tracks = caller_audio(speech_clips(Path(audio_dir)), n, seconds, seed)  # the same tracks as the server's
+    tracks = caller_audio(bench_clips(audio_dir), n, seconds, seed)  # the same tracks as the server's
     queue.put("ready")
     t0, counted_from = start.get()
 
