@@ -529,3 +529,17 @@ def test_partial_prefix_is_forced_and_counts_in_the_fixed_length(whisper, engine
     assert len(plain.tokens) == 12  # 3 tokens per second of 4 s, end-of-text suppressed
     assert len(with_prefix.tokens) == 12 - forced  # the forced words count in the transcript's length
     assert not with_prefix.text.startswith(prefix)  # the result holds what follows the prefix only
+
+
+def test_decodes_are_capped_by_the_audio_length(whisper, engine, speech):
+    import asyncio
+
+    specs = []
+    submit = engine.submit
+    engine.submit = lambda request: (specs.append(request.spec), submit(request))[1]
+    try:
+        service = LiveService(whisper, engine, None, LiveOptions(max_tokens_per_second=5.0))
+        asyncio.run(service.decode(speech[: 2 * SR], language="en", prompt=None))
+    finally:
+        engine.submit = submit
+    assert specs[0].sample_len == 5 * 2 + 10  # not the window's 224

@@ -40,6 +40,9 @@ class LiveOptions:
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
     fixed_tokens_per_second: float | None = None
+    # no decode runs past this many tokens per second of its audio (+10): speech is ~3, and a repetition loop
+    # (a model hallucinating on cut-off audio) would otherwise hold its stream for up to 224 steps
+    max_tokens_per_second: float = 6.0
     # a partial forces the words already committed as its transcript's prefix and decodes only the rest (their
     # prefill is one pass; each decoded token is a step); finals always decode from scratch
     prefix_partials: bool = True
@@ -77,6 +80,8 @@ class LiveOptions:
             raise ValueError("min_partial_s and max_ahead_s must be >= 0")
         if self.fixed_tokens_per_second is not None and self.fixed_tokens_per_second <= 0:
             raise ValueError("fixed_tokens_per_second must be > 0")
+        if self.max_tokens_per_second <= 0:
+            raise ValueError("max_tokens_per_second must be > 0")
 
 
 class StreamLimitError(Exception):
@@ -292,12 +297,15 @@ class LiveService:
                     self._decoders.clear()  # built for the other model object
             decoder = self.window_decoder(language, prompt, prefix)
             spec = decoder.row_spec()
+            seconds = min(len(samples), self.window_samples) / SAMPLE_RATE
             if self.options.fixed_tokens_per_second is not None:
                 # the transcript's length, forced prefix included, follows the audio's
-                seconds = min(len(samples), self.window_samples) / SAMPLE_RATE
                 forced = len(spec.initial_tokens) - len(self.window_decoder(language, prompt).initial_tokens)
                 total = round(self.options.fixed_tokens_per_second * seconds)
                 spec = replace(spec, sample_len=max(1, total - forced))
+            else:
+                cap = math.ceil(self.options.max_tokens_per_second * seconds) + 10
+                spec = replace(spec, sample_len=min(spec.sample_len, cap))
             if mel is None:
                 mel = await asyncio.to_thread(self.mel, samples)
             engine = self.engine
