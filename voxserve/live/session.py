@@ -31,6 +31,7 @@ from ..audio.vad import VADEvent, VADOptions
 from ..config import SAMPLE_RATE
 from ..engine.engine import EngineError, Ticket
 from .agreement import StablePrefix
+from .buffer import AudioBuffer
 from .formats import ChunkDecoder, FormatError, InputFormat, decode_base64
 from .service import LiveService
 
@@ -49,38 +50,6 @@ class ProtocolError(Exception):
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
-
-
-class _Buffer:
-    """Growable float32 audio with absolute sample positions; the oldest audio can be dropped cheaply."""
-
-    def __init__(self) -> None:
-        self.data = np.zeros(SAMPLE_RATE * 4, dtype=np.float32)
-        self.start = 0  # absolute position of data[0]
-        self.length = 0
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
-
-    def append(self, x: np.ndarray) -> None:
-        if self.length + len(x) > len(self.data):
-            grown = np.zeros(max(2 * len(self.data), self.length + len(x)), dtype=np.float32)
-            grown[: self.length] = self.data[: self.length]
-            self.data = grown
-        self.data[self.length : self.length + len(x)] = x
-        self.length += len(x)
-
-    def slice(self, a: int, b: int) -> np.ndarray:
-        a, b = max(a, self.start), min(b, self.end)
-        return self.data[a - self.start : max(a, b) - self.start].copy()
-
-    def drop_before(self, position: int) -> None:
-        cut = min(max(0, position - self.start), self.length)
-        if cut:
-            self.data[: self.length - cut] = self.data[cut : self.length]
-            self.start += cut
-            self.length -= cut
 
 
 @dataclass
@@ -114,7 +83,7 @@ class LiveSession:
         self.partial_interval_s = service.options.partial_interval_s
         self.vad_options: VADOptions | None = service.options.vad if service.vad_model is not None else None
         self.vad = service.new_vad(self.vad_options) if self.vad_options is not None else None
-        self.audio = _Buffer()
+        self.audio = AudioBuffer()
         self.item: _Item | None = None
         self.previous_item_id: str | None = None
         self.arrivals: deque[tuple[int, float]] = (
