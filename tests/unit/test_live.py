@@ -143,7 +143,15 @@ def test_session_partials_then_final_replaces_them():
     ]  # fmt: skip
     # partials every 0.5 s (the interval), each over the whole item so far, the committed words forced
     assert service.decoded[:6] == [1600 * (1 + 5 * k) for k in range(6)]
-    assert service.prefixes == [None, None, "the cat", "the cat sat", "the cat sat on", "the cat sat on", None]
+    assert service.prefixes == [
+        None,
+        None,
+        "the cat",
+        "the cat sat",
+        "the cat sat on",
+        "the cat sat on",
+        None,
+    ]
     completed = events[-1]
     assert completed["type"].endswith(".completed") and completed["transcript"] == "the cat sat on the mat."
     assert completed["usage"] == {"type": "duration", "seconds": 3.0}
@@ -236,3 +244,21 @@ def test_a_partial_cut_by_its_deadline_shows_nothing():
     deltas = [(e["delta"], e["partial"]) for e in events if e["type"].endswith(".delta")]
     assert deltas == [("", "the cat"), ("the cat", " sat")]  # nothing from the cut-short first partial
     assert events[-1]["transcript"] == "the cat sat down"
+
+
+def test_short_windows_pad_to_few_lengths():
+    import torch
+
+    from voxserve.live.service import LiveService
+
+    whisper = SimpleNamespace(model=SimpleNamespace(dims=SimpleNamespace(n_audio_ctx=1500, n_mels=80)))
+    engine = SimpleNamespace(runner=SimpleNamespace(device=torch.device("cpu")))
+    short = LiveService(whisper, engine, None, LiveOptions(short_windows=True))
+    full = LiveService(whisper, engine, None, LiveOptions())
+    x = np.random.default_rng(0).standard_normal(16000 * 20).astype(np.float32) * 0.1
+    frames = {s: short.mel(x[: int(16000 * s)]).shape for s in (0.3, 1.0, 1.5, 5.0, 16.0, 17.0, 20.0)}
+    assert frames == {0.3: (80, 100), 1.0: (80, 100), 1.5: (80, 200), 5.0: (80, 800), 16.0: (80, 1600),
+                      17.0: (80, 3000), 20.0: (80, 3000)}  # fmt: skip
+    assert full.mel(x[:16000]).shape == (80, 3000)
+    # the audio's frames are the same whatever the padding after them (up to the frames next to its end)
+    torch.testing.assert_close(short.mel(x[: 16000 * 3])[:, :280], full.mel(x[: 16000 * 3])[:, :280])

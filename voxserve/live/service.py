@@ -34,9 +34,10 @@ class LiveOptions:
     partial_interval_s: float = 0.3
     # audio an utterance needs before its first partial
     min_partial_s: float = 0.3
-    # encode only the audio an utterance has (rounded up to window_step_s) instead of a padded 30 s window
+    # encode only the audio an utterance has instead of a padded 30 s window: padded up to the next of
+    # window_buckets_s (few lengths, so the engine encodes many streams' windows in few batches)
     short_windows: bool = False
-    window_step_s: float = 1.0
+    window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
     fixed_tokens_per_second: float | None = None
@@ -66,7 +67,6 @@ class LiveOptions:
     def __post_init__(self) -> None:
         for name in (
             "partial_interval_s",
-            "window_step_s",
             "idle_timeout_s",
             "decode_timeout_s",
             "max_item_s",
@@ -76,6 +76,8 @@ class LiveOptions:
         for name in ("max_streams", "max_streams_per_key", "max_chunk_bytes", "vad_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.window_buckets_s or any(b <= 0 for b in self.window_buckets_s):
+            raise ValueError(f"window_buckets_s must be positive seconds, got {self.window_buckets_s}")
         if self.min_partial_s < 0 or self.max_ahead_s < 0:
             raise ValueError("min_partial_s and max_ahead_s must be >= 0")
         if self.fixed_tokens_per_second is not None and self.fixed_tokens_per_second <= 0:
@@ -257,15 +259,16 @@ class LiveService:
         return self._decoders[key]
 
     def mel(self, samples: np.ndarray) -> torch.Tensor:
-        """The window mel for an utterance: padded to 30 s, or to whole window steps with short_windows."""
+        """The window mel for an utterance: padded to the model's window (30 s), or with short_windows to the
+        smallest of window_buckets_s that holds it (the whole window above them)."""
         n = len(samples)
         if n > self.window_samples:
             samples, n = samples[-self.window_samples :], self.window_samples
+        target = self.window_samples
         if self.options.short_windows:
-            step = int(self.options.window_step_s * SAMPLE_RATE)
-            target = min(self.window_samples, max(step, math.ceil(n / step) * step))
-        else:
-            target = self.window_samples
+            # whole mel frame pairs: the encoder's stride-2 convolution halves the frame count
+            fits = [round(b * SAMPLE_RATE) // 320 * 320 for b in sorted(self.options.window_buckets_s)]
+            target = min([f for f in fits if f >= n and f <= self.window_samples] or [self.window_samples])
         device = self.engine.runner.device
         x = torch.zeros(target, dtype=torch.float32, device=device)
         x[:n] = torch.as_tensor(samples, dtype=torch.float32).to(device)
