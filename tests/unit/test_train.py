@@ -372,3 +372,170 @@ def test_ctc_head_learns_and_resumes(manifest, tokenizer, tmp_path):
     final = trainer.run(progress=False).final_dir
     with safe_open(str(final / "model.safetensors"), "pt") as f:
         assert not any("ctc" in k for k in f.keys())
+
+
+# ------------------------------------------------------------------------------ regularisation
+
+
+def test_spec_augment_masks_only_inside_the_audio_and_is_seeded():
+    from voxserve.train.specaugment import SpecAugment
+
+    mel = torch.randn(3, 80, 1000)
+    filled = torch.tensor([1000, 300, 0])
+    masks = SpecAugment(time_masks_per_s=1.0, time_width=0.2)  # 10 s of audio: about 10 masks of <= 20 frames
+    a = masks(mel, filled, torch.Generator().manual_seed(1))
+    assert torch.equal(a, masks(mel, filled, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, masks(mel, filled, torch.Generator().manual_seed(2)))
+    changed = (a != mel).any(1)  # [B, T]: time masks cover every mel bin of a frame
+    assert torch.equal(changed, (a != mel).all(1))
+    assert not changed[1, 300:].any() and not changed[2].any()  # never in the padding
+    assert 20 <= int(changed[0].sum()) <= 300
+    mean = (mel[0].sum() / mel[0].numel()).item()
+    assert torch.allclose(a[0][:, changed[0]], torch.tensor(mean))
+    bands = SpecAugment(freq_masks=2, freq_width=10)(mel, filled, torch.Generator().manual_seed(3))
+    rows = (bands != mel).any(2)  # [B, n_mels]: frequency masks cover whole bands
+    assert torch.equal(rows, (bands != mel).all(2)) and 0 < int(rows[0].sum()) <= 20
+    assert not SpecAugment().active and SpecAugment()(mel, filled, torch.Generator()) is mel
+    with pytest.raises(ValueError):
+        SpecAugment(time_masks_per_s=-1)
+
+
+def test_spec_augment_in_batches_keeps_them_a_function_of_the_step(manifest, tokenizer):
+    from voxserve.train.specaugment import SpecAugment
+
+    plain = _train_set(manifest, tokenizer, timestamps_prob=0.5, pack_prob=0.5, seed=2)
+    inactive = _train_set(
+        manifest, tokenizer, timestamps_prob=0.5, pack_prob=0.5, seed=2, spec_augment=SpecAugment()
+    )
+    masked = _train_set(
+        manifest, tokenizer, timestamps_prob=0.5, pack_prob=0.5, seed=2,
+        spec_augment=SpecAugment(freq_masks=2, freq_width=10, time_masks_per_s=2.0, time_width=0.1),
+    )  # fmt: skip
+    for m in range(3):
+        a, b, c = plain.batch(m, 3), inactive.batch(m, 3), masked.batch(m, 3)
+        assert torch.equal(a.mel, b.mel)  # an inactive SpecAugment changes nothing
+        assert torch.equal(c.mel, masked.batch(m, 3).mel)  # the masks are the same every time asked
+        assert torch.equal(a.labels, c.labels) and not torch.equal(a.mel, c.mel)  # same windows, masked
+
+
+def test_dropout_pass_is_the_model_without_dropout():
+    from voxserve.train.dropout import NO_DROPOUT, Dropout, decode_full, encode
+
+    torch.manual_seed(0)
+    model = init_for_training(Whisper(MICRO), seed=0).train()
+    mel, tokens = torch.randn(2, 80, 2 * MICRO.n_audio_ctx), torch.randint(0, 50000, (2, 7))
+    features = model.encoder(mel)
+    assert torch.equal(encode(model.encoder, mel, NO_DROPOUT), features)
+    logits = model.decoder.forward_full(tokens, features)
+    assert torch.equal(decode_full(model.decoder, tokens, features, NO_DROPOUT), logits)
+    some = Dropout(encoder=0.1, decoder=0.1, attention=0.1)
+    noisy = decode_full(model.decoder, tokens, encode(model.encoder, mel, some), some)
+    assert not torch.allclose(noisy, logits) and not torch.equal(
+        noisy, decode_full(model.decoder, tokens, features, some)
+    )
+    # The model itself stays dropout-free: same modules and state as a plain Whisper.
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    with pytest.raises(ValueError):
+        Dropout(decoder=1.0)
+
+
+def test_label_smoothing_is_torch_s_and_logs_the_plain_cross_entropy():
+    from voxserve.train.trainer import token_loss
+
+    logits = torch.randn(2, 5, 50)
+    labels = torch.randint(0, 50, (2, 5))
+    labels[1, 3:] = IGNORE
+    loss, ce = token_loss(logits, labels, 0.1)
+    flat = logits.flatten(0, 1), labels.flatten()
+    torch.testing.assert_close(
+        loss, torch.nn.functional.cross_entropy(*flat, ignore_index=IGNORE, label_smoothing=0.1)
+    )
+    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(*flat, ignore_index=IGNORE))
+    plain, same = token_loss(logits, labels)
+    assert plain is same and torch.equal(plain, torch.nn.functional.cross_entropy(*flat, ignore_index=IGNORE))
+
+
+def test_ctc_weight_schedule():
+    from voxserve.train.trainer import ctc_weight_at
+
+    fixed = TrainConfig(steps=100, ctc_weight=0.3)
+    assert ctc_weight_at(0, fixed) == ctc_weight_at(99, fixed) == 0.3
+    moving = TrainConfig(steps=100, ctc_weight=0.6, ctc_weight_end=0.2)
+    assert ctc_weight_at(0, moving) == pytest.approx(0.6) and ctc_weight_at(50, moving) == pytest.approx(0.4)
+    assert ctc_weight_at(100, moving) == pytest.approx(0.2) and ctc_weight_at(
+        25, moving, 50
+    ) == pytest.approx(0.4)
+    for bad in (
+        {"ctc_weight_end": 1.5},
+        {"dropout": 1.0},
+        {"label_smoothing": -0.1},
+        {"attention_dropout": 2},
+    ):
+        with pytest.raises(TrainError):
+            TrainConfig(**bad)
+
+
+@pytest.mark.slow
+def test_regularised_training_resumes_exactly(manifest, tokenizer, tmp_path):
+    """Dropout, label smoothing, a CTC schedule and SpecAugment together: the logged loss is the plain cross
+    entropy, and a resumed run (dropout's random state is in the checkpoint) matches the uninterrupted one."""
+    from voxserve.train.specaugment import SpecAugment
+    from voxserve.train.trainer import sequence_loss
+
+    reg = {"dropout": 0.1, "encoder_dropout": 0.1, "attention_dropout": 0.1, "label_smoothing": 0.1,
+           "ctc_weight": 0.5, "ctc_weight_end": 0.1}  # fmt: skip
+    spec = SpecAugment(freq_masks=2, freq_width=10, time_masks_per_s=2.0)
+
+    def make(out):
+        trainer = _trainer(manifest, tokenizer, out, steps=3, **reg)
+        trainer.train_set = _train_set(manifest, tokenizer, timestamps_prob=0.5, seed=0, spec_augment=spec)
+        return trainer
+
+    smoothed = _trainer(manifest, tokenizer, tmp_path / "smoothed", steps=3, label_smoothing=0.1)
+    batch = smoothed.train_set.batch(0, 2)
+    with torch.no_grad():
+        expected = sequence_loss(smoothed.model, batch.mel, batch.inputs, batch.labels)
+    torch.testing.assert_close(smoothed.train_step()[0], expected)  # the log keeps the plain cross entropy
+
+    full = make(tmp_path / "full")
+    torch.manual_seed(123)
+    for _ in range(3):
+        full.train_step()
+    split = make(tmp_path / "split")
+    torch.manual_seed(123)
+    split.train_step()
+    split.save()
+    torch.manual_seed(999)  # a fresh process: the checkpoint restores the random state dropout draws from
+    again = make(tmp_path / "split")
+    assert again.resume() and again.step == 1
+    for _ in range(2):
+        again.train_step()
+    for (name, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_train_command_regularisation_options(manifest, tmp_path, capsys, multilingual_tiktoken):
+    out = tmp_path / "run"
+    code = _cli(
+        "--train", str(manifest / "train.jsonl"), "--out", str(out), "--init-dims", "micro", "--tokenizer",
+        str(multilingual_tiktoken), "--steps", "2", "--batch-size", "2", "--log-every", "1", "--ctc-weight", "0.5",
+        "--ctc-weight-end", "0.1", "--dropout", "0.2", "--encoder-dropout", "0.1", "--attention-dropout", "0.05",
+        "--label-smoothing", "0.1", "--freq-masks", "2", "--freq-mask-width", "12", "--time-masks-per-s", "0.5",
+        "--time-mask-width", "0.15", "--quiet",
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+    config, info = log[0]["config"], log[0]["start"]
+    assert (config["dropout"], config["encoder_dropout"], config["attention_dropout"]) == (0.2, 0.1, 0.05)
+    assert (config["label_smoothing"], config["ctc_weight"], config["ctc_weight_end"]) == (0.1, 0.5, 0.1)
+    assert info["spec_augment"] == {
+        "freq_masks": 2,
+        "freq_width": 12,
+        "time_masks_per_s": 0.5,
+        "time_width": 0.15,
+    }
+    assert [r["ctc_weight"] for r in log if "loss" in r] == [0.5, 0.3]
+    assert _cli("--train", str(manifest / "train.jsonl"), "--out", str(tmp_path / "bad"), "--init-dims", "micro",
+                "--time-masks-per-s", "-1", "--quiet") == 1  # fmt: skip
+    assert "time_masks_per_s" in capsys.readouterr().err

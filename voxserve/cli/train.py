@@ -18,6 +18,13 @@ def _prob(text: str) -> float:
     return p
 
 
+def _fraction(text: str) -> float:
+    p = float(text)
+    if not 0.0 <= p < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {text}")
+    return p
+
+
 def _pair(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(p) for p in text.split(","))
@@ -102,6 +109,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="weight of an auxiliary character CTC loss on the encoder (0: off, default). 0.3 makes "
         "training from scratch learn to listen far sooner; the exported model is unchanged",
     )
+    p.add_argument("--ctc-weight-end", type=_prob, metavar="W",
+                   help="move the CTC weight linearly from --ctc-weight at the start to W at the end of the "
+                   "cosine (default: keep --ctc-weight)")  # fmt: skip
+    reg = p.add_argument_group("regularisation (against memorising the training text; all off by default)")
+    reg.add_argument("--dropout", type=_fraction, default=0.0, metavar="P",
+                     help="residual and input-embedding dropout in the decoder while training (the exported "
+                     "model has none)")  # fmt: skip
+    reg.add_argument("--encoder-dropout", type=_fraction, default=0.0, metavar="P",
+                     help="residual dropout in the encoder while training")  # fmt: skip
+    reg.add_argument("--attention-dropout", type=_fraction, default=0.0, metavar="P",
+                     help="dropout on attention weights (encoder and decoder) while training")  # fmt: skip
+    reg.add_argument("--label-smoothing", type=_fraction, default=0.0, metavar="E",
+                     help="label smoothing of the decoder's targets; train.log keeps the plain cross entropy")  # fmt: skip
+    reg.add_argument("--freq-masks", type=int, default=0, metavar="N",
+                     help="SpecAugment frequency masks per window on the training log-mel")  # fmt: skip
+    reg.add_argument("--freq-mask-width", type=int, default=27, metavar="BINS",
+                     help="widest frequency mask in mel bins (default 27)")  # fmt: skip
+    reg.add_argument("--time-masks-per-s", type=float, default=0.0, metavar="R",
+                     help="SpecAugment time masks per second of audio in a window (adaptive to its length)")  # fmt: skip
+    reg.add_argument("--time-mask-width", type=float, default=0.1, metavar="S",
+                     help="widest time mask in seconds (default 0.1)")  # fmt: skip
     p.add_argument(
         "--keep-schedule",
         action="store_true",
@@ -122,6 +150,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     import torch
 
     from ..model.load import ModelLoadError
@@ -131,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.loading import SHARED_TIKTOKEN, load_model_and_tokenizer, load_tokenizer
     from ..train.manifest import ManifestError, load_all_audio, read_manifest
     from ..train.presets import parse_dims
+    from ..train.specaugment import SpecAugment
     from ..train.trainer import TrainConfig, Trainer, TrainError, init_for_training
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -170,7 +201,13 @@ def run(args: argparse.Namespace) -> int:
             eval_limit=args.eval_limit or None, eval_batch_size=args.eval_batch_size, save_every=args.save_every,
             log_every=args.log_every, seed=args.seed, max_minutes=args.max_minutes, compile=args.compile,
             export_dtype=args.export_dtype, ctc_weight=args.ctc_weight,
-            fit_schedule=not args.keep_schedule,
+            fit_schedule=not args.keep_schedule, ctc_weight_end=args.ctc_weight_end, dropout=args.dropout,
+            encoder_dropout=args.encoder_dropout, attention_dropout=args.attention_dropout,
+            label_smoothing=args.label_smoothing,
+        )  # fmt: skip
+        spec_augment = SpecAugment(
+            freq_masks=args.freq_masks, freq_width=args.freq_mask_width, time_masks_per_s=args.time_masks_per_s,
+            time_width=args.time_mask_width,
         )  # fmt: skip
         augmentation = Augmentation(
             noise_prob=args.noise_prob, snr_db=args.snr_db, telephone_prob=args.telephone_prob,
@@ -180,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             train_items, train_audio, tokenizer, n_mels=model.dims.n_mels, max_tokens=model.dims.n_text_ctx,
             window_samples=window_samples(model.dims.n_audio_ctx),
             device=device, seed=args.seed, timestamps_prob=args.timestamps_prob, pack_prob=args.pack_prob,
-            augmentation=augmentation,
+            augmentation=augmentation, spec_augment=spec_augment,
         )  # fmt: skip
         del train_audio
         if train_set.skipped:
@@ -193,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             "augmentation": {"noise_prob": args.noise_prob, "telephone_prob": args.telephone_prob,
                              "gain_prob": args.gain_prob},
             "timestamps_prob": args.timestamps_prob, "pack_prob": args.pack_prob,
+            "spec_augment": asdict(spec_augment),
         }  # fmt: skip
         trainer = Trainer(
             model, tokenizer, train_set, config, args.out, eval_items=eval_items, eval_audio=eval_audio,

@@ -25,6 +25,7 @@ from ..tokenizer import Tokenizer
 from .augment import NO_AUGMENTATION, Augmentation
 from .ctc import ALPHABET, char_targets
 from .manifest import Utterance
+from .specaugment import SpecAugment
 from .targets import MAX_TIMESTAMP_INDEX, Segment, collate, timestamp_token
 
 MAX_PACKED = 8  # utterances per packed window at most
@@ -60,6 +61,7 @@ class TrainingSet:
         timestamps_prob: float = 0.0,
         pack_prob: float = 0.0,
         augmentation: Augmentation = NO_AUGMENTATION,
+        spec_augment: SpecAugment | None = None,
     ) -> None:
         for name, p in (("timestamps_prob", timestamps_prob), ("pack_prob", pack_prob)):
             if not 0.0 <= p <= 1.0:
@@ -69,6 +71,7 @@ class TrainingSet:
         self.window = window_samples
         self.seed, self.timestamps_prob, self.pack_prob = seed, timestamps_prob, pack_prob
         self.augmentation = augmentation
+        self.spec_augment = spec_augment if spec_augment is not None and spec_augment.active else None
         # Each utterance's text is encoded once; windows are assembled from these (see _tokens).
         self._prefix = {}
         for lang in sorted({u.language for u in items}):
@@ -181,6 +184,11 @@ class TrainingSet:
             region = torch.arange(self.window, device=self.device)[None, :] < filled[:, None]
             window, _ = self.augmentation(window, generator, speech=region, region=region)
         mel = log_mel_spectrogram(window, self.n_mels)
+        # Its seed is drawn after the audio's: runs without masking see the batches they always saw.
+        if self.spec_augment is not None:
+            generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+            frames = (filled.to(self.device) + HOP_LENGTH - 1) // HOP_LENGTH
+            mel = self.spec_augment(mel, frames, generator)
         inputs, labels = collate([tokens for _, tokens in windows], self.tokenizer.eot)
         if self.device.type == "cuda":  # pinned, asynchronous copies keep the host from waiting on the GPU
             inputs, labels = inputs.pin_memory(), labels.pin_memory()

@@ -25,6 +25,7 @@ from ..tokenizer import Tokenizer
 from .checkpoint import list_checkpoints, load_checkpoint_state, save_checkpoint, set_rng_state
 from .ctc import CTCHead, ctc_loss
 from .data import Batch, TrainingSet
+from .dropout import NO_DROPOUT, Dropout, decode_full, encode
 from .evaluate import EvalReport, evaluate
 from .export import export_hf
 from .manifest import Utterance
@@ -66,6 +67,16 @@ class TrainConfig:
     # With max_minutes, end the cosine where the time budget will end (True), or keep it planned for `steps`
     # (False: a run split over several sessions, each stopped by its budget and resumed).
     fit_schedule: bool = True
+    # With a value, the CTC weight moves linearly from ctc_weight at step 0 to this at the cosine's end (e.g. a
+    # strong listening signal early, more room for the decoder later); None keeps ctc_weight throughout.
+    ctc_weight_end: float | None = None
+    # Regularisation against memorising the training text (all off by default; see dropout.py): residual
+    # dropout in the decoder (with its input embeddings) and in the encoder, dropout on attention weights, and
+    # label smoothing of the decoder's targets.
+    dropout: float = 0.0
+    encoder_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_batch_size", "log_every"):
@@ -78,8 +89,13 @@ class TrainConfig:
             raise TrainError(f"precision must be one of {sorted(PRECISIONS)}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise TrainError("lr must be > 0 and min_lr_ratio in [0, 1]")
-        if not 0.0 <= self.ctc_weight <= 1.0:
-            raise TrainError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        for name in ("ctc_weight", "ctc_weight_end"):
+            w = getattr(self, name)
+            if w is not None and not 0.0 <= w <= 1.0:
+                raise TrainError(f"{name} must be in [0, 1], got {w}")
+        for name in ("dropout", "encoder_dropout", "attention_dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise TrainError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise TrainError(f"max_minutes must be > 0, got {self.max_minutes}")
 
@@ -95,6 +111,56 @@ def learning_rate(step: int, config: TrainConfig, total: int | None = None) -> f
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def ctc_weight_at(step: int, config: TrainConfig, total: int | None = None) -> float:
+    """The CTC loss weight at ``step``: ``ctc_weight``, or a line from it to ``ctc_weight_end`` at step
+    ``total`` (default ``config.steps``)."""
+    if config.ctc_weight_end is None:
+        return config.ctc_weight
+    progress = min(1.0, step / max(1, total or config.steps))
+    return config.ctc_weight + (config.ctc_weight_end - config.ctc_weight) * progress
+
+
+def token_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+    """(training loss, plain cross entropy) of logits [B, T, V] against labels [B, T] (IGNORE skipped). With
+    label smoothing the training loss is torch's definition, (1 - e) * cross entropy + e * the mean over the
+    vocabulary of -log p; the plain cross entropy comes from the same log-softmax, for logs comparable across
+    runs."""
+    flat, target = logits.flatten(0, 1), labels.flatten()
+    if label_smoothing == 0:
+        ce = F.cross_entropy(flat, target, ignore_index=IGNORE)
+        return ce, ce
+    logp = flat.log_softmax(-1)
+    keep = (target != IGNORE).to(logp.dtype)
+    n = keep.sum().clamp_min(1)
+    ce = -(logp.gather(1, target.clamp_min(0)[:, None])[:, 0] * keep).sum() / n
+    uniform = -(logp.mean(-1) * keep).sum() / n
+    return (1 - label_smoothing) * ce + label_smoothing * uniform, ce
+
+
+def training_loss(
+    model: Whisper,
+    head: CTCHead | None,
+    batch: Batch,
+    *,
+    ctc_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    dropout: Dropout = NO_DROPOUT,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(loss, plain cross entropy, CTC loss or None): the decoder's loss, mixed as (1 - w) * it + w * CTC when
+    a CTC head is given; with dropout, the passes of ``dropout.py`` over the same weights."""
+    if dropout.active:
+        features = encode(model.encoder, batch.mel, dropout)
+        logits = decode_full(model.decoder, batch.inputs, features, dropout)
+    else:
+        features = model.encoder(batch.mel)
+        logits = model.decoder.forward_full(batch.inputs, features)
+    loss, ce = token_loss(logits, batch.labels, label_smoothing)
+    if head is None:
+        return loss, ce, None
+    ctc = ctc_loss(head, features, batch.chars, batch.char_lengths)
+    return (1 - ctc_weight) * loss + ctc_weight * ctc, ce, ctc
+
+
 def sequence_loss(model: Whisper, mel: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
     """Mean cross entropy of the next-token predictions over all non-padding labels."""
     logits = model.decoder.forward_full(inputs, model.encoder(mel))
@@ -105,11 +171,9 @@ def hybrid_loss(
     model: Whisper, head: CTCHead, batch: Batch, ctc_weight: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(1 - w) * cross entropy + w * character CTC on the encoder; returns (loss, cross entropy, CTC)."""
-    features = model.encoder(batch.mel)
-    logits = model.decoder.forward_full(batch.inputs, features)
-    ce = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
-    ctc = ctc_loss(head, features, batch.chars, batch.char_lengths)
-    return (1 - ctc_weight) * ce + ctc_weight * ctc, ce, ctc
+    loss, ce, ctc = training_loss(model, head, batch, ctc_weight=ctc_weight)
+    assert ctc is not None
+    return loss, ce, ctc
 
 
 def init_for_training(model: Whisper, seed: int) -> Whisper:
@@ -172,7 +236,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         # The CTC head trains beside the model and is saved in checkpoints, never exported.
-        self.ctc_head = CTCHead(model.dims.n_audio_state).to(self.device) if config.ctc_weight > 0 else None
+        uses_ctc = max(config.ctc_weight, config.ctc_weight_end or 0.0) > 0
+        self.ctc_head = CTCHead(model.dims.n_audio_state).to(self.device) if uses_ctc else None
+        self.dropout = Dropout(config.encoder_dropout, config.dropout, config.attention_dropout)
+        # Runs without CTC, dropout and label smoothing take the plain (optionally compiled) loss, as before.
+        self._plain = self.ctc_head is None and not self.dropout.active and config.label_smoothing == 0
         groups = _param_groups(model, config.weight_decay)
         if self.ctc_head is not None:
             groups.append({"params": list(self.ctc_head.parameters()), "weight_decay": 0.0})
@@ -249,24 +317,29 @@ class Trainer:
 
     def train_step(self) -> tuple[Tensor, Tensor, int]:
         """One optimizer step; returns (mean loss, gradient norm, utterances seen) as device tensors. With a
-        CTC weight the loss is the decoder's cross entropy alone (comparable across runs); the CTC part is
-        accumulated in ``self.ctc_total``."""
+        CTC weight or label smoothing the loss returned is the decoder's plain cross entropy alone (comparable
+        across runs); the CTC part is accumulated in ``self.ctc_total``."""
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, cfg, self.planned_steps)
+        ctc_weight = ctc_weight_at(self.step, cfg, self.planned_steps)
         self.model.train()
         total = torch.zeros((), device=self.device)
         seen = 0
         for k in range(cfg.grad_accum):
             batch = self.train_set.batch(self.step * cfg.grad_accum + k, cfg.batch_size)
             with self._autocast():
-                if self.ctc_head is not None:
-                    loss, ce, ctc = hybrid_loss(self.model, self.ctc_head, batch, cfg.ctc_weight)
-                    self.ctc_total += ctc.detach() / cfg.grad_accum
-                    reported = ce.detach()
-                else:
+                if self._plain:
                     loss = self._loss(self.model, batch.mel, batch.inputs, batch.labels)
                     reported = loss.detach()
+                else:
+                    loss, ce, ctc = training_loss(
+                        self.model, self.ctc_head, batch, ctc_weight=ctc_weight, label_smoothing=cfg.label_smoothing,
+                        dropout=self.dropout,
+                    )  # fmt: skip
+                    if ctc is not None:
+                        self.ctc_total += ctc.detach() / cfg.grad_accum
+                    reported = ce.detach()
             self.scaler.scale(loss / cfg.grad_accum).backward()
             total += reported / cfg.grad_accum
             seen += batch.n_utterances
@@ -338,6 +411,11 @@ class Trainer:
                     "loss": round(float(loss_sum) / n, 5),
                     "grad_norm": round(float(norm), 4),
                     **({"ctc": round(float(self.ctc_total) / n, 5)} if self.ctc_head is not None else {}),
+                    **(
+                        {"ctc_weight": round(ctc_weight_at(self.step - 1, cfg, self.planned_steps), 4)}
+                        if cfg.ctc_weight_end is not None
+                        else {}
+                    ),  # fmt: skip
                     "lr": learning_rate(self.step - 1, cfg, self.planned_steps),
                     "utterances_per_s": round(seen_sum / max(now - last_log_time, 1e-9), 1),
                     "steps_per_s": round(n / max(now - last_log_time, 1e-9), 3),
@@ -391,8 +469,11 @@ __all__ = [
     "TrainError",
     "TrainResult",
     "Trainer",
+    "ctc_weight_at",
+    "hybrid_loss",
     "init_for_training",
     "learning_rate",
-    "hybrid_loss",
     "sequence_loss",
+    "token_loss",
+    "training_loss",
 ]
