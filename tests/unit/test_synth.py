@@ -255,3 +255,20 @@ def test_unpacked_espeak_libraries_reach_only_espeak(monkeypatch):
     import os
 
     assert os.environ["LD_LIBRARY_PATH"] == "/usr/local/cuda/lib64"  # this process is untouched
+
+
+@needs_espeak
+def test_synth_adds_recombined_training_text(tmp_path):
+    from voxserve.metrics.normalize import normalize_english
+
+    out = _synth(tmp_path, "mixed", "--extra-mixed", "4")
+    train, held = read_manifest(out / "train.jsonl"), read_manifest(out / "heldout.jsonl")
+    corpus = {"The cat sat on the mat.", "A quick test of speech.", "Numbers are spoken in words."}
+    plain = _synth(tmp_path, "plain")  # the same split without them: the same held-out sentence
+    assert [u.text for u in held] == [u.text for u in read_manifest(plain / "heldout.jsonl")]
+    mixed = [u.text for u in train if u.text not in corpus]
+    assert len(train) == 6 and len(mixed) == 4  # two corpus sentences, one rendering each, and four new ones
+    words = {w for u in train if u.text in corpus for w in normalize_english(u.text).split()}
+    for text in mixed:  # made of the training sentences' words only, never the held-out one
+        assert set(normalize_english(text).split()) <= words, text
+        assert normalize_english(text) != normalize_english(held[0].text)

@@ -84,6 +84,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extra-generated", type=int, default=0, metavar="N",
                    help="add N generated sentences per language about numbers, dates, times, phone numbers "
                    "and money, all written in words (default 0)")  # fmt: skip
+    p.add_argument("--extra-mixed", type=int, default=0, metavar="N",
+                   help="add N English training sentences recombined from the training split of --text: "
+                   "spliced word runs, mixed clauses and word lists (voxserve/train/textmix.py), so the model "
+                   "cannot learn whole sentences; never equal to a held-out sentence (default 0)")  # fmt: skip
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="W",
                    help="parallel synthesis processes (default: the number of CPU cores)")  # fmt: skip
     p.add_argument(
@@ -94,7 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _sentences(args: argparse.Namespace, language: str) -> list[str]:
+def _sentences(args: argparse.Namespace, language: str) -> tuple[list[str], list[str]]:
+    """(corpus sentences, generated number sentences) for ``language``."""
     from ..train.corpus import clean_sentence, read_corpus
     from ..train.textgen import generate
 
@@ -104,7 +109,19 @@ def _sentences(args: argparse.Namespace, language: str) -> list[str]:
     if args.limit is not None:
         cleaned = cleaned[: args.limit]
     generated = generate(args.extra_generated, language, seed=args.seed) if args.extra_generated else []
-    return cleaned + generated
+    return cleaned, generated
+
+
+def _mixed(args: argparse.Namespace, corpus: list[str], train: list[str], held: list[str]) -> list[str]:
+    """--extra-mixed sentences recombined from the training split's corpus sentences (all training sentences
+    when there is no corpus), none equal to a held-out one."""
+    from ..train.textmix import recombine
+
+    if not args.extra_mixed:
+        return []
+    in_corpus = set(corpus)
+    source = [s for s in train if s in in_corpus] or train
+    return recombine(source, args.extra_mixed, seed=args.seed, exclude=held)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
     languages = ["zh" if lang in ("cmn", "zh") else lang for lang in args.languages]
     if unknown := sorted(set(languages) - {"en", "zh"}):
         return fail(f"unsupported --languages {unknown}; choose from en, cmn", 2)
-    if args.workers < 1 or args.variants_per_sentence < 1 or args.extra_generated < 0:
-        return fail("--workers and --variants-per-sentence must be >= 1, --extra-generated >= 0", 2)
+    if args.workers < 1 or args.variants_per_sentence < 1 or min(args.extra_generated, args.extra_mixed) < 0:
+        return fail(
+            "--workers and --variants-per-sentence must be >= 1, --extra-generated/--extra-mixed >= 0", 2
+        )
     voices = dict(DEFAULT_VOICES)
     if args.voices:
         voices = {"en": (), "zh": ()}
@@ -144,13 +163,16 @@ def run(args: argparse.Namespace) -> int:
         for lang in languages:
             if lang == "en" and not args.text and not args.extra_generated:
                 return fail("English needs --text CORPUS or --extra-generated N", 2)
-            sentences = _sentences(args, lang)
+            corpus, generated = _sentences(args, lang)
+            sentences = corpus + generated
             if not sentences:
                 return fail(f"no usable {lang} sentences (give --text / --zh-text or --extra-generated)")
             train, held = split_holdout(
                 sentences, language=lang, holdout=args.holdout, holdout_frac=args.holdout_frac, seed=args.seed
             )
-            splits["train"] += [(s, lang) for s in train]
+            # Recombined sentences are training text only: English, made after the split, from training text.
+            mixed = _mixed(args, corpus, train, held) if lang == "en" else []
+            splits["train"] += [(s, lang) for s in train + mixed]
             splits["heldout"] += [(s, lang) for s in held]
         augmentation = Augmentation(
             noise_prob=args.noise_prob, snr_db=args.snr_db, telephone_prob=args.telephone_prob,
