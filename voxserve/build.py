@@ -53,10 +53,12 @@ from .model.load import CheckpointInfo, ModelLoadError
 from .model.qlinear import Fp8Linear, Int8DynamicLinear, Int8WeightOnlyLinear, cpu_has
 from .model.quant import (
     FLOAT_PRECISIONS,
+    LOGITS_BY_DEFAULT,
     PRECISIONS,
     CalibrationStats,
     QuantizationError,
     get_handler,
+    output_projection_module,
     quantizable_linears,
     quantize_model,
     weights_hash,
@@ -66,7 +68,7 @@ from .quant.calibrate import audio_windows, collect_activation_stats, reference_
 from .quant.gate import DEFAULT_MAX_MEAN_KL, DivergenceReport, check_accuracy, measure_divergence
 
 FORMAT = "voxserve-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: int8-dynamic builds carry decoder.proj_out (the int8 output projection)
 DEFAULT_BUCKETS = EngineConfig().buckets
 # Fields of ``target`` that must equal the loading machine's: each changes what the stored conversion means or
 # whether it runs (fp8 needs compute capability 8.9; quantized module layouts belong to one voxserve version).
@@ -399,6 +401,10 @@ def _swap_skeleton(model: Whisper, precision: str, *, static: bool) -> None:
             module = Int8DynamicLinear(linear)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, module)
+    if precision in LOGITS_BY_DEFAULT:  # quantize_model gave it its own output projection too
+        embedding = model.decoder.token_embedding.weight
+        linear = nn.Linear(embedding.shape[1], embedding.shape[0], bias=False, device=embedding.device)
+        model.decoder.proj_out = output_projection_module(precision, linear)
 
 
 def load_engine(

@@ -83,9 +83,17 @@ def bench_options(tok: Tokenizer, n: int) -> DecodingOptions:
 
 
 def _load(hf_dir: Path, device: torch.device, precision: str) -> tuple[Whisper, str]:
+    """The model in ``precision``: a float dtype (fp32, fp16, bf16) as loaded, or a quantized precision of
+    ``voxserve.model.quant`` (int8-dynamic on the CPU, int8, fp8) swapped in from the float32 weights."""
     from ..config import resolve_dtype
     from ..model.load import load_checkpoint
+    from ..model.quant import FLOAT_PRECISIONS, PRECISIONS, quantize_model
 
+    if precision in PRECISIONS and precision not in FLOAT_PRECISIONS:
+        # Quantized modules around activations in float32 on the CPU, bf16 on a GPU (as voxserve build does).
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        model, _ = load_checkpoint(hf_dir, device=device, dtype=dtype)
+        return quantize_model(model, precision), precision
     dtype = resolve_dtype(precision)
     model, _ = load_checkpoint(hf_dir, device=device, dtype=dtype)
     return model, str(dtype).removeprefix("torch.")

@@ -36,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dims", default="tiny", help="model dimensions: tiny, base or large-v3 (default tiny)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument(
-        "--precision", help="voxserve's weights: fp32, fp16, bf16 (default fp32 on cpu, fp16 on cuda)"
+        "--precision",
+        help="voxserve's weights: fp32, fp16, bf16, or quantized: int8-dynamic (CPU; its output projection "
+        "too), int8, fp8 (default fp32 on cpu, fp16 on cuda)",
     )
     p.add_argument(
         "--subject",

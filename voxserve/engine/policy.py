@@ -79,15 +79,17 @@ class PolicyState:
         self.sum_logprob[slot] = 0.0
         self.done[slot] = False
 
-    def select(self, logits: Tensor, rows: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def select(
+        self, logits: Tensor, rows: Tensor, noise: Tensor | None = None, *, timestamps: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """Apply the rules to logits [B, V] (float32, modified in place) of ``rows`` and pick the next tokens.
 
         ``noise`` [B, V] is uniform(0, 1) noise for rows that sample (Gumbel-max); None means greedy for all.
+        ``timestamps=False`` promises that no row applies the timestamp rules (known on the host, as on the
+        CPU path), which skips their dozen vocabulary-wide operations; the result is the same.
         Updates the rows' state; returns (next tokens [B], done [B]). Rows already done keep emitting end-of-text.
         """
         ts = self.ts_begin
-        vocab = self.vocab[None, :]
-        is_ts_vocab = vocab >= ts
         logits += self.bias[rows]
 
         n = self.n_sampled[rows]
@@ -95,22 +97,9 @@ class PolicyState:
         blank = first & self.suppress_blank[rows]
         logits[:, self.blank_ids] = torch.where(blank[:, None], NEG_INF, logits[:, self.blank_ids])
 
-        # Timestamp rules (Whisper's ApplyTimestampRules), from per-row state instead of the token history.
-        rules = self.timestamps[rows]
-        last, prev = self.last[rows], self.prev[rows]
-        last_ts = ~first & (last >= ts)
-        penult_ts = (n < 2) | (prev >= ts)
-        forbid = (rules & last_ts & penult_ts)[:, None] & is_ts_vocab  # after a pair: text next
-        forbid |= (rules & last_ts & ~penult_ts)[:, None] & (vocab < self.eot)  # after one: timestamp or eot
-        ts_last = self.ts_last[rows]
-        floor = torch.where(last_ts & ~penult_ts, ts_last, ts_last + 1)  # never decrease; segments non-empty
-        forbid |= (rules & (ts_last >= 0))[:, None] & is_ts_vocab & (vocab < floor[:, None])
-        forbid |= (rules & first)[:, None] & ((vocab < ts) | (vocab > self.max_initial[rows][:, None]))
-        logits.masked_fill_(forbid, NEG_INF)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        ts_mass = logprobs[:, ts:].logsumexp(dim=-1)
-        best_text = logprobs[:, :ts].amax(dim=-1)
-        logits.masked_fill_((rules & (ts_mass > best_text))[:, None] & ~is_ts_vocab, NEG_INF)
+        last, prev, ts_last = self.last[rows], self.prev[rows], self.ts_last[rows]
+        if timestamps:
+            self._timestamp_rules(logits, rows, n, first, last, prev, ts_last)
 
         temperature = self.temperature[rows]
         if noise is None:
@@ -134,3 +123,31 @@ class PolicyState:
         self.ts_last[rows] = torch.where(~was_done & (tokens >= ts), tokens, ts_last)
         self.done[rows] = done
         return tokens, done
+
+    def _timestamp_rules(
+        self,
+        logits: Tensor,
+        rows: Tensor,
+        n: Tensor,
+        first: Tensor,
+        last: Tensor,
+        prev: Tensor,
+        ts_last: Tensor,
+    ) -> None:
+        """Whisper's ApplyTimestampRules, from per-row state instead of the token history (in place)."""
+        ts = self.ts_begin
+        vocab = self.vocab[None, :]
+        is_ts_vocab = vocab >= ts
+        rules = self.timestamps[rows]
+        last_ts = ~first & (last >= ts)
+        penult_ts = (n < 2) | (prev >= ts)
+        forbid = (rules & last_ts & penult_ts)[:, None] & is_ts_vocab  # after a pair: text next
+        forbid |= (rules & last_ts & ~penult_ts)[:, None] & (vocab < self.eot)  # after one: timestamp or eot
+        floor = torch.where(last_ts & ~penult_ts, ts_last, ts_last + 1)  # never decrease; segments non-empty
+        forbid |= (rules & (ts_last >= 0))[:, None] & is_ts_vocab & (vocab < floor[:, None])
+        forbid |= (rules & first)[:, None] & ((vocab < ts) | (vocab > self.max_initial[rows][:, None]))
+        logits.masked_fill_(forbid, NEG_INF)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        ts_mass = logprobs[:, ts:].logsumexp(dim=-1)
+        best_text = logprobs[:, :ts].amax(dim=-1)
+        logits.masked_fill_((rules & (ts_mass > best_text))[:, None] & ~is_ts_vocab, NEG_INF)

@@ -4,7 +4,8 @@ A slot holds one request's decoder state: its self-attention K/V for up to n_tex
 cross-attention K/V (computed once from the encoder output at admission) and its policy state. A decode step
 runs one token for any set of slots; rows are padded to the next batch bucket with a scratch slot, so each
 bucket is one fixed-shape function, captured once as a CUDA graph and replayed. Inside a step nothing reads
-back to the host; the caller copies the new tokens out once.
+back to the host; the caller copies the new tokens out once. On the CPU, where nothing is captured, the step
+runs exactly the active rows and attends through views of the cache instead (``_step_cpu``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class Runner:
         self.self_k, self.self_v = cache(d.n_text_ctx), cache(d.n_text_ctx)
         self.cross_k, self.cross_v = cache(d.n_audio_ctx), cache(d.n_audio_ctx)
         self.cross_len = torch.full((total,), d.n_audio_ctx, dtype=torch.long, device=self.device)
+        # Host copies of per-slot facts the CPU step branches on (on the CPU a host read costs nothing, and
+        # shapes chosen per step beat padding: there are no graphs to keep fixed).
+        self._host_cross_len = [d.n_audio_ctx] * total
+        self._host_timestamps = [False] * total
         self.policy = PolicyState(
             total,
             d.n_vocab,
@@ -174,6 +179,9 @@ class Runner:
         for slot, spec in zip(slots, specs, strict=True):
             self.policy.reset(slot, spec)
         self.cross_len[slot_t] = features.shape[1]
+        for slot, spec in zip(slots, specs, strict=True):
+            self._host_cross_len[slot] = features.shape[1]
+            self._host_timestamps[slot] = spec.timestamps
         lengths = [len(s.initial_tokens) for s in specs]
         t = max(lengths)
         tokens = torch.zeros(n, t, dtype=torch.long)
@@ -251,6 +259,8 @@ class Runner:
     @torch.no_grad()
     def step(self, slots: list[int], sample: bool = False) -> tuple[list[int], list[bool], list[float]]:
         """One decode step for ``slots``: (next token, finished, summed log-prob so far) per slot."""
+        if self.device.type == "cpu":
+            return self._step_cpu(slots, sample)
         n = len(slots)
         b = self.bucket_for(n)
         rows = self._rows[:b]
@@ -353,6 +363,92 @@ class Runner:
             x = x + layer.cross_attn.out(a)
             x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
         return dec.logits(x)
+
+    # ----- the CPU step
+
+    def _step_cpu(self, slots: list[int], sample: bool) -> tuple[list[int], list[bool], list[float]]:
+        """The decode step on the CPU, where nothing is captured: exactly the active rows (no bucket padding),
+        attention over views of the cache (no gather copy of each row's slot: at tiny dimensions the gathered
+        cross K/V alone cost more than the rest of the step), and the timestamp rules only when a row has them.
+        Rows run in slot order, so consecutive slots share one attention call; results come back in the
+        caller's order."""
+        order = sorted(range(len(slots)), key=slots.__getitem__)
+        ordered = [slots[i] for i in order]
+        rows = torch.tensor(ordered, dtype=torch.long)
+        logits = self._logits_cpu(rows, ordered)
+        noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
+        timestamps = any(self._host_timestamps[s] for s in ordered)
+        tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps)
+        sum_logprob = self.policy.sum_logprob[rows]
+        out_t, out_d, out_lp = tokens.tolist(), done.tolist(), sum_logprob.tolist()
+        back = [0] * len(slots)
+        for j, i in enumerate(order):
+            back[i] = j
+        return [out_t[j] for j in back], [bool(out_d[j]) for j in back], [out_lp[j] for j in back]
+
+    def _logits_cpu(self, rows: Tensor, slots: list[int]) -> Tensor:
+        """As ``_logits`` for ``rows`` in ascending slot order, attending through views of the cache."""
+        dec, pol = self.model.decoder, self.policy
+        pos = pol.length[rows] - 1
+        self_len = (pos + 1).tolist()
+        cross_len = [self._host_cross_len[s] for s in slots]
+        runs = _consecutive_runs(slots)
+        write_at = rows * self.self_k.shape[2] + pos
+        x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
+        for i, layer in enumerate(dec.layers):
+            y = _layer_norm(layer.attn_ln, x)
+            if self._qkv[i] is not None:
+                q, k, v = F.linear(y, *self._qkv[i]).chunk(3, dim=-1)
+            elif self._qkv_quant[i] is not None:
+                q, k, v = self._qkv_quant[i](y).chunk(3, dim=-1)
+            else:
+                q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
+            self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
+            self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
+            a = self._attend_runs(q, self.self_k[i], self.self_v[i], runs, self_len)
+            x = x + layer.attn.out(a)
+            q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
+            a = self._attend_runs(q, self.cross_k[i], self.cross_v[i], runs, cross_len)
+            x = x + layer.cross_attn.out(a)
+            x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
+        return dec.logits(x)
+
+    def _attend_runs(
+        self,
+        q: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        runs: list[tuple[int, int, int]],
+        lengths: list[int],
+    ) -> Tensor:
+        """q [B, C] for rows grouped in runs of consecutive slots (first row, first slot, count); caches
+        [S, T, C]; lengths per row -> attention output [B, C]. Each run attends over a view of its slots'
+        first max(length) positions, masked only where its rows' lengths differ."""
+        h, dh = self.n_head, self.head_dim
+        outs = []
+        for first, slot, count in runs:
+            lens = lengths[first : first + count]
+            t = max(lens)
+            k = k_cache[slot : slot + count, :t].view(count, t, h, dh).transpose(1, 2)
+            v = v_cache[slot : slot + count, :t].view(count, t, h, dh).transpose(1, 2)
+            mask = None
+            if min(lens) != t:
+                mask = (torch.arange(t)[None, :] < torch.tensor(lens)[:, None])[:, None, None, :]
+            qr = q[first : first + count].view(count, h, 1, dh)
+            outs.append(F.scaled_dot_product_attention(qr, k, v, attn_mask=mask).reshape(count, h * dh))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _consecutive_runs(slots: list[int]) -> list[tuple[int, int, int]]:
+    """Ascending slot indices -> (first row, first slot, count) per run of consecutive slots."""
+    runs: list[tuple[int, int, int]] = []
+    for row, slot in enumerate(slots):
+        if runs and runs[-1][1] + runs[-1][2] == slot:
+            first, start, count = runs[-1]
+            runs[-1] = (first, start, count + 1)
+        else:
+            runs.append((row, slot, 1))
+    return runs
 
 
 def _with_language(spec: RowSpec, token: int) -> RowSpec:

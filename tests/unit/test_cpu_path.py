@@ -1,0 +1,144 @@
+"""The CPU fast paths against their definitions: the engine's CPU step (views of the cache, runs of
+consecutive slots, no padding), the host-known timestamp skip in the policy, the transposed-embedding logits,
+and int8-dynamic's quantized output projection (bounded divergence from fp32, same tokens in engine and
+reference)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.support import decisive_model
+from voxserve.decoding.batched import BatchDecoder, make_engine
+from voxserve.decoding.decode import decode_windows
+from voxserve.decoding.options import DecodingOptions
+from voxserve.engine.attention import reference_decode_attention
+from voxserve.engine.policy import PolicyState
+from voxserve.engine.runner import _consecutive_runs
+from voxserve.engine.types import EngineConfig, RowSpec
+from voxserve.model.load import init_random
+from voxserve.model.qlinear import Int8DynamicLinear
+from voxserve.model.quant import QuantizationError, quantize_model
+from voxserve.quant.gate import DEFAULT_MAX_MEAN_KL, measure_divergence
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+
+
+@pytest.fixture(scope="module")
+def mels() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, TINY.n_mels, 3000, generator=g).clamp(-1, 1)
+
+
+def test_consecutive_runs():
+    assert _consecutive_runs([0, 1, 2]) == [(0, 0, 3)]
+    assert _consecutive_runs([0, 2, 3, 7]) == [(0, 0, 1), (1, 2, 2), (3, 7, 1)]
+    assert _consecutive_runs([5]) == [(0, 5, 1)]
+
+
+def test_cpu_attention_over_views_matches_the_gathering_definition(model, tokenizer):
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=8))
+    eng.close()
+    runner = eng.runner
+    g = torch.Generator().manual_seed(1)
+    slots = [0, 1, 3, 5, 6]  # three runs
+    lengths = [7, 3, 448, 1, 12]  # differing within a run: masked there
+    cache_k = torch.randn(9, 448, TINY.n_text_state, generator=g)
+    cache_v = torch.randn(9, 448, TINY.n_text_state, generator=g)
+    q = torch.randn(len(slots), TINY.n_text_state, generator=g)
+    got = runner._attend_runs(q, cache_k, cache_v, _consecutive_runs(slots), lengths)
+    want = reference_decode_attention(
+        q.view(len(slots), runner.n_head, runner.head_dim),
+        cache_k,
+        cache_v,
+        torch.tensor(slots),
+        torch.tensor(lengths),
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_policy_without_timestamp_rules_picks_the_same(tokenizer):
+    v = TINY.n_vocab
+    spec = RowSpec(
+        initial_tokens=(tokenizer.sot, tokenizer.no_timestamps),
+        sot_index=0,
+        suppress=(tokenizer.eot,),
+        suppress_blank=True,
+        timestamps=False,
+        max_initial_timestamp_index=None,
+        sample_len=10,
+        temperature=0.0,
+    )
+    kwargs = dict(
+        eot=tokenizer.eot,
+        no_timestamps=tokenizer.no_timestamps,
+        timestamp_begin=tokenizer.timestamp_begin,
+        blank_ids=[tokenizer.eot],
+        n_ctx=448,
+        device=torch.device("cpu"),
+    )
+    a, b = PolicyState(4, v, **kwargs), PolicyState(4, v, **kwargs)
+    for s in range(4):
+        a.reset(s, spec)
+        b.reset(s, spec)
+    rows = torch.tensor([0, 2, 3])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        logits = torch.randn(3, v, generator=g) * 3
+        ta, da = a.select(logits.clone(), rows)
+        tb, db = b.select(logits.clone(), rows, timestamps=False)
+        assert torch.equal(ta, tb) and torch.equal(da, db)
+        assert torch.equal(a.sum_logprob, b.sum_logprob) and torch.equal(a.ts_last, b.ts_last)
+
+
+def test_cpu_logits_through_the_transposed_embedding_follow_the_embedding():
+    m = init_random(TINY, seed=0)
+    dec = m.decoder
+    x = torch.randn(2, 3, TINY.n_text_state)
+    with torch.inference_mode():
+        tied = (dec.ln(x) @ dec.token_embedding.weight.T).float()
+        torch.testing.assert_close(dec.logits(x), tied, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        dec.token_embedding.weight[:10] *= -3  # in place: the transposed copy must be rebuilt
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            dec.logits(x), (dec.ln(x) @ dec.token_embedding.weight.T).float(), rtol=1e-5, atol=1e-5
+        )
+    # Training (gradients through the tied embedding) never takes the detached copy.
+    x.requires_grad_(True)
+    dec.logits(x).sum().backward()
+    assert dec.token_embedding.weight.grad is not None
+
+
+def test_int8_dynamic_quantizes_the_output_projection_within_the_gate(model, mels, tokenizer):
+    q = quantize_model(copy.deepcopy(model), "int8-dynamic")
+    assert isinstance(q.decoder.proj_out, Int8DynamicLinear)
+    assert q.decoder.token_embedding.weight.dtype == torch.float32  # the lookup stays float
+    tied = quantize_model(copy.deepcopy(model), "int8-dynamic", logits=False)
+    assert tied.decoder.proj_out is None
+    with pytest.raises(QuantizationError, match="no quantized output projection"):
+        quantize_model(copy.deepcopy(model), "fp32", logits=True)
+    seqs = [[50258, 50259, 50360, *range(1000, 1030)] for _ in mels]
+    with_logits = measure_divergence(model, q, list(mels), seqs)
+    without = measure_divergence(model, tied, list(mels), seqs)
+    # int8 logits add error, and it stays far under the build gate's limit.
+    assert without.mean_kl < with_logits.mean_kl < DEFAULT_MAX_MEAN_KL / 10
+    assert with_logits.top1_agreement > 0.85
+
+
+def test_int8_dynamic_engine_matches_its_reference_decoder(model, mels, tokenizer):
+    """The same int8 model decodes the same tokens in the engine and the reference decoder (one window at a
+    time: int8-dynamic's per-tensor activation scale couples the rows of a batch)."""
+    q = quantize_model(copy.deepcopy(model), "int8-dynamic")
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=30)
+    with make_engine(q, tokenizer, EngineConfig(max_slots=2)) as eng:
+        batch = BatchDecoder(eng, q, tokenizer)
+        for mel in mels:
+            ref = decode_windows(q, tokenizer, mel[None], options)[0]
+            assert batch.decode(mel[None], options)[0].tokens == ref.tokens
