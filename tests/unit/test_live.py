@@ -262,3 +262,23 @@ def test_short_windows_pad_to_few_lengths():
     assert full.mel(x[:16000]).shape == (80, 3000)
     # the audio's frames are the same whatever the padding after them (up to the frames next to its end)
     torch.testing.assert_close(short.mel(x[: 16000 * 3])[:, :280], full.mel(x[: 16000 * 3])[:, :280])
+
+
+def test_window_mel_fills_silence_exactly():
+    """Only the audio is transformed; the silence after it is filled in with the very values the whole
+    zero-padded window's log-mel has."""
+    import torch
+
+    from voxserve.audio.features import log_mel_spectrogram
+    from voxserve.live.service import LiveService
+
+    whisper = SimpleNamespace(model=SimpleNamespace(dims=SimpleNamespace(n_audio_ctx=1500, n_mels=80)))
+    engine = SimpleNamespace(runner=SimpleNamespace(device=torch.device("cpu")))
+    full = LiveService(whisper, engine, None, LiveOptions())
+    x = np.random.default_rng(0).standard_normal(16000 * 30).astype(np.float32) * 0.1
+    for seconds in (0.01, 0.7, 3.3, 29.99, 30.0):
+        y = x[: int(16000 * seconds)]
+        whole = log_mel_spectrogram(np.pad(y, (0, 480000 - len(y))), 80)[:, :3000]
+        torch.testing.assert_close(full.mel(y), whole, atol=1e-5, rtol=0)
+    silent = full.mel(np.zeros(8000, np.float32))
+    torch.testing.assert_close(silent, log_mel_spectrogram(np.zeros(480000, np.float32), 80)[:, :3000])

@@ -21,7 +21,7 @@ import torch
 from ..api import WhisperModel
 from ..audio.features import log_mel_spectrogram
 from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
-from ..config import HOP_LENGTH, SAMPLE_RATE
+from ..config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from ..decoding.decode import DecodingResult, WindowDecoder
 from ..decoding.options import DecodingOptions
 from ..engine.engine import Engine, EngineError, Ticket
@@ -38,6 +38,9 @@ class LiveOptions:
     # window_buckets_s (few lengths, so the engine encodes many streams' windows in few batches)
     short_windows: bool = False
     window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    # compute log-mels on the engine's device (GPU) instead of the CPU; safe only once every CUDA graph is
+    # captured (warm_engine at start-up): a capture while another thread launches device work can fail
+    device_mels: bool = False
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
     fixed_tokens_per_second: float | None = None
@@ -269,11 +272,20 @@ class LiveService:
             # whole mel frame pairs: the encoder's stride-2 convolution halves the frame count
             fits = [round(b * SAMPLE_RATE) // 320 * 320 for b in sorted(self.options.window_buckets_s)]
             target = min([f for f in fits if f >= n and f <= self.window_samples] or [self.window_samples])
-        device = self.engine.runner.device
-        x = torch.zeros(target, dtype=torch.float32, device=device)
+        device = self.engine.runner.device if self.options.device_mels else torch.device("cpu")
+        # Only the audio and one FFT window of the silence after it are transformed: every later frame sees
+        # silence only, and its value is the floor the normalisation gives silence (8 below the peak, in log10
+        # power, and never below -10), so it is filled in. The same values as the whole window's log-mel.
+        frames, m = target // HOP_LENGTH, min(target, n + N_FFT)
+        x = torch.zeros(m, dtype=torch.float32, device=device)
         x[:n] = torch.as_tensor(samples, dtype=torch.float32).to(device)
-        mel = log_mel_spectrogram(x, self.whisper.model.dims.n_mels)
-        return mel[:, : target // HOP_LENGTH]
+        head = log_mel_spectrogram(x, self.whisper.model.dims.n_mels)[:, :frames]
+        if head.shape[1] == frames:
+            return head
+        floor = torch.clamp(head.amax() - 2.0, min=-1.5)  # (max(peak - 8, -10) + 4) / 4, peak = 4 * max - 4
+        mel = floor.expand(head.shape[0], frames).clone()
+        mel[:, : head.shape[1]] = head
+        return mel
 
     async def decode(
         self,

@@ -295,6 +295,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
             max_streams_per_key=n,
             max_ahead_s=5.0,
             idle_timeout_s=3600.0,
+            device_mels=True,  # every graph is captured by warm_engine before the callers start
         )
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}

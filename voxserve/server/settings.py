@@ -68,6 +68,8 @@ class ServerSettings(BaseSettings):
     realtime_short_windows: bool = False
     realtime_idle_timeout_s: float = 60.0
     realtime_max_ahead_s: float = 10.0
+    # live log-mels on the GPU: only with every CUDA graph captured at start-up (see LiveOptions.device_mels)
+    realtime_device_mels: bool = False
 
     @field_validator("queue_limits")
     @classmethod
