@@ -282,3 +282,37 @@ def test_window_mel_fills_silence_exactly():
         torch.testing.assert_close(full.mel(y), whole, atol=1e-5, rtol=0)
     silent = full.mel(np.zeros(8000, np.float32))
     torch.testing.assert_close(silent, log_mel_spectrogram(np.zeros(480000, np.float32), 80)[:, :3000])
+
+
+def test_ga_shaped_session_update():
+    service = ScriptedService([])
+    service.vad_model = None
+    events = []
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send)
+        await session.handle({"type": "session.update", "session": {
+            "type": "transcription",
+            "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None,
+                                "transcription": {"model": "whisper-1", "language": "en", "prompt": "names"}}},
+        }})  # fmt: skip
+        await session.handle({"type": "session.update", "session": {
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}})  # fmt: skip
+        await session.handle({"type": "session.update", "session": {
+            "audio": {"input": {"format": {"type": "audio/opus"}}}}})  # fmt: skip
+
+    asyncio.run(run())
+    first, second, error = events
+    assert first["type"] == "session.updated"
+    assert (
+        first["session"]["input_audio_format"] == "g711_ulaw" and first["session"]["turn_detection"] is None
+    )
+    assert first["session"]["input_audio_transcription"]["prompt"] == "names"
+    assert (second["session"]["input_audio_format"], second["session"]["input_audio_sample_rate"]) == (
+        "pcm16",
+        16000,
+    )
+    assert error["type"] == "error" and "audio/opus" in error["error"]["message"]

@@ -147,8 +147,10 @@ class LiveSession:
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise ProtocolError("invalid_event", "an event must be a JSON object with a string 'type'")
             kind = event["type"]
-            if kind in ("transcription_session.update", "session.update"):
+            if kind == "transcription_session.update":
                 await self.update(event.get("session"))
+            elif kind == "session.update":  # the GA API's name (and session shape)
+                await self.update(event.get("session"), reply="session.updated")
             elif kind == "input_audio_buffer.append":
                 await self.append(event.get("audio"))
             elif kind == "input_audio_buffer.commit":
@@ -162,9 +164,10 @@ class LiveSession:
         except FormatError as e:
             await self.error("invalid_audio", str(e), param="audio", event_id=event_id)
 
-    async def update(self, session: Any) -> None:
+    async def update(self, session: Any, *, reply: str = "transcription_session.updated") -> None:
         if not isinstance(session, dict):
             raise ProtocolError("invalid_session", "'session' must be an object", "session")
+        session = _from_ga(session)
         fmt = self.format
         if "input_audio_format" in session or "input_audio_sample_rate" in session:
             name = session.get("input_audio_format", fmt.name)
@@ -200,7 +203,7 @@ class LiveSession:
                 await self._finish_item(self.audio.end)
             self.vad_options = vad_options
             self.vad = self.service.new_vad(vad_options) if vad_options is not None else None
-        await self.emit("transcription_session.updated", session=self.describe())
+        await self.emit(reply, session=self.describe())
 
     def _languages(self) -> set[str]:
         tok = self.service.whisper.tokenizer
@@ -470,6 +473,30 @@ class LiveSession:
             with contextlib.suppress(BaseException):
                 await task
         self.item = None
+
+
+_GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+
+
+def _from_ga(session: dict[str, Any]) -> dict[str, Any]:
+    """A GA-style transcription session ({"type": "transcription", "audio": {"input": {"format": {"type":
+    "audio/pcm", "rate": 24000}, "transcription": ..., "turn_detection": ...}}}) in the beta fields above."""
+    audio = session.get("audio")
+    if not isinstance(audio, dict) or not isinstance(audio.get("input"), dict):
+        return session
+    given, out = audio["input"], {k: v for k, v in session.items() if k not in ("audio", "type")}
+    fmt = given.get("format")
+    if isinstance(fmt, dict):
+        name = fmt.get("type")
+        out["input_audio_format"] = _GA_FORMATS.get(name, name) if isinstance(name, str) else name
+        if "rate" in fmt:
+            out["input_audio_sample_rate"] = fmt["rate"]
+    elif fmt is not None:
+        out["input_audio_format"] = fmt
+    for ga, beta in (("transcription", "input_audio_transcription"), ("turn_detection", "turn_detection")):
+        if ga in given:
+            out[beta] = given[ga]
+    return out
 
 
 def _ms(sample: int) -> int:
