@@ -1,6 +1,7 @@
 """One live transcription stream, speaking OpenAI's Realtime transcription events (transport-free).
 
-Client events: ``transcription_session.update``, ``input_audio_buffer.append`` (base64 audio),
+Client events: ``transcription_session.update`` (or the GA API's ``session.update`` with a transcription
+session, answered by ``session.updated``), ``input_audio_buffer.append`` (base64 audio),
 ``input_audio_buffer.commit`` and ``input_audio_buffer.clear``. Server events: ``transcription_session.created``
 / ``.updated``, ``input_audio_buffer.speech_started`` / ``speech_stopped`` / ``committed`` / ``cleared``,
 ``conversation.item.input_audio_transcription.delta`` / ``.completed`` and ``error``.
