@@ -63,12 +63,13 @@ def test_cpu_attention_over_views_matches_the_gathering_definition(model, tokeni
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_policy_without_timestamp_rules_picks_the_same(tokenizer):
+def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
+    """No timestamp rules when no row has them, suppression by index instead of bias rows: same picks."""
     v = TINY.n_vocab
     spec = RowSpec(
         initial_tokens=(tokenizer.sot, tokenizer.no_timestamps),
         sot_index=0,
-        suppress=(tokenizer.eot,),
+        suppress=(tokenizer.eot, 1000, 2000),
         suppress_blank=True,
         timestamps=False,
         max_initial_timestamp_index=None,
@@ -92,7 +93,7 @@ def test_policy_without_timestamp_rules_picks_the_same(tokenizer):
     for _ in range(4):
         logits = torch.randn(3, v, generator=g) * 3
         ta, da = a.select(logits.clone(), rows)
-        tb, db = b.select(logits.clone(), rows, timestamps=False)
+        tb, db = b.select(logits.clone(), rows, timestamps=False, sparse_bias=rows.tolist())
         assert torch.equal(ta, tb) and torch.equal(da, db)
         assert torch.equal(a.sum_logprob, b.sum_logprob) and torch.equal(a.ts_last, b.ts_last)
 

@@ -40,6 +40,9 @@ class PolicyState:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         self.bias = zeros(torch.float32, n_slots, n_vocab)
+        # The same suppression as index lists per slot (the bias holds only 0 and -inf), for ``select(...,
+        # sparse_bias=True)``: filling a few ids beats gathering and adding a vocabulary-wide row per step.
+        self.suppressed: list[Tensor] = [torch.zeros(0, dtype=torch.long, device=device)] * n_slots
         self.blank_ids = torch.tensor(blank_ids, dtype=torch.long, device=device)
         self.suppress_blank = zeros(torch.bool, n_slots)
         self.timestamps = zeros(torch.bool, n_slots)
@@ -65,6 +68,7 @@ class PolicyState:
         if spec.timestamps:
             bias[self.no_timestamps] = NEG_INF
         self.bias[slot] = bias.to(self.bias.device)
+        self.suppressed[slot] = (bias == NEG_INF).nonzero().squeeze(1).to(self.bias.device)
         self.suppress_blank[slot] = spec.suppress_blank
         self.timestamps[slot] = spec.timestamps
         mi = spec.max_initial_timestamp_index
@@ -80,17 +84,28 @@ class PolicyState:
         self.done[slot] = False
 
     def select(
-        self, logits: Tensor, rows: Tensor, noise: Tensor | None = None, *, timestamps: bool = True
+        self,
+        logits: Tensor,
+        rows: Tensor,
+        noise: Tensor | None = None,
+        *,
+        timestamps: bool = True,
+        sparse_bias: list[int] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Apply the rules to logits [B, V] (float32, modified in place) of ``rows`` and pick the next tokens.
 
         ``noise`` [B, V] is uniform(0, 1) noise for rows that sample (Gumbel-max); None means greedy for all.
         ``timestamps=False`` promises that no row applies the timestamp rules (known on the host, as on the
-        CPU path), which skips their dozen vocabulary-wide operations; the result is the same.
+        CPU path), which skips their dozen vocabulary-wide operations; the result is the same. ``sparse_bias``
+        (the rows' slots as a host list, CPU path) applies the suppression by index instead of the bias rows.
         Updates the rows' state; returns (next tokens [B], done [B]). Rows already done keep emitting end-of-text.
         """
         ts = self.ts_begin
-        logits += self.bias[rows]
+        if sparse_bias is None:
+            logits += self.bias[rows]
+        else:
+            for i, slot in enumerate(sparse_bias):
+                logits[i].index_fill_(0, self.suppressed[slot], NEG_INF)
 
         n = self.n_sampled[rows]
         first = n == 0

@@ -378,7 +378,7 @@ class Runner:
         logits = self._logits_cpu(rows, ordered)
         noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
         timestamps = any(self._host_timestamps[s] for s in ordered)
-        tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps)
+        tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps, sparse_bias=ordered)
         sum_logprob = self.policy.sum_logprob[rows]
         out_t, out_d, out_lp = tokens.tolist(), done.tolist(), sum_logprob.tolist()
         back = [0] * len(slots)
