@@ -130,7 +130,11 @@ class ModelRuntime:
     # ----- decoding
 
     def warm_up(self) -> None:
-        """Decode one silent window so first requests do not pay for allocation and graph capture."""
+        """Capture every CUDA graph and run every batch size once, then decode one silent window, so first
+        requests do not pay for allocation and graph capture, and no graph is captured later while request
+        threads launch work on the device (a capture then can fail). Called before the runtime serves anything,
+        when the engine's worker is idle."""
+        self.current.engine.runner.warmup()
         model = self.whisper.model
         mel = torch.full((model.dims.n_mels, 3000), -1.5, device=model.device)
         decoding = DecodingOptions(language="en" if self.whisper.tokenizer.is_multilingual else None)
