@@ -297,6 +297,15 @@ class Runner:
         return self._graphs[key]
 
     @torch.no_grad()
+    def _self_qkv(self, i: int, layer: nn.Module, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention query, key and value of decoder layer ``i``: one fused GEMM where the weights were fused
+        (float or quantized), else the layer's own three projections."""
+        if self._qkv[i] is not None:
+            return F.linear(y, *self._qkv[i]).chunk(3, dim=-1)
+        if self._qkv_quant[i] is not None:
+            return self._qkv_quant[i](y).chunk(3, dim=-1)
+        return layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
+
     def warmup(self) -> list[tuple[str, int]]:
         """Run every decode bucket (greedy and sampling) and every encoder bucket once, on the scratch slot only,
         so that no request pays for CUDA-graph capture, compilation or first-call kernel selection. Returns what
@@ -336,12 +345,7 @@ class Runner:
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
             y = _layer_norm(layer.attn_ln, x)
-            if self._qkv[i] is not None:
-                q, k, v = F.linear(y, *self._qkv[i]).chunk(3, dim=-1)  # one GEMM instead of three
-            elif self._qkv_quant[i] is not None:
-                q, k, v = self._qkv_quant[i](y).chunk(3, dim=-1)
-            else:
-                q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
+            q, k, v = self._self_qkv(i, layer, y)
             self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
             self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
             a = decode_attention(
@@ -397,12 +401,7 @@ class Runner:
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
             y = _layer_norm(layer.attn_ln, x)
-            if self._qkv[i] is not None:
-                q, k, v = F.linear(y, *self._qkv[i]).chunk(3, dim=-1)
-            elif self._qkv_quant[i] is not None:
-                q, k, v = self._qkv_quant[i](y).chunk(3, dim=-1)
-            else:
-                q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
+            q, k, v = self._self_qkv(i, layer, y)
             self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
             self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
             a = self._attend_runs(q, self.self_k[i], self.self_v[i], runs, self_len)
