@@ -170,6 +170,15 @@ def _work(
         raise from_library_error(e) from None
 
 
+_lingering: set[asyncio.Future] = set()  # strong references to the tasks of _release_when_done
+
+
+async def _release_when_done(work: asyncio.Future, held: AsyncExitStack) -> None:
+    async with held:
+        with suppress(BaseException):
+            await work
+
+
 def _sse(obj: dict) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
@@ -198,9 +207,12 @@ async def _events(
                 yield _sse({"type": "transcript.text.delta", "delta": delta})
         finally:
             if not work.done():
-                # The client left: the decoding turn is held until the worker thread is really done.
-                with suppress(BaseException):
-                    await asyncio.shield(work)
+                # The client left. Starlette cancels this generator level-triggered (every await here raises
+                # again), so awaiting the work would give up the turn early: a task holds the decoding turn
+                # and the model lease until the worker thread is really done.
+                task = asyncio.ensure_future(_release_when_done(work, stack.pop_all()))
+                _lingering.add(task)
+                task.add_done_callback(_lingering.discard)
         try:
             result = await work
         except APIError as e:
