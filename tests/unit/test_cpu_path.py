@@ -61,6 +61,39 @@ def test_cpu_attention_over_views_matches_the_gathering_definition(model, tokeni
         torch.tensor(lengths),
     )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The cross K/V's per-head layout [S, H, T, head_dim] attends to the same result.
+    h, dh = runner.n_head, runner.head_dim
+    per_head = [c.view(9, 448, h, dh).transpose(1, 2).contiguous() for c in (cache_k, cache_v)]
+    got = runner._attend_runs(q, *per_head, _consecutive_runs(slots), lengths, per_head=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_cross_cache_is_per_head_and_holds_the_layers_keys(model, tokenizer, mels):
+    """Admission writes each layer's cross K/V into the CPU cache's per-head layout."""
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=4))
+    eng.close()
+    runner = eng.runner
+    assert runner.cross_per_head
+    spec = RowSpec(
+        initial_tokens=(tokenizer.sot, tokenizer.no_timestamps),
+        sot_index=0,
+        suppress=(tokenizer.eot,),
+        suppress_blank=True,
+        timestamps=False,
+        max_initial_timestamp_index=None,
+        sample_len=4,
+        temperature=0.0,
+    )
+    with torch.inference_mode():
+        features = runner.encode(mels[:2])
+        runner.admit([2, 0], [spec, spec], features)
+        h, dh = runner.n_head, runner.head_dim
+        for i, layer in enumerate(model.decoder.layers):
+            for slot, row in ((2, 0), (0, 1)):
+                k = layer.cross_attn.key(features[row])
+                v = layer.cross_attn.value(features[row])
+                assert torch.equal(runner.cross_k[i, slot], k.view(-1, h, dh).transpose(0, 1))
+                assert torch.equal(runner.cross_v[i, slot], v.view(-1, h, dh).transpose(0, 1))
 
 
 def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
