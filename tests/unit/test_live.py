@@ -316,3 +316,23 @@ def test_ga_shaped_session_update():
         16000,
     )
     assert error["type"] == "error" and "audio/opus" in error["error"]["message"]
+
+
+def test_turn_detection_numbers_beyond_float_range_get_an_error_event():
+    # JSON's 1e400 parses as inf; int(inf) raises OverflowError, which used to end the connection (1011).
+    service = ScriptedService([])
+    events = []
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send)
+        service.vad_model = object()  # the server has a VAD, so the options are parsed
+        for field in ("silence_duration_ms", "prefix_padding_ms"):
+            await session.handle(
+                {"type": "transcription_session.update", "session": {"turn_detection": {field: 1e400}}}
+            )
+
+    asyncio.run(run())
+    assert [e["error"]["code"] for e in events] == ["invalid_turn_detection"] * 2

@@ -228,7 +228,7 @@ class LiveSession:
                 min_speech_ms=base.min_speech_ms,
                 max_speech_s=base.max_speech_s,
             )
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: int() of 1e400, valid JSON
             raise ProtocolError("invalid_turn_detection", f"turn_detection: {e}") from None
 
     async def append(self, payload: Any, *, arrived: float | None = None) -> None:
