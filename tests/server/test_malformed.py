@@ -65,6 +65,8 @@ CASES = [
     ("bad temperature", None, {"temperature": "7"}, 400),
     ("bad language", None, {"language": "klingon"}, 400),
     ("bad hotword weight", None, {"hotwords": "voxserve:999"}, 400),
+    # a long phrase made the hotword trie grow quadratically: 320 kB took the server past 20 GB (OOM kill)
+    ("overlong hotword", None, {"hotwords": "word " * 50}, 400),
     ("unknown model", None, {"model": "gpt-99"}, 404),
 ]
 

@@ -23,6 +23,9 @@ PriorityName = Literal["realtime", "interactive", "batch"]
 Granularity = Literal["word", "segment"]
 
 MAX_HOTWORDS = 100  # each adds trie edges the decoder checks every step
+# The trie keeps every prefix of a phrase's tokens and checks one level per token each step: quadratic in a
+# phrase's length (one 320 kB phrase took the process past 20 GB), so phrases stay phrase-sized.
+MAX_HOTWORD_CHARS = 200
 MAX_PROMPT_CHARS = 4000  # the decoder keeps at most half its 448-token context of prompt anyway
 
 CONTENT_TYPES = {
@@ -45,6 +48,13 @@ def parse_hotwords(items: Sequence[str]) -> tuple[Hotword, ...]:
             phrase, sep, weight = item.rpartition(":")
             if not sep:
                 phrase, weight = item, ""
+            if len(phrase) > MAX_HOTWORD_CHARS:
+                raise APIError(
+                    400,
+                    f"hotwords: a phrase has at most {MAX_HOTWORD_CHARS} characters, got {len(phrase)}",
+                    code="invalid_hotword",
+                    param="hotwords",
+                )
             try:
                 out.append(
                     Hotword(phrase.strip(), float(weight)) if weight.strip() else Hotword(phrase.strip())
