@@ -134,7 +134,9 @@ class ModelRuntime:
         requests do not pay for allocation and graph capture, and no graph is captured later while request
         threads launch work on the device (a capture then can fail). Called before the runtime serves anything,
         when the engine's worker is idle."""
-        self.current.engine.runner.warmup()
+        runner = self.current.engine.runner
+        if runner.use_graphs:  # on the CPU there is nothing to capture, and every bucket once costs seconds
+            runner.warmup()
         model = self.whisper.model
         mel = torch.full((model.dims.n_mels, 3000), -1.5, device=model.device)
         decoding = DecodingOptions(language="en" if self.whisper.tokenizer.is_multilingual else None)
