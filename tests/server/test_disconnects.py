@@ -66,3 +66,27 @@ def test_a_streaming_client_that_leaves_keeps_its_turn_until_the_decode_ends(mak
         during, after = client.portal.call(scenario)
     assert during == 1, "the turn was given up while its worker thread still decodes"
     assert after == 0
+
+
+def test_a_job_is_queued_on_the_event_loop_thread(make_settings, short_wav):
+    # asyncio.Queue is not thread-safe: a put from a request worker thread may not wake a job worker waiting
+    # on the loop, and races its getters.
+    app = create_app(make_settings())
+    ctx = app.state.ctx
+    with TestClient(app) as client:
+        loop_thread = client.portal.call(threading.get_ident)
+        queue = ctx.jobs._queue
+        put, threads = queue.put_nowait, []
+
+        def recording_put(item: str) -> None:
+            threads.append(threading.get_ident())
+            put(item)
+
+        queue.put_nowait = recording_put
+        r = client.post("/v1/jobs", files={"file": ("a.wav", short_wav, "audio/wav")}, data={"model": "tiny"})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{r.json()['id']}").json()["status"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert threads == [loop_thread]

@@ -181,9 +181,11 @@ class JobRunner:
                 await t
         self.store.close()
 
-    def submit(self, audio: bytes, filename: str, model: str, params: Params) -> str:
-        job_id = self.store.create(
-            audio, filename, model, replace(params, priority=Priority.BATCH, deadline=None)
+    async def submit(self, audio: bytes, filename: str, model: str, params: Params) -> str:
+        """Store the job (file and row, in a worker thread), then queue it: on the event loop's thread, since
+        an asyncio.Queue is not thread-safe (a put from a worker thread may not wake a waiting worker)."""
+        job_id = await self.ctx.run_blocking(
+            self.store.create, audio, filename, model, replace(params, priority=Priority.BATCH, deadline=None)
         )
         assert self._queue is not None
         self._queue.put_nowait(job_id)

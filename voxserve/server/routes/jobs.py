@@ -46,7 +46,7 @@ async def create_job(
         raise APIError(400, "file: the upload is empty", code="empty_audio", param="file")
     runtime = await ctx.registry.get(alias)
     check_language(params, runtime.whisper.tokenizer)
-    job_id = await ctx.run_blocking(ctx.jobs.submit, audio, file.filename or "audio", alias, params)
+    job_id = await ctx.jobs.submit(audio, file.filename or "audio", alias, params)
     job = ctx.jobs.store.get(job_id)
     assert job is not None
     return JSONResponse(_describe(ctx, job), status_code=202)
