@@ -336,3 +336,22 @@ def test_turn_detection_numbers_beyond_float_range_get_an_error_event():
 
     asyncio.run(run())
     assert [e["error"]["code"] for e in events] == ["invalid_turn_detection"] * 2
+
+
+def test_an_overlong_prompt_is_refused():
+    service = ScriptedService([])
+    events = []
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send)
+        t = {"prompt": "names " * 1000}
+        await session.handle(
+            {"type": "transcription_session.update", "session": {"input_audio_transcription": t}}
+        )
+        return session.prompt
+
+    assert asyncio.run(run()) is None
+    assert [e["error"]["code"] for e in events] == ["invalid_session"]

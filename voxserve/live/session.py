@@ -39,6 +39,9 @@ from .service import LiveService
 log = logging.getLogger("voxserve.live")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _event_ids = itertools.count(1)
+# As the HTTP API's: the decoder keeps at most half its context of prompt, and a partial tokenises the prompt
+# on the event loop (a 12 MB prompt held every stream and request up for most of a second per partial).
+MAX_PROMPT_CHARS = 4000
 
 
 class ProtocolError(Exception):
@@ -184,6 +187,10 @@ class LiveSession:
                 raise ProtocolError("invalid_language", f"unknown language {language!r}", "language")
             if prompt is not None and not isinstance(prompt, str):
                 raise ProtocolError("invalid_session", "prompt must be a string", "prompt")
+            if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+                raise ProtocolError(
+                    "invalid_session", f"prompt: at most {MAX_PROMPT_CHARS} characters", "prompt"
+                )
         vad_options, vad_changed = self.vad_options, False
         if "turn_detection" in session:
             vad_options, vad_changed = self._turn_detection(session["turn_detection"]), True
