@@ -355,3 +355,23 @@ def test_an_overlong_prompt_is_refused():
 
     assert asyncio.run(run()) is None
     assert [e["error"]["code"] for e in events] == ["invalid_session"]
+
+
+def test_error_events_do_not_echo_huge_client_values():
+    service = ScriptedService([])
+    events = []
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send)
+        await session.handle({"type": "x" * 100_000})
+        t = {"language": "y" * 100_000}
+        await session.handle(
+            {"type": "transcription_session.update", "session": {"input_audio_transcription": t}}
+        )
+
+    asyncio.run(run())
+    assert [e["error"]["code"] for e in events] == ["unknown_event_type", "invalid_language"]
+    assert all(len(e["error"]["message"]) <= 300 for e in events)

@@ -42,6 +42,9 @@ _event_ids = itertools.count(1)
 # As the HTTP API's: the decoder keeps at most half its context of prompt, and a partial tokenises the prompt
 # on the event loop (a 12 MB prompt held every stream and request up for most of a second per partial).
 MAX_PROMPT_CHARS = 4000
+# An error event quotes what the client sent (an unknown type, a language); a client that sends 15 MB frames and
+# reads nothing made the server buffer every echo (hundreds of MB per stream).
+MAX_ERROR_CHARS = 300
 
 
 class ProtocolError(Exception):
@@ -111,6 +114,8 @@ class LiveSession:
     async def error(self, code: str, message: str, *, param: str | None = None, kind: str = "invalid_request_error",
                     event_id: str | None = None) -> None:  # fmt: skip
         self.errors += 1
+        if len(message) > MAX_ERROR_CHARS:  # messages quote client values: never echo megabytes back
+            message = message[: MAX_ERROR_CHARS - 3] + "..."
         await self.emit(
             "error",
             error={"type": kind, "code": code, "message": message, "param": param, "event_id": event_id},
