@@ -96,6 +96,28 @@ def test_cpu_cross_cache_is_per_head_and_holds_the_layers_keys(model, tokenizer,
                 assert torch.equal(runner.cross_v[i, slot], v.view(-1, h, dh).transpose(0, 1))
 
 
+def test_cpu_step_threads_give_the_same_tokens_and_restore_the_setting(model, mels, tokenizer):
+    """Few-row CPU steps run with cpu_step_threads intra-op threads: same tokens as torch's own setting, and
+    the setting is back afterwards."""
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=20)
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that the one-thread steps really switch
+    try:
+        tokens = []
+        for threads in (None, 1):
+            config = EngineConfig(max_slots=2, cpu_step_threads=threads)
+            with make_engine(model, tokenizer, config) as eng:
+                assert eng.runner.cpu_step_threads == threads
+                batch = BatchDecoder(eng, model, tokenizer)
+                tokens.append([r.tokens for r in batch.decode(mels[:2], options)])
+        assert tokens[0] == tokens[1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(outer)
+    with pytest.raises(ValueError, match="cpu_step_threads"):
+        EngineConfig(cpu_step_threads=0)
+
+
 def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
     """No timestamp rules when no row has them, suppression by index instead of bias rows: same picks."""
     v = TINY.n_vocab

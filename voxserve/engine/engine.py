@@ -139,6 +139,8 @@ class Engine:
             cuda_graphs=self.config.cuda_graphs,
             max_encode=self.config.max_admit,
             compile=self.config.compile,
+            cpu_step_threads=self.config.cpu_step_threads,
+            cpu_step_threads_rows=self.config.cpu_step_threads_rows,
         )
         self._queue: list[tuple[int, int, Ticket]] = []  # heap of (priority, arrival, ticket)
         self._arrival = itertools.count()

@@ -10,6 +10,8 @@ runs exactly the active rows and attends through views of the cache instead (``_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -61,8 +63,11 @@ class Runner:
         cuda_graphs: bool = True,
         max_encode: int = 32,
         compile: bool = False,
+        cpu_step_threads: int | None = None,
+        cpu_step_threads_rows: int = 2,
     ) -> None:
         self.model = model
+        self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
         self.no_speech = no_speech
         d = model.dims
         self.device, self.dtype = model.device, model.dtype
@@ -401,10 +406,12 @@ class Runner:
         order = sorted(range(len(slots)), key=slots.__getitem__)
         ordered = [slots[i] for i in order]
         rows = torch.tensor(ordered, dtype=torch.long)
-        logits = self._logits_cpu(rows, ordered)
-        noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
-        timestamps = any(self._host_timestamps[s] for s in ordered)
-        tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps, sparse_bias=ordered)
+        threads = self.cpu_step_threads if len(slots) <= self.cpu_step_threads_rows else None
+        with _intra_op_threads(threads):
+            logits = self._logits_cpu(rows, ordered)
+            noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
+            timestamps = any(self._host_timestamps[s] for s in ordered)
+            tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps, sparse_bias=ordered)
         sum_logprob = self.policy.sum_logprob[rows]
         out_t, out_d, out_lp = tokens.tolist(), done.tolist(), sum_logprob.tolist()
         back = [0] * len(slots)
@@ -464,6 +471,22 @@ class Runner:
             qr = q[first : first + count].view(count, h, 1, dh)
             outs.append(F.scaled_dot_product_attention(qr, k, v, attn_mask=mask).reshape(count, h * dh))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+@contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (None: unchanged), restored on exit. torch's setting is
+    process-wide here (measured: another thread reads the new count meanwhile), so torch work in other threads
+    during the block runs with ``n`` threads too."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _consecutive_runs(slots: list[int]) -> list[tuple[int, int, int]]:

@@ -80,6 +80,14 @@ class EngineConfig:
     compile: bool = False
     # slots on the CPU when max_slots is None
     cpu_slots: int = 8
+    # intra-op threads of the CPU decode step when it runs at most cpu_step_threads_rows rows (None: torch's
+    # setting, as the encoder and prefill use). The engine's worker thread holds its own OpenMP team beside
+    # its callers' (log-mel, other torch work), and with more OpenMP threads than cores libgomp stops spinning
+    # between parallel regions, so every small op of a step waits for a sleeping thread to wake: on 2 cores a
+    # one-row tiny int8 step measured ~8.5-9 ms with 2 threads, ~6.3 ms with 1. torch's thread count is
+    # process-wide, so other threads' torch work runs with this many threads while such a step runs.
+    cpu_step_threads: int | None = 1
+    cpu_step_threads_rows: int = 2
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:
@@ -90,3 +98,5 @@ class EngineConfig:
             raise ValueError("buckets must be positive batch sizes")
         if self.max_admit < 1:
             raise ValueError("max_admit must be >= 1")
+        if self.cpu_step_threads is not None and self.cpu_step_threads < 1:
+            raise ValueError(f"cpu_step_threads must be >= 1 or None, got {self.cpu_step_threads}")
