@@ -407,11 +407,10 @@ class Runner:
         ordered = [slots[i] for i in order]
         rows = torch.tensor(ordered, dtype=torch.long)
         threads = self.cpu_step_threads if len(slots) <= self.cpu_step_threads_rows else None
-        with _intra_op_threads(threads):
-            logits = self._logits_cpu(rows, ordered)
-            noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
-            timestamps = any(self._host_timestamps[s] for s in ordered)
-            tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps, sparse_bias=ordered)
+        logits = self._logits_cpu(rows, ordered, threads)
+        noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
+        timestamps = any(self._host_timestamps[s] for s in ordered)
+        tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps, sparse_bias=ordered)
         sum_logprob = self.policy.sum_logprob[rows]
         out_t, out_d, out_lp = tokens.tolist(), done.tolist(), sum_logprob.tolist()
         back = [0] * len(slots)
@@ -419,8 +418,10 @@ class Runner:
             back[i] = j
         return [out_t[j] for j in back], [bool(out_d[j]) for j in back], [out_lp[j] for j in back]
 
-    def _logits_cpu(self, rows: Tensor, slots: list[int]) -> Tensor:
-        """As ``_logits`` for ``rows`` in ascending slot order, attending through views of the cache."""
+    def _logits_cpu(self, rows: Tensor, slots: list[int], layer_threads: int | None = None) -> Tensor:
+        """As ``_logits`` for ``rows`` in ascending slot order, attending through views of the cache. The
+        decoder layers (many small ops) run with ``layer_threads`` intra-op threads (None: torch's setting);
+        the output projection, one large memory-bound product, with torch's setting."""
         dec, pol = self.model.decoder, self.policy
         pos = pol.length[rows] - 1
         self_len = (pos + 1).tolist()
@@ -428,17 +429,18 @@ class Runner:
         runs = _consecutive_runs(slots)
         write_at = rows * self.self_k.shape[2] + pos
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
-        for i, layer in enumerate(dec.layers):
-            y = _layer_norm(layer.attn_ln, x)
-            q, k, v = self._self_qkv(i, layer, y)
-            self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
-            self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
-            a = self._attend_runs(q, self.self_k[i], self.self_v[i], runs, self_len)
-            x = x + layer.attn.out(a)
-            q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
-            a = self._attend_runs(q, self.cross_k[i], self.cross_v[i], runs, cross_len, per_head=True)
-            x = x + layer.cross_attn.out(a)
-            x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
+        with _intra_op_threads(layer_threads):
+            for i, layer in enumerate(dec.layers):
+                y = _layer_norm(layer.attn_ln, x)
+                q, k, v = self._self_qkv(i, layer, y)
+                self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
+                self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
+                a = self._attend_runs(q, self.self_k[i], self.self_v[i], runs, self_len)
+                x = x + layer.attn.out(a)
+                q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
+                a = self._attend_runs(q, self.cross_k[i], self.cross_v[i], runs, cross_len, per_head=True)
+                x = x + layer.cross_attn.out(a)
+                x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
         return dec.logits(x)
 
     def _attend_runs(

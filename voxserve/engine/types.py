@@ -80,8 +80,8 @@ class EngineConfig:
     compile: bool = False
     # slots on the CPU when max_slots is None
     cpu_slots: int = 8
-    # intra-op threads of the CPU decode step when it runs at most cpu_step_threads_rows rows (None: torch's
-    # setting, as the encoder and prefill use). The engine's worker thread holds its own OpenMP team beside
+    # intra-op threads of the CPU decode step's decoder layers when it runs at most cpu_step_threads_rows rows
+    # (None: torch's setting, as the encoder, prefill and the output projection use). The engine's worker thread holds its own OpenMP team beside
     # its callers' (log-mel, other torch work), and with more OpenMP threads than cores libgomp stops spinning
     # between parallel regions, so every small op of a step waits for a sleeping thread to wake: on 2 cores a
     # one-row tiny int8 step measured ~8.5-9 ms with 2 threads, ~6.3 ms with 1. torch's thread count is
