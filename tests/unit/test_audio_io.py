@@ -456,3 +456,22 @@ def test_without_pyav_the_error_says_what_is_missing(monkeypatch, flac_bytes: by
     monkeypatch.setitem(__import__("sys").modules, "av", None)  # as on the GPU machine
     with pytest.raises(RuntimeError, match=r"needs PyAV \(pip install av\)"):
         load_audio(flac_bytes)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_float_wav_with_non_finite_samples_is_corrupt(value: float):
+    # Such a file used to decode "fine" and come back as 15 s of garbage text ("!!!!...") from the server.
+    data = np.full(1600, 0.1, "<f4")
+    data[800] = value
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)  # IEEE float, mono, 16 kHz
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", data.nbytes)
+        + data.tobytes()
+    )
+    with pytest.raises(CorruptAudioError, match="NaN or infinite"):
+        load_audio(b"RIFF" + struct.pack("<I", len(body)) + body)

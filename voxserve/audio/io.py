@@ -249,6 +249,8 @@ def _decode(src: _Source, sample_rate: int, max_duration: float | None) -> np.nd
         if bad:
             raise CorruptAudioError(f"{src.name}: corrupt {fmt} data: nothing could be decoded ({reason})")
         raise EmptyAudioError(f"{src.name}: the {fmt} file holds no audio samples")
+    if not np.isfinite(audio).all():  # float formats can hold them; the model turns them into garbage text
+        raise CorruptAudioError(f"{src.name}: corrupt {fmt} data: it holds NaN or infinite samples")
     return audio
 
 
