@@ -1,5 +1,6 @@
-"""Clients that leave mid-request: the decoding turn stays held until the worker thread that decodes for them is
-really done, so admission never lets more requests decode at once than its capacity."""
+"""Dependability edges found by attacking a running server: clients that leave mid-request (the decoding turn
+stays held until the worker thread that decodes for them is really done, so admission never lets more requests
+decode at once than its capacity), and jobs (queued on the event loop's thread; no audio left behind)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,24 @@ def test_a_job_is_queued_on_the_event_loop_thread(make_settings, short_wav):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert threads == [loop_thread]
+
+
+def test_finished_and_failed_jobs_leave_no_audio_behind(make_settings, short_wav, tmp_path):
+    app = create_app(make_settings())
+    ctx = app.state.ctx
+    with TestClient(app) as client:
+        ids = []
+        for audio in (short_wav, b"RIFF not really a wav file at all"):
+            r = client.post(
+                "/v1/jobs", files={"file": ("talk.wav", audio, "audio/wav")}, data={"model": "tiny"}
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        deadline = time.monotonic() + 60
+        while {client.get(f"/v1/jobs/{i}").json()["status"] for i in ids} - {"done", "failed"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        done, failed = (client.get(f"/v1/jobs/{i}").json() for i in ids)
+    assert done["status"] == "done" and failed["status"] == "failed"
+    assert "talk.wav" in failed["error"] and str(ctx.settings.jobs_dir) not in failed["error"]
+    assert list(ctx.settings.jobs_dir.iterdir()) == []

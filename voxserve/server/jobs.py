@@ -204,14 +204,20 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except (AudioError, OptionsError) as e:
-                self.store.set(job_id, status="failed", error=str(e))
+                # (the message names the stored file: name the upload instead)
+                error = str(e).replace(job["audio"], job["filename"] or "the upload")
+                self.store.set(job_id, status="failed", error=error)
             except APIError as e:
                 self.store.set(job_id, status="failed", error=e.message)
             except _Stopped:
-                pass
+                continue  # resumes on the next start: its audio stays
             except Exception as e:  # noqa: BLE001 - a bug in one job must not stop the others
                 log.exception("job %s failed", job_id)
                 self.store.set(job_id, status="failed", error=f"internal error: {type(e).__name__}: {e}")
+            # Done or failed, for good (the row says so first): its audio is no longer needed, so the jobs
+            # folder does not grow with every job ever submitted.
+            with suppress(OSError):
+                Path(job["audio"]).unlink(missing_ok=True)
 
     def _run(self, runtime: ModelRuntime, job: dict[str, Any]) -> None:
         job_id = job["id"]
