@@ -95,3 +95,18 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+def inject_step_fault(engine, at_step: int) -> None:
+    """Make ``engine``'s runner raise a CUDA-style error on its ``at_step``-th decode step (1-based) and run
+    normally otherwise: what a GPU fault mid-decode looks like to the server."""
+    real_step = engine.runner.step
+    steps = {"n": 0}
+
+    def faulty_step(slots, sample):
+        steps["n"] += 1
+        if steps["n"] == at_step:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+        return real_step(slots, sample)
+
+    engine.runner.step = faulty_step

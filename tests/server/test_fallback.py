@@ -8,7 +8,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.server.conftest import tone, wav_bytes
+from tests.server.conftest import inject_step_fault, tone, wav_bytes
 from voxserve.server.app import create_app
 
 pytestmark = pytest.mark.slow
@@ -30,17 +30,8 @@ def test_engine_fault_moves_everything_to_the_cpu_engine(make_settings):
     with TestClient(create_app(make_settings(engine_slots=2, max_concurrency=6))) as client:
         runtime = client.app.state.ctx.registry.loaded["tiny"]
         engine = runtime.primary.engine
-        real_step = engine.runner.step
-        steps = {"n": 0}
-
-        def faulty_step(slots, sample):
-            # Fail mid-decode, with requests both in slots and waiting in the engine's queue.
-            steps["n"] += 1
-            if steps["n"] == 5:
-                raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
-            return real_step(slots, sample)
-
-        engine.runner.step = faulty_step
+        # Fail mid-decode, with requests both in slots and waiting in the engine's queue.
+        inject_step_fault(engine, at_step=5)
         answers: list = [None] * len(clips)
 
         def send(i: int) -> None:

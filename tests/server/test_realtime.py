@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from tests.conftest import AUDIO, SHARED, TINY  # noqa: E402
+from tests.server.conftest import inject_step_fault  # noqa: E402
 from tests.support import decisive_model, read_wav  # noqa: E402
 from voxserve.api import WhisperModel  # noqa: E402
 from voxserve.audio.vad import SileroVAD  # noqa: E402
@@ -486,16 +487,7 @@ def test_engine_fault_moves_live_streams_to_the_cpu_engine(make_settings, speech
     with TestClient(create_app_for_test(make_settings)) as client:
         runtime = client.app.state.ctx.registry.loaded["tiny"]
         engine = runtime.primary.engine
-        real_step = engine.runner.step
-        steps = {"n": 0}
-
-        def faulty_step(slots, sample):
-            steps["n"] += 1
-            if steps["n"] == 3:
-                raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
-            return real_step(slots, sample)
-
-        engine.runner.step = faulty_step
+        inject_step_fault(engine, at_step=3)
         with client.websocket_connect(URL) as ws:
             configure(ws, input_audio_sample_rate=16000, turn_detection=None)
             for _ in range(2):
