@@ -42,6 +42,9 @@ def test_weights_are_checked():
         Hotword("x", 0)
     with pytest.raises(OptionsError):
         Hotword("   ")
+    with pytest.raises(OptionsError, match="at most 200 characters"):
+        Hotword("seriousness law " * 20)
+    Hotword("x" * 200)
 
 
 def test_a_strong_hotword_steers_a_decode(tokenizer):

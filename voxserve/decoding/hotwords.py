@@ -32,6 +32,9 @@ from .options import DecodingOptions, OptionsError
 # choice on an uncertain word, small enough that a clearly spoken different word still wins.
 DEFAULT_WEIGHT = 2.0
 MAX_WEIGHT = 20.0  # larger boosts force the phrase whatever was said; refuse them as probably a mistake
+# The trie's work grows with the square of a phrase's length (a 320 kB phrase exhausted the server's memory):
+# a hotword is a name or a term, never a paragraph.
+MAX_PHRASE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class Hotword:
     def __post_init__(self) -> None:
         if not self.phrase.strip():
             raise OptionsError("a hotword must not be empty")
+        if len(self.phrase) > MAX_PHRASE_CHARS:
+            raise OptionsError(f"a hotword has at most {MAX_PHRASE_CHARS} characters, got {len(self.phrase)}")
         if not (0.0 < self.weight <= MAX_WEIGHT):
             raise OptionsError(
                 f"hotword weight must be in (0, {MAX_WEIGHT}], got {self.weight} for {self.phrase!r}"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
-from ..decoding.hotwords import Hotword
+from ..decoding.hotwords import MAX_PHRASE_CHARS, Hotword
 from ..decoding.options import OptionsError
 from ..engine.types import Priority
 from ..tokenizer import Tokenizer
@@ -23,9 +23,7 @@ PriorityName = Literal["realtime", "interactive", "batch"]
 Granularity = Literal["word", "segment"]
 
 MAX_HOTWORDS = 100  # each adds trie edges the decoder checks every step
-# The trie keeps every prefix of a phrase's tokens and checks one level per token each step: quadratic in a
-# phrase's length (one 320 kB phrase took the process past 20 GB), so phrases stay phrase-sized.
-MAX_HOTWORD_CHARS = 200
+MAX_HOTWORD_CHARS = MAX_PHRASE_CHARS  # the library's limit, checked here for a precise 400 message
 MAX_PROMPT_CHARS = 4000  # the decoder keeps at most half its 448-token context of prompt anyway
 
 CONTENT_TYPES = {
