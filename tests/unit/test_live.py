@@ -284,27 +284,34 @@ def test_window_mel_fills_silence_exactly():
     torch.testing.assert_close(silent, log_mel_spectrogram(np.zeros(480000, np.float32), 80)[:, :3000])
 
 
-def test_ga_shaped_session_update():
-    service = ScriptedService([])
-    service.vad_model = None
-    events = []
+def _handle(service, messages: list[dict]) -> tuple[list[dict], LiveSession]:
+    """Feed client events to a new session, one after another; returns the events it sent and the session."""
+    events: list[dict] = []
 
     async def send(event):
         events.append(event)
 
     async def run():
         session = LiveSession(service, send)
-        await session.handle({"type": "session.update", "session": {
+        for message in messages:
+            await session.handle(message)
+        return session
+
+    return events, asyncio.run(run())
+
+
+def test_ga_shaped_session_update():
+    service = ScriptedService([])
+    service.vad_model = None
+    events, _ = _handle(service, [
+        {"type": "session.update", "session": {
             "type": "transcription",
             "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None,
                                 "transcription": {"model": "whisper-1", "language": "en", "prompt": "names"}}},
-        }})  # fmt: skip
-        await session.handle({"type": "session.update", "session": {
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}})  # fmt: skip
-        await session.handle({"type": "session.update", "session": {
-            "audio": {"input": {"format": {"type": "audio/opus"}}}}})  # fmt: skip
-
-    asyncio.run(run())
+        }},
+        {"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}},
+        {"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/opus"}}}}},
+    ])  # fmt: skip
     first, second, error = events
     assert first["type"] == "session.updated"
     assert (
@@ -339,39 +346,23 @@ def test_turn_detection_numbers_beyond_float_range_get_an_error_event():
 
 
 def test_an_overlong_prompt_is_refused():
-    service = ScriptedService([])
-    events = []
-
-    async def send(event):
-        events.append(event)
-
-    async def run():
-        session = LiveSession(service, send)
-        t = {"prompt": "names " * 1000}
-        await session.handle(
-            {"type": "transcription_session.update", "session": {"input_audio_transcription": t}}
-        )
-        return session.prompt
-
-    assert asyncio.run(run()) is None
+    t = {"prompt": "names " * 1000}
+    events, session = _handle(
+        ScriptedService([]),
+        [{"type": "transcription_session.update", "session": {"input_audio_transcription": t}}],
+    )
+    assert session.prompt is None
     assert [e["error"]["code"] for e in events] == ["invalid_session"]
 
 
 def test_error_events_do_not_echo_huge_client_values():
-    service = ScriptedService([])
-    events = []
-
-    async def send(event):
-        events.append(event)
-
-    async def run():
-        session = LiveSession(service, send)
-        await session.handle({"type": "x" * 100_000})
-        t = {"language": "y" * 100_000}
-        await session.handle(
-            {"type": "transcription_session.update", "session": {"input_audio_transcription": t}}
-        )
-
-    asyncio.run(run())
+    t = {"language": "y" * 100_000}
+    events, _ = _handle(
+        ScriptedService([]),
+        [
+            {"type": "x" * 100_000},
+            {"type": "transcription_session.update", "session": {"input_audio_transcription": t}},
+        ],
+    )
     assert [e["error"]["code"] for e in events] == ["unknown_event_type", "invalid_language"]
     assert all(len(e["error"]["message"]) <= 300 for e in events)
