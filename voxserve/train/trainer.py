@@ -167,15 +167,6 @@ def sequence_loss(model: Whisper, mel: Tensor, inputs: Tensor, labels: Tensor) -
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
 
-def hybrid_loss(
-    model: Whisper, head: CTCHead, batch: Batch, ctc_weight: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(1 - w) * cross entropy + w * character CTC on the encoder; returns (loss, cross entropy, CTC)."""
-    loss, ce, ctc = training_loss(model, head, batch, ctc_weight=ctc_weight)
-    assert ctc is not None
-    return loss, ce, ctc
-
-
 def init_for_training(model: Whisper, seed: int) -> Whisper:
     """Seeded initialisation: normal(0, 0.02) weights (as ``init_random``), zero biases, unit norms."""
     from ..model.load import init_random
@@ -470,7 +461,6 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "ctc_weight_at",
-    "hybrid_loss",
     "init_for_training",
     "learning_rate",
     "sequence_loss",
