@@ -31,6 +31,7 @@ TIKTOKEN=${TIKTOKEN:-$DATA/whisper-assets/multilingual.tiktoken}
 STEPS=${STEPS:-30000}   # an upper bound: --max-minutes stops the run and the cosine is fitted to end there
 MIXED=${MIXED:-80000}   # recombined training sentences
 INIT=${INIT:-voxserve/assets/demo-model}  # or "scratch"
+TRAIN_ARGS=${TRAIN_ARGS:-}  # more `voxserve train` options, e.g. --keep-schedule for the first of two sessions
 case $phase in
 data)
   if ! command -v espeak-ng >/dev/null; then
@@ -52,7 +53,7 @@ train)
     --dropout 0.1 --encoder-dropout 0.05 --label-smoothing 0.1 \
     --freq-masks 2 --freq-mask-width 15 --time-masks-per-s 0.3 --time-mask-width 0.1 \
     --eval-every 2000 --eval-limit 200 --save-every 1000 --log-every 100 \
-    --timestamps-prob 0.5 --pack-prob 0.5 --noise-prob 0.2 --telephone-prob 0.1 --gain-prob 0.3 --quiet ;;
+    --timestamps-prob 0.5 --pack-prob 0.5 --noise-prob 0.2 --telephone-prob 0.1 --gain-prob 0.3 --quiet $TRAIN_ARGS ;;
 eval)
   ${PY:-python3} -m voxserve eval --model "$work/run/final" --manifest "$work/data/heldout.jsonl" --batch-size 100 \
     --per-item "$work/eval-heldout.jsonl" | tee "$work/eval.txt" ;;
