@@ -22,7 +22,8 @@
 #   keeps its own listening signal, and light SpecAugment: two frequency masks of up to 15 of 80 mel bins, and
 #   only short (<= 0.1 s) time masks, 0.3 a second, since long time masks would teach the decoder to fill gaps
 #   from memory. INIT=scratch trains from scratch instead (CTC weight 0.5 falling to 0.2, lr 1.5e-3).
-# These are expectations from the measurements above and the literature, not yet a measured result.
+# Measured (2026-12-04, H200): data 160 s, then 4.3 minutes of training (3,212 steps) gave 9.33 % WER on the 400
+# held-out utterances (15.3 % on the LJSpeech half, 0.4 % on the number half): see the model card.
 set -euo pipefail
 phase=$1 work=$2
 DATA=${DATA:-../shared/data}

@@ -63,24 +63,22 @@ def test_a_strong_hotword_steers_a_decode(tokenizer):
     not DEMO_MODEL_DIR.is_dir(), reason="needs the trained demo model (voxserve/assets/demo-model)"
 )
 def test_hotword_corrects_what_the_demo_model_mishears():
-    """The interim demo model (37.7 % held-out WER) mishears the start of "I would like to pay twenty five dollars
-    and forty cents" as "I owe walking to payable by October"; with the phrase "I would like to pay" as a hotword
-    it writes what was said. The case was found by trying a few sentences the model gets partly wrong; this model's
-    distributions are so peaked that the default weight (2) changes nothing here and 8 is needed."""
+    """The demo model (9.3 % held-out WER) mishears "Our new product is called Brightwave Turbo." as "Our new
+    protoplasm by twelve-gauge ear."; with the phrase "new product is called" as a hotword at the default weight it
+    writes those words. The case was found by trying ten sentences with names and product words on this model;
+    the rare names themselves (Kowalski, Quetzalcoatl) were not rescued at weights 2, 4 or 8."""
     from voxserve.api import load_model
     from voxserve.metrics.wer import item_errors
     from voxserve.train.synth import speak
 
-    sentence = "I would like to pay twenty five dollars and forty cents."
+    sentence = "Our new product is called Brightwave Turbo."
     model = load_model("default", device="cpu")
     tok = model.tokenizer.with_options(language="en", task="transcribe")
     audio = torch.from_numpy(speak(sentence))
     mel = pad_or_trim(log_mel_spectrogram(audio, model.model.dims.n_mels, padding=0), 3000)
     options = DecodingOptions(language="en")
     plain = WindowDecoder(model.model, tok, options).decode(mel)[0].text
-    biased = (
-        HotwordDecoder(model.model, tok, options, [Hotword("I would like to pay", 8.0)]).decode(mel)[0].text
-    )
-    assert "would like to pay" not in plain.lower()
-    assert "would like to pay" in biased.lower()
+    biased = HotwordDecoder(model.model, tok, options, [Hotword("new product is called")]).decode(mel)[0].text
+    assert "product is called" not in plain.lower()
+    assert "new product is called" in biased.lower()
     assert item_errors(sentence, biased).rate < item_errors(sentence, plain).rate, (plain, biased)

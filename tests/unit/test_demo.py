@@ -22,9 +22,9 @@ def test_demo_speaks_and_recognises_a_sentence(capsys):
     said = next(line for line in out if line.startswith("said:"))[len("said:") :].strip()
     heard = next(line for line in out if line.startswith("heard:"))[len("heard:") :].strip()
     assert said == DEMO_SENTENCE
-    # The committed model's measured WER on this sentence is 33 % (2 of 9 words wrong, one inserted); a model
-    # with random or broken weights gets 100 % or more.
-    assert item_errors(said, heard).rate <= 0.5, heard
+    # The committed model hears this sentence without error here (`make demo`: WER 0.0 %); the bound leaves two of
+    # the nine words for other espeak-ng builds. A model with random or broken weights gets 100 % or more.
+    assert item_errors(said, heard).rate <= 0.25, heard
     assert any(" --> " in line for line in out) and out[out.index("1") + 1].startswith("00:00:00,000 --> ")
 
 
