@@ -107,6 +107,33 @@ class ScriptedService:
         return DecodingResult((), text, "en", 0.0, 0.0, 0.0, 1.0, finish_reason=reason)
 
 
+def _speak(service, chunks: int, yields: int) -> list[dict]:
+    """Send ``chunks`` 100 ms chunks of a constant tone to a new session on a fake clock 100 ms apart, letting its
+    tasks run ``yields`` times after each; commit, wait for every decode, close. Returns the events it sent."""
+    events: list[dict] = []
+    now = [0.0]
+
+    async def send(event):
+        events.append(event)
+
+    async def run():
+        session = LiveSession(service, send, clock=lambda: now[0])
+        await session.update({"input_audio_sample_rate": 16000, "turn_detection": None})
+        chunk = base64.b64encode(np.full(1600, 1000, "<i2").tobytes()).decode()
+        for k in range(chunks):
+            now[0] = k * 0.1
+            await session.append(chunk)
+            for _ in range(yields):  # partial tasks run
+                await asyncio.sleep(0)
+        await session.commit()
+        while session.tasks:
+            await asyncio.sleep(0)
+        await session.close()
+
+    asyncio.run(run())
+    return events
+
+
 def test_session_partials_then_final_replaces_them():
     partials = [
         "the cat",
@@ -117,26 +144,7 @@ def test_session_partials_then_final_replaces_them():
         "the cat sat on a mat",
     ]
     service = ScriptedService([*partials, "the cat sat on the mat."])
-    events, now = [], [0.0]
-
-    async def send(event):
-        events.append(event)
-
-    async def run():
-        session = LiveSession(service, send, clock=lambda: now[0])
-        await session.update({"input_audio_sample_rate": 16000, "turn_detection": None})
-        chunk = base64.b64encode(np.full(1600, 1000, "<i2").tobytes()).decode()
-        for k in range(30):  # 3 s of audio, 100 ms apart
-            now[0] = k * 0.1
-            await session.append(chunk)
-            await asyncio.sleep(0)  # partial tasks run
-            await asyncio.sleep(0)
-        await session.commit()
-        while session.tasks:
-            await asyncio.sleep(0)
-        await session.close()
-
-    asyncio.run(run())
+    events = _speak(service, chunks=30, yields=2)  # 3 s of audio
     deltas = [e for e in events if e["type"].endswith(".delta")]
     assert [(d["delta"], d["partial"]) for d in deltas] == [
         ("", "the cat"), ("the cat", " sat"), (" sat", " on"), (" on", ""), ("", " a"), (" a", " mat")
@@ -222,25 +230,7 @@ def test_vad_segments_fit_a_short_model_window():
 
 def test_a_partial_cut_by_its_deadline_shows_nothing():
     service = ScriptedService([("the", "deadline"), "the cat", "the cat sat", "the cat sat down"])
-    events, now = [], [0.0]
-
-    async def send(event):
-        events.append(event)
-
-    async def run():
-        session = LiveSession(service, send, clock=lambda: now[0])
-        await session.update({"input_audio_sample_rate": 16000, "turn_detection": None})
-        chunk = base64.b64encode(np.full(1600, 1000, "<i2").tobytes()).decode()
-        for k in range(11):
-            now[0] = k * 0.1
-            await session.append(chunk)
-            for _ in range(3):
-                await asyncio.sleep(0)
-        await session.commit()
-        while session.tasks:
-            await asyncio.sleep(0)
-
-    asyncio.run(run())
+    events = _speak(service, chunks=11, yields=3)
     deltas = [(e["delta"], e["partial"]) for e in events if e["type"].endswith(".delta")]
     assert deltas == [("", "the cat"), ("the cat", " sat")]  # nothing from the cut-short first partial
     assert events[-1]["transcript"] == "the cat sat down"
