@@ -311,17 +311,23 @@ def test_fp8_projections_with_different_static_scales_stay_separate(tokenizer):
     )  # float Linears: the runner fuses those itself
 
 
+def _assert_engine_decodes_like_reference(engine, loaded, clips, sample_len: int) -> None:
+    """The engine of a loaded build and the loaded model's reference path give the same tokens on the clips'
+    first windows."""
+    mels = torch.stack([audio_windows(c, TINY.n_mels)[0] for c in clips])
+    options = DecodingOptions(language="en", sample_len=sample_len)
+    got = BatchDecoder(engine, loaded.model, loaded.tokenizer).decode(mels, options)
+    want = WindowDecoder(loaded.model, loaded.tokenizer, options).decode(mels)
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+
+
 def test_int8_engine_with_fused_qkv_decodes_like_the_int8_reference(int8_build, clips):
     engine, loaded, _ = load_engine(int8_build.directory)
     try:
         assert all(m is not None for m in engine.runner._qkv_quant)
-        mels = torch.stack([audio_windows(c, TINY.n_mels)[0] for c in clips])
-        options = DecodingOptions(language="en", sample_len=32)
-        got = BatchDecoder(engine, loaded.model, loaded.tokenizer).decode(mels, options)
+        _assert_engine_decodes_like_reference(engine, loaded, clips, sample_len=32)
     finally:
         engine.close()
-    want = WindowDecoder(loaded.model, loaded.tokenizer, options).decode(mels)
-    assert [r.tokens for r in got] == [r.tokens for r in want]
 
 
 def test_fp8_build_with_static_scales_loads_as_built(monkeypatch, source, clips, work):
@@ -345,10 +351,6 @@ def test_fp8_build_with_static_scales_loads_as_built(monkeypatch, source, clips,
         layer = loaded.model.decoder.layers[0]
         assert isinstance(layer.fc1, Fp8Linear) and layer.fc1.input_scale is not None
         assert all(m is not None for m in engine.runner._qkv_quant)
-        mels = torch.stack([audio_windows(c, TINY.n_mels)[0] for c in clips])
-        options = DecodingOptions(language="en", sample_len=16)
-        got = BatchDecoder(engine, loaded.model, loaded.tokenizer).decode(mels, options)
+        _assert_engine_decodes_like_reference(engine, loaded, clips, sample_len=16)
     finally:
         engine.close()
-    want = WindowDecoder(loaded.model, loaded.tokenizer, options).decode(mels)
-    assert [r.tokens for r in got] == [r.tokens for r in want]
