@@ -63,7 +63,7 @@ from .model.quant import (
     quantize_model,
     weights_hash,
 )
-from .model.whisper import Whisper
+from .model.whisper import Whisper, default_alignment_heads
 from .quant.calibrate import audio_windows, collect_activation_stats, reference_token_sequences
 from .quant.gate import DEFAULT_MAX_MEAN_KL, DivergenceReport, check_accuracy, measure_divergence
 
@@ -367,7 +367,9 @@ def _load_converted(path: Path, manifest: dict[str, Any], device: torch.device) 
         raise BuildError(
             f"{weights}: does not match a {precision} model of the manifest's dims ({e})"
         ) from None
-    model.alignment_heads = _default_heads(dims)  # not in the state dict: the meta placeholder goes first
+    model.alignment_heads = default_alignment_heads(
+        dims
+    )  # not in the state dict: the meta placeholder goes first
     model = model.to(device).eval()
     heads = manifest["source"].get("alignment_heads")
     if heads:
@@ -379,12 +381,6 @@ def _load_converted(path: Path, manifest: dict[str, Any], device: torch.device) 
         alignment_heads=tuple(tuple(h) for h in heads) if heads else None,
     )
     return WhisperModel(model, _tokenizer_for(model, info, None), info)
-
-
-def _default_heads(dims: ModelDims) -> Tensor:
-    heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
-    heads[dims.n_text_layer // 2 :] = True
-    return heads
 
 
 def _swap_skeleton(model: Whisper, precision: str, *, static: bool) -> None:

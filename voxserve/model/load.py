@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..config import ModelDims, resolve_dtype
 from .layers import sinusoids
-from .whisper import Whisper
+from .whisper import Whisper, default_alignment_heads
 
 
 class ModelLoadError(RuntimeError):
@@ -300,14 +300,8 @@ def _assemble(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, config says {tuple(want)}"
             )
     model.load_state_dict(state, assign=True)
-    model.alignment_heads = _default_alignment_heads(dims)
+    model.alignment_heads = default_alignment_heads(dims)
     return model.to(device=device, dtype=dtype).eval()
-
-
-def _default_alignment_heads(dims: ModelDims) -> Tensor:
-    heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
-    heads[dims.n_text_layer // 2 :] = True
-    return heads
 
 
 def init_random(dims: ModelDims, *, seed: int = 0, std: float = 0.02) -> Whisper:

@@ -134,6 +134,13 @@ class TextDecoder(nn.Module):
         return self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
 
 
+def default_alignment_heads(dims: ModelDims) -> Tensor:
+    """All heads in the second half of the decoder, as Whisper does for a checkpoint without its own."""
+    heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+    heads[dims.n_text_layer // 2 :] = True
+    return heads
+
+
 class Whisper(nn.Module):
     def __init__(self, dims: ModelDims) -> None:
         super().__init__()
@@ -141,10 +148,8 @@ class Whisper(nn.Module):
         self.encoder = AudioEncoder(dims)
         self.decoder = TextDecoder(dims)
         # Cross-attention heads whose weights follow the audio in time (for word timestamps). Checkpoints
-        # carry their own; without one, all heads in the second half of the decoder, as Whisper does.
-        heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
-        heads[dims.n_text_layer // 2 :] = True
-        self.register_buffer("alignment_heads", heads, persistent=False)
+        # carry their own; without one, the default.
+        self.register_buffer("alignment_heads", default_alignment_heads(dims), persistent=False)
 
     def set_alignment_heads(self, heads: list[tuple[int, int]]) -> None:
         mask = torch.zeros_like(self.alignment_heads)
