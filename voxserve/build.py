@@ -10,7 +10,7 @@ forcing) and writes a build directory:
                            quantized modules hold them, so loading is a memory map, not a re-quantization
     tokenizer/             the tokenizer, as Hugging Face files
     calibration.json       fp8 only: the activation statistics the static scales came from
-    windows.safetensors    the log-mel windows and token sequences of calibration and gate, so ``rebuild``
+    windows.safetensors    the log-mel windows of calibration and gate (their token sequences are decoded again), so ``rebuild``
                            needs only the source checkpoint
 
 ``load_build`` checks the manifest against the machine it runs on and refuses a build made for another GPU,
@@ -198,12 +198,14 @@ def build_engine(
             f"a {precision} build needs representative audio for its accuracy gate"
             + (" and calibration" if precision == "fp8" and calibration is None else "")
         )
-    sequences = reference_token_sequences(reference, tok, mels, language=language, sample_len=sample_len)
-    fit = (mels[0::2], sequences[0::2]) if len(mels) > 1 else (mels, sequences)
-    check = (mels[1::2], sequences[1::2]) if len(mels) > 1 else (mels, sequences)
     source_hash = weights_hash(reference)
-    if precision == "fp8" and calibration is None:
-        calibration = collect_activation_stats(reference, *fit, meta={"source": str(source), "use": "build"})
+    if precision != "fp32":  # fp32 has no calibration and no gate: no reference decode either
+        sequences = reference_token_sequences(reference, tok, mels, language=language, sample_len=sample_len)
+        fit = (mels[0::2], sequences[0::2]) if len(mels) > 1 else (mels, sequences)
+        check = (mels[1::2], sequences[1::2]) if len(mels) > 1 else (mels, sequences)
+        if precision == "fp8" and calibration is None:
+            meta = {"source": str(source), "use": "build"}
+            calibration = collect_activation_stats(reference, *fit, meta=meta)
 
     candidate = _convert(copy.deepcopy(reference), precision, calibration)
     report = None
