@@ -191,10 +191,9 @@ class Runner:
             for spec, lang in zip(specs, languages, strict=True)
         ]
         slot_t = torch.tensor(slots, dtype=torch.long, device=self.device)
-        for slot, spec in zip(slots, specs, strict=True):
-            self.policy.reset(slot, spec)
         self.cross_len[slot_t] = features.shape[1]
         for slot, spec in zip(slots, specs, strict=True):
+            self.policy.reset(slot, spec)
             self._host_cross_len[slot] = features.shape[1]
             self._host_timestamps[slot] = spec.timestamps
         lengths = [len(s.initial_tokens) for s in specs]
