@@ -6,6 +6,7 @@ STFT, power, filterbank, log and normalisation all run in float32 on the audio's
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -14,6 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+
+MIN_POWER = 1e-10  # mel power clamp before the log
+DYNAMIC_RANGE = 8.0  # log10 power kept below each signal's peak
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -97,10 +101,18 @@ def log_mel_spectrogram(
     stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_window(x.device), return_complex=True)
     power = stft[..., :-1].abs() ** 2
     mel = _filters(n_mels, x.device) @ power
-    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.clamp(mel, min=MIN_POWER).log10()
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)
-    log_spec = torch.maximum(log_spec, peak - 8.0)
+    log_spec = torch.maximum(log_spec, peak - DYNAMIC_RANGE)
     return (log_spec + 4.0) / 4.0
+
+
+def silence_level(mel: Tensor) -> Tensor:
+    """The value ``log_mel_spectrogram`` gives a frame of pure silence in a signal whose log-mel is ``mel`` [n_mels,
+    frames]: silence's power sits at the ``MIN_POWER`` clamp, floored like every frame at ``DYNAMIC_RANGE`` below
+    the signal's peak. A window's silent tail can be filled with it instead of transformed."""
+    peak = mel.amax() * 4.0 - 4.0  # undo the scaling above
+    return (torch.clamp(peak - DYNAMIC_RANGE, min=math.log10(MIN_POWER)) + 4.0) / 4.0
 
 
 def pad_or_trim(x: Tensor, length: int = N_FRAMES, *, axis: int = -1) -> Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..api import WhisperModel
-from ..audio.features import log_mel_spectrogram
+from ..audio.features import log_mel_spectrogram, silence_level
 from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
 from ..config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from ..decoding.decode import DecodingResult, WindowDecoder
@@ -270,20 +270,19 @@ class LiveService:
         target = self.window_samples
         if self.options.short_windows:
             # whole mel frame pairs: the encoder's stride-2 convolution halves the frame count
-            fits = [round(b * SAMPLE_RATE) // 320 * 320 for b in sorted(self.options.window_buckets_s)]
+            pair = 2 * HOP_LENGTH
+            fits = [round(b * SAMPLE_RATE) // pair * pair for b in sorted(self.options.window_buckets_s)]
             target = min([f for f in fits if f >= n and f <= self.window_samples] or [self.window_samples])
         device = self.engine.runner.device if self.options.device_mels else torch.device("cpu")
         # Only the audio and one FFT window of the silence after it are transformed: every later frame sees
-        # silence only, and its value is the floor the normalisation gives silence (8 below the peak, in log10
-        # power, and never below -10), so it is filled in. The same values as the whole window's log-mel.
+        # silence only, so its value (silence_level) is filled in. The same values as the whole window's log-mel.
         frames, m = target // HOP_LENGTH, min(target, n + N_FFT)
         x = torch.zeros(m, dtype=torch.float32, device=device)
         x[:n] = torch.as_tensor(samples, dtype=torch.float32).to(device)
         head = log_mel_spectrogram(x, self.whisper.model.dims.n_mels)[:, :frames]
         if head.shape[1] == frames:
             return head
-        floor = torch.clamp(head.amax() - 2.0, min=-1.5)  # (max(peak - 8, -10) + 4) / 4, peak = 4 * max - 4
-        mel = floor.expand(head.shape[0], frames).clone()
+        mel = silence_level(head).expand(head.shape[0], frames).clone()
         mel[:, : head.shape[1]] = head
         return mel
 
