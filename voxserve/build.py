@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from .api import WhisperModel, _tokenizer_for, load_model
 from .config import ModelDims, resolve_dtype
@@ -50,17 +50,18 @@ from .engine.engine import Engine
 from .engine.runner import buckets_up_to
 from .engine.types import EngineConfig
 from .model.load import CheckpointInfo, ModelLoadError
-from .model.qlinear import Fp8Linear, Int8DynamicLinear, Int8WeightOnlyLinear, cpu_has
+from .model.qlinear import cpu_has
 from .model.quant import (
     FLOAT_PRECISIONS,
     LOGITS_BY_DEFAULT,
     PRECISIONS,
     CalibrationStats,
+    LinearStats,
     QuantizationError,
     get_handler,
-    output_projection_module,
     quantizable_linears,
     quantize_model,
+    set_output_projection,
     weights_hash,
 )
 from .model.whisper import Whisper, default_alignment_heads
@@ -388,21 +389,29 @@ def _load_converted(path: Path, manifest: dict[str, Any], device: torch.device) 
 def _swap_skeleton(model: Whisper, precision: str, *, static: bool) -> None:
     """Replace the block Linears of a meta-device model with the precision's modules, so that the stored state
     dict (quantized tensors and scales) loads into them by name and shape."""
-    if precision in FLOAT_PRECISIONS:
+    handler = get_handler(precision)
+    if not handler.swaps:
         return
-    for name, linear in list(quantizable_linears(model)):
-        if precision == "fp8":
-            module: nn.Module = Fp8Linear(linear, input_scale=1.0 if static else None)
-        elif precision == "int8":
-            module = Int8WeightOnlyLinear(linear)
-        else:
-            module = Int8DynamicLinear(linear)
+    linears = list(quantizable_linears(model))
+    # Static fp8 modules hold an input_scale buffer; these placeholder statistics only make the handler create
+    # it (its value is replaced by the stored scale when the state dict loads).
+    placeholder = (
+        CalibrationStats(
+            model_hash="",
+            layers=dict.fromkeys((n for n, _ in linears), LinearStats(amax=1.0, quantile=1.0)),
+            quantile=1.0,
+            n_windows=0,
+            n_tokens=0,
+        )
+        if static
+        else None
+    )
+    for name, linear in linears:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, module)
+        setattr(model.get_submodule(parent), child, handler.convert(name, linear, placeholder))
     if precision in LOGITS_BY_DEFAULT:  # quantize_model gave it its own output projection too
-        embedding = model.decoder.token_embedding.weight
-        linear = nn.Linear(embedding.shape[1], embedding.shape[0], bias=False, device=embedding.device)
-        model.decoder.proj_out = output_projection_module(precision, linear)
+        # No device check: the skeleton runs nothing, and the device it loads onto matched the manifest's.
+        set_output_projection(model, precision, check=False)
 
 
 def load_engine(

@@ -283,10 +283,11 @@ def output_projection_module(precision: str, linear: nn.Linear) -> nn.Module:
     )
 
 
-def set_output_projection(model: Whisper, precision: str) -> Whisper:
+def set_output_projection(model: Whisper, precision: str, *, check: bool = True) -> Whisper:
     """Untie the output projection: ``model.decoder.proj_out`` becomes a ``precision`` copy of the token
-    embedding (which stays as it is for the embedding lookup), so the logits matmul runs quantized. In place."""
-    if precision == "int8-dynamic":
+    embedding (which stays as it is for the embedding lookup), so the logits matmul runs quantized. In place.
+    ``check=False`` skips the int8-dynamic device check, for a meta-device skeleton that runs nothing."""
+    if check and precision == "int8-dynamic":
         Int8DynamicHandler().check(model)
     embedding = model.decoder.token_embedding.weight
     linear = nn.Linear(embedding.shape[1], embedding.shape[0], bias=False, device="meta")
