@@ -121,14 +121,13 @@ def test_int8_weights_are_stored_quantized_and_load_as_built(int8_build, source)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_fp32_engine_is_warmed_for_every_bucket_and_decodes_like_the_reference(fp32_build, source, clips):
+def test_fp32_engine_is_warmed_up_and_decodes_like_the_reference(fp32_build, source, clips):
     engine, loaded, manifest = load_engine(fp32_build.directory)
     try:
         assert manifest["batch_buckets"] == [1, 2]
         assert engine.runner.buckets == (1, 2)
-        assert engine.warmed == [("step", 1), ("sample", 1), ("step", 2), ("sample", 2)] + [
-            ("encoder", b) for b in engine.runner.encoder_buckets
-        ]
+        # on the CPU nothing is captured: one step of each kind and one encoder pass (on CUDA: every bucket)
+        assert engine.warmed == [("step", 1), ("sample", 1), ("encoder 3000", 1)]
         mels = torch.stack(
             audio_windows(clips[0], TINY.n_mels)[:1] + audio_windows(clips[1], TINY.n_mels)[:1]
         )

@@ -85,8 +85,8 @@ def test_cpu_cross_cache_is_per_head_and_holds_the_layers_keys(model, tokenizer,
         temperature=0.0,
     )
     with torch.inference_mode():
+        runner.admit([2, 0], [spec, spec], list(mels[:2]))
         features = runner.encode(mels[:2])
-        runner.admit([2, 0], [spec, spec], features)
         h, dh = runner.n_head, runner.head_dim
         for i, layer in enumerate(model.decoder.layers):
             for slot, row in ((2, 0), (0, 1)):

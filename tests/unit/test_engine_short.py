@@ -3,6 +3,7 @@ lengths admitted together match the reference decoder on each window, and bad sh
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,18 +77,23 @@ def test_token_events_can_be_switched_off(model, tokenizer):
     assert len([e for e in with_events if isinstance(e, TokenEvent)]) == len(with_events[-1].tokens)
 
 
-def test_warm_engine_runs_every_bucket(model, tokenizer):
-    """warm_engine fills each decode-step bucket once (on CUDA that captures every graph before serving)."""
+def test_warm_up_prepares_every_window_length_a_live_service_encodes(model, tokenizer):
+    """The engine warm-up covers the full window and each short window the live service's mels can have, so
+    on CUDA no encoder graph is captured while live sessions run; on the CPU it runs each length once."""
     from voxserve.api import WhisperModel
-    from voxserve.live.service import warm_engine
+    from voxserve.live.service import LiveOptions, LiveService
     from voxserve.model.load import CheckpointInfo
 
     whisper = WhisperModel(model, tokenizer, CheckpointInfo("tiny", "random", None), is_random=True)
-    with make_engine(model, tokenizer, EngineConfig(max_slots=8, max_admit=2)) as engine:
-        seen = []
-        step = engine.runner.step
-        engine.runner.step = lambda slots, sample=False: (seen.append(len(slots)), step(slots, sample))[1]
-        warm_engine(engine, whisper)
-        buckets = {engine.runner.bucket_for(n) for n in seen}
-        assert buckets == set(engine.runner.buckets) == {1, 2, 4, 8}
-        assert engine.active == 0 and engine.queued == 0
+    options = LiveOptions(short_windows=True)
+    frames = options.short_window_frames(3000)
+    assert frames == (100, 200, 400, 800, 1600)
+    assert LiveOptions().short_window_frames(3000) == ()
+    with make_engine(model, tokenizer, EngineConfig(max_slots=2, short_window_frames=frames)) as engine:
+        ran = engine.runner.warmup()
+        service = LiveService(whisper, engine, None, options)
+        seen = {
+            service.mel(np.zeros(n, dtype=np.float32)).shape[-1] for n in (800, 16000, 16001, 60000, 480000)
+        }
+    assert ran == [("step", 1), ("sample", 1)] + [(f"encoder {f}", 1) for f in (*frames, 3000)]
+    assert seen == {100, 200, 400, 3000}

@@ -141,6 +141,7 @@ class Engine:
             compile=self.config.compile,
             cpu_step_threads=self.config.cpu_step_threads,
             cpu_step_threads_rows=self.config.cpu_step_threads_rows,
+            short_window_frames=self.config.short_window_frames,
         )
         self._queue: list[tuple[int, int, Ticket]] = []  # heap of (priority, arrival, ticket)
         self._arrival = itertools.count()
@@ -256,19 +257,9 @@ class Engine:
         return taken
 
     def _admit(self, tickets: list[Ticket]) -> None:
-        # Windows shorter than 30 s (live streams encode only the audio they have) encode apart, one group per
-        # length; each slot's cross-attention then covers its own encoder length.
-        groups: dict[int, list[Ticket]] = {}
-        for ticket in tickets:
-            groups.setdefault(ticket.request.mel.shape[-1], []).append(ticket)
-        for group in groups.values():
-            self._admit_group(group)
-
-    def _admit_group(self, tickets: list[Ticket]) -> None:
         slots = [self._free.pop() for _ in tickets]
-        mel = torch.stack([t.request.mel.to(self.runner.device) for t in tickets])
-        features = self.runner.encode(mel)
-        admitted = self.runner.admit(slots, [t.request.spec for t in tickets], features)
+        requests = [t.request for t in tickets]
+        admitted = self.runner.admit(slots, [r.spec for r in requests], [r.mel for r in requests])
         for ticket, a in zip(tickets, admitted, strict=True):
             state = _Active(ticket, [], a.no_speech_prob, a.language_token, a.language_probs)
             self._active[a.slot] = state

@@ -10,7 +10,7 @@ runs exactly the active rows and attends through views of the cache instead (``_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import fuse_output_features
 from ..model.whisper import Whisper
 from .attention import choose_splits, decode_attention
@@ -65,6 +66,7 @@ class Runner:
         compile: bool = False,
         cpu_step_threads: int | None = None,
         cpu_step_threads_rows: int = 2,
+        short_window_frames: tuple[int, ...] = (),
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -122,19 +124,23 @@ class Runner:
         self.buckets = buckets_up_to(n_slots, buckets)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
-        self._encoder_graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self._encoder_graphs: dict[
+            tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]
+        ] = {}
+        # the window lengths (mel frames) warm-up prepares the encoder for: the full window and any shorter ones
+        self.window_frames = tuple(sorted({2 * d.n_audio_ctx, *short_window_frames}))
         self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
         self._pool = None
-        n_sm = (
+        self._n_sm = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
             else 1
         )
         self._splits = {
             b: (
-                choose_splits(b, self.n_head, d.n_text_ctx, n_sm),
-                choose_splits(b, self.n_head, d.n_audio_ctx, n_sm),
+                choose_splits(b, self.n_head, d.n_text_ctx, self._n_sm),
+                choose_splits(b, self.n_head, d.n_audio_ctx, self._n_sm),
             )
             for b in self.buckets
         }
@@ -142,90 +148,90 @@ class Runner:
     # ----- admission
 
     @torch.no_grad()
-    def encode(self, mel: Tensor) -> Tensor:
-        """mel [n, n_mels, frames] -> encoder output [n, S, C].
+    def encode(self, mel: Tensor, slots: Tensor | None = None) -> Tensor:
+        """mel [n, n_mels, frames] -> encoder output [n, S, C]; with ``slots`` [n] (int64, on the device) also
+        write every decoder layer's cross-attention K/V of the rows into those slots.
 
-        On CUDA the encoder runs as a captured graph per batch bucket (a batch of one is otherwise bound by
-        kernel launches); the result is a view of the graph's output buffer, valid until the next encode.
+        On CUDA both run as one captured graph per (batch bucket, frames) (a few rows are otherwise bound by
+        kernel launches: the encoder and 2 projections per decoder layer are hundreds of launches); rows padding
+        a bucket write into the scratch slot. The result is then a view of the graph's output buffer, valid until
+        the next encode of that shape.
         """
         mel = mel.to(device=self.device, dtype=self.dtype)
         n = mel.shape[0]
-        if (
-            not self.use_graphs
-            or n > self.encoder_buckets[-1]
-            or mel.shape[-1] != 2 * self.model.dims.n_audio_ctx
-        ):
-            return self.model.encoder(mel)
+        if not self.use_graphs or n > self.encoder_buckets[-1]:
+            return self._encode(mel, slots)
         b = next(x for x in self.encoder_buckets if x >= n)
-        graph, static_in, static_out = self._encoder_graph(b, mel.shape[1:])
+        graph, static_in, static_slots, static_out = self._encoder_graph(b, mel.shape[1:], slots is not None)
         static_in[:n].copy_(mel)
+        if slots is not None:
+            static_slots[:n].copy_(slots)
+            static_slots[n:].fill_(self.scratch)
         graph.replay()
         return static_out[:n]
 
-    def _encoder_graph(self, b: int, shape: torch.Size) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
-        if b not in self._encoder_graphs:
+    def _encode(self, mel: Tensor, slots: Tensor | None) -> Tensor:
+        features = self._encoder_fn(mel)
+        if slots is not None:
+            s = features.shape[1]
+            for i, layer in enumerate(self.model.decoder.layers):
+                self._write_cross(
+                    i, slots, s, layer.cross_attn.key(features), layer.cross_attn.value(features)
+                )
+        return features
+
+    def _encoder_graph(
+        self, b: int, shape: torch.Size, to_slots: bool
+    ) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
+        key = (b, shape[-1], to_slots)
+        if key not in self._encoder_graphs:
             static_in = torch.zeros(b, *shape, dtype=self.dtype, device=self.device)
+            static_slots = torch.full((b,), self.scratch, dtype=torch.long, device=self.device)
+            slots = static_slots if to_slots else None
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._encoder_fn(static_in)
+                    self._encode(static_in, slots)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                static_out = self._encoder_fn(static_in)
+                static_out = self._encode(static_in, slots)
             self._pool = graph.pool()
-            self._encoder_graphs[b] = (graph, static_in, static_out)
-        return self._encoder_graphs[b]
+            self._encoder_graphs[key] = (graph, static_in, static_slots, static_out)
+        return self._encoder_graphs[key]
 
     @torch.no_grad()
-    def admit(self, slots: list[int], specs: list[RowSpec], features: Tensor) -> list[Admitted]:
-        """Start requests in ``slots``: detect languages where asked, write their cross K/V, run their prompts
-        (prefill) and pick their first token under each spec's policy. features [n, S, C] are their encoder
-        outputs."""
-        dec = self.model.decoder
+    def admit(self, slots: list[int], specs: list[RowSpec], mels: list[Tensor]) -> list[Admitted]:
+        """Start requests in ``slots`` from their window mels [n_mels, frames]: encode them (one pass per window
+        length) writing each slot's cross K/V, detect languages where asked, then run all their prompts in one
+        prefill and pick each first token under its spec's policy."""
         n = len(slots)
-        languages = self._detect_languages(specs, features)
+        by_frames: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_frames.setdefault(mel.shape[-1], []).append(i)
+        languages: list[tuple[int, tuple[float, ...]] | None] = [None] * n
+        cross_len = [0] * n
+        for rows in by_frames.values():
+            slot_t = torch.tensor([slots[i] for i in rows], dtype=torch.long).to(self.device)
+            features = self.encode(torch.stack([mels[i] for i in rows]), slot_t)
+            found = self._detect_languages([specs[i] for i in rows], features)
+            for i, lang in zip(rows, found, strict=True):
+                languages[i], cross_len[i] = lang, features.shape[1]
         specs = [
             spec if lang is None else _with_language(spec, lang[0])
             for spec, lang in zip(specs, languages, strict=True)
         ]
-        slot_t = torch.tensor(slots, dtype=torch.long, device=self.device)
-        self.cross_len[slot_t] = features.shape[1]
-        for slot, spec in zip(slots, specs, strict=True):
+        slot_t = torch.tensor(slots, dtype=torch.long).to(self.device)
+        self.cross_len[slot_t] = torch.tensor(cross_len).to(self.device)
+        for slot, spec, s in zip(slots, specs, cross_len, strict=True):
             self.policy.reset(slot, spec)
-            self._host_cross_len[slot] = features.shape[1]
+            self._host_cross_len[slot] = s
             self._host_timestamps[slot] = spec.timestamps
-        lengths = [len(s.initial_tokens) for s in specs]
-        t = max(lengths)
-        tokens = torch.zeros(n, t, dtype=torch.long)
-        for i, spec in enumerate(specs):
-            tokens[i, : lengths[i]] = torch.tensor(spec.initial_tokens)
-        tokens = tokens.to(self.device)
-
-        x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
-        for i, layer in enumerate(dec.layers):
-            ck, cv = layer.cross_attn.key(features), layer.cross_attn.value(features)
-            self._write_cross(i, slot_t, ck, cv)
-            h = layer.attn_ln(x)
-            q, k, v = layer.attn.query(h), layer.attn.key(h), layer.attn.value(h)
-            # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
-            # their real positions, and the decode steps overwrite it position by position later.
-            self.self_k[i, slot_t, :t] = k
-            self.self_v[i, slot_t, :t] = v
-            x = x + layer.attn.attend(q, k, v, None, causal=True)
-            x = x + layer.cross_attn.attend(layer.cross_attn.query(layer.cross_attn_ln(x)), ck, cv, None)
-            x = layer.mlp(x)
-        rows = torch.arange(n, device=self.device)
-        last = torch.tensor(lengths, device=self.device) - 1
-        sot = torch.tensor([s.sot_index for s in specs], device=self.device)
-        logits = dec.logits(x[rows, last])
-        no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
-        first, done = self.policy.select(logits, slot_t, self._noise(n, specs))
+        first, done, no_speech = self._prefill(slot_t, specs, cross_len)
         out = torch.stack(
             [first.double(), done.double(), self.policy.sum_logprob[slot_t].double(), no_speech.double()]
-        )
-        out = out.cpu()
+        ).cpu()
         return [
             Admitted(
                 slot,
@@ -239,16 +245,77 @@ class Runner:
             for i, slot in enumerate(slots)
         ]
 
-    def _write_cross(self, layer: int, slot_t: Tensor, ck: Tensor, cv: Tensor) -> None:
-        """Write cross K/V [n, S, C] of decoder layer ``layer`` into the slots ``slot_t`` (in the cache's layout)."""
-        s = ck.shape[1]
+    def _prefill(self, slot_t: Tensor, specs: list[RowSpec], cross_len: list[int]) -> tuple[Tensor, ...]:
+        """Run every row's prompt through the decoder at once, writing its self K/V, and attend to the cross K/V
+        already in its slot: (first token, finished, no-speech probability) per row."""
+        dec = self.model.decoder
+        n = len(specs)
+        lengths = [len(s.initial_tokens) for s in specs]
+        t = max(lengths)
+        tokens = torch.zeros(n, t, dtype=torch.long)
+        for i, spec in enumerate(specs):
+            tokens[i, : lengths[i]] = torch.tensor(spec.initial_tokens)
+        tokens = tokens.to(self.device)
+        attend_cross = self._cross_prefill_attention(slot_t, t, cross_len)
+        x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
+        for i, layer in enumerate(dec.layers):
+            h = layer.attn_ln(x)
+            q, k, v = layer.attn.query(h), layer.attn.key(h), layer.attn.value(h)
+            # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
+            # their real positions, and the decode steps overwrite it position by position later.
+            self.self_k[i, slot_t, :t] = k
+            self.self_v[i, slot_t, :t] = v
+            x = x + layer.attn.attend(q, k, v, None, causal=True)
+            x = x + layer.cross_attn.out(attend_cross(i, layer.cross_attn.query(layer.cross_attn_ln(x))))
+            x = layer.mlp(x)
+        rows = torch.arange(n, device=self.device)
+        last = torch.tensor(lengths, device=self.device) - 1
+        sot = torch.tensor([s.sot_index for s in specs], device=self.device)
+        logits = dec.logits(x[rows, last])
+        no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
+        first, done = self.policy.select(logits, slot_t, self._noise(n, specs))
+        return first, done, no_speech
+
+    def _cross_prefill_attention(
+        self, slot_t: Tensor, t: int, cross_len: list[int]
+    ) -> Callable[[int, Tensor], Tensor]:
+        """attend(layer, q [n, t, C]) -> [n, t, C]: each row's queries over its slot's cross K/V (its own encoder
+        length), read from the cache where admission wrote it, so rows of every window length prefill together."""
+        n, h, dh = slot_t.shape[0], self.n_head, self.head_dim
+        if self.cross_per_head:  # the CPU layout [L, slots, H, S, head_dim]: SDPA over the gathered rows
+            s = max(cross_len)
+            mask = None
+            if min(cross_len) != s:
+                mask = (torch.arange(s)[None, :] < torch.tensor(cross_len)[:, None])[:, None, None, :]
+
+            def attend(i: int, q: Tensor) -> Tensor:
+                k, v = self.cross_k[i, slot_t, :, :s], self.cross_v[i, slot_t, :, :s]
+                out = F.scaled_dot_product_attention(split_heads(q, h), k, v, attn_mask=mask)
+                return merge_heads(out)
+
+            return attend
+        # The GPU layout [L, slots, S, C]: the decode-step kernel, one of its rows per (row, prompt position).
+        rows = slot_t.repeat_interleave(t)
+        lengths = torch.tensor(cross_len).repeat_interleave(t).to(self.device)
+        splits = choose_splits(n * t, h, max(cross_len), self._n_sm)
+
+        def attend(i: int, q: Tensor) -> Tensor:
+            a = decode_attention(
+                q.reshape(n * t, h, dh), self.cross_k[i], self.cross_v[i], rows, lengths, splits=splits
+            )
+            return a.view(n, t, h * dh)
+
+        return attend
+
+    def _write_cross(self, layer: int, slot_t: Tensor, s: int, ck: Tensor, cv: Tensor) -> None:
+        """Write cross K/V [n, s, C] of decoder layer ``layer`` into the slots ``slot_t`` (in the cache's layout)."""
         if self.cross_per_head:
             n, h, dh = ck.shape[0], self.n_head, self.head_dim
-            self.cross_k[layer, slot_t, :, :s] = ck.view(n, s, h, dh).transpose(1, 2)
-            self.cross_v[layer, slot_t, :, :s] = cv.view(n, s, h, dh).transpose(1, 2)
+            self.cross_k[layer, :, :, :s].index_copy_(0, slot_t, ck.view(n, s, h, dh).transpose(1, 2))
+            self.cross_v[layer, :, :, :s].index_copy_(0, slot_t, cv.view(n, s, h, dh).transpose(1, 2))
         else:
-            self.cross_k[layer, slot_t, :s] = ck
-            self.cross_v[layer, slot_t, :s] = cv
+            self.cross_k[layer, :, :s].index_copy_(0, slot_t, ck)
+            self.cross_v[layer, :, :s].index_copy_(0, slot_t, cv)
 
     def _detect_languages(
         self, specs: list[RowSpec], features: Tensor
@@ -331,25 +398,31 @@ class Runner:
         return layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
 
     def warmup(self) -> list[tuple[str, int]]:
-        """Run every decode bucket (greedy and sampling) and every encoder bucket once, on the scratch slot only,
-        so that no request pays for CUDA-graph capture, compilation or first-call kernel selection. Returns what
-        ran, as ("step" | "sample" | "encoder", batch) pairs."""
+        """Make the first request as fast as the hundredth. On CUDA: capture and run every decode-step bucket
+        (greedy and sampling) and every admission encoder graph (each batch bucket at each of
+        ``window_frames``), on the scratch slot only, so no request pays for capture, compilation or kernel
+        selection, and no graph is captured later while other threads launch device work. Elsewhere nothing is
+        captured and the step runs exactly its rows: one step of each kind and one encoder pass per window length.
+        Returns what ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>"."""
         ran = []
-        for b in self.buckets:
+        graphs = self.use_graphs
+        for b in self.buckets if graphs else (1,):
             for sample in (False, True):
                 rows = self._rows[:b]
                 rows.fill_(self.scratch)
-                if self.use_graphs:
+                if graphs:
                     self._graph(b, sample)[0].replay()
                 elif self.device.type == "cpu":
-                    self._step_cpu([self.scratch], sample)  # the CPU step runs exactly its rows: no buckets
+                    self._step_cpu([self.scratch], sample)
                 else:
                     self._step_fn(rows, sample)
                 ran.append(("sample" if sample else "step", b))
-        d = self.model.dims
-        for b in self.encoder_buckets:
-            self.encode(torch.zeros(b, d.n_mels, 2 * d.n_audio_ctx, dtype=self.dtype, device=self.device))
-            ran.append(("encoder", b))
+        n_mels = self.model.dims.n_mels
+        for frames in self.window_frames:
+            for b in self.encoder_buckets if graphs else (1,):
+                mel = torch.zeros(b, n_mels, frames, dtype=self.dtype, device=self.device)
+                self.encode(mel, torch.full((b,), self.scratch, dtype=torch.long, device=self.device))
+                ran.append((f"encoder {frames}", b))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return ran

@@ -88,6 +88,9 @@ class EngineConfig:
     # process-wide, so other threads' torch work runs with this many threads while such a step runs.
     cpu_step_threads: int | None = 1
     cpu_step_threads_rows: int = 2
+    # window lengths in mel frames, shorter than the model's 30 s, that requests will use (live short windows):
+    # warm-up captures the encoder's graphs for them too (other lengths are captured at first use)
+    short_window_frames: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:
@@ -98,5 +101,9 @@ class EngineConfig:
             raise ValueError("buckets must be positive batch sizes")
         if self.max_admit < 1:
             raise ValueError("max_admit must be >= 1")
+        if any(f < 2 or f % 2 for f in self.short_window_frames):
+            raise ValueError(
+                f"short_window_frames must be even frame counts >= 2, got {self.short_window_frames}"
+            )
         if self.cpu_step_threads is not None and self.cpu_step_threads < 1:
             raise ValueError(f"cpu_step_threads must be >= 1 or None, got {self.cpu_step_threads}")

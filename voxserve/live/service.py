@@ -39,7 +39,8 @@ class LiveOptions:
     short_windows: bool = False
     window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     # compute log-mels on the engine's device (GPU) instead of the CPU; safe only once every CUDA graph is
-    # captured (warm_engine at start-up): a capture while another thread launches device work can fail
+    # captured (Runner.warmup at start-up, with the engine's short_window_frames set from short_window_frames()):
+    # a capture while another thread launches device work can fail
     device_mels: bool = False
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
@@ -87,6 +88,20 @@ class LiveOptions:
             raise ValueError("fixed_tokens_per_second must be > 0")
         if self.max_tokens_per_second <= 0:
             raise ValueError("max_tokens_per_second must be > 0")
+
+    def short_window_lengths(self, most: int) -> list[int]:
+        """The short windows' lengths in samples, ascending, up to ``most`` (the model's window): whole mel
+        frame pairs, since the encoder's stride-2 convolution halves the frame count."""
+        pair = 2 * HOP_LENGTH
+        fits = {round(b * SAMPLE_RATE) // pair * pair for b in self.window_buckets_s}
+        return sorted(f for f in fits if f <= most)
+
+    def short_window_frames(self, most: int) -> tuple[int, ...]:
+        """The mel frame counts of the windows the engine will encode for these options (none but the full
+        window ``most`` frames without short windows): an EngineConfig's ``short_window_frames``."""
+        if not self.short_windows:
+            return ()
+        return tuple(n // HOP_LENGTH for n in self.short_window_lengths(most * HOP_LENGTH))
 
 
 class StreamLimitError(Exception):
@@ -269,10 +284,8 @@ class LiveService:
             samples, n = samples[-self.window_samples :], self.window_samples
         target = self.window_samples
         if self.options.short_windows:
-            # whole mel frame pairs: the encoder's stride-2 convolution halves the frame count
-            pair = 2 * HOP_LENGTH
-            fits = [round(b * SAMPLE_RATE) // pair * pair for b in sorted(self.options.window_buckets_s)]
-            target = min([f for f in fits if f >= n and f <= self.window_samples] or [self.window_samples])
+            fits = self.options.short_window_lengths(self.window_samples)
+            target = min([f for f in fits if f >= n] or [self.window_samples])
         device = self.engine.runner.device if self.options.device_mels else torch.device("cpu")
         # Only the audio and one FFT window of the silence after it are transformed: every later frame sees
         # silence only, so its value (silence_level) is filled in. The same values as the whole window's log-mel.
@@ -356,29 +369,3 @@ class LiveService:
             if not future.done():
                 future.cancel()
         self._pending.clear()
-
-
-def warm_engine(engine: Engine, whisper: WhisperModel) -> None:
-    """Run every batch size the engine has once: on CUDA this captures all its graphs (the encoder at each
-    admission batch size, the decode step at each bucket). Call it while nothing else uses the device (at
-    start-up): a graph captured later, while other threads launch work (live sessions compute their log-mels on
-    the device), can fail. Each decode-step bucket is filled with requests that stay long enough for all of
-    them to be admitted together."""
-    runner, dims = engine.runner, whisper.model.dims
-    if runner.use_graphs:
-        full = torch.zeros(1, dims.n_mels, 2 * dims.n_audio_ctx, device=runner.device, dtype=runner.dtype)
-        for b in runner.encoder_buckets:  # the worker is idle: nothing else runs on the device
-            runner.encode(full.expand(b, -1, -1))
-        torch.cuda.synchronize(runner.device)
-    tok = whisper.tokenizer
-    decoder = WindowDecoder(
-        whisper.model,
-        tok,
-        DecodingOptions(language="en" if tok.is_multilingual else None, without_timestamps=True),
-    )
-    mel = log_mel_spectrogram(torch.zeros(2 * SAMPLE_RATE, device=runner.device), dims.n_mels)
-    for b in runner.buckets:
-        spec = replace(decoder.row_spec(), sample_len=4 + math.ceil(b / engine.config.max_admit))
-        tickets = [engine.submit(WindowRequest(mel=mel, spec=spec)) for _ in range(b)]
-        for t in tickets:
-            t.result(timeout=600)

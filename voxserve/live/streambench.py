@@ -36,7 +36,7 @@ from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
 from ..engine.types import EngineConfig
 from ..model.load import CheckpointInfo, init_random
-from .service import LiveOptions, LiveService, warm_engine
+from .service import LiveOptions, LiveService
 from .session import LiveSession
 
 SCHEMA = "voxserve.bench.streams/1"
@@ -276,9 +276,11 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         fixed = plan.tokens_per_second
         log(f"random {plan.dims} weights, {fixed:g} tokens per second of audio")
     language = "en" if whisper.tokenizer.is_multilingual else None
-    engine = make_engine(
-        whisper.model, whisper.tokenizer, EngineConfig(max_slots=plan.slots, max_admit=plan.max_admit)
+    frames = LiveOptions(short_windows=plan.short_windows).short_window_frames(
+        2 * whisper.model.dims.n_audio_ctx
     )
+    config = EngineConfig(max_slots=plan.slots, max_admit=plan.max_admit, short_window_frames=frames)
+    engine = make_engine(whisper.model, whisper.tokenizer, config)
     try:
         vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
     except VADError as e:
@@ -295,7 +297,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
             max_streams_per_key=n,
             max_ahead_s=5.0,
             idle_timeout_s=3600.0,
-            device_mels=True,  # every graph is captured by warm_engine before the callers start
+            device_mels=True,  # every graph is captured by the engine's warm-up before the callers start
         )
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
@@ -325,7 +327,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     }
     try:
         log(f"warming up the engine ({engine.n_slots} slots)")
-        warm_engine(engine, whisper)
+        engine.runner.warmup()
         for n in plan.streams:
             service = LiveService(whisper, engine, vad, options(n))
             snap = machine.load_snapshot()

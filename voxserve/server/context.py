@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..config import N_FRAMES
 from ..engine.types import EngineConfig, Priority
+from ..live.service import LiveOptions
 from .admission import Admission
 from .chunking import Chunker
 from .jobs import JobRunner, JobStore
@@ -48,7 +50,11 @@ class ServerContext:
     @classmethod
     def build(cls, settings: ServerSettings, *, loader: ModelLoader | None = None) -> ServerContext:
         metrics = ServerMetrics()
-        engine_config = EngineConfig(max_slots=settings.engine_slots)
+        # realtime short windows: warm-up captures the encoder at their lengths too
+        live = LiveOptions(short_windows=settings.realtime_short_windows)
+        engine_config = EngineConfig(
+            max_slots=settings.engine_slots, short_window_frames=live.short_window_frames(N_FRAMES)
+        )
         registry = ModelRegistry(
             settings.models,
             settings.default_model,

@@ -134,9 +134,7 @@ class ModelRuntime:
         requests do not pay for allocation and graph capture, and no graph is captured later while request
         threads launch work on the device (a capture then can fail). Called before the runtime serves anything,
         when the engine's worker is idle."""
-        runner = self.current.engine.runner
-        if runner.use_graphs:  # on the CPU there is nothing to capture, and every bucket once costs seconds
-            runner.warmup()
+        self.current.engine.runner.warmup()
         model = self.whisper.model
         mel = torch.full((model.dims.n_mels, 3000), -1.5, device=model.device)
         decoding = DecodingOptions(language="en" if self.whisper.tokenizer.is_multilingual else None)
@@ -233,9 +231,9 @@ def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
     runner = engine.runner
     encode, step, admit = runner.encode, runner.step, engine._admit
 
-    def timed_encode(mel: Tensor) -> Tensor:
+    def timed_encode(mel: Tensor, slots: Tensor | None = None) -> Tensor:
         t0 = time.monotonic()
-        out = encode(mel)
+        out = encode(mel, slots)
         metrics.observe_stage("encoder", time.monotonic() - t0)
         return out
 
