@@ -12,6 +12,7 @@ Plugging in another voxserve path takes one function: wrap any callable ``decode
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,12 +88,11 @@ def _load(hf_dir: Path, device: torch.device, precision: str) -> tuple[Whisper, 
     ``voxserve.model.quant`` (int8-dynamic on the CPU, int8, fp8) swapped in from the float32 weights."""
     from ..config import resolve_dtype
     from ..model.load import load_checkpoint
-    from ..model.quant import FLOAT_PRECISIONS, PRECISIONS, quantize_model
+    from ..model.quant import FLOAT_PRECISIONS, PRECISIONS, activation_dtype, quantize_model
 
     if precision in PRECISIONS and precision not in FLOAT_PRECISIONS:
-        # Quantized modules around activations in float32 on the CPU, bf16 on a GPU (as voxserve build does).
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-        model, _ = load_checkpoint(hf_dir, device=device, dtype=dtype)
+        # Quantized modules around activations in the dtype voxserve build gives them.
+        model, _ = load_checkpoint(hf_dir, device=device, dtype=activation_dtype(precision, device))
         return quantize_model(model, precision), precision
     dtype = resolve_dtype(precision)
     model, _ = load_checkpoint(hf_dir, device=device, dtype=dtype)
@@ -122,13 +122,17 @@ def reference_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precis
     )
 
 
-def engine_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precision: str) -> Subject:
+def engine_subject(
+    hf_dir: Path, tok: Tokenizer, device: torch.device, precision: str, *, compile: bool = False
+) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
-    default configuration: every window of a call is submitted at once and decoded in continuous batches."""
+    default configuration (``compile``: the decode step and encoder through torch.compile as well): every
+    window of a call is submitted at once and decoded in continuous batches."""
     from ..decoding.batched import BatchDecoder, make_engine
+    from ..engine.types import EngineConfig
 
     model, dtype = _load(hf_dir, device, precision)
-    engine = make_engine(model, tok)
+    engine = make_engine(model, tok, EngineConfig(compile=compile))
     batch = BatchDecoder(engine, model, tok)
 
     @torch.inference_mode()
@@ -136,7 +140,7 @@ def engine_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precision
         return [list(r.tokens) for r in batch.decode(mel, bench_options(tok, n))]
 
     return subject_from_decoder(
-        "voxserve-engine",
+        "voxserve-engine-compiled" if compile else "voxserve-engine",
         decode,
         device=device,
         precision=dtype,
@@ -154,4 +158,5 @@ def engine_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precision
 VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subject]] = {
     "reference": reference_subject,
     "engine": engine_subject,
+    "engine-compiled": functools.partial(engine_subject, compile=True),
 }
