@@ -58,6 +58,7 @@ from .model.quant import (
     CalibrationStats,
     LinearStats,
     QuantizationError,
+    activation_dtype,
     get_handler,
     quantizable_linears,
     quantize_model,
@@ -134,14 +135,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 24):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _activation_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of everything the precision does not quantize: its own for float precisions; bf16 around
-    fp8/int8 on a GPU (_scaled_mm's output); float32 on the CPU (no fast half-precision elementwise work)."""
-    if precision in FLOAT_PRECISIONS:
-        return FLOAT_PRECISIONS[precision]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 # -------------------------------------------------------------------------------------------------- build
@@ -239,7 +232,7 @@ def build_engine(
         "model_hash": source_hash,
         "dims": reference.dims.to_dict(),
         "precision": precision,
-        "dtype": str(_activation_dtype(precision, dev)).removeprefix("torch."),
+        "dtype": str(activation_dtype(precision, dev)).removeprefix("torch."),
         "static_activation_scales": precision == "fp8" and calibration is not None,
         "max_batch": max_batch,
         "batch_buckets": list(buckets_up_to(max_batch, DEFAULT_BUCKETS)),
@@ -258,7 +251,7 @@ def build_engine(
 
 
 def _convert(model: Whisper, precision: str, calibration: CalibrationStats | None) -> Whisper:
-    model = model.to(_activation_dtype(precision, model.device))
+    model = model.to(activation_dtype(precision, model.device))
     if precision in FLOAT_PRECISIONS:
         return model
     return quantize_model(model, precision, calibration=calibration if precision == "fp8" else None)

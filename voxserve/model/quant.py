@@ -42,6 +42,14 @@ DEFAULT_FP8_MARGIN = 2.0
 STATS_VERSION = 1
 
 
+def activation_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of everything the precision does not quantize: its own for float precisions; bf16 around
+    fp8/int8 on a GPU (_scaled_mm's output); float32 on the CPU (no fast half-precision elementwise work)."""
+    if precision in FLOAT_PRECISIONS:
+        return FLOAT_PRECISIONS[precision]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 class QuantizationError(ValueError):
     """A precision cannot be applied as asked (unknown name, unsupported device, model already quantized)."""
 
