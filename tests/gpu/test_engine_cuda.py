@@ -101,3 +101,28 @@ def test_engine_step_logits_large_v3(dtype) -> None:
     err_engine = ((got - ref32).norm() / ref32.norm()).item()
     err_eager = ((half - ref32).norm() / ref32.norm()).item()
     assert err_engine < max(2 * err_eager, 1e-2), (err_engine, err_eager)
+
+
+def test_mixed_short_windows_with_graphs_equal_the_reference_fp32(tokenizer) -> None:
+    """Windows of several lengths admitted together on CUDA (encoder graphs per batch bucket and length, one
+    prefill reading each slot's cross K/V at its own length) decode as the reference does, window by window."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    mels = []
+    for seconds in (1, 2.5, 2.5, 4, 7, 30):
+        mel = log_mel_spectrogram(speech[: int(16000 * seconds)], 80)
+        mels.append(mel[:, : min(mel.shape[-1] // 2 * 2, 3000)].cuda())
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
+    expected = [decode_windows(model, tokenizer, m[None], options)[0].tokens for m in mels]
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=6, max_admit=6, short_window_frames=(100,)))
+    try:
+        assert ("encoder 100", 4) in eng.runner.warmup()
+        batch = BatchDecoder(eng, model, tokenizer)
+        pending = [batch.submit(m, options) for m in mels]
+        got = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
+        lengths = {frames for _, frames, _ in eng.runner._encoder_graphs}
+    finally:
+        eng.close()
+    assert got == expected
+    assert {100, 250, 400, 700} <= lengths  # the short windows ran as graphs too
