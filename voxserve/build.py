@@ -95,9 +95,10 @@ def voxserve_version() -> str:
         return "unknown"
 
 
-def target(device: str | torch.device) -> dict[str, Any]:
+def target(device: str | torch.device, *, driver: bool = True) -> dict[str, Any]:
     """What this machine is, as far as a build cares: device, GPU name and compute capability (or the CPU's
-    int8/bf16 features), driver, CUDA, torch and voxserve versions."""
+    int8/bf16 features), driver, CUDA, torch and voxserve versions. ``driver=False`` leaves the driver out:
+    it is recorded, never compared, and asking for it may run nvidia-smi."""
     device = torch.device(device)
     info: dict[str, Any] = {"device": device.type, "torch": torch.__version__, "voxserve": voxserve_version()}
     if device.type == "cuda":
@@ -108,8 +109,9 @@ def target(device: str | torch.device) -> dict[str, Any]:
             "name": props.name,
             "compute_capability": f"{props.major}.{props.minor}",
             "cuda": torch.version.cuda,
-            "driver": _driver_version(),
         }
+        if driver:
+            info["driver"] = _driver_version()
     else:
         from .bench.machine import _cpu_model
 
@@ -296,14 +298,20 @@ def load_build(
     A mismatch raises BuildMismatchError naming every differing field, unless ``rebuild``: then the build is
     made again in place from its recorded source checkpoint, calibration windows, precision and batch size.
     """
-    path = Path(path)
-    manifest = read_manifest(path)
+    return _load_checked(Path(path), read_manifest(path), device, rebuild)[0]
+
+
+def _load_checked(
+    path: Path, manifest: dict[str, Any], device: str | torch.device | None, rebuild: bool
+) -> tuple[WhisperModel, dict[str, Any]]:
+    """load_build on a manifest already read; returns the model and the manifest it was loaded by (the new
+    one after a rebuild)."""
     built = manifest["target"]
     device = torch.device(device or built["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         differences = ["device: built for 'cuda', here 'cpu' (no CUDA device is available)"]
     else:
-        differences = _mismatches(built, target(device))
+        differences = _mismatches(built, target(device, driver=False))
     if differences:
         if not rebuild:
             raise BuildMismatchError(
@@ -311,7 +319,7 @@ def load_build(
                 f"`voxserve build` or load it with --rebuild / rebuild=True"
             )
         manifest = _rebuild(path, manifest, device)
-    return _load_converted(path, manifest, device)
+    return _load_converted(path, manifest, device), manifest
 
 
 def _rebuild(path: Path, manifest: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -418,8 +426,7 @@ def load_engine(
     returns (engine, model, manifest). Close the engine when done."""
     from .decoding.batched import make_engine
 
-    loaded = load_build(path, device=device, rebuild=rebuild)
-    manifest = read_manifest(path)
+    loaded, manifest = _load_checked(Path(path), read_manifest(path), device, rebuild)
     config = EngineConfig(
         max_slots=int(manifest["max_batch"]),
         buckets=tuple(manifest["batch_buckets"]),
