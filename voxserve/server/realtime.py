@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -101,6 +102,11 @@ def _from_context(
                 vad_holder.append(None)
         return vad_holder[0]
 
+    def fail_over(alias: str, engine: Any, error: BaseException) -> bool:
+        # The server's own fail-over (to a CPU engine), as its HTTP routes use it, on the alias's runtime now.
+        runtime = ctx.registry.loaded.get(alias)
+        return runtime is not None and runtime.fail_over(engine, error)
+
     @contextlib.asynccontextmanager
     async def service_for(model: str | None) -> AsyncIterator[tuple[str, LiveService]]:
         try:
@@ -115,6 +121,7 @@ def _from_context(
                 vad = await asyncio.to_thread(vad_model)
                 current = runtime.current
                 service = LiveService(current.whisper, current.engine, vad, options, stats)
+                service.on_failure = functools.partial(fail_over, alias)
                 services[alias] = service
 
             def engine_now(alias: str = alias, leased: Any = runtime) -> tuple[Any, Any]:
@@ -122,13 +129,7 @@ def _from_context(
                 current = ctx.registry.loaded.get(alias, leased).current
                 return current.whisper, current.engine
 
-            def fail_over(engine: Any, error: BaseException, alias: str = alias) -> bool:
-                # The server's own fail-over (to a CPU engine), as its HTTP routes use it.
-                runtime = ctx.registry.loaded.get(alias)
-                move = getattr(runtime, "_fail_over", None)
-                return bool(move is not None and move(engine, error))
-
-            service.runtime, service.on_failure = engine_now, fail_over
+            service.runtime = engine_now
             yield alias, service
 
     return service_for, list(api_keys if api_keys is not None else settings.api_keys), options.idle_timeout_s

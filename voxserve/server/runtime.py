@@ -110,7 +110,7 @@ class ModelRuntime:
         _instrument(engine, self.metrics)
         return engine
 
-    def _fail_over(self, failed: Engine, error: BaseException) -> bool:
+    def fail_over(self, failed: Engine, error: BaseException) -> bool:
         """Move to a CPU engine after ``failed`` broke; False when there is nowhere to go."""
         with self._lock:
             if self.fallback is not None and failed is not self.fallback.engine:
@@ -158,7 +158,7 @@ class ModelRuntime:
                 ticket = current.engine.submit(request)
                 output = ticket.result()
             except EngineError as e:
-                if not self._fail_over(current.engine, e):
+                if not self.fail_over(current.engine, e):
                     raise
                 continue
             admitted = getattr(ticket, "admitted_at", submitted)
