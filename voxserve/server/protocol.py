@@ -14,6 +14,7 @@ from typing import Literal
 from ..decoding.hotwords import MAX_PHRASE_CHARS, Hotword
 from ..decoding.options import OptionsError
 from ..engine.types import Priority
+from ..live.session import MAX_PROMPT_CHARS  # one limit for HTTP requests and live sessions
 from ..tokenizer import Tokenizer
 from .errors import APIError
 from .service import Params
@@ -24,7 +25,6 @@ Granularity = Literal["word", "segment"]
 
 MAX_HOTWORDS = 100  # each adds trie edges the decoder checks every step
 MAX_HOTWORD_CHARS = MAX_PHRASE_CHARS  # the library's limit, checked here for a precise 400 message
-MAX_PROMPT_CHARS = 4000  # the decoder keeps at most half its 448-token context of prompt anyway
 
 CONTENT_TYPES = {
     "json": "application/json",
