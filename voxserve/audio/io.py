@@ -4,7 +4,8 @@ PyAV (FFmpeg's libraries, no subprocess) demuxes and decodes frame by frame; fra
 blocks of a few seconds and fed to ``StreamResampler``, so an hour of audio never sits in memory at its source
 rate and a long file is refused as soon as it passes ``max_duration``. Every input that cannot be used raises
 one of the typed ``AudioError``s (see ``errors.py``) with a message naming the source; a missing path raises
-``FileNotFoundError``. PyAV is imported on first use, so the rest of ``voxserve.audio`` works without it.
+``FileNotFoundError``. PyAV is imported on first use, so the rest of ``voxserve.audio`` works without it, and
+without it 16-bit PCM WAV still decodes (the standard library's ``wave``; the GPU machine has no PyAV).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -199,16 +201,22 @@ def _stated_seconds(
     return None
 
 
+_NEEDS_PYAV = "needs PyAV (pip install av); without it only 16-bit PCM WAV decodes"
+
+
 def _decode(src: _Source, sample_rate: int, max_duration: float | None) -> np.ndarray:
+    kind = sniff.audio_kind(src.read_at)
     try:
         import av
-    except ImportError as e:  # the GPU machine: raw pcm16/G.711 and resampling still work there
-        raise RuntimeError("decoding audio files needs PyAV (pip install av)") from e
-
-    kind = sniff.audio_kind(src.read_at)
+    except ImportError as e:  # the GPU machine: raw pcm16/G.711, PCM WAV and resampling still work there
+        if kind != "WAV":
+            raise RuntimeError(f"decoding audio files {_NEEDS_PYAV}") from e
+        av = None
     cut = sniff.truncation(kind, src.read_at, src.size)
     if cut is not None:
         raise CorruptAudioError(f"{src.name}: truncated {kind} file: {cut}")
+    if av is None:
+        return _decode_pcm_wav(src, sample_rate, max_duration)
     try:
         container = av.open(
             src.target, "r", options={"format_whitelist": _DEMUXERS}, metadata_errors="replace"
@@ -252,6 +260,48 @@ def _decode(src: _Source, sample_rate: int, max_duration: float | None) -> np.nd
     if not np.isfinite(audio).all():  # float formats can hold them; the model turns them into garbage text
         raise CorruptAudioError(f"{src.name}: corrupt {fmt} data: it holds NaN or infinite samples")
     return audio
+
+
+def _decode_pcm_wav(src: _Source, sample_rate: int, max_duration: float | None) -> np.ndarray:
+    """16-bit PCM WAV through the standard library's ``wave``, for machines without PyAV; the same limits and
+    typed errors as the PyAV path."""
+    try:
+        with wave.open(src.target, "rb") as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            if width != 2:
+                raise UnsupportedAudioError(f"{src.name}: {8 * width}-bit WAV {_NEEDS_PYAV}")
+            if rate == 0:
+                raise CorruptAudioError(f"{src.name}: corrupt WAV header: a sample rate of 0 Hz")
+            # The header's length, unless it is a streamed file's placeholder (more than the file holds).
+            stated = w.getnframes() / rate if w.getnframes() * width * channels <= src.size else None
+            if (
+                max_duration is not None
+                and stated is not None
+                and stated > max_duration + _slack(max_duration)
+            ):
+                raise AudioTooLongError(
+                    f"{src.name}: audio is {stated:.1f} s long, more than the {max_duration:g} s limit",
+                    limit=max_duration,
+                )
+            blocks, frames = [], 0
+            while block := w.readframes(int(_BLOCK_S * rate)):
+                frames += len(block) // (width * channels)
+                if max_duration is not None and frames / rate > max_duration:
+                    raise AudioTooLongError(
+                        f"{src.name}: audio is longer than the {max_duration:g} s limit "
+                        f"(stopped decoding at {frames / rate:.1f} s)",
+                        limit=max_duration,
+                    )
+                blocks.append(block)
+    except wave.Error as e:  # another encoding (float, A-law, extensible) or a header wave cannot follow
+        raise UnsupportedAudioError(f"{src.name}: this WAV file ({e}) {_NEEDS_PYAV}") from None
+    except EOFError:
+        raise CorruptAudioError(f"{src.name}: truncated WAV file: its header is cut off") from None
+    data = b"".join(blocks)
+    data = data[: len(data) - len(data) % (width * channels)]  # a frame cut off at the end of the file
+    if not data:
+        raise EmptyAudioError(f"{src.name}: the WAV file holds no audio samples")
+    return decode_pcm16(data, sample_rate=rate, channels=channels, target_rate=sample_rate)
 
 
 def _demux_decode(
