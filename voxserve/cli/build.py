@@ -46,11 +46,9 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _read_audio(paths: list[Path], windows: int) -> list:
-    """Clips as 16 kHz mono float32, enough for ``windows`` 30 s windows; without PyAV (the GPU machine) 16 kHz
-    mono 16-bit WAVs still read."""
+    """Clips as 16 kHz mono float32, enough for ``windows`` 30 s windows (without PyAV, load_audio still reads
+    16-bit PCM WAV)."""
     from ..audio.io import AudioError, load_audio
-    from ..bench.inputs import read_wav_16k
-    from ..bench.weights import BenchError
 
     clips, seconds = [], 0.0
     for path in paths:
@@ -58,13 +56,6 @@ def _read_audio(paths: list[Path], windows: int) -> list:
             break
         try:
             clips.append(load_audio(path))
-        except RuntimeError as e:
-            if "needs PyAV" not in str(e) or path.suffix.lower() != ".wav":
-                raise
-            try:
-                clips.append(read_wav_16k(path))
-            except BenchError as err:
-                print(f"voxserve build: warning: skipping {path}: {err}", file=sys.stderr)
         except (AudioError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
             print(f"voxserve build: warning: skipping {path}: {e}", file=sys.stderr)
         if clips:
