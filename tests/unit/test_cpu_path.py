@@ -140,9 +140,8 @@ def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
         device=torch.device("cpu"),
     )
     a, b = PolicyState(4, v, **kwargs), PolicyState(4, v, **kwargs)
-    for s in range(4):
-        a.reset(s, spec)
-        b.reset(s, spec)
+    a.reset([0, 1, 2, 3], [spec] * 4)
+    b.reset([0, 1, 2, 3], [spec] * 4)
     rows = torch.tensor([0, 2, 3])
     g = torch.Generator().manual_seed(0)
     for _ in range(4):

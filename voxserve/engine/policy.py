@@ -18,6 +18,14 @@ from .types import RowSpec
 NEG_INF = float("-inf")
 
 
+def upload(host: Tensor, device: torch.device) -> Tensor:
+    """``host`` on ``device`` without waiting for the device: through pinned memory as a non-blocking copy on
+    CUDA (a pageable copy synchronises the stream); as it is elsewhere."""
+    if device.type != "cuda" or host.device.type == "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 class PolicyState:
     """Decoding state of every slot, plus ``select``, which applies the rules and picks tokens."""
 
@@ -60,28 +68,63 @@ class PolicyState:
         self.done = zeros(torch.bool, n_slots)
         self.vocab = torch.arange(n_vocab, device=device)
 
-    def reset(self, slot: int, spec: RowSpec) -> None:
-        """Prepare ``slot`` for a new request (host-side, at admission; not inside a captured step)."""
-        bias = torch.zeros(self.n_vocab)
-        if spec.suppress:
-            bias[list(spec.suppress)] = NEG_INF
+    def reset(self, slots: list[int], specs: list[RowSpec]) -> None:
+        """Prepare ``slots`` for new requests (at admission; not inside a captured step). Each state tensor is
+        written by one indexed store from values uploaded in one copy that does not wait for the device: under
+        load the engine thread shares the interpreter with the callers' threads, and every synchronising copy
+        hands them the GIL for up to a switch interval."""
+        device = self.bias.device
+        ints = torch.tensor(
+            [
+                [
+                    slot,
+                    s.suppress_blank,
+                    s.timestamps,
+                    self.n_vocab
+                    if s.max_initial_timestamp_index is None
+                    else self.ts_begin + s.max_initial_timestamp_index,
+                    s.sample_len,
+                    len(s.initial_tokens),
+                    s.initial_tokens[-1],
+                    s.initial_tokens[-2] if len(s.initial_tokens) > 1 else -1,
+                ]
+                for slot, s in zip(slots, specs, strict=True)
+            ],
+            dtype=torch.long,
+        )
+        suppressed = [self._suppressed_ids(s) for s in specs]
+        pairs = [(slot, t) for slot, ids in zip(slots, suppressed, strict=True) for t in ids]
+        temperature = torch.tensor([[s.temperature] for s in specs], dtype=torch.float64)
+        packed = torch.cat([ints.view(-1), torch.tensor(pairs, dtype=torch.long).view(-1)])
+        packed, temperature = upload(packed, device), upload(temperature, device)
+        rows, blank, stamps, max_initial, sample_len, length, last, prev = (
+            packed[: ints.numel()].view(ints.shape).unbind(1)
+        )
+        pair = packed[ints.numel() :].view(-1, 2)
+        self.bias[rows] = 0.0
+        self.bias[pair[:, 0], pair[:, 1]] = NEG_INF
+        if device.type == "cpu":  # the CPU step's sparse suppression
+            for slot, ids in zip(slots, suppressed, strict=True):
+                self.suppressed[slot] = torch.tensor(ids, dtype=torch.long)
+        self.suppress_blank[rows] = blank.bool()
+        self.timestamps[rows] = stamps.bool()
+        self.max_initial[rows] = max_initial
+        self.temperature[rows] = temperature[:, 0].float()
+        self.sample_len[rows] = sample_len
+        self.n_sampled[rows] = 0
+        self.length[rows] = length
+        self.last[rows] = last
+        self.prev[rows] = prev
+        self.ts_last[rows] = -1
+        self.sum_logprob[rows] = 0.0
+        self.done[rows] = False
+
+    def _suppressed_ids(self, spec: RowSpec) -> list[int]:
+        """The vocabulary ids ``spec`` suppresses, sorted and unique (negative ids count from the end)."""
+        ids = {t % self.n_vocab for t in spec.suppress}
         if spec.timestamps:
-            bias[self.no_timestamps] = NEG_INF
-        self.bias[slot] = bias.to(self.bias.device)
-        self.suppressed[slot] = (bias == NEG_INF).nonzero().squeeze(1).to(self.bias.device)
-        self.suppress_blank[slot] = spec.suppress_blank
-        self.timestamps[slot] = spec.timestamps
-        mi = spec.max_initial_timestamp_index
-        self.max_initial[slot] = self.n_vocab if mi is None else self.ts_begin + mi
-        self.temperature[slot] = spec.temperature
-        self.sample_len[slot] = spec.sample_len
-        self.n_sampled[slot] = 0
-        self.length[slot] = len(spec.initial_tokens)
-        self.last[slot] = spec.initial_tokens[-1]
-        self.prev[slot] = spec.initial_tokens[-2] if len(spec.initial_tokens) > 1 else -1
-        self.ts_last[slot] = -1
-        self.sum_logprob[slot] = 0.0
-        self.done[slot] = False
+            ids.add(self.no_timestamps)
+        return sorted(ids)
 
     def select(
         self,

@@ -10,7 +10,7 @@ runs exactly the active rows and attends through views of the cache instead (``_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -22,7 +22,7 @@ from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import fuse_output_features
 from ..model.whisper import Whisper
 from .attention import choose_splits, decode_attention
-from .policy import PolicyState
+from .policy import PolicyState, upload
 from .types import RowSpec
 
 
@@ -132,15 +132,15 @@ class Runner:
         self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
         self._pool = None
-        self._n_sm = (
+        n_sm = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
             else 1
         )
         self._splits = {
             b: (
-                choose_splits(b, self.n_head, d.n_text_ctx, self._n_sm),
-                choose_splits(b, self.n_head, d.n_audio_ctx, self._n_sm),
+                choose_splits(b, self.n_head, d.n_text_ctx, n_sm),
+                choose_splits(b, self.n_head, d.n_audio_ctx, n_sm),
             )
             for b in self.buckets
         }
@@ -205,7 +205,8 @@ class Runner:
     def admit(self, slots: list[int], specs: list[RowSpec], mels: list[Tensor]) -> list[Admitted]:
         """Start requests in ``slots`` from their window mels [n_mels, frames]: encode them (one pass per window
         length) writing each slot's cross K/V, detect languages where asked, then run all their prompts in one
-        prefill and pick each first token under its spec's policy."""
+        prefill and pick each first token under its spec's policy. Host data reaches the device in non-blocking
+        copies; the only wait is for the first tokens at the end (and for languages, when asked)."""
         n = len(slots)
         by_frames: dict[int, list[int]] = {}
         for i, mel in enumerate(mels):
@@ -213,8 +214,8 @@ class Runner:
         languages: list[tuple[int, tuple[float, ...]] | None] = [None] * n
         cross_len = [0] * n
         for rows in by_frames.values():
-            slot_t = torch.tensor([slots[i] for i in rows], dtype=torch.long).to(self.device)
-            features = self.encode(torch.stack([mels[i] for i in rows]), slot_t)
+            slot_t = upload(torch.tensor([slots[i] for i in rows]), self.device)
+            features = self.encode(upload(torch.stack([mels[i] for i in rows]), self.device), slot_t)
             found = self._detect_languages([specs[i] for i in rows], features)
             for i, lang in zip(rows, found, strict=True):
                 languages[i], cross_len[i] = lang, features.shape[1]
@@ -222,13 +223,25 @@ class Runner:
             spec if lang is None else _with_language(spec, lang[0])
             for spec, lang in zip(specs, languages, strict=True)
         ]
-        slot_t = torch.tensor(slots, dtype=torch.long).to(self.device)
-        self.cross_len[slot_t] = torch.tensor(cross_len).to(self.device)
+        lengths = [len(s.initial_tokens) for s in specs]
+        t = max(lengths)
+        tokens = torch.zeros(n, t, dtype=torch.long)
+        for i, spec in enumerate(specs):
+            tokens[i, : lengths[i]] = torch.tensor(spec.initial_tokens)
+        facts = torch.tensor([slots, cross_len, [x - 1 for x in lengths], [s.sot_index for s in specs]])
+        packed = upload(torch.cat([facts.view(-1), tokens.view(-1)]), self.device)
+        slot_t, cross_len_t, last, sot = packed[: facts.numel()].view(facts.shape)
+        tokens = packed[facts.numel() :].view(n, t)
+        self.cross_len[slot_t] = cross_len_t
+        self.policy.reset(slots, specs)
         for slot, spec, s in zip(slots, specs, cross_len, strict=True):
-            self.policy.reset(slot, spec)
             self._host_cross_len[slot] = s
             self._host_timestamps[slot] = spec.timestamps
-        first, done, no_speech = self._prefill(slot_t, specs, cross_len)
+        x = self._prefill(slot_t, tokens, cross_len_t, cross_len)
+        dec, rows = self.model.decoder, torch.arange(n, device=self.device)
+        logits = dec.logits(x[rows, last])
+        no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
+        first, done = self.policy.select(logits, slot_t, self._noise(n, specs))
         out = torch.stack(
             [first.double(), done.double(), self.policy.sum_logprob[slot_t].double(), no_speech.double()]
         ).cpu()
@@ -245,67 +258,36 @@ class Runner:
             for i, slot in enumerate(slots)
         ]
 
-    def _prefill(self, slot_t: Tensor, specs: list[RowSpec], cross_len: list[int]) -> tuple[Tensor, ...]:
-        """Run every row's prompt through the decoder at once, writing its self K/V, and attend to the cross K/V
-        already in its slot: (first token, finished, no-speech probability) per row."""
+    def _prefill(self, slot_t: Tensor, tokens: Tensor, cross_len_t: Tensor, cross_len: list[int]) -> Tensor:
+        """Run every row's prompt tokens [n, t] through the decoder at once, writing its self K/V into its slot
+        and attending to the cross K/V already there (its first ``cross_len`` positions, on the device and on
+        the host): the last layer's output [n, t, C]."""
         dec = self.model.decoder
-        n = len(specs)
-        lengths = [len(s.initial_tokens) for s in specs]
-        t = max(lengths)
-        tokens = torch.zeros(n, t, dtype=torch.long)
-        for i, spec in enumerate(specs):
-            tokens[i, : lengths[i]] = torch.tensor(spec.initial_tokens)
-        tokens = tokens.to(self.device)
-        attend_cross = self._cross_prefill_attention(slot_t, t, cross_len)
+        t, h, s = tokens.shape[1], self.n_head, max(cross_len)
+        mask = None
+        if min(cross_len) != s:
+            mask = (torch.arange(s, device=self.device)[None, :] < cross_len_t[:, None])[:, None, None, :]
         x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
-            h = layer.attn_ln(x)
-            q, k, v = layer.attn.query(h), layer.attn.key(h), layer.attn.value(h)
+            y = layer.attn_ln(x)
+            q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
             # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
             # their real positions, and the decode steps overwrite it position by position later.
             self.self_k[i, slot_t, :t] = k
             self.self_v[i, slot_t, :t] = v
             x = x + layer.attn.attend(q, k, v, None, causal=True)
-            x = x + layer.cross_attn.out(attend_cross(i, layer.cross_attn.query(layer.cross_attn_ln(x))))
+            # Cross-attention over the rows' slots, gathered once per layer (all queries of a row read its keys
+            # together), masked past each row's own encoder length.
+            if self.cross_per_head:  # [L, slots, H, S, head_dim]
+                ck, cv = self.cross_k[i, slot_t, :, :s], self.cross_v[i, slot_t, :, :s]
+            else:  # [L, slots, S, C]
+                ck = split_heads(self.cross_k[i, slot_t, :s], h)
+                cv = split_heads(self.cross_v[i, slot_t, :s], h)
+            q = split_heads(layer.cross_attn.query(layer.cross_attn_ln(x)), h)
+            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=mask)
+            x = x + layer.cross_attn.out(merge_heads(a))
             x = layer.mlp(x)
-        rows = torch.arange(n, device=self.device)
-        last = torch.tensor(lengths, device=self.device) - 1
-        sot = torch.tensor([s.sot_index for s in specs], device=self.device)
-        logits = dec.logits(x[rows, last])
-        no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
-        first, done = self.policy.select(logits, slot_t, self._noise(n, specs))
-        return first, done, no_speech
-
-    def _cross_prefill_attention(
-        self, slot_t: Tensor, t: int, cross_len: list[int]
-    ) -> Callable[[int, Tensor], Tensor]:
-        """attend(layer, q [n, t, C]) -> [n, t, C]: each row's queries over its slot's cross K/V (its own encoder
-        length), read from the cache where admission wrote it, so rows of every window length prefill together."""
-        n, h, dh = slot_t.shape[0], self.n_head, self.head_dim
-        if self.cross_per_head:  # the CPU layout [L, slots, H, S, head_dim]: SDPA over the gathered rows
-            s = max(cross_len)
-            mask = None
-            if min(cross_len) != s:
-                mask = (torch.arange(s)[None, :] < torch.tensor(cross_len)[:, None])[:, None, None, :]
-
-            def attend(i: int, q: Tensor) -> Tensor:
-                k, v = self.cross_k[i, slot_t, :, :s], self.cross_v[i, slot_t, :, :s]
-                out = F.scaled_dot_product_attention(split_heads(q, h), k, v, attn_mask=mask)
-                return merge_heads(out)
-
-            return attend
-        # The GPU layout [L, slots, S, C]: the decode-step kernel, one of its rows per (row, prompt position).
-        rows = slot_t.repeat_interleave(t)
-        lengths = torch.tensor(cross_len).repeat_interleave(t).to(self.device)
-        splits = choose_splits(n * t, h, max(cross_len), self._n_sm)
-
-        def attend(i: int, q: Tensor) -> Tensor:
-            a = decode_attention(
-                q.reshape(n * t, h, dh), self.cross_k[i], self.cross_v[i], rows, lengths, splits=splits
-            )
-            return a.view(n, t, h * dh)
-
-        return attend
+        return x
 
     def _write_cross(self, layer: int, slot_t: Tensor, s: int, ck: Tensor, cv: Tensor) -> None:
         """Write cross K/V [n, s, C] of decoder layer ``layer`` into the slots ``slot_t`` (in the cache's layout)."""
@@ -358,7 +340,7 @@ class Runner:
         if self.use_graphs:
             graph, tokens, done = self._graph(b, sample)  # captured on scratch rows the first time
         rows.fill_(self.scratch)
-        rows[:n] = torch.tensor(slots, dtype=torch.long, device=self.device)
+        rows[:n] = upload(torch.tensor(slots, dtype=torch.long), self.device)
         if self.use_graphs:
             graph.replay()
         else:
