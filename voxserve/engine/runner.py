@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import fuse_output_features
@@ -24,6 +25,12 @@ from ..model.whisper import Whisper
 from .attention import choose_splits, decode_attention
 from .policy import PolicyState, upload
 from .types import RowSpec
+
+# Attention kernels for the prefill, whose shapes change with every admission (rows, prompt length, encoder
+# length). Not cuDNN's: it plans each new shape on the host (profiled on an H200 in the live stream bench:
+# 2.4 ms of CPU per call, 151 of an admission's 233 ms of CPU time over 64 calls), where flash and
+# memory-efficient attention launch at once.
+_PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,8 @@ class Runner:
         for slot, spec, s in zip(slots, specs, cross_len, strict=True):
             self._host_cross_len[slot] = s
             self._host_timestamps[slot] = spec.timestamps
-        x = self._prefill(slot_t, tokens, cross_len_t, cross_len)
+        with sdpa_kernel(_PREFILL_ATTENTION):
+            x = self._prefill(slot_t, tokens, cross_len_t, cross_len)
         dec, rows = self.model.decoder, torch.arange(n, device=self.device)
         logits = dec.logits(x[rows, last])
         no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
@@ -269,8 +277,7 @@ class Runner:
             mask = (torch.arange(s, device=self.device)[None, :] < cross_len_t[:, None])[:, None, None, :]
         x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
-            y = layer.attn_ln(x)
-            q, k, v = layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
+            q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
             # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
             # their real positions, and the decode steps overwrite it position by position later.
             self.self_k[i, slot_t, :t] = k
@@ -283,10 +290,10 @@ class Runner:
             else:  # [L, slots, S, C]
                 ck = split_heads(self.cross_k[i, slot_t, :s], h)
                 cv = split_heads(self.cross_v[i, slot_t, :s], h)
-            q = split_heads(layer.cross_attn.query(layer.cross_attn_ln(x)), h)
+            q = split_heads(layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x)), h)
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=mask)
             x = x + layer.cross_attn.out(merge_heads(a))
-            x = layer.mlp(x)
+            x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
         return x
 
     def _write_cross(self, layer: int, slot_t: Tensor, s: int, ck: Tensor, cv: Tensor) -> None:
