@@ -1,0 +1,151 @@
+"""Development profile of the live stream bench: where an engine iteration's time goes.
+
+Runs ``voxserve bench --streams`` once (random weights, oracle VAD, short windows) with the engine's admission,
+encoder passes, prefill and decode steps timed: host time (until the call returns) and wall time (until the
+device has finished too, by a synchronisation after each call, which the real engine does not make). With
+``--profile`` one admission is also recorded by torch.profiler (top CPU and device operations). Not a benchmark:
+the synchronisations change the run; use the figures to find the cost, and ``voxserve bench --streams`` to
+measure it.
+
+python3 bench/profile_streams.py --streams 100 --dims large-v3 --device cuda --precision fp16 \\
+    --audio .devdata/hifitts-6097 --tiktoken .devdata/multilingual.tiktoken [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from voxserve.engine.engine import Engine
+from voxserve.engine.runner import Runner
+from voxserve.live.streambench import StreamBenchPlan, run_streams
+
+calls: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+shapes: dict[str, list[Any]] = collections.defaultdict(list)
+recorded: list[profile] = []
+state = {"on": False, "profile_at": -1}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not state["on"]:
+            return fn(self, *args, **kwargs)
+        if name == "admit" and len(calls["admit"]) == state["profile_at"]:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                out = fn(self, *args, **kwargs)
+                sync()
+            recorded.append(prof)
+            calls["admit"].append((float("nan"), float("nan")))
+            return out
+        sync()
+        t0 = time.perf_counter()
+        out = fn(self, *args, **kwargs)
+        t1 = time.perf_counter()
+        sync()
+        calls[name].append((t1 - t0, time.perf_counter() - t0))
+        if name == "admit":
+            shapes["admitted rows"].append(len(args[0]))
+        elif name == "encode":
+            shapes["encoder (batch, frames)"].append((args[0].shape[0], args[0].shape[-1]))
+        elif name == "step":
+            shapes["step rows"].append(len(self._active))
+        return out
+
+    return wrapper
+
+
+def instrument() -> None:
+    Engine._admit = timed("admit", Engine._admit)
+    Engine._step = timed("step", Engine._step)
+    Runner.encode = timed("encode", Runner.encode)
+    Runner._prefill = timed("prefill", Runner._prefill)
+    warmup = Runner.warmup
+
+    def warm_then_time(self: Runner) -> list[tuple[str, int]]:
+        ran = warmup(self)
+        state["on"] = True  # time the run, not the warm-up
+        return ran
+
+    Runner.warmup = warm_then_time
+
+
+def report() -> None:
+    for name in ("admit", "encode", "prefill", "step"):
+        timed_calls = [c for c in calls[name] if c[0] == c[0]]  # without the profiled one
+        if timed_calls:
+            host = 1e3 * sum(c[0] for c in timed_calls) / len(timed_calls)
+            wall = 1e3 * sum(c[1] for c in timed_calls) / len(timed_calls)
+            print(
+                f"{name:8s} {len(timed_calls):5d} calls, mean host {host:7.1f} ms, mean wall {wall:7.1f} ms"
+            )
+    for name, values in shapes.items():
+        if name == "encoder (batch, frames)":
+            frames = collections.Counter(v[1] for v in values)
+            mean_batch = sum(v[0] for v in values) / len(values)
+            print(f"{name}: mean batch {mean_batch:.1f}, passes by frames {sorted(frames.items())}")
+        else:
+            print(f"{name}: mean {sum(values) / len(values):.1f}")
+    for prof in recorded:
+        print(
+            prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50)
+        )
+        if torch.cuda.is_available():
+            print(
+                prof.key_averages().table(
+                    sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=50
+                )
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=10.0, help="audio each caller sends")
+    p.add_argument("--dims", default="large-v3")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--precision", default="fp16")
+    p.add_argument("--audio", type=Path, required=True)
+    p.add_argument("--tiktoken", type=Path, required=True)
+    p.add_argument("--partial-interval", type=float, default=0.2)
+    p.add_argument("--max-admit", type=int, default=64)
+    p.add_argument("--profile", action="store_true", help="record the 10th admission with torch.profiler")
+    args = p.parse_args()
+    if args.profile:
+        state["profile_at"] = 10
+    instrument()
+    plan = StreamBenchPlan(
+        streams=(args.streams,),
+        device=args.device,
+        precision=args.precision,
+        audio=args.audio,
+        tiktoken=args.tiktoken,
+        out=Path(tempfile.mkdtemp()),  # the result file of an instrumented run is not a benchmark result
+        dims=args.dims,
+        seconds=args.seconds,
+        partial_interval_s=args.partial_interval,
+        short_windows=True,
+        max_admit=args.max_admit,
+        vad="oracle",
+    )
+    doc, _ = run_streams(plan, sys.argv, log=lambda *a: None)
+    figures = doc["figures"]["streams"][0]
+    print({k: figures[k] for k in ("streams", "p50_ms", "p99_ms", "decodes_per_s", "engine_steps_per_s")})
+    report()
+
+
+if __name__ == "__main__":
+    main()
