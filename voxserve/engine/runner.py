@@ -10,7 +10,7 @@ runs exactly the active rows and attends through views of the cache instead (``_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -102,10 +102,6 @@ class Runner:
         else:
             self.cross_k, self.cross_v = cache(d.n_audio_ctx), cache(d.n_audio_ctx)
         self.cross_len = torch.full((total,), d.n_audio_ctx, dtype=torch.long, device=self.device)
-        # Host copies of per-slot facts the CPU step branches on (on the CPU a host read costs nothing, and
-        # shapes chosen per step beat padding: there are no graphs to keep fixed).
-        self._host_cross_len = [d.n_audio_ctx] * total
-        self._host_timestamps = [False] * total
         self.policy = PolicyState(
             total,
             d.n_vocab,
@@ -241,9 +237,6 @@ class Runner:
         tokens = packed[facts.numel() :].view(n, t)
         self.cross_len[slot_t] = cross_len_t
         self.policy.reset(slots, specs)
-        for slot, spec, s in zip(slots, specs, cross_len, strict=True):
-            self._host_cross_len[slot] = s
-            self._host_timestamps[slot] = spec.timestamps
         with sdpa_kernel(_PREFILL_ATTENTION):
             x = self._prefill(slot_t, tokens, cross_len_t, cross_len)
         dec, rows = self.model.decoder, torch.arange(n, device=self.device)
@@ -422,39 +415,41 @@ class Runner:
         return self.policy.select(logits, rows, noise)
 
     def _logits(self, rows: Tensor) -> Tensor:
-        """Run each row's last token through the decoder (writing its K/V): float32 logits [B, V]."""
-        dec, pol = self.model.decoder, self.policy
+        """Run each row's last token through the decoder (writing its K/V): float32 logits [B, V]. Attention
+        through the split-K kernel, reading each row's slot of the cache and stopping at its length."""
         b, h, dh = rows.shape[0], self.n_head, self.head_dim
         self_splits, cross_splits = self._splits[b]
+        self_len, cross_len = self.policy.length[rows], self.cross_len[rows]
+
+        def attend(i: int, q: Tensor, cross: bool) -> Tensor:
+            if not cross:
+                k, v = self.self_k[i], self.self_v[i]
+                return decode_attention(q.view(b, h, dh), k, v, rows, self_len, splits=self_splits)
+            # Launch shape from a sweep on an H100 (bench/profile_step.py): 128-key tiles, two warps.
+            k, v = self.cross_k[i], self.cross_v[i]
+            return decode_attention(
+                q.view(b, h, dh), k, v, rows, cross_len, splits=cross_splits, block_n=128, num_warps=2
+            )
+
+        return self.model.decoder.logits(self._decoder_layers(rows, attend))
+
+    def _decoder_layers(self, rows: Tensor, attend: Callable[[int, Tensor, bool], Tensor]) -> Tensor:
+        """Each row's last token through every decoder layer, writing its self K/V at its position; ``attend(i,
+        q, cross)`` is layer i's self- or cross-attention for the rows' queries [B, C]. Returns [B, C]."""
+        dec, pol = self.model.decoder, self.policy
         pos = pol.length[rows] - 1  # position of each row's last token, which this step runs
         # Per-step index arithmetic, done once rather than in every layer.
         write_at = rows * self.self_k.shape[2] + pos  # row-major (slot, position) into a layer's cache
-        self_len, cross_len = pos + 1, self.cross_len[rows]
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
-            y = _layer_norm(layer.attn_ln, x)
-            q, k, v = self._self_qkv(i, layer, y)
+            q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
             self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
             self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
-            a = decode_attention(
-                q.view(b, h, dh), self.self_k[i], self.self_v[i], rows, self_len, splits=self_splits
-            )
-            x = x + layer.attn.out(a)
+            x = x + layer.attn.out(attend(i, q, False))
             q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
-            # Launch shape from a sweep on an H100 (bench/profile_step.py): 128-key tiles, two warps.
-            a = decode_attention(
-                q.view(b, h, dh),
-                self.cross_k[i],
-                self.cross_v[i],
-                rows,
-                cross_len,
-                splits=cross_splits,
-                block_n=128,
-                num_warps=2,
-            )
-            x = x + layer.cross_attn.out(a)
+            x = x + layer.cross_attn.out(attend(i, q, True))
             x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
-        return dec.logits(x)
+        return x
 
     # ----- the CPU step
 
@@ -470,7 +465,7 @@ class Runner:
         threads = self.cpu_step_threads if len(slots) <= self.cpu_step_threads_rows else None
         logits = self._logits_cpu(rows, ordered, threads)
         noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
-        timestamps = any(self._host_timestamps[s] for s in ordered)
+        timestamps = bool(self.policy.timestamps[rows].any())
         tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps, sparse_bias=ordered)
         sum_logprob = self.policy.sum_logprob[rows]
         out_t, out_d, out_lp = tokens.tolist(), done.tolist(), sum_logprob.tolist()
@@ -483,26 +478,18 @@ class Runner:
         """As ``_logits`` for ``rows`` in ascending slot order, attending through views of the cache. The
         decoder layers (many small ops) run with ``layer_threads`` intra-op threads (None: torch's setting);
         the output projection, one large memory-bound product, with torch's setting."""
-        dec, pol = self.model.decoder, self.policy
-        pos = pol.length[rows] - 1
-        self_len = (pos + 1).tolist()
-        cross_len = [self._host_cross_len[s] for s in slots]
+        self_len = self.policy.length[rows].tolist()
+        cross_len = self.cross_len[rows].tolist()
         runs = _consecutive_runs(slots)
-        write_at = rows * self.self_k.shape[2] + pos
-        x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
+
+        def attend(i: int, q: Tensor, cross: bool) -> Tensor:
+            if cross:
+                return self._attend_runs(q, self.cross_k[i], self.cross_v[i], runs, cross_len, per_head=True)
+            return self._attend_runs(q, self.self_k[i], self.self_v[i], runs, self_len)
+
         with _intra_op_threads(layer_threads):
-            for i, layer in enumerate(dec.layers):
-                y = _layer_norm(layer.attn_ln, x)
-                q, k, v = self._self_qkv(i, layer, y)
-                self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
-                self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
-                a = self._attend_runs(q, self.self_k[i], self.self_v[i], runs, self_len)
-                x = x + layer.attn.out(a)
-                q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
-                a = self._attend_runs(q, self.cross_k[i], self.cross_v[i], runs, cross_len, per_head=True)
-                x = x + layer.cross_attn.out(a)
-                x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
-        return dec.logits(x)
+            x = self._decoder_layers(rows, attend)
+        return self.model.decoder.logits(x)
 
     def _attend_runs(
         self,
