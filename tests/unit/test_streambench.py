@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 from tests.conftest import ASSETS, AUDIO, SHARED
 from voxserve.bench.weights import BenchError
-from voxserve.live.streambench import OracleVAD, StreamBenchPlan, caller_audio, format_streams, run_streams
+from voxserve.live.callers import OracleVAD, caller_audio
+from voxserve.live.streambench import StreamBenchPlan, format_streams, run_streams
 
 SR = 16000
 
@@ -105,3 +107,15 @@ def test_client_side_latencies_over_websockets():
 def test_transport_is_checked(tmp_path):
     with pytest.raises(BenchError, match="inproc or ws"):
         _plan(tmp_path, transport="grpc")
+
+
+def test_callers_send_whole_pcm16_chunks():
+    from voxserve.live.callers import chunk_payloads, pcm16, session_update
+
+    audio = np.linspace(-1.5, 1.5, 1000, dtype=np.float32)
+    pcm = pcm16(audio)
+    assert pcm.dtype == np.dtype("<i2") and pcm[0] == -32767 and pcm[-1] == 32767  # clipped to [-1, 1]
+    payloads = chunk_payloads(pcm, 300)
+    assert len(payloads) == 3  # the last 100 samples are no whole chunk
+    assert b"".join(base64.b64decode(p) for p in payloads) == pcm[:900].tobytes()
+    assert session_update("en")["session"]["input_audio_transcription"] == {"language": "en"}

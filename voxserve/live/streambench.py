@@ -16,9 +16,7 @@ the length of real speech's transcripts; with a real checkpoint (``--model``) de
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
 from ..engine.types import EngineConfig
 from ..model.load import CheckpointInfo, init_random
+from .callers import Track, caller_audio, chunk_payloads, pcm16, session_update, use_oracle
 from .service import LiveOptions, LiveService
 from .session import LiveSession
 
@@ -93,12 +92,6 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else round(1000 * x, 1)
 
 
-@dataclass(frozen=True)
-class Track:
-    audio: np.ndarray
-    speech: list[tuple[int, int]]  # where the utterances are, in samples of this track
-
-
 ESPEAK = "espeak"  # --audio espeak: sentences the demo model was trained on, spoken by espeak-ng on the spot
 
 
@@ -118,57 +111,6 @@ def bench_clips(audio: Path | str) -> list[np.ndarray]:
         raise BenchError(f"--audio espeak: {e}") from None
 
 
-def caller_audio(clips: list[np.ndarray], n: int, seconds: float, seed: int) -> list[Track]:
-    """``n`` different ``seconds``-long tracks: the utterances joined with 0.4-1.2 s pauses, each track
-    starting at its own place (wrapping around)."""
-    rng = np.random.default_rng(seed)
-    parts, spans, at = [], [], 0
-    for clip in clips:
-        pause = int(rng.uniform(0.4, 1.2) * SAMPLE_RATE)
-        parts += [clip, np.zeros(pause, np.float32)]
-        spans.append((at, at + len(clip)))
-        at += len(clip) + pause
-    joined = np.concatenate(parts)
-    size = int(seconds * SAMPLE_RATE)
-    reps = math.ceil((size + joined.size) / joined.size) + 1
-    repeated = np.tile(joined, reps)
-    all_spans = [(a + r * joined.size, b + r * joined.size) for r in range(reps) for a, b in spans]
-    tracks = []
-    for s in rng.integers(0, joined.size, n):
-        speech = [(max(a - s, 0), min(b - s, size)) for a, b in all_spans if b > s and a < s + size]
-        tracks.append(Track(repeated[s : s + size], speech))
-    return tracks
-
-
-class OracleVAD:
-    """Speech events at the known utterance bounds, timed as a VAD would report them (the start once its
-    audio arrives, the end after ``silence_ms`` of silence): for machines without onnxruntime."""
-
-    def __init__(self, speech: list[tuple[int, int]], pad_ms: int = 300, silence_ms: int = 500) -> None:
-        pad, silence = pad_ms * SAMPLE_RATE // 1000, silence_ms * SAMPLE_RATE // 1000
-        self._events = []
-        last_end = 0
-        for a, b in speech:
-            self._events += [(a, "start", max(a - pad, last_end)), (b + silence, "end", b + pad)]
-            last_end = b + pad
-        self._position = 0
-        self.in_speech = False
-
-    def feed(self, samples: np.ndarray) -> list:
-        from ..audio.vad import VADEvent
-
-        self._position += len(samples)
-        out = []
-        while self._events and self._events[0][0] <= self._position:
-            _, kind, sample = self._events.pop(0)
-            self.in_speech = kind == "start"
-            out.append(VADEvent(kind, sample))
-        return out
-
-    def finish(self) -> list:
-        return []
-
-
 async def _caller(
     service: LiveService,
     track: Track,
@@ -183,24 +125,11 @@ async def _caller(
 
     session = LiveSession(service, drop)
     if oracle:
-        session.vad, session.vad_options = OracleVAD(track.speech), service.options.vad
-    audio = track.audio
-    await session.handle(
-        {
-            "type": "transcription_session.update",
-            "session": {
-                "input_audio_sample_rate": 16000,
-                "input_audio_transcription": {"language": language},
-            },
-        }
-    )
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+        use_oracle(session, track)
+    await session.handle(session_update(language))
     period = chunk / SAMPLE_RATE
     # Encoded up front: the callers' own work is not the server's, and shares its event loop here.
-    payloads = [
-        base64.b64encode(pcm[k * chunk : (k + 1) * chunk].tobytes()).decode()
-        for k in range(len(pcm) // chunk)
-    ]
+    payloads = chunk_payloads(pcm16(track.audio), chunk)
     try:
         for k, payload in enumerate(payloads):
             due = start + k * period
@@ -218,14 +147,19 @@ async def _caller(
         await session.close()
 
 
+def start_offsets(n: int, plan: StreamBenchPlan) -> np.ndarray:
+    """When each of ``n`` callers starts, in seconds after a common start: staggered over one partial interval,
+    so callers do not all ask for partials at the same instant."""
+    rng = np.random.default_rng(plan.seed + n)
+    return rng.uniform(0, max(plan.partial_interval_s, plan.chunk_ms / 1000), n)
+
+
 async def _simulate(
     n: int, tracks: list[Track], service: LiveService, plan: StreamBenchPlan, language: str | None
 ) -> tuple[float, list[float]]:
     chunk = plan.chunk_ms * SAMPLE_RATE // 1000
     t0 = time.monotonic() + 0.5
-    rng = np.random.default_rng(plan.seed + n)
-    # Staggered over one partial interval, so callers do not all ask for partials at the same instant.
-    offsets = rng.uniform(0, max(plan.partial_interval_s, plan.chunk_ms / 1000), n)
+    offsets = start_offsets(n, plan)
     lag: list[float] = []
     await asyncio.gather(
         *(
@@ -244,10 +178,8 @@ def _over_websockets(
 
     server, thread, port = wsbench.serve(service, tracks, plan.vad == "oracle")
     try:
-        rng = np.random.default_rng(plan.seed + n)
-        offsets = rng.uniform(0, max(plan.partial_interval_s, plan.chunk_ms / 1000), n).tolist()
         return wsbench.run_clients(
-            port, n, plan.audio, plan.seconds, plan.seed, plan.chunk_ms, offsets, language, plan.warmup_s
+            port, tracks[:n], plan.chunk_ms, start_offsets(n, plan).tolist(), language, plan.warmup_s
         )
     finally:
         server.should_exit = True

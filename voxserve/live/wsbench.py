@@ -11,35 +11,33 @@ from the speech_started / speech_stopped events.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import multiprocessing as mp
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import SAMPLE_RATE
+from .callers import Track, chunk_payloads, pcm16, session_update, use_oracle
 
 STREAMS_PER_PROCESS = 100
 
 
-def serve(service: Any, tracks: list, oracle: bool) -> tuple[Any, threading.Thread, int]:
+def serve(service: Any, tracks: list[Track], oracle: bool) -> tuple[Any, threading.Thread, int]:
     """uvicorn serving the realtime route over ``service`` on a free loopback port, in a thread."""
     import uvicorn
     from fastapi import FastAPI
 
     from ..server.realtime import realtime_router
-    from .streambench import OracleVAD
 
     def attach_oracle(session: Any, ws: Any) -> None:
         i = int(ws.query_params.get("bench_track", -1))
         if oracle and 0 <= i < len(tracks):
-            session.vad, session.vad_options = OracleVAD(tracks[i].speech), service.options.vad
+            use_oracle(session, tracks[i])
 
     app = FastAPI()
     app.include_router(realtime_router(service, on_session=attach_oracle))
@@ -60,24 +58,27 @@ def serve(service: Any, tracks: list, oracle: bool) -> tuple[Any, threading.Thre
 
 
 def run_clients(
-    port: int, n: int, audio_dir: Path, seconds: float, seed: int, chunk_ms: int, offsets: list[float],
-    language: str | None, warmup_s: float,
-) -> tuple[list[float], int, list[float]]:  # fmt: skip
-    """Run ``n`` callers in client processes; returns (latencies of counted chunks, counted chunks that never
-    got text, sender lags), in seconds. Callers start ``offsets`` after a common time set once every client
-    process is ready; chunks sent in the first ``warmup_s`` after the last start are not counted."""
+    port: int, tracks: list[Track], chunk_ms: int, offsets: list[float], language: str | None, warmup_s: float
+) -> tuple[list[float], int, list[float]]:
+    """Run a caller per track (caller i sends ``tracks[i]``, the server's track ``bench_track=i``) in client
+    processes; returns (latencies of counted chunks, counted chunks that never got text, sender lags), in
+    seconds. Callers start ``offsets`` after a common time set once every client process is ready; chunks sent
+    in the first ``warmup_s`` after the last start are not counted."""
+    n = len(tracks)
+    seconds = max(len(t.audio) for t in tracks) / SAMPLE_RATE
     ctx = mp.get_context("spawn")
     queue, start = ctx.Queue(), ctx.Queue()
     procs = []
     for first in range(0, n, STREAMS_PER_PROCESS):
         ids = list(range(first, min(n, first + STREAMS_PER_PROCESS)))
-        args = (port, ids, n, str(audio_dir), seconds, seed, chunk_ms, [offsets[i] for i in ids], language,
-                queue, start)  # fmt: skip
+        # Each process gets its callers' samples as the pcm16 they send (half the bytes of float32).
+        args = (port, ids, [pcm16(tracks[i].audio) for i in ids], chunk_ms, [offsets[i] for i in ids],
+                language, queue, start)  # fmt: skip
         procs.append(ctx.Process(target=_client_process, args=args, daemon=True))
     for p in procs:
         p.start()
     for _ in procs:
-        queue.get(timeout=300)  # "ready": tracks built, imports done
+        queue.get(timeout=300)  # "ready": imports done
     t0 = time.monotonic() + 1.0
     for _ in procs:
         start.put((t0, t0 + max(offsets) + warmup_s))
@@ -95,19 +96,16 @@ def run_clients(
 
 
 def _client_process(
-    port: int, ids: list[int], n: int, audio_dir: str, seconds: float, seed: int, chunk_ms: int,
-    offsets: list[float], language: str | None, queue: Any, start: Any,
+    port: int, ids: list[int], pcm: list[np.ndarray], chunk_ms: int, offsets: list[float],
+    language: str | None, queue: Any, start: Any,
 ) -> None:  # fmt: skip
-    from .streambench import bench_clips, caller_audio
-
-    tracks = caller_audio(bench_clips(audio_dir), n, seconds, seed)  # the same tracks as the server's
     queue.put("ready")
     t0, counted_from = start.get()
 
     async def main() -> tuple[list[float], int, list[float]]:
         results = await asyncio.gather(
-            *(_caller(port, i, tracks[i].audio, chunk_ms, t0 + off, language, counted_from)
-              for i, off in zip(ids, offsets, strict=True))
+            *(_caller(port, i, samples, chunk_ms, t0 + off, language, counted_from)
+              for i, samples, off in zip(ids, pcm, offsets, strict=True))
         )  # fmt: skip
         return (
             [x for r in results for x in r[0]],
@@ -119,26 +117,23 @@ def _client_process(
 
 
 async def _caller(
-    port: int, index: int, audio: np.ndarray, chunk_ms: int, start: float, language: str | None,
+    port: int, index: int, pcm: np.ndarray, chunk_ms: int, start: float, language: str | None,
     counted_from: float,
 ) -> tuple[list[float], int, list[float]]:  # fmt: skip
     from websockets.asyncio.client import connect
 
     chunk = chunk_ms * SAMPLE_RATE // 1000
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     messages = [
-        json.dumps({"type": "input_audio_buffer.append",
-                    "audio": base64.b64encode(pcm[k * chunk : (k + 1) * chunk].tobytes()).decode()})
-        for k in range(len(pcm) // chunk)
-    ]  # fmt: skip
+        json.dumps({"type": "input_audio_buffer.append", "audio": payload})
+        for payload in chunk_payloads(pcm, chunk)
+    ]
     url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription&bench_track={index}"
     events: list[tuple[float, dict]] = []
     due_times: list[float] = []
     lag: list[float] = []
     async with connect(url, max_size=None, ping_interval=None) as ws:
         await ws.recv()
-        session = {"input_audio_sample_rate": 16000, "input_audio_transcription": {"language": language}}
-        await ws.send(json.dumps({"type": "transcription_session.update", "session": session}))
+        await ws.send(json.dumps(session_update(language)))
         await ws.recv()
 
         async def receive() -> None:
