@@ -356,3 +356,60 @@ def test_error_events_do_not_echo_huge_client_values():
     )
     assert [e["error"]["code"] for e in events] == ["unknown_event_type", "invalid_language"]
     assert all(len(e["error"]["message"]) <= 300 for e in events)
+
+
+def _fresh_spec(service, language, prompt, prefix, samples):
+    """What a partial's row spec was when each partial built its own WindowDecoder with the prefix."""
+    import math
+    from dataclasses import replace
+
+    from voxserve.decoding.decode import WindowDecoder
+    from voxserve.decoding.options import DecodingOptions
+
+    tok, o = service.whisper.tokenizer, service.options
+    fixed = o.fixed_tokens_per_second is not None
+
+    def decoder(prefix):
+        options = DecodingOptions(language=language, prompt=prompt or None, prefix=prefix or None,
+                                  without_timestamps=True, suppress_tokens=(-1, tok.eot) if fixed else (-1,))  # fmt: skip
+        return WindowDecoder(service.whisper.model, tok, options)
+
+    spec, seconds = decoder(prefix).row_spec(), min(samples, service.window_samples) / 16000
+    if fixed:
+        forced = len(spec.initial_tokens) - len(decoder(None).initial_tokens)
+        return replace(spec, sample_len=max(1, round(o.fixed_tokens_per_second * seconds) - forced))
+    return replace(spec, sample_len=min(spec.sample_len, math.ceil(o.max_tokens_per_second * seconds) + 10))
+
+
+@pytest.mark.parametrize("fixed", [None, 3.0])
+def test_prefix_partials_reuse_the_cached_decoder_with_the_same_spec(tokenizer, tiny_dims, fixed):
+    """A partial's row spec, from the (language, prompt) decoder with the prefix's tokens appended, is exactly the
+    spec of a WindowDecoder built with that prefix; prefixes too long for the context are refused alike."""
+    from voxserve.decoding.options import OptionsError
+    from voxserve.live.service import LiveService
+
+    whisper = SimpleNamespace(model=SimpleNamespace(dims=tiny_dims), tokenizer=tokenizer)
+    service = LiveService(whisper, None, None, LiveOptions(fixed_tokens_per_second=fixed))
+    cases = [
+        ("en", None, "the cat sat", 16000),
+        ("en", None, None, 16000 * 3),  # a final: no prefix
+        (
+            None,
+            "Names: Alice Nguyen, Bob Okafor.",
+            "  so Alice said ",
+            16000 * 7,
+        ),  # detected language, a prompt
+        ("de", "Glossar", "Guten Morgen, wie geht's?", 16000 * 40),  # past the window
+        ("en", None, " ", 16000),  # blank: forced as a space, as WindowDecoder does
+        ("en", "context " * 300, "the cat sat", 16000 * 2),  # the prompt keeps its last 223 tokens
+    ]
+    for language, prompt, prefix, samples in cases:
+        decoder, spec = service.request_spec(language, prompt, prefix, samples)
+        assert spec == _fresh_spec(service, language, prompt, prefix, samples), (language, prompt, prefix)
+        assert decoder is service.window_decoder(language, prompt)  # cached, not rebuilt per partial
+    assert len(service._decoders) == 4
+    long = "word " * 300
+    with pytest.raises(OptionsError, match="no room"):
+        _fresh_spec(service, "en", "context " * 300, long, 16000)
+    with pytest.raises(OptionsError, match="no room"):
+        service.request_spec("en", "context " * 300, long, 16000)

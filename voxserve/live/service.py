@@ -23,9 +23,9 @@ from ..audio.features import log_mel_spectrogram, silence_level
 from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
 from ..config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from ..decoding.decode import DecodingResult, WindowDecoder
-from ..decoding.options import DecodingOptions
+from ..decoding.options import DecodingOptions, OptionsError
 from ..engine.engine import Engine, EngineError, Ticket
-from ..engine.types import Priority, WindowRequest
+from ..engine.types import Priority, RowSpec, WindowRequest
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,9 @@ class LiveService:
             # A model with a shorter window (e.g. 5 s): the VAD cuts speech to fit it.
             vad = replace(self.options.vad, max_speech_s=max(window_s - 1, window_s / 2))
             self.options = replace(self.options, vad=vad)
-        self._decoders: dict[tuple[str | None, str | None], WindowDecoder] = {}
+        # per (language, prompt): the decoder and its row spec, built once; a partial's prefix is appended to the
+        # spec's tokens (request_spec)
+        self._decoders: dict[tuple[str | None, str | None], tuple[WindowDecoder, RowSpec]] = {}
         self._streams: Counter[str | None] = Counter()
         self._pending: list[tuple[StreamingVAD, np.ndarray, asyncio.Future]] = []
         self._wake: asyncio.Event | None = None
@@ -253,28 +255,54 @@ class LiveService:
 
     # ----- decoding on the shared engine
 
-    def window_decoder(
-        self, language: str | None, prompt: str | None, prefix: str | None = None
-    ) -> WindowDecoder:
-        """The decoding policy for a stream's options; ``prefix`` (committed text of a partial) is forced."""
+    def window_decoder(self, language: str | None, prompt: str | None) -> WindowDecoder:
+        """The decoding policy for a stream's options."""
+        return self._decoder_and_spec(language, prompt)[0]
+
+    def _decoder_and_spec(self, language: str | None, prompt: str | None) -> tuple[WindowDecoder, RowSpec]:
         key = (language, prompt)
-        if key not in self._decoders or prefix:
+        if key not in self._decoders:
             tok = self.whisper.tokenizer
             fixed = self.options.fixed_tokens_per_second is not None
             options = DecodingOptions(
                 language=language,
                 prompt=prompt or None,
-                prefix=prefix or None,
                 without_timestamps=True,
                 suppress_tokens=(-1, tok.eot) if fixed else (-1,),
             )
             decoder = WindowDecoder(self.whisper.model, tok, options)
-            if prefix:
-                return decoder  # one partial's: not kept
             if len(self._decoders) > 64:  # bounded: prompts are free text
                 self._decoders.clear()
-            self._decoders[key] = decoder
+            self._decoders[key] = (decoder, decoder.row_spec())
         return self._decoders[key]
+
+    def request_spec(
+        self, language: str | None, prompt: str | None, prefix: str | None, samples: int
+    ) -> tuple[WindowDecoder, RowSpec]:
+        """The decoder (for its result) and the engine's row spec for decoding ``samples`` samples of audio;
+        ``prefix`` (committed text of a partial) is forced. The spec is the one a WindowDecoder built with
+        DecodingOptions(prefix=prefix) gives: its initial tokens end with the prefix's (after the prompt and the
+        start-of-transcript sequence; WindowDecoder._initial_tokens), and nothing else of it depends on the
+        prefix, so partials reuse the cached decoder instead of building and tokenising one each."""
+        decoder, spec = self._decoder_and_spec(language, prompt)
+        initial, forced = spec.initial_tokens, 0
+        if prefix:
+            tokens = decoder.tokenizer.encode(" " + prefix.strip())
+            room = decoder.n_ctx // 2 - decoder.sample_len
+            # as WindowDecoder: the prefix's last tokens that fit the room, all of it when there is none
+            tokens = tokens[-room:] if room > 0 else tokens
+            initial, forced = initial + tuple(tokens), len(tokens)
+            if len(initial) + 1 > decoder.n_ctx:
+                raise OptionsError(
+                    f"prompt and prefix leave no room in the {decoder.n_ctx}-token decoder context"
+                )
+        seconds = min(samples, self.window_samples) / SAMPLE_RATE
+        if self.options.fixed_tokens_per_second is not None:
+            # the transcript's length, forced prefix included, follows the audio's
+            sample_len = max(1, round(self.options.fixed_tokens_per_second * seconds) - forced)
+        else:
+            sample_len = min(spec.sample_len, math.ceil(self.options.max_tokens_per_second * seconds) + 10)
+        return decoder, replace(spec, initial_tokens=initial, sample_len=sample_len)
 
     def mel(self, samples: np.ndarray) -> torch.Tensor:
         """The window mel for an utterance: padded to the model's window (30 s), or with short_windows to the
@@ -322,17 +350,7 @@ class LiveService:
                 if engine is not self.engine:
                     self.whisper, self.engine = whisper, engine
                     self._decoders.clear()  # built for the other model object
-            decoder = self.window_decoder(language, prompt, prefix)
-            spec = decoder.row_spec()
-            seconds = min(len(samples), self.window_samples) / SAMPLE_RATE
-            if self.options.fixed_tokens_per_second is not None:
-                # the transcript's length, forced prefix included, follows the audio's
-                forced = len(spec.initial_tokens) - len(self.window_decoder(language, prompt).initial_tokens)
-                total = round(self.options.fixed_tokens_per_second * seconds)
-                spec = replace(spec, sample_len=max(1, total - forced))
-            else:
-                cap = math.ceil(self.options.max_tokens_per_second * seconds) + 10
-                spec = replace(spec, sample_len=min(spec.sample_len, cap))
+            decoder, spec = self.request_spec(language, prompt, prefix, len(samples))
             if mel is None:
                 mel = await asyncio.to_thread(self.mel, samples)
             engine = self.engine
