@@ -55,6 +55,11 @@ def test_caller_tracks_and_oracle_vad():
         for a, b in t.speech:
             mask[a:b] = True
         assert np.all(t.audio[~mask] == 0)
+    # the oracle's events go out as JSON over --transport ws: plain ints
+    oracle = OracleVAD(tracks[0].speech)
+    events = [e for k in range(60) for e in oracle.feed(tracks[0].audio[k * 1600 : (k + 1) * 1600])]
+    assert [e.kind for e in events][:2] == ["start", "end"]
+    json.dumps([[a, b] for t in tracks for a, b in t.speech] + [e.sample for e in events])
     vad = OracleVAD([(SR, 2 * SR)], pad_ms=100, silence_ms=500)
     assert vad.feed(np.zeros(SR - 1)) == []
     (start,) = vad.feed(np.zeros(1))

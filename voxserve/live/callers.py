@@ -37,7 +37,8 @@ def caller_audio(clips: list[np.ndarray], n: int, seconds: float, seed: int) -> 
     repeated = np.tile(joined, reps)
     all_spans = [(a + r * joined.size, b + r * joined.size) for r in range(reps) for a, b in spans]
     tracks = []
-    for s in rng.integers(0, joined.size, n):
+    # Python ints: the oracle VAD's event samples end up in JSON events (numpy ints make json.dumps fail).
+    for s in rng.integers(0, joined.size, n).tolist():
         speech = [(max(a - s, 0), min(b - s, size)) for a, b in all_spans if b > s and a < s + size]
         tracks.append(Track(repeated[s : s + size], speech))
     return tracks
