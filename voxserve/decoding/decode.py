@@ -83,9 +83,7 @@ class WindowDecoder:
         self.n_ctx = model.dims.n_text_ctx
         self.sample_len = options.sample_len or self.n_ctx // 2
         self.n_group = options.n_group
-        self.initial_tokens = self._initial_tokens()
-        if len(self.initial_tokens) + 1 > self.n_ctx:
-            raise OptionsError(f"prompt and prefix leave no room in the {self.n_ctx}-token decoder context")
+        self.initial_tokens = self.check_context(self._initial_tokens())
         self.sample_begin = len(self.initial_tokens)
         # Sampling stops after sample_len tokens or once the sequence outgrows the context by one token.
         self.max_sampled = min(self.sample_len, self.n_ctx + 1 - self.sample_begin)
@@ -98,14 +96,25 @@ class WindowDecoder:
 
     # ----- setup
 
+    def prefix_tokens(self, prefix: str | list[int] | tuple[int, ...]) -> list[int]:
+        """The tokens a forced ``prefix`` (text or token ids) adds at the end of the initial tokens: its last ones
+        that fit half the context beside the sample length."""
+        tokens = self.tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else list(prefix)
+        room = self.n_ctx // 2 - self.sample_len
+        # Whisper keeps the whole prefix when the sample length leaves no room (its slice [-0:]); so do we.
+        return tokens[-room:] if room > 0 else tokens
+
+    def check_context(self, initial_tokens: tuple[int, ...]) -> tuple[int, ...]:
+        """``initial_tokens``, refused when they leave no room for a sampled token in the decoder context."""
+        if len(initial_tokens) + 1 > self.n_ctx:
+            raise OptionsError(f"prompt and prefix leave no room in the {self.n_ctx}-token decoder context")
+        return initial_tokens
+
     def _initial_tokens(self) -> tuple[int, ...]:
         tok, opt = self.tokenizer, self.options
         tokens = list(tok.sot_sequence_including_notimestamps if opt.without_timestamps else tok.sot_sequence)
         if opt.prefix:
-            prefix = tok.encode(" " + opt.prefix.strip()) if isinstance(opt.prefix, str) else list(opt.prefix)
-            room = self.n_ctx // 2 - self.sample_len
-            # Whisper keeps the whole prefix when the sample length leaves no room (its slice [-0:]); so do we.
-            tokens += prefix[-room:] if room > 0 else prefix
+            tokens += self.prefix_tokens(opt.prefix)
         if opt.prompt:
             prompt = tok.encode(" " + opt.prompt.strip()) if isinstance(opt.prompt, str) else list(opt.prompt)
             tokens = [tok.sot_prev, *prompt[-(self.n_ctx // 2 - 1) :], *tokens]

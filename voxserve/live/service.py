@@ -23,7 +23,7 @@ from ..audio.features import log_mel_spectrogram, silence_level
 from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
 from ..config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from ..decoding.decode import DecodingResult, WindowDecoder
-from ..decoding.options import DecodingOptions, OptionsError
+from ..decoding.options import DecodingOptions
 from ..engine.engine import Engine, EngineError, Ticket
 from ..engine.types import Priority, RowSpec, WindowRequest
 
@@ -287,15 +287,8 @@ class LiveService:
         decoder, spec = self._decoder_and_spec(language, prompt)
         initial, forced = spec.initial_tokens, 0
         if prefix:
-            tokens = decoder.tokenizer.encode(" " + prefix.strip())
-            room = decoder.n_ctx // 2 - decoder.sample_len
-            # as WindowDecoder: the prefix's last tokens that fit the room, all of it when there is none
-            tokens = tokens[-room:] if room > 0 else tokens
-            initial, forced = initial + tuple(tokens), len(tokens)
-            if len(initial) + 1 > decoder.n_ctx:
-                raise OptionsError(
-                    f"prompt and prefix leave no room in the {decoder.n_ctx}-token decoder context"
-                )
+            tokens = decoder.prefix_tokens(prefix)
+            initial, forced = decoder.check_context(initial + tuple(tokens)), len(tokens)
         seconds = min(samples, self.window_samples) / SAMPLE_RATE
         if self.options.fixed_tokens_per_second is not None:
             # the transcript's length, forced prefix included, follows the audio's
