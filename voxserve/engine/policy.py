@@ -13,17 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .transfer import upload, upload_together
 from .types import RowSpec
 
 NEG_INF = float("-inf")
-
-
-def upload(host: Tensor, device: torch.device) -> Tensor:
-    """``host`` on ``device`` without waiting for the device: through pinned memory as a non-blocking copy on
-    CUDA (a pageable copy synchronises the stream); as it is elsewhere."""
-    if device.type != "cuda" or host.device.type == "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 class PolicyState:
@@ -70,9 +63,7 @@ class PolicyState:
 
     def reset(self, slots: list[int], specs: list[RowSpec]) -> None:
         """Prepare ``slots`` for new requests (at admission; not inside a captured step). Each state tensor is
-        written by one indexed store from values uploaded in one copy that does not wait for the device: under
-        load the engine thread shares the interpreter with the callers' threads, and every synchronising copy
-        hands them the GIL for up to a switch interval."""
+        written by one indexed store from values uploaded without waiting for the device (``transfer``)."""
         device = self.bias.device
         ints = torch.tensor(
             [
@@ -93,14 +84,12 @@ class PolicyState:
             dtype=torch.long,
         )
         suppressed = [self._suppressed_ids(s) for s in specs]
-        pairs = [(slot, t) for slot, ids in zip(slots, suppressed, strict=True) for t in ids]
-        temperature = torch.tensor([[s.temperature] for s in specs], dtype=torch.float64)
-        packed = torch.cat([ints.view(-1), torch.tensor(pairs, dtype=torch.long).view(-1)])
-        packed, temperature = upload(packed, device), upload(temperature, device)
-        rows, blank, stamps, max_initial, sample_len, length, last, prev = (
-            packed[: ints.numel()].view(ints.shape).unbind(1)
-        )
-        pair = packed[ints.numel() :].view(-1, 2)
+        pairs = torch.tensor(
+            [(slot, t) for slot, ids in zip(slots, suppressed, strict=True) for t in ids], dtype=torch.long
+        ).view(-1, 2)
+        ints, pair = upload_together(device, ints, pairs)
+        temperature = upload(torch.tensor([s.temperature for s in specs], dtype=torch.float32), device)
+        rows, blank, stamps, max_initial, sample_len, length, last, prev = ints.unbind(1)
         self.bias[rows] = 0.0
         self.bias[pair[:, 0], pair[:, 1]] = NEG_INF
         if device.type == "cpu":  # the CPU step's sparse suppression
@@ -109,7 +98,7 @@ class PolicyState:
         self.suppress_blank[rows] = blank.bool()
         self.timestamps[rows] = stamps.bool()
         self.max_initial[rows] = max_initial
-        self.temperature[rows] = temperature[:, 0].float()
+        self.temperature[rows] = temperature
         self.sample_len[rows] = sample_len
         self.n_sampled[rows] = 0
         self.length[rows] = length

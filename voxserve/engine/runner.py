@@ -23,7 +23,8 @@ from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import fuse_output_features
 from ..model.whisper import Whisper
 from .attention import choose_splits, decode_attention
-from .policy import PolicyState, upload
+from .policy import PolicyState
+from .transfer import upload, upload_together
 from .types import RowSpec
 
 # Attention kernels for the prefill, whose shapes change with every admission (rows, prompt length, encoder
@@ -232,9 +233,8 @@ class Runner:
         for i, spec in enumerate(specs):
             tokens[i, : lengths[i]] = torch.tensor(spec.initial_tokens)
         facts = torch.tensor([slots, cross_len, [x - 1 for x in lengths], [s.sot_index for s in specs]])
-        packed = upload(torch.cat([facts.view(-1), tokens.view(-1)]), self.device)
-        slot_t, cross_len_t, last, sot = packed[: facts.numel()].view(facts.shape)
-        tokens = packed[facts.numel() :].view(n, t)
+        facts, tokens = upload_together(self.device, facts, tokens)
+        slot_t, cross_len_t, last, sot = facts
         self.cross_len[slot_t] = cross_len_t
         self.policy.reset(slots, specs)
         with sdpa_kernel(_PREFILL_ATTENTION):
