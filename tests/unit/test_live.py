@@ -413,3 +413,37 @@ def test_prefix_partials_reuse_the_cached_decoder_with_the_same_spec(tokenizer, 
         _fresh_spec(service, "en", "context " * 300, long, 16000)
     with pytest.raises(OptionsError, match="no room"):
         service.request_spec("en", "context " * 300, long, 16000)
+
+
+def test_an_event_that_fails_to_serialise_is_logged_and_the_session_goes_on(caplog):
+    import json
+
+    sent: list[str] = []
+
+    async def send(event):  # as the WebSocket transport does
+        sent.append(json.dumps(event))
+
+    async def run():
+        session = LiveSession(ScriptedService([]), send)
+        await session.emit("probe", value=np.int64(3))  # numpy ints do not serialise
+        await session.emit("probe", value=3)
+        return session
+
+    with caplog.at_level("ERROR", logger="voxserve.live"):
+        session = asyncio.run(run())
+    assert [json.loads(text)["value"] for text in sent] == [3]
+    assert not session.closed
+    assert any("probe event could not be serialised" in r.getMessage() for r in caplog.records)
+
+
+def test_a_send_to_a_departed_client_is_quiet(caplog):
+    async def send(event):
+        raise RuntimeError("websocket closed")
+
+    async def run():
+        session = LiveSession(ScriptedService([]), send)
+        await session.emit("probe")
+
+    with caplog.at_level("ERROR", logger="voxserve.live"):
+        asyncio.run(run())
+    assert not caplog.records

@@ -108,8 +108,15 @@ class LiveSession:
     async def emit(self, type_: str, **fields: Any) -> None:
         if self.closed:
             return
-        with contextlib.suppress(Exception):  # the client went away; the transport notices and closes us
+        try:
             await self._send({"event_id": f"event_{next(_event_ids)}", "type": type_, **fields})
+        except (
+            TypeError,
+            ValueError,
+        ):  # the event would not serialise: our bug, so say it, but keep the session
+            log.exception("live: the %s event could not be serialised and was not sent", type_)
+        except Exception:  # the client went away; the transport notices and closes us
+            pass
 
     async def error(self, code: str, message: str, *, param: str | None = None, kind: str = "invalid_request_error",
                     event_id: str | None = None) -> None:  # fmt: skip
