@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import fuse_output_features
 from ..model.whisper import Whisper
@@ -374,7 +375,7 @@ class Runner:
         """Self-attention query, key and value of decoder layer ``i``: one fused GEMM where the weights were fused
         (float or quantized), else the layer's own three projections."""
         if self._qkv[i] is not None:
-            return F.linear(y, *self._qkv[i]).chunk(3, dim=-1)
+            return few_rows.linear(y, *self._qkv[i]).chunk(3, dim=-1)
         if self._qkv_quant[i] is not None:
             return self._qkv_quant[i](y).chunk(3, dim=-1)
         return layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
@@ -445,10 +446,10 @@ class Runner:
             q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
             self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
             self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
-            x = x + layer.attn.out(attend(i, q, False))
-            q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
-            x = x + layer.cross_attn.out(attend(i, q, True))
-            x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
+            x = x + _project(layer.attn.out, attend(i, q, False))
+            q = _project(layer.cross_attn.query, _layer_norm(layer.cross_attn_ln, x))
+            x = x + _project(layer.cross_attn.out, attend(i, q, True))
+            x = x + _project(layer.fc2, F.gelu(_project(layer.fc1, _layer_norm(layer.mlp_ln, x))))
         return x
 
     # ----- the CPU step
@@ -555,6 +556,12 @@ def _with_language(spec: RowSpec, token: int) -> RowSpec:
     tokens = list(spec.initial_tokens)
     tokens[spec.sot_index + 1] = token
     return replace(spec, initial_tokens=tuple(tokens))
+
+
+def _project(m: nn.Module, x: Tensor) -> Tensor:
+    """A decoder projection of a step's few rows: plain Linear layers in the CPU's fastest form for few rows
+    (``few_rows.linear``; on CUDA it is F.linear), others (quantized) as they are."""
+    return few_rows.linear(x, m.weight, m.bias) if type(m) is nn.Linear else m(x)
 
 
 def _layer_norm(ln: nn.LayerNorm, x: Tensor) -> Tensor:
