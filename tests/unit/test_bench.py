@@ -100,6 +100,21 @@ def test_document_validates_writes_and_reads_back(tmp_path):
     assert "offline 0.25x" in table and "30 s latency 0.50x" in table  # voxserve / peer, >1 = voxserve faster
 
 
+def test_the_table_shows_medians_over_rounds():
+    rows = [(1000.0, 400.0), (3000.0, 500.0), (1200.0, 900.0)]  # (voxserve, peer) 30 s latency per round
+    doc = _doc(
+        latency=[
+            {**_latency_row(subject, 30.0, ms), "round": r}
+            for r, pair in enumerate(rows)
+            for subject, ms in zip(("voxserve-reference", "ctranslate2-int8"), pair, strict=True)
+        ]
+    )
+    doc["settings"]["rounds"] = 3
+    table = report.format_table(doc)
+    assert "1,200 (p90 1,200)" in table and "500 (p90 500)" in table  # medians, not the first or last round
+    assert "30 s latency 0.42x" in table and "medians over 3 rounds" in table
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -275,6 +290,30 @@ def test_cli_writes_one_result_file(tmp_path, capsys, monkeypatch):
     assert "voxserve-reference" in capsys.readouterr().out
     assert main([*argv, "--n-inputs", "0"]) == 1
     assert "--n-inputs must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_rounds_alternate_the_subjects_and_keep_every_round(tmp_path, capsys, monkeypatch):
+    from voxserve.bench import runner, weights
+    from voxserve.cli import main
+
+    monkeypatch.setitem(weights.NAMED_DIMS, "tiny", TINY)
+    loaded = []
+    measure = runner._measure
+    monkeypatch.setattr(runner, "_measure", lambda plan, subject, *a: loaded.append(subject.name) or measure(
+        plan, subject, *a))  # fmt: skip
+    out = tmp_path / "results"
+    argv = ["bench", "--suite", "step", "--step-batches", "1", "--dims", "tiny", "--device", "cpu", "--repeats",
+            "1", "--threads", "1", "--subject", "reference,engine", "--rounds", "2", "--cache",
+            str(tmp_path / "cache"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert loaded == ["voxserve-reference", "voxserve-engine"] * 2
+    doc = results.read_result(next(out.iterdir()))
+    assert [s["name"] for s in doc["subjects"]] == ["voxserve-reference", "voxserve-engine"]
+    assert sorted((r["subject"], r["round"]) for r in doc["figures"]["step"]) == [
+        ("voxserve-engine", 0), ("voxserve-engine", 1), ("voxserve-reference", 0), ("voxserve-reference", 1)]  # fmt: skip
+    assert "medians over 2 rounds" in capsys.readouterr().out
+    assert main([*argv, "--rounds", "0"]) == 1
+    assert "--rounds must be >= 1" in capsys.readouterr().err
 
 
 def _plan(tmp_path, **changes):

@@ -2,8 +2,10 @@
 
 The run prepares the shared random-weight directory and the speech windows, then builds each subject in turn
 (voxserve's first, then the peers), measures it in every planned suite and frees it before the next, so only
-one model occupies memory at a time. A peer that cannot run (package missing, did not do the same work) is
-recorded under ``skipped`` with the reason; a failure of voxserve's own subject fails the run.
+one model occupies memory at a time. With ``rounds`` > 1 that sequence runs again, so the subjects alternate and
+slow drift of a shared machine hits all of them alike; every round's figures are kept (each row carries its
+``round``). A peer that cannot run (package missing, did not do the same work) is recorded under ``skipped``
+with the reason and not tried again; a failure of voxserve's own subject fails the run.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class BenchPlan:
     hf_cache: str = "static"
     hf_compile: bool = False
     seed: int = 0
+    rounds: int = 1  # every subject measured this many times, the subjects alternating round by round
 
     def __post_init__(self) -> None:
         if self.suite not in SUITE_CHOICES:
@@ -58,7 +61,7 @@ class BenchPlan:
             raise BenchError(f"unknown --dims {self.dims!r}; choose one of {sorted(NAMED_DIMS)}")
         if self.device not in ("cpu", "cuda"):
             raise BenchError(f"--device must be cpu or cuda, got {self.device!r}")
-        for name in ("batch", "n_inputs", "passes", "repeats", "threads"):
+        for name in ("batch", "n_inputs", "passes", "repeats", "threads", "rounds"):
             if getattr(self, name) < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -192,30 +195,39 @@ def run_plan(
         log(f"warning: other work is competing for the CPU (tasks waited {pressure}% of the last 10 s): "
             "CPU figures will be slower and noisier than on an idle machine")  # fmt: skip
 
-    for side, name, build in _builders(plan, hf_dir, tok):
-        subject = None
-        try:
-            log(f"loading {name}")
-            subject = build()
-            entry = {"name": subject.name, "side": subject.side, "device": str(subject.device),
-                     "precision": subject.precision, "config": subject.config}  # fmt: skip
-            rows = _measure(plan, subject, inputs, tok.eot, log)
-        except BenchError as e:
-            if side == "voxserve":
-                raise
-            log(f"{name} not measured: {e}")
-            doc["skipped"].append({"subject": name, "reason": str(e)})
-            continue
-        finally:
-            if subject is not None and subject.close is not None:
-                subject.close()
-            del subject  # one model in memory at a time
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        results.add_subject(doc, **entry)
-        for suite, suite_rows in rows.items():
-            doc["figures"][suite].extend(suite_rows)
+    builders = _builders(plan, hf_dir, tok)
+    skipped: set[str] = set()
+    for round_ in range(plan.rounds):
+        for side, name, build in builders:
+            if name in skipped:
+                continue
+            subject = None
+            try:
+                log(
+                    f"loading {name}" + (f" (round {round_ + 1} of {plan.rounds})" if plan.rounds > 1 else "")
+                )
+                subject = build()
+                entry = {"name": subject.name, "side": subject.side, "device": str(subject.device),
+                         "precision": subject.precision, "config": subject.config}  # fmt: skip
+                rows = _measure(plan, subject, inputs, tok.eot, log)
+            except BenchError as e:
+                if side == "voxserve":
+                    raise
+                log(f"{name} not measured: {e}")
+                doc["skipped"].append({"subject": name, "reason": str(e)})
+                skipped.add(name)
+                continue
+            finally:
+                if subject is not None and subject.close is not None:
+                    subject.close()
+                del subject  # one model in memory at a time
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if round_ == 0:
+                results.add_subject(doc, **entry)
+            for suite, suite_rows in rows.items():
+                doc["figures"][suite].extend({**row, "round": round_} for row in suite_rows)
     doc["conditions"]["end"] = end = machine.load_snapshot()
     # The share of the run in which some task waited for a CPU: other work competing with the measurement.
     doc["conditions"]["cpu_contention_pct"] = machine.contention_pct(start, end)

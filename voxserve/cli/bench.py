@@ -50,6 +50,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=int, default=1, help="offline: timed passes, median kept (default 1)")
     p.add_argument("--repeats", type=int, default=5, help="latency and step: timed repeats (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="latency and step: untimed runs first (default 1)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every subject this many times, the subjects alternating round by round, so drift of a "
+        "shared machine hits them alike; the file keeps every round, the table shows medians (default 1)",
+    )
     p.add_argument("--step-batches", default="1,4", help="step: batch sizes, comma-separated (default 1,4)")
     p.add_argument(
         "--peers",
@@ -206,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             hf_cache=args.hf_cache,
             hf_compile=args.hf_compile == "on" or (args.hf_compile == "auto" and cuda),
             seed=args.seed,
+            rounds=args.rounds,
         )
         doc, path = run_plan(plan, command_line(args))
     except BenchError as e:
