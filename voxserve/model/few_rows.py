@@ -21,10 +21,15 @@ MAX_ROWS = 32
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` for x [..., in], weight [out, in]; on the CPU with at most ``MAX_ROWS`` rows
-    computed as ``weight @ x.T``. Returns a contiguous [..., out]."""
+    """``F.linear(x, weight, bias)`` for x [..., in], weight [out, in]; on the CPU in float32 (what was
+    measured) with at most ``MAX_ROWS`` rows computed as ``weight @ x.T``. Returns a contiguous [..., out]."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.device.type != "cpu" or not 0 < rows <= MAX_ROWS or weight.dtype != x.dtype:
+    if (
+        x.device.type != "cpu"
+        or not 0 < rows <= MAX_ROWS
+        or x.dtype != torch.float32
+        or weight.dtype != x.dtype
+    ):
         return F.linear(x, weight, bias)
     columns = x.reshape(rows, x.shape[-1])
     if rows == 1:  # a two-column GEMM streams the weight faster than the one-column GEMV

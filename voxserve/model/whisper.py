@@ -79,7 +79,7 @@ class TextDecoder(nn.Module):
         weight = self.token_embedding.weight
         if weight.device.type == "cpu" and not (torch.is_grad_enabled() and weight.requires_grad):
             rows = h.numel() // h.shape[-1]
-            if 1 < rows <= few_rows.MAX_ROWS and weight.dtype == h.dtype:
+            if 1 < rows <= few_rows.MAX_ROWS and weight.dtype == h.dtype == torch.float32:
                 return few_rows.linear(h, weight).float()
             return (h @ self._transposed_embedding(h.dtype)).float()
         return (h @ weight.to(x.dtype).T).float()
