@@ -69,6 +69,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that adopts the engine's CPU thread policy (the bench does) must not leave the rest of the
+    session single-threaded."""
+    from voxserve.engine import threads
+
+    before = torch.get_num_threads()
+    yield
+    threads._engine_threads = None
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -416,8 +417,6 @@ def test_prefix_partials_reuse_the_cached_decoder_with_the_same_spec(tokenizer, 
 
 
 def test_an_event_that_fails_to_serialise_is_logged_and_the_session_goes_on(caplog):
-    import json
-
     sent: list[str] = []
 
     async def send(event):  # as the WebSocket transport does

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine import threads
 from . import machine, results, suites
 from .inputs import speech_clips, speech_windows
 from .subjects import VOXSERVE_SUBJECTS, Subject, prompt_tokens
@@ -170,7 +171,13 @@ def run_plan(
     device = torch.device(plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for, but no CUDA device is available")
-    torch.set_num_threads(plan.threads)
+    if device.type == "cpu":
+        # The engines' worker threads get the threads and this thread (log-mel, the reference decoder) runs
+        # single-threaded, so the engine's OpenMP team is the only one on the cores (engine/threads.py).
+        # CTranslate2 runs its own pool of plan.threads.
+        threads.engine_owns_cpu_threads(plan.threads)
+    else:
+        torch.set_num_threads(plan.threads)
     dims = resolve_dims(plan.dims)
     tok = bench_tokenizer(dims, plan.tiktoken)
     inputs = _inputs(plan)

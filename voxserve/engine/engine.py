@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model.whisper import Whisper
+from . import threads
 from .runner import Runner, slot_bytes
 from .types import EngineConfig, TokenEvent, WindowOutput, WindowRequest
 
@@ -127,6 +128,10 @@ class Engine:
         self.model = model
         self.eot = eot
         self.n_slots = self._slot_count(model)
+        owned = threads.engine_threads()
+        self._cpu_threads = None
+        if model.device.type == "cpu":
+            self._cpu_threads = self.config.cpu_threads or owned or torch.get_num_threads()
         self.runner = Runner(
             model,
             n_slots=self.n_slots,
@@ -139,7 +144,7 @@ class Engine:
             cuda_graphs=self.config.cuda_graphs,
             max_encode=self.config.max_admit,
             compile=self.config.compile,
-            cpu_step_threads=self.config.cpu_step_threads,
+            cpu_step_threads=None if owned else self.config.cpu_step_threads,
             cpu_step_threads_rows=self.config.cpu_step_threads_rows,
             short_window_frames=self.config.short_window_frames,
         )
@@ -152,7 +157,16 @@ class Engine:
         self.failure: BaseException | None = None
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="voxserve-engine", daemon=True)
+        if self._cpu_threads is None:
+            self._thread.start()
+            return
+        # The worker sets its own thread count first thing; torch also keeps that count as the default for
+        # threads started later, so once it has, put back the default this (creating) thread had.
+        creator = torch.get_num_threads()
+        self._worker_ready = threading.Event()
         self._thread.start()
+        self._worker_ready.wait()
+        torch.set_num_threads(creator)
 
     def _slot_count(self, model: Whisper) -> int:
         cfg = self.config
@@ -223,6 +237,12 @@ class Engine:
     # ----- worker thread
 
     def _run(self) -> None:
+        if self._cpu_threads is not None:
+            # torch gives a thread its count lazily, copying the process default at the thread's first query or
+            # parallel op: query first, or that copy would later undo this thread's own setting.
+            torch.get_num_threads()
+            torch.set_num_threads(self._cpu_threads)
+            self._worker_ready.set()
         try:
             while True:
                 with self._cv:

@@ -80,12 +80,15 @@ class EngineConfig:
     compile: bool = False
     # slots on the CPU when max_slots is None
     cpu_slots: int = 8
+    # intra-op threads of the engine's worker thread on the CPU (None: the count of engine_owns_cpu_threads'
+    # policy when the process adopted it, else torch's count in the thread that creates the engine)
+    cpu_threads: int | None = None
     # intra-op threads of the CPU decode step's decoder layers when it runs at most cpu_step_threads_rows rows
-    # (None: torch's setting, as the encoder, prefill and the output projection use). The engine's worker thread holds its own OpenMP team beside
-    # its callers' (log-mel, other torch work), and with more OpenMP threads than cores libgomp stops spinning
-    # between parallel regions, so every small op of a step waits for a sleeping thread to wake: on 2 cores a
-    # one-row tiny int8 step measured ~8.5-9 ms with 2 threads, ~6.3 ms with 1. torch's thread count is
-    # process-wide, so other threads' torch work runs with this many threads while such a step runs.
+    # (None: the worker's count, as the encoder, prefill and the output projection use). When the engine's worker
+    # thread holds its OpenMP team beside a caller's (see engine/threads.py), libgomp stops spinning between
+    # parallel regions and every small op of a step waits for a sleeping thread to wake: on 2 cores a one-row
+    # tiny int8 step measured ~8.5-9 ms with 2 threads, ~6.3 ms with 1. Ignored under engine_owns_cpu_threads'
+    # policy, where the worker's team is the only one and the whole step runs with the worker's count.
     cpu_step_threads: int | None = 1
     cpu_step_threads_rows: int = 2
     # window lengths in mel frames, shorter than the model's 30 s, that requests will use (live short windows):
@@ -105,5 +108,7 @@ class EngineConfig:
             raise ValueError(
                 f"short_window_frames must be even frame counts >= 2, got {self.short_window_frames}"
             )
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
         if self.cpu_step_threads is not None and self.cpu_step_threads < 1:
             raise ValueError(f"cpu_step_threads must be >= 1 or None, got {self.cpu_step_threads}")
