@@ -54,3 +54,13 @@ def test_under_the_policy_the_worker_gets_the_threads_and_callers_run_one(model,
         assert torch.get_num_threads() == 1
         assert engine.runner.cpu_step_threads is None  # the whole step runs with the worker's count
         assert _worker_counts(engine, model, tokenizer) == [2]
+
+
+def test_serve_adopts_the_policy_on_the_cpu_only():
+    from voxserve.cli.serve import _adopt_cpu_thread_policy
+
+    _adopt_cpu_thread_policy("cuda")
+    assert threads.engine_threads() is None
+    torch.set_num_threads(2)
+    _adopt_cpu_thread_policy("cpu")
+    assert threads.engine_threads() == 2 and torch.get_num_threads() == 1

@@ -79,7 +79,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "on the CPU",
     )
     p.add_argument(
-        "--threads", type=int, help="CPU threads for torch and CTranslate2 (default: usable cores)"
+        "--threads",
+        type=int,
+        help="CPU threads for torch and CTranslate2 (default: usable cores); on the CPU voxserve's engine worker "
+        "gets them and the calling thread (log-mel, the reference decoder) runs single-threaded",
     )
     p.add_argument(
         "--audio",
@@ -228,6 +231,7 @@ def run_streams(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench.weights import BenchError
+    from ..engine.threads import engine_owns_cpu_threads
     from ..live.streambench import StreamBenchPlan, format_streams
     from ..live.streambench import run_streams as measure
 
@@ -237,7 +241,9 @@ def run_streams(args: argparse.Namespace) -> int:
         except ValueError:
             raise BenchError(f"--streams must be comma-separated integers, not {args.streams!r}") from None
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if args.threads:
+        if device == "cpu":  # the engine's worker gets the threads, the callers one each (engine/threads.py)
+            engine_owns_cpu_threads(args.threads)
+        elif args.threads:
             torch.set_num_threads(args.threads)
         plan = StreamBenchPlan(
             streams=counts,

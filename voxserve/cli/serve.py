@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         lines = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         print(f"voxserve serve: error: {lines}", file=sys.stderr)
         return 2
+    _adopt_cpu_thread_policy(settings.device)
     app = create_app(settings)
     # uvicorn handles SIGTERM/SIGINT: it stops accepting, lets in-flight requests finish (up to the grace
     # period), then runs the app's lifespan shutdown, which stops the job workers and the engines.
@@ -82,3 +83,14 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
     return 0
+
+
+def _adopt_cpu_thread_policy(device: str | None) -> None:
+    """On the CPU the engines' worker threads get torch's threads and request threads run one each, so only
+    the engines' OpenMP teams share the cores (engine/threads.py). Adopted before anything runs torch work."""
+    import torch
+
+    from ..engine.threads import engine_owns_cpu_threads
+
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+        engine_owns_cpu_threads()
