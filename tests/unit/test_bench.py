@@ -316,6 +316,27 @@ def test_cli_rounds_alternate_the_subjects_and_keep_every_round(tmp_path, capsys
     assert "--rounds must be >= 1" in capsys.readouterr().err
 
 
+def test_cli_isolate_measures_each_subject_in_a_fresh_process(tmp_path, capsys, monkeypatch):
+    from voxserve.bench import runner, weights
+    from voxserve.cli import main
+
+    monkeypatch.setitem(weights.NAMED_DIMS, "tiny", TINY)  # resolved here, handed to the child
+
+    def in_this_process(*args):
+        raise AssertionError("measured in the parent process")
+
+    monkeypatch.setattr(runner, "_measure_subject", in_this_process)  # the spawned child imports its own
+    out = tmp_path / "results"
+    argv = ["bench", "--suite", "step", "--step-batches", "1", "--dims", "tiny", "--device", "cpu", "--repeats",
+            "1", "--threads", "1", "--isolate", "--cache", str(tmp_path / "cache"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    doc = results.read_result(next(out.iterdir()))
+    assert [s["name"] for s in doc["subjects"]] == ["voxserve-reference"] and doc["settings"]["isolate"]
+    [row] = doc["figures"]["step"]
+    assert row["subject"] == "voxserve-reference" and row["step_ms"] > 0
+    assert "in a fresh process" in capsys.readouterr().err
+
+
 def _plan(tmp_path, **changes):
     from voxserve.bench.runner import BenchPlan
 

@@ -11,8 +11,10 @@ with the reason and not tried again; a failure of voxserve's own subject fails t
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ class BenchPlan:
     hf_compile: bool = False
     seed: int = 0
     rounds: int = 1  # every subject measured this many times, the subjects alternating round by round
+    isolate: bool = False  # measure each subject in a fresh process of its own
 
     def __post_init__(self) -> None:
         if self.suite not in SUITE_CHOICES:
@@ -164,6 +167,59 @@ def _stderr(line: str) -> None:
     print(f"bench: {line}", file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every subject's measurement shares: tokenizer, speech windows, the random-weight directory."""
+
+    tok: Any
+    inputs: _Inputs
+    hf_dir: Path
+    builders: list[tuple[str, str, Callable[[], Subject]]]
+
+
+def _context(plan: BenchPlan, dims: Any, log: Callable[[str], None]) -> _Context:
+    if plan.device == "cpu":
+        # The engines' worker threads get the threads and this thread (log-mel, the reference decoder) runs
+        # single-threaded, so the engine's OpenMP team is the only one on the cores (engine/threads.py).
+        # CTranslate2 runs its own pool of plan.threads.
+        threads.engine_owns_cpu_threads(plan.threads)
+    else:
+        torch.set_num_threads(plan.threads)
+    tok = bench_tokenizer(dims, plan.tiktoken)
+    inputs = _inputs(plan)
+    log(f"preparing random {plan.dims} weights under {plan.cache}")
+    hf_dir = random_hf_dir(dims, plan.cache / f"whisper-{plan.dims}-random-seed{plan.seed}", plan.tiktoken,
+                           seed=plan.seed)  # fmt: skip
+    return _Context(tok, inputs, hf_dir, _builders(plan, hf_dir, tok))
+
+
+def _measure_subject(
+    plan: BenchPlan, ctx: _Context, index: int, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Build subject ``index``, measure it in every planned suite, free it: (its entry, its rows by suite)."""
+    subject = None
+    try:
+        subject = ctx.builders[index][2]()
+        entry = {"name": subject.name, "side": subject.side, "device": str(subject.device),
+                 "precision": subject.precision, "config": subject.config}  # fmt: skip
+        return entry, _measure(plan, subject, ctx.inputs, ctx.tok.eot, log)
+    finally:
+        if subject is not None and subject.close is not None:
+            subject.close()
+        del subject  # one model in memory at a time
+        gc.collect()
+        if plan.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _measure_isolated(
+    plan: BenchPlan, dims: Any, index: int
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """``_measure_subject`` in a fresh process (the plan's isolate): nothing a subject leaves in a process (thread
+    pools, allocator state) reaches the next one."""
+    return _measure_subject(plan, _context(plan, dims, lambda _: None), index, _stderr)
+
+
 def run_plan(
     plan: BenchPlan, command: list[str], log: Callable[[str], None] = _stderr
 ) -> tuple[dict[str, Any], Path]:
@@ -171,19 +227,9 @@ def run_plan(
     device = torch.device(plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for, but no CUDA device is available")
-    if device.type == "cpu":
-        # The engines' worker threads get the threads and this thread (log-mel, the reference decoder) runs
-        # single-threaded, so the engine's OpenMP team is the only one on the cores (engine/threads.py).
-        # CTranslate2 runs its own pool of plan.threads.
-        threads.engine_owns_cpu_threads(plan.threads)
-    else:
-        torch.set_num_threads(plan.threads)
     dims = resolve_dims(plan.dims)
-    tok = bench_tokenizer(dims, plan.tiktoken)
-    inputs = _inputs(plan)
-    log(f"preparing random {plan.dims} weights under {plan.cache}")
-    hf_dir = random_hf_dir(dims, plan.cache / f"whisper-{plan.dims}-random-seed{plan.seed}", plan.tiktoken,
-                           seed=plan.seed)  # fmt: skip
+    ctx = _context(plan, dims, log)
+    inputs, tok = ctx.inputs, ctx.tok
 
     settings = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()},
@@ -202,21 +248,23 @@ def run_plan(
         log(f"warning: other work is competing for the CPU (tasks waited {pressure}% of the last 10 s): "
             "CPU figures will be slower and noisier than on an idle machine")  # fmt: skip
 
-    builders = _builders(plan, hf_dir, tok)
     skipped: set[str] = set()
     for round_ in range(plan.rounds):
-        for side, name, build in builders:
+        for index, (side, name, _) in enumerate(ctx.builders):
             if name in skipped:
                 continue
-            subject = None
             try:
+                where = " in a fresh process" if plan.isolate else ""
                 log(
-                    f"loading {name}" + (f" (round {round_ + 1} of {plan.rounds})" if plan.rounds > 1 else "")
+                    f"loading {name}{where}"
+                    + (f" (round {round_ + 1} of {plan.rounds})" if plan.rounds > 1 else "")
                 )
-                subject = build()
-                entry = {"name": subject.name, "side": subject.side, "device": str(subject.device),
-                         "precision": subject.precision, "config": subject.config}  # fmt: skip
-                rows = _measure(plan, subject, inputs, tok.eot, log)
+                if plan.isolate:
+                    spawn = multiprocessing.get_context("spawn")
+                    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                        entry, rows = pool.submit(_measure_isolated, plan, dims, index).result()
+                else:
+                    entry, rows = _measure_subject(plan, ctx, index, log)
             except BenchError as e:
                 if side == "voxserve":
                     raise
@@ -224,13 +272,6 @@ def run_plan(
                 doc["skipped"].append({"subject": name, "reason": str(e)})
                 skipped.add(name)
                 continue
-            finally:
-                if subject is not None and subject.close is not None:
-                    subject.close()
-                del subject  # one model in memory at a time
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
             if round_ == 0:
                 results.add_subject(doc, **entry)
             for suite, suite_rows in rows.items():

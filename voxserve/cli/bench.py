@@ -51,6 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="latency and step: timed repeats (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="latency and step: untimed runs first (default 1)")
     p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="measure each subject in a fresh process of its own, so nothing one leaves in the process (thread "
+        "pools, allocator state) slows the next; costs a process start per subject and round",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -217,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
             hf_compile=args.hf_compile == "on" or (args.hf_compile == "auto" and cuda),
             seed=args.seed,
             rounds=args.rounds,
+            isolate=args.isolate,
         )
         doc, path = run_plan(plan, command_line(args))
     except BenchError as e:
