@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
+import sys
+import time
 
 import torch
 from probe_engine import DIMS  # noqa: I001 - a sibling script
@@ -14,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from voxserve.config import ModelDims
 from voxserve.decoding.batched import make_engine
+from voxserve.engine.runner import Runner
 from voxserve.engine.types import EngineConfig
 from voxserve.model.load import init_random
 from voxserve.tokenizer import Tokenizer
@@ -52,6 +56,7 @@ def main() -> None:
                     runner._step(rows, False)
                     torch.cuda.synchronize()
                 table(prof, f"decode step b={b}")
+            graph_timing(runner)
             mel = torch.randn(1, dims.n_mels, 3000, device="cuda", dtype=dtype)
             model.encoder(mel)
             torch.cuda.synchronize()
@@ -61,6 +66,41 @@ def main() -> None:
             table(prof, "encoder b=1")
     finally:
         eng.close()
+
+
+def graph_timing(runner: Runner) -> None:
+    """The step as the engine runs it: GPU time of one graph replay (CUDA events over back-to-back replays) and
+    wall time of ``Runner.step`` (upload of the rows, replay, the one read-back), per batch bucket."""
+    runner.use_graphs = True
+    for b in (1, 8, 64):
+        if b > runner.n_slots:
+            continue
+        slots = list(range(b))
+        runner.policy.length[:b] = 10
+        runner.policy.sample_len[:b] = 10**6
+        graph = runner._graph(b, False)[0]
+        rows = runner._rows[:b]
+        rows.fill_(runner.scratch)
+        rows[:b] = torch.arange(b, device="cuda")
+        for _ in range(5):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            runner.policy.length[:b] = 10  # keep the rows at the same length
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        replay_ms = start.elapsed_time(end) / 50
+        walls = []
+        for _ in range(50):
+            runner.policy.length[:b] = 10
+            t = time.perf_counter()
+            runner.step(slots)
+            walls.append((time.perf_counter() - t) * 1000)
+        print(
+            f"step b={b}: graph replay {replay_ms:.3f} ms GPU, Runner.step {statistics.median(walls):.3f} ms wall"
+        )
 
 
 def attention_sweep() -> None:
@@ -106,5 +146,7 @@ def attention_sweep() -> None:
 
 
 if __name__ == "__main__":
-    attention_sweep()
+    if "--sweep" in sys.argv:
+        sys.argv.remove("--sweep")
+        attention_sweep()
     main()
