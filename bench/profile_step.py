@@ -45,18 +45,22 @@ def main() -> None:
     runner = eng.runner
     try:
         with torch.no_grad():
-            for b in (1, 64):
-                rows = torch.arange(b, device="cuda")
-                runner.policy.length[:b] = 10
-                runner.policy.sample_len[:b] = 10**6
-                for _ in range(3):
-                    runner._step(rows, False)
-                torch.cuda.synchronize()
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    runner._step(rows, False)
+            fusable = runner.fused_step
+            for fused in (False, True) if fusable else (False,):
+                runner.fused_step = fused
+                for b in (1, 64):
+                    rows = torch.arange(b, device="cuda")
+                    runner.policy.length[:b] = 10
+                    runner.policy.sample_len[:b] = 10**6
+                    for _ in range(3):
+                        runner._step(rows, False)
                     torch.cuda.synchronize()
-                table(prof, f"decode step b={b}")
-            graph_timing(runner)
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        runner._step(rows, False)
+                        torch.cuda.synchronize()
+                    table(prof, f"decode step b={b}, fused={fused}")
+                runner._graphs.clear()
+                graph_timing(runner, f"fused={fused}")
             mel = torch.randn(1, dims.n_mels, 3000, device="cuda", dtype=dtype)
             model.encoder(mel)
             torch.cuda.synchronize()
@@ -68,7 +72,7 @@ def main() -> None:
         eng.close()
 
 
-def graph_timing(runner: Runner) -> None:
+def graph_timing(runner: Runner, label: str) -> None:
     """The step as the engine runs it: GPU time of one graph replay (CUDA events over back-to-back replays) and
     wall time of ``Runner.step`` (upload of the rows, replay, the one read-back), per batch bucket."""
     runner.use_graphs = True

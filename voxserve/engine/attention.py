@@ -39,6 +39,33 @@ def decode_attention(
     return reference_decode_attention(q, k_cache, v_cache, rows, lengths)
 
 
+def decode_self_attention(
+    qkv: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor, n_head: int
+) -> Tensor:
+    """A decode step's self-attention in one launch: each row's new key and value (from qkv [B, 3C], query, key,
+    value side by side) are written into its slot at position length - 1, then its query attends over positions
+    [0, length). Output [B, C]. On CUDA one Triton program per (row, head), unsplit: self-attention rows are
+    short (at most n_text_ctx) and this saves the cache-write and merge launches."""
+    b, c3 = qkv.shape
+    c = c3 // 3
+    if qkv.is_cuda and triton is not None:
+        if qkv.stride(1) != 1 or k_cache.stride(2) != 1 or v_cache.stride(2) != 1:
+            raise ValueError("decode_self_attention needs the feature dimension contiguous")
+        out = torch.empty(b, c, dtype=qkv.dtype, device=qkv.device)
+        d = c // n_head
+        _self_step_kernel[(b, n_head)](
+            qkv, k_cache, v_cache, rows, lengths, out,
+            qkv.stride(0), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+            d**-0.5, C=c, D=d, BLOCK_N=64, num_warps=4,
+        )  # fmt: skip
+        return out
+    q, k, v = qkv.chunk(3, dim=-1)
+    write_at = rows * k_cache.shape[1] + lengths - 1
+    k_cache.view(-1, c).index_copy_(0, write_at, k)
+    v_cache.view(-1, c).index_copy_(0, write_at, v)
+    return reference_decode_attention(q.reshape(b, n_head, c // n_head), k_cache, v_cache, rows, lengths)
+
+
 def reference_decode_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor
 ) -> Tensor:
@@ -104,6 +131,49 @@ if triton is not None:
             tl.store(Acc + part * D + d, acc)
             tl.store(Stats + part * 2, m_i)
             tl.store(Stats + part * 2 + 1, l_i)
+
+    @triton.jit
+    def _self_step_kernel(
+        QKV, K, V, Rows, Lengths, Out,
+        stride_qkv, stride_ks, stride_kt, stride_vs, stride_vt,
+        scale,
+        C: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        slot = tl.load(Rows + b).to(tl.int64)
+        pos = tl.load(Lengths + b) - 1  # the new token's position
+        d = tl.arange(0, D)
+        row = QKV + b * stride_qkv + h * D
+        q = tl.load(row + d).to(tl.float32) * scale
+        k_new = tl.load(row + C + d)
+        v_new = tl.load(row + 2 * C + d)
+        k_base = K + slot * stride_ks + h * D
+        v_base = V + slot * stride_vs + h * D
+        tl.store(k_base + pos * stride_kt + d, k_new)
+        tl.store(v_base + pos * stride_vt + d, v_new)
+        m_i = tl.full((), float("-inf"), tl.float32)
+        l_i = tl.zeros((), tl.float32)
+        acc = tl.zeros((D,), tl.float32)
+        for n0 in range(0, pos + 1, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            # Earlier positions from the cache; the new one from registers, so no program reads what another
+            # (or this one) is writing.
+            old = (n < pos)[:, None]
+            new = (n == pos)[:, None]
+            k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=old, other=0.0)
+            k = tl.where(new, k_new[None, :], k)
+            scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+            scores = tl.where(n <= pos, scores, -float("inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+            p = tl.exp(scores - m_new)
+            alpha = tl.exp(m_i - m_new)
+            v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=old, other=0.0)
+            v = tl.where(new, v_new[None, :], v)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            m_i = m_new
+        tl.store(Out + b * C + h * D + d, (acc / l_i).to(Out.dtype.element_ty))
 
     @triton.jit
     def _merge_kernel(Acc, Stats, Out, H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):

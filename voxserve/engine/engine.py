@@ -147,6 +147,7 @@ class Engine:
             cpu_step_threads=None if owned else self.config.cpu_step_threads,
             cpu_step_threads_rows=self.config.cpu_step_threads_rows,
             short_window_frames=self.config.short_window_frames,
+            fused_step=self.config.fused_step,
         )
         self._queue: list[tuple[int, int, Ticket]] = []  # heap of (priority, arrival, ticket)
         self._arrival = itertools.count()

@@ -23,7 +23,8 @@ from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import fuse_output_features
 from ..model.whisper import Whisper
-from .attention import choose_splits, decode_attention
+from . import fused
+from .attention import choose_splits, decode_attention, decode_self_attention
 from .policy import PolicyState
 from .transfer import upload, upload_together
 from .types import RowSpec
@@ -76,6 +77,7 @@ class Runner:
         cpu_step_threads: int | None = None,
         cpu_step_threads_rows: int = 2,
         short_window_frames: tuple[int, ...] = (),
+        fused_step: bool = True,
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -123,6 +125,23 @@ class Runner:
             else None
             for layer, fused in zip(model.decoder.layers, self._qkv, strict=True)
         ]
+        # The CUDA step's few-row path: every decoder projection one kernel with its layer norm, bias, GELU and
+        # residual (engine/fused.py), where all are plain float Linear layers; compiled steps keep the eager ops
+        # for Inductor to fuse.
+        projections = [
+            m
+            for layer in model.decoder.layers
+            for m in (layer.attn.out, layer.cross_attn.query, layer.cross_attn.out, layer.fc1, layer.fc2)
+        ]
+        self.fused_step = (
+            fused_step
+            and self.device.type == "cuda"
+            and fused.triton is not None
+            and not compile
+            and all(f is not None for f in self._qkv)
+            and all(type(m) is nn.Linear for m in projections)
+            and (model.decoder.proj_out is None or type(model.decoder.proj_out) is nn.Linear)
+        )
         # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
         self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
@@ -432,7 +451,32 @@ class Runner:
                 q.view(b, h, dh), k, v, rows, cross_len, splits=cross_splits, block_n=128, num_warps=2
             )
 
+        if self.fused_step and b <= fused.MAX_ROWS:
+            return self._fused_logits(rows, self_len, attend)
         return self.model.decoder.logits(self._decoder_layers(rows, attend))
+
+    def _fused_logits(
+        self, rows: Tensor, self_len: Tensor, attend: Callable[[int, Tensor, bool], Tensor]
+    ) -> Tensor:
+        """``_logits`` in few kernels per layer (see ``fused_step``): each projection fused with the layer norm
+        before it or the bias, GELU and residual after it, the self-attention writing the new K/V itself, and
+        the output projection with the final layer norm, straight to float32 logits."""
+        dec, pol = self.model.decoder, self.policy
+        pos = pol.length[rows] - 1
+        x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
+        for i, layer in enumerate(dec.layers):
+            qkv = fused.rows_linear(x, *self._qkv[i], ln=layer.attn_ln)
+            a = decode_self_attention(qkv, self.self_k[i], self.self_v[i], rows, self_len, self.n_head)
+            x = fused.rows_linear(a, layer.attn.out.weight, layer.attn.out.bias, residual=x)
+            cq = layer.cross_attn.query
+            q = fused.rows_linear(x, cq.weight, cq.bias, ln=layer.cross_attn_ln)
+            co = layer.cross_attn.out
+            x = fused.rows_linear(attend(i, q, True), co.weight, co.bias, residual=x)
+            h = fused.rows_linear(x, layer.fc1.weight, layer.fc1.bias, ln=layer.mlp_ln, gelu=True)
+            x = fused.rows_linear(h, layer.fc2.weight, layer.fc2.bias, residual=x)
+        out = dec.proj_out
+        weight, bias = (dec.token_embedding.weight, None) if out is None else (out.weight, out.bias)
+        return fused.rows_linear(x, weight, bias, ln=dec.ln, out_dtype=torch.float32)
 
     def _decoder_layers(self, rows: Tensor, attend: Callable[[int, Tensor, bool], Tensor]) -> Tensor:
         """Each row's last token through every decoder layer, writing its self K/V at its position; ``attend(i,

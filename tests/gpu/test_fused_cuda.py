@@ -1,0 +1,118 @@
+"""The fused few-row decode step on CUDA (engine/fused.py, the self-attention step kernel) against the eager ops.
+
+Run on the GPU machine: ``python3 -m pytest -q -m gpu tests/gpu``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import TINY
+from tests.support import decisive_model
+from voxserve.decoding.batched import make_engine
+from voxserve.engine import fused
+from voxserve.engine.attention import decode_self_attention
+from voxserve.engine.types import EngineConfig
+
+pytestmark = pytest.mark.gpu
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def _layer_norm(k: int, dtype: torch.dtype, g: torch.Generator) -> nn.LayerNorm:
+    ln = nn.LayerNorm(k).to("cuda", dtype)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.3 * torch.randn(k, generator=g, device="cuda"))
+        ln.bias.copy_(0.3 * torch.randn(k, generator=g, device="cuda"))
+    return ln
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 5, 16, 33, 64])
+@pytest.mark.parametrize(
+    "form", ["ln", "ln+gelu", "residual", "ln, no bias, float32 out", "plain, odd sizes"]
+)
+def test_rows_linear_equals_the_eager_ops(dtype, rows, form) -> None:
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    n, k = (1000, 333) if form == "plain, odd sizes" else (1280, 5120 if form == "residual" else 1280)
+    x = (2 * torch.randn(rows, k, generator=g, device="cuda") + 0.5).to(dtype)
+    weight = (torch.randn(n, k, generator=g, device="cuda") / k**0.5).to(dtype)
+    bias = None if "no bias" in form else torch.randn(n, generator=g, device="cuda").to(dtype)
+    ln = _layer_norm(k, dtype, g) if form.startswith("ln") else None
+    residual = torch.randn(rows, n, generator=g, device="cuda").to(dtype) if form == "residual" else None
+    out_dtype = torch.float32 if "float32 out" in form else None
+    kwargs = dict(ln=ln, gelu="gelu" in form, residual=residual, out_dtype=out_dtype)
+    assert fused.available(x)
+    got = fused.rows_linear(x, weight, bias, **kwargs)
+    assert got.shape == (rows, n) and got.dtype == (out_dtype or dtype)
+    # the reference in float32 from the same (rounded) inputs
+    f = lambda t: None if t is None else t.float()  # noqa: E731
+    ln32 = None if ln is None else nn.LayerNorm(k).cuda()
+    if ln32 is not None:
+        ln32.load_state_dict({name: p.float() for name, p in ln.state_dict().items()})
+    ref = fused._reference(x.float(), weight.float(), f(bias), ln32, "gelu" in form, f(residual))
+    err = ((got.float() - ref).norm() / ref.norm()).item()
+    assert err < TOLERANCE[dtype], err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_self_attention_step_writes_the_cache_and_attends(dtype) -> None:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    slots, t, h, d = 7, 448, 20, 64
+    c = h * d
+    k_cache = torch.randn(slots, t, c, generator=g, device="cuda").to(dtype)
+    v_cache = torch.randn(slots, t, c, generator=g, device="cuda").to(dtype)
+    qkv = torch.randn(5, 3 * c, generator=g, device="cuda").to(dtype)
+    rows = torch.tensor([3, 0, 6, 1, 5], device="cuda")
+    lengths = torch.tensor([1, 2, 65, 448, 130], device="cuda")
+    k_ref, v_ref = k_cache.clone().cpu().float(), v_cache.clone().cpu().float()
+    got = decode_self_attention(qkv, k_cache, v_cache, rows, lengths, h)
+    ref = decode_self_attention(qkv.cpu().float(), k_ref, v_ref, rows.cpu(), lengths.cpu(), h)
+    assert torch.equal(k_cache.cpu().float(), k_ref) and torch.equal(v_cache.cpu().float(), v_ref)
+    err = ((got.cpu().float() - ref).norm() / ref.norm()).item()
+    assert err < TOLERANCE[dtype], err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_step_logits_equal_the_unfused_step(tokenizer, dtype) -> None:
+    """The same slots stepped by the fused and the unfused graph-captured step, at every bucket up to
+    fused.MAX_ROWS: the same logits (float32: to rounding), the same cache contents."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).to("cuda", dtype)
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=64, cuda_graphs=True))
+    try:
+        runner = eng.runner
+        assert runner.fused_step
+        g = torch.Generator(device="cuda").manual_seed(1)
+        with torch.no_grad():
+            for cache in (runner.self_k, runner.self_v, runner.cross_k, runner.cross_v):
+                cache.copy_(torch.randn(cache.shape, generator=g, device="cuda").to(dtype))
+            runner.policy.length[:64] = torch.randint(1, 200, (64,), generator=g, device="cuda")
+            runner.policy.last[:64] = torch.randint(0, 50000, (64,), generator=g, device="cuda")
+            runner.cross_len[:64] = torch.randint(1, 1501, (64,), generator=g, device="cuda")
+            for b in (1, 3, 8, 64):
+                rows = torch.randperm(64, generator=g, device="cuda")[:b]
+                saved = runner.self_k.clone(), runner.self_v.clone()
+                runner.fused_step = False
+                want = runner._logits(rows)
+                want_cache = runner.self_k.clone(), runner.self_v.clone()
+                runner.self_k.copy_(saved[0])
+                runner.self_v.copy_(saved[1])
+                runner.fused_step = True
+                got = runner._logits(rows)
+                tol = 1e-5 if dtype == torch.float32 else 1e-2
+                pos = runner.policy.length[rows] - 1  # where this step wrote each row's key and value
+                for cache, want_c, before in zip(
+                    (runner.self_k, runner.self_v), want_cache, saved, strict=True
+                ):
+                    new, want_new = cache[:, rows, pos].float(), want_c[:, rows, pos].float()
+                    assert ((new - want_new).norm() / want_new.norm()).item() < tol
+                    assert not torch.equal(want_new, before[:, rows, pos].float())
+                err = ((got - want).norm() / want.norm()).item()
+                assert err < tol, (b, err)
+                if dtype == torch.float32:
+                    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    finally:
+        eng.close()

@@ -1,0 +1,161 @@
+"""A decoder projection of a decode step's few rows as one kernel: layer norm, product, bias, GELU, residual.
+
+A decode step at a small batch is bound by kernel launches, not arithmetic: each decoder layer ran ~25 kernels
+(a layer norm, a GEMV and a bias copy per projection, a GELU, three residual adds, the cache writes), most of
+them a few microseconds of almost no work, and the GPU idles between them even inside a CUDA graph.
+``rows_linear`` folds everything around a projection into the product itself: the layer norm before it (each
+program recomputes its rows' statistics: a few kilobytes, read from L2), and the bias, GELU and residual add
+after it. The weight is streamed once per step for all rows (``tl.dot`` over rows padded to 16, the tensor
+cores idle but the load is the cost). Tile sizes are autotuned per shape on the GPU at warm-up, outside graph
+capture. Arithmetic follows the reference path's: statistics and accumulation in float32, the normalised input
+rounded to the weight's dtype before the product, as the eager path's layer norm output is; the sum of product,
+bias and residual is rounded once, where the eager path rounds after each (at most one unit in the last place).
+
+Elsewhere (no CUDA, no Triton) ``rows_linear`` is the eager composition, which the CUDA kernel is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU build needs no Triton
+    triton = None
+
+# The most rows the kernel takes (rows pad to a power of two >= 16 for tl.dot); larger batches are GEMMs, where
+# cuBLAS is the better product.
+MAX_ROWS = 64
+
+
+def available(x: Tensor) -> bool:
+    """Whether ``rows_linear`` runs as the fused kernel for this input (CUDA, Triton, at most MAX_ROWS rows)."""
+    return triton is not None and x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS
+
+
+def rows_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    ln: nn.LayerNorm | None = None,
+    gelu: bool = False,
+    residual: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``residual + act(linear(layer_norm(x), weight, bias))`` for x [M, K], weight [N, K]: each part optional
+    (``ln`` the layer norm module, ``gelu`` the exact GELU, ``residual`` [M, N]). Output [M, N] in ``out_dtype``
+    (default x's dtype)."""
+    out_dtype = out_dtype or x.dtype
+    if not available(x):
+        return _reference(x, weight, bias, ln, gelu, residual).to(out_dtype)
+    m, k = x.shape
+    n = weight.shape[0]
+    if weight.stride(1) != 1 or x.stride(1) != 1 or (residual is not None and residual.stride(1) != 1):
+        raise ValueError("rows_linear needs the inner dimension of x, weight and residual contiguous")
+    y = torch.empty(m, n, dtype=out_dtype, device=x.device)
+    ln_w = ln.weight if ln is not None else weight
+    ln_b = ln.bias if ln is not None else weight
+    block_m = max(16, triton.next_power_of_2(m))
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(n, meta["BLOCK_N"]),)
+
+    _rows_linear_kernel[grid](
+        x, weight, bias if bias is not None else weight, residual if residual is not None else y, y, ln_w, ln_b,
+        m, n, k, ln.eps if ln is not None else 0.0,
+        x.stride(0), weight.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
+        HAS_LN=ln is not None, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
+        IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
+    )  # fmt: skip
+    return y
+
+
+def _reference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    ln: nn.LayerNorm | None,
+    gelu: bool,
+    residual: Tensor | None,
+) -> Tensor:
+    """The eager composition the kernel computes (the runner's unfused step)."""
+    if ln is not None:
+        x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    y = F.linear(x, weight, bias)
+    if gelu:
+        y = F.gelu(y)
+    return y if residual is None else residual + y
+
+
+if triton is not None:
+    # Tiles: a few output features per program so that even 1,280 outputs spread over the multiprocessors, and
+    # a long K tile so each program keeps enough bytes of the weight in flight.
+    _CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bn, bk, w, s in (
+            (16, 128, 4, 4),
+            (16, 256, 4, 3),
+            (16, 512, 4, 2),
+            (32, 128, 4, 4),
+            (32, 256, 4, 3),
+            (32, 256, 8, 3),
+            (64, 128, 4, 3),
+            (64, 256, 8, 2),
+        )
+    ]
+
+    @triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES"])
+    @triton.jit
+    def _rows_linear_kernel(
+        X, W, Bias, Res, Y, LnW, LnB,
+        M, N, K, eps,
+        stride_xm, stride_wn, stride_rm, stride_ym,
+        HAS_LN: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
+        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        rm = tl.arange(0, BLOCK_M)
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_ok = rm < M
+        n_ok = rn < N
+        x_rows = X + rm[:, None] * stride_xm
+        if HAS_LN:  # two passes over the rows (mean, then the centred variance), as the reference computes it
+            total = tl.zeros((BLOCK_M,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ok = m_ok[:, None] & (k0 + rk < K)[None, :]
+                total += tl.sum(tl.load(x_rows + k0 + rk[None, :], mask=ok, other=0.0).to(tl.float32), axis=1)
+            mean = total / K
+            total = tl.zeros((BLOCK_M,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ok = m_ok[:, None] & (k0 + rk < K)[None, :]
+                xs = tl.load(x_rows + k0 + rk[None, :], mask=ok, other=0.0).to(tl.float32)
+                centred = tl.where(ok, xs - mean[:, None], 0.0)
+                total += tl.sum(centred * centred, axis=1)
+            rstd = 1.0 / tl.sqrt(total / K + eps)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = k0 + rk < K
+            xs = tl.load(x_rows + k0 + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(
+                W + rn[:, None] * stride_wn + k0 + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0
+            )
+            if HAS_LN:
+                g = tl.load(LnW + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
+                beta = tl.load(LnB + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
+                xs = (xs.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
+            if IEEE:
+                acc += tl.dot(xs.to(w.dtype), tl.trans(w), input_precision="ieee")
+            else:
+                acc += tl.dot(xs.to(w.dtype), tl.trans(w))
+        if HAS_BIAS:
+            acc += tl.load(Bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+        out = m_ok[:, None] & n_ok[None, :]
+        if HAS_RES:
+            acc += tl.load(Res + rm[:, None] * stride_rm + rn[None, :], mask=out, other=0.0).to(tl.float32)
+        tl.store(Y + rm[:, None] * stride_ym + rn[None, :], acc.to(Y.dtype.element_ty), mask=out)
