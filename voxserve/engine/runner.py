@@ -351,27 +351,27 @@ class Runner:
 
     @torch.no_grad()
     def step(self, slots: list[int], sample: bool = False) -> tuple[list[int], list[bool], list[float]]:
-        """One decode step for ``slots``: (next token, finished, summed log-prob so far) per slot."""
+        """One decode step for ``slots``: (next token, finished, summed log-prob so far) per slot. On CUDA the
+        host does three things: one copy of the bucket's rows (padded with the scratch slot) to the device, one
+        graph replay, one read-back of the packed results."""
         if self.device.type == "cpu":
             return self._step_cpu(slots, sample)
         n = len(slots)
         b = self.bucket_for(n)
         rows = self._rows[:b]
         if self.use_graphs:
-            graph, tokens, done = self._graph(b, sample)  # captured on scratch rows the first time
-        rows.fill_(self.scratch)
-        rows[:n] = upload(torch.tensor(slots, dtype=torch.long), self.device)
+            graph, packed = self._graph(b, sample)  # captured on scratch rows the first time
+        host_rows = torch.full((b,), self.scratch, dtype=torch.long)
+        host_rows[:n] = torch.tensor(slots, dtype=torch.long)
+        rows.copy_(host_rows.pin_memory(), non_blocking=True)  # queued: the host does not wait
         if self.use_graphs:
             graph.replay()
         else:
-            tokens, done = self._step(rows, sample)
-        sum_logprob = self.policy.sum_logprob[rows[:n]]
-        out = torch.stack(
-            [tokens[:n].double(), done[:n].double(), sum_logprob.double()]
-        ).cpu()  # one read-back
+            packed = self._step(rows, sample)
+        out = packed[:, :n].cpu()  # the one read-back
         return [int(t) for t in out[0]], [bool(d) for d in out[1]], out[2].tolist()
 
-    def _graph(self, b: int, sample: bool) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+    def _graph(self, b: int, sample: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         key = (b, sample)
         if key not in self._graphs:
             rows = self._rows[:b]
@@ -379,14 +379,14 @@ class Runner:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: compiles and picks kernels outside the capture
+                for _ in range(2):  # warm-up: compiles, autotunes and picks kernels outside the capture
                     self._step_fn(rows, sample)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                tokens, done = self._step_fn(rows, sample)
+                packed = self._step_fn(rows, sample)
             self._pool = graph.pool()
-            self._graphs[key] = (graph, tokens, done)
+            self._graphs[key] = (graph, packed)
         return self._graphs[key]
 
     @torch.no_grad()
@@ -429,10 +429,13 @@ class Runner:
             torch.cuda.synchronize(self.device)
         return ran
 
-    def _step(self, rows: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+    def _step(self, rows: Tensor, sample: bool) -> Tensor:
+        """One step of ``rows`` on the device: [3, B] float64 of next token, finished and summed log-prob, packed
+        in the step itself so that the host reads them back in one copy."""
         logits = self._logits(rows)
         noise = torch.rand(rows.shape[0], logits.shape[-1], device=self.device) if sample else None
-        return self.policy.select(logits, rows, noise)
+        tokens, done = self.policy.select(logits, rows, noise)
+        return torch.stack([tokens.double(), done.double(), self.policy.sum_logprob[rows].double()])
 
     def _logits(self, rows: Tensor) -> Tensor:
         """Run each row's last token through the decoder (writing its K/V): float32 logits [B, V]. Attention
