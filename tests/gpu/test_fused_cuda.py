@@ -12,8 +12,9 @@ from torch import nn
 from tests.conftest import TINY
 from tests.support import decisive_model
 from voxserve.decoding.batched import make_engine
-from voxserve.engine import fused
+from voxserve.engine import fused, select_kernel
 from voxserve.engine.attention import decode_self_attention
+from voxserve.engine.policy import PolicyState
 from voxserve.engine.types import EngineConfig
 
 pytestmark = pytest.mark.gpu
@@ -116,3 +117,47 @@ def test_fused_step_logits_equal_the_unfused_step(tokenizer, dtype) -> None:
                     assert torch.equal(got.argmax(-1), want.argmax(-1))
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_select_kernel_equals_the_tensor_rules(sample) -> None:
+    """One program per row against PolicyState.select (the oracle): every timestamp rule in play (first token
+    with a max initial timestamp, after a timestamp pair, after a single one, monotonic floors, rows without
+    timestamps, a finished row), with timestamp logits pushed up so that "timestamps win" triggers too."""
+    v, ts, eot, device = 51866, 50365, 50257, torch.device("cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def state() -> PolicyState:
+        s = PolicyState(
+            8, v, eot=eot, no_timestamps=ts - 1, timestamp_begin=ts, blank_ids=[220, eot], n_ctx=448,
+            device=device,
+        )  # fmt: skip
+        s.bias[:, torch.randint(0, v, (200,), generator=g, device="cuda")] = float("-inf")
+        t = lambda *x: torch.tensor(x, device="cuda")  # noqa: E731
+        s.suppress_blank[:] = t(1, 0, 1, 0, 1, 1, 0, 1).bool()
+        s.timestamps[:] = t(1, 1, 0, 1, 1, 1, 0, 1).bool()
+        s.max_initial[:] = t(ts + 50, v, v, ts + 10, v, v, v, v)
+        s.temperature[:] = t(0, 0, 0.7, 0, 1.0, 0, 0.5, 0).float()
+        s.sample_len[:] = 100
+        s.n_sampled[:] = t(0, 3, 0, 1, 5, 7, 2, 4)
+        s.length[:] = t(4, 10, 3, 8, 20, 447, 6, 12)
+        s.last[:] = t(50258, ts + 40, 100, ts + 3, 500, ts + 9, 7, ts + 100)
+        s.prev[:] = t(50259, ts + 20, 99, 300, ts + 1, 800, 6, ts + 100)
+        s.ts_last[:] = t(-1, ts + 40, -1, ts + 3, ts + 1, ts + 9, -1, ts + 100)
+        s.done[:] = t(0, 0, 0, 0, 0, 0, 1, 0).bool()
+        return s
+
+    rows = torch.arange(8, device="cuda")
+    for push in (0.0, 1.0, 2.0):
+        g.manual_seed(int(push))
+        want_state, got_state = state(), state()
+        logits = 3 * torch.randn(8, v, generator=g, device="cuda")
+        logits[:, ts:] += push
+        noise = torch.rand(8, v, generator=g, device="cuda") if sample else None
+        tokens, done = want_state.select(logits.clone(), rows, noise)
+        packed = select_kernel.select_packed(got_state, logits.clone(), rows, noise)
+        assert torch.equal(packed[0].long(), tokens) and torch.equal(packed[1].bool(), done)
+        assert torch.allclose(packed[2], want_state.sum_logprob[rows].double(), atol=1e-4)
+        for name in ("n_sampled", "length", "last", "prev", "ts_last", "done"):
+            assert torch.equal(getattr(got_state, name), getattr(want_state, name)), name
+        assert any(t >= ts for t in tokens.tolist()) and any(t < eot for t in tokens.tolist())

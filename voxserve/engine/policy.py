@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import select_kernel
 from .transfer import upload, upload_together
 from .types import RowSpec
 
@@ -170,6 +171,14 @@ class PolicyState:
         self.ts_last[rows] = torch.where(~was_done & (tokens >= ts), tokens, ts_last)
         self.done[rows] = done
         return tokens, done
+
+    def select_packed(self, logits: Tensor, rows: Tensor, noise: Tensor | None = None) -> Tensor:
+        """``select`` for a device step: [3, B] float64 of next token, done (0/1) and summed log-prob, for one
+        read-back. On CUDA one Triton kernel (select_kernel.py) instead of select's ~90 small ones."""
+        if select_kernel.available(logits):
+            return select_kernel.select_packed(self, logits, rows, noise)
+        tokens, done = self.select(logits, rows, noise)
+        return torch.stack([tokens.double(), done.double(), self.sum_logprob[rows].double()])
 
     def _timestamp_rules(
         self,

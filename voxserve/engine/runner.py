@@ -262,10 +262,8 @@ class Runner:
         dec, rows = self.model.decoder, torch.arange(n, device=self.device)
         logits = dec.logits(x[rows, last])
         no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
-        first, done = self.policy.select(logits, slot_t, self._noise(n, specs))
-        out = torch.stack(
-            [first.double(), done.double(), self.policy.sum_logprob[slot_t].double(), no_speech.double()]
-        ).cpu()
+        picked = self.policy.select_packed(logits, slot_t, self._noise(n, specs))
+        out = torch.cat([picked, no_speech.double()[None]]).cpu()
         return [
             Admitted(
                 slot,
@@ -434,8 +432,7 @@ class Runner:
         in the step itself so that the host reads them back in one copy."""
         logits = self._logits(rows)
         noise = torch.rand(rows.shape[0], logits.shape[-1], device=self.device) if sample else None
-        tokens, done = self.policy.select(logits, rows, noise)
-        return torch.stack([tokens.double(), done.double(), self.policy.sum_logprob[rows].double()])
+        return self.policy.select_packed(logits, rows, noise)
 
     def _logits(self, rows: Tensor) -> Tensor:
         """Run each row's last token through the decoder (writing its K/V): float32 logits [B, V]. Attention
