@@ -123,16 +123,23 @@ def reference_subject(hf_dir: Path, tok: Tokenizer, device: torch.device, precis
 
 
 def engine_subject(
-    hf_dir: Path, tok: Tokenizer, device: torch.device, precision: str, *, compile: bool = False
+    hf_dir: Path,
+    tok: Tokenizer,
+    device: torch.device,
+    precision: str,
+    *,
+    compile: bool = False,
+    fused_step: bool = True,
 ) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
-    default configuration (``compile``: the decode step and encoder through torch.compile as well): every
-    window of a call is submitted at once and decoded in continuous batches."""
+    default configuration (``compile``: the decode step and encoder through torch.compile as well;
+    ``fused_step=False``: the CUDA step with separate kernels, for comparison): every window of a call is
+    submitted at once and decoded in continuous batches."""
     from ..decoding.batched import BatchDecoder, make_engine
     from ..engine.types import EngineConfig
 
     model, dtype = _load(hf_dir, device, precision)
-    engine = make_engine(model, tok, EngineConfig(compile=compile))
+    engine = make_engine(model, tok, EngineConfig(compile=compile, fused_step=fused_step))
     batch = BatchDecoder(engine, model, tok)
 
     @torch.inference_mode()
@@ -140,7 +147,7 @@ def engine_subject(
         return [list(r.tokens) for r in batch.decode(mel, bench_options(tok, n))]
 
     return subject_from_decoder(
-        "voxserve-engine-compiled" if compile else "voxserve-engine",
+        "voxserve-engine" + ("-compiled" if compile else "") + ("" if fused_step else "-unfused"),
         decode,
         device=device,
         precision=dtype,
@@ -159,4 +166,5 @@ VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subj
     "reference": reference_subject,
     "engine": engine_subject,
     "engine-compiled": functools.partial(engine_subject, compile=True),
+    "engine-unfused": functools.partial(engine_subject, fused_step=False),
 }
