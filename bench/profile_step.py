@@ -47,7 +47,7 @@ def main() -> None:
         with torch.no_grad():
             fusable = runner.fused_step
             for fused in (False, True) if fusable else (False,):
-                runner.fused_step = fused
+                runner.fused_step = runner.policy.use_kernel = fused
                 for b in (1, 64):
                     rows = torch.arange(b, device="cuda")
                     runner.policy.length[:b] = 10

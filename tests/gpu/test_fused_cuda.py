@@ -96,12 +96,12 @@ def test_fused_step_logits_equal_the_unfused_step(tokenizer, dtype) -> None:
             for b in (1, 3, 8, 64):
                 rows = torch.randperm(64, generator=g, device="cuda")[:b]
                 saved = runner.self_k.clone(), runner.self_v.clone()
-                runner.fused_step = False
+                runner.fused_step = runner.policy.use_kernel = False
                 want = runner._logits(rows)
                 want_cache = runner.self_k.clone(), runner.self_v.clone()
                 runner.self_k.copy_(saved[0])
                 runner.self_v.copy_(saved[1])
-                runner.fused_step = True
+                runner.fused_step = runner.policy.use_kernel = True
                 got = runner._logits(rows)
                 tol = 1e-5 if dtype == torch.float32 else 1e-2
                 pos = runner.policy.length[rows] - 1  # where this step wrote each row's key and value

@@ -61,6 +61,7 @@ class PolicyState:
         self.sum_logprob = zeros(torch.float32, n_slots)
         self.done = zeros(torch.bool, n_slots)
         self.vocab = torch.arange(n_vocab, device=device)
+        self.use_kernel = True  # select_packed through select_kernel where it can run (CUDA with Triton)
 
     def reset(self, slots: list[int], specs: list[RowSpec]) -> None:
         """Prepare ``slots`` for new requests (at admission; not inside a captured step). Each state tensor is
@@ -175,7 +176,7 @@ class PolicyState:
     def select_packed(self, logits: Tensor, rows: Tensor, noise: Tensor | None = None) -> Tensor:
         """``select`` for a device step: [3, B] float64 of next token, done (0/1) and summed log-prob, for one
         read-back. On CUDA one Triton kernel (select_kernel.py) instead of select's ~90 small ones."""
-        if select_kernel.available(logits):
+        if self.use_kernel and select_kernel.available(logits):
             return select_kernel.select_packed(self, logits, rows, noise)
         tokens, done = self.select(logits, rows, noise)
         return torch.stack([tokens.double(), done.double(), self.sum_logprob[rows].double()])

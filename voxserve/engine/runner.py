@@ -125,19 +125,18 @@ class Runner:
             else None
             for layer, fused in zip(model.decoder.layers, self._qkv, strict=True)
         ]
-        # The CUDA step's few-row path: every decoder projection one kernel with its layer norm, bias, GELU and
-        # residual (engine/fused.py), where all are plain float Linear layers; compiled steps keep the eager ops
-        # for Inductor to fuse.
+        # The CUDA step's fused kernels (compiled steps keep the eager ops for Inductor to fuse): the policy's
+        # select as one kernel, and at few rows every decoder projection one kernel with its layer norm, bias,
+        # GELU and residual (engine/fused.py), where all are plain float Linear layers.
+        fusing = fused_step and self.device.type == "cuda" and fused.triton is not None and not compile
+        self.policy.use_kernel = fusing
         projections = [
             m
             for layer in model.decoder.layers
             for m in (layer.attn.out, layer.cross_attn.query, layer.cross_attn.out, layer.fc1, layer.fc2)
         ]
         self.fused_step = (
-            fused_step
-            and self.device.type == "cuda"
-            and fused.triton is not None
-            and not compile
+            fusing
             and all(f is not None for f in self._qkv)
             and all(type(m) is nn.Linear for m in projections)
             and (model.decoder.proj_out is None or type(model.decoder.proj_out) is nn.Linear)
@@ -147,7 +146,7 @@ class Runner:
         self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
         self.buckets = buckets_up_to(n_slots, buckets)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self._encoder_graphs: dict[
             tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]
         ] = {}

@@ -94,8 +94,9 @@ class EngineConfig:
     # window lengths in mel frames, shorter than the model's 30 s, that requests will use (live short windows):
     # warm-up captures the encoder's graphs for them too (other lengths are captured at first use)
     short_window_frames: tuple[int, ...] = ()
-    # CUDA decode steps of at most fused.MAX_ROWS rows run each decoder projection as one kernel with its layer
-    # norm, bias, GELU and residual add (engine/fused.py); False keeps the separate kernels (the comparison)
+    # the CUDA step's fused kernels: the policy's select as one kernel (select_kernel.py) and, at most
+    # fused.MAX_ROWS rows, each decoder projection one kernel with its layer norm, bias, GELU and residual add
+    # (fused.py); False keeps the separate kernels (the comparison)
     fused_step: bool = True
 
     def __post_init__(self) -> None:
