@@ -41,7 +41,7 @@ def main() -> None:
     dims = ModelDims(n_audio_ctx=1500, n_text_ctx=448, **DIMS[args.dims])
     tok = Tokenizer.from_tiktoken(args.tiktoken, num_languages=dims.num_languages)
     model = init_random(dims, seed=0).to("cuda", dtype)
-    eng = make_engine(model, tok, EngineConfig(max_slots=64, cuda_graphs=False))
+    eng = make_engine(model, tok, EngineConfig(max_slots=64, cuda_graphs=False, fused_step=True))
     runner = eng.runner
     try:
         with torch.no_grad():

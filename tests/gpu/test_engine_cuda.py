@@ -53,10 +53,12 @@ def test_triton_decode_attention(dtype, splits) -> None:
     assert (got - ref).norm() / ref.norm() < tol
 
 
-def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels) -> None:
+@pytest.mark.parametrize("fused_step", [False, True])
+def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_step) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
-    eng = make_engine(model, tokenizer, EngineConfig(max_slots=3, max_admit=2, cuda_graphs=True))
+    config = EngineConfig(max_slots=3, max_admit=2, cuda_graphs=True, fused_step=fused_step)
+    eng = make_engine(model, tokenizer, config)
     try:
         for opts in [{"language": "en"}, {}, {"language": "en", "without_timestamps": True}]:
             options = DecodingOptions(**opts)
@@ -70,8 +72,9 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels) -> None
         eng.close()
 
 
+@pytest.mark.parametrize("fused_step", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_engine_step_logits_large_v3(dtype) -> None:
+def test_engine_step_logits_large_v3(dtype, fused_step) -> None:
     """At large-v3 dimensions in half precision, the engine's graph-captured step (fused QKV, Triton attention)
     gives the logits of the eager reference pass: compared in fp32 against a float64-free fp32 reference, its
     error is no larger than the eager half-precision pass's own."""
@@ -84,7 +87,7 @@ def test_engine_step_logits_large_v3(dtype) -> None:
     with torch.no_grad():
         features32 = model32.encoder(mel)
         model = init_random(LARGE_V3, seed=0).to("cuda", dtype)
-        eng = make_engine(model, tok, EngineConfig(max_slots=2))
+        eng = make_engine(model, tok, EngineConfig(max_slots=2, fused_step=fused_step))
         try:
             decoder, ticket = BatchDecoder(eng, model, tok).submit(mel[0], options)
             tokens = list(decoder.initial_tokens) + list(ticket.result(timeout=120).tokens)

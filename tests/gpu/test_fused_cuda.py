@@ -82,7 +82,7 @@ def test_fused_step_logits_equal_the_unfused_step(tokenizer, dtype) -> None:
     fused.MAX_ROWS: the same logits (float32: to rounding), the same cache contents."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).to("cuda", dtype)
-    eng = make_engine(model, tokenizer, EngineConfig(max_slots=64, cuda_graphs=True))
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=64, cuda_graphs=True, fused_step=True))
     try:
         runner = eng.runner
         assert runner.fused_step

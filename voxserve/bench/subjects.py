@@ -129,11 +129,11 @@ def engine_subject(
     precision: str,
     *,
     compile: bool = False,
-    fused_step: bool = True,
+    fused_step: bool = False,
 ) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
     default configuration (``compile``: the decode step and encoder through torch.compile as well;
-    ``fused_step=False``: the CUDA step with separate kernels, for comparison): every window of a call is
+    ``fused_step``: the CUDA step's fused kernels, engine/fused.py): every window of a call is
     submitted at once and decoded in continuous batches."""
     from ..decoding.batched import BatchDecoder, make_engine
     from ..engine.types import EngineConfig
@@ -147,7 +147,7 @@ def engine_subject(
         return [list(r.tokens) for r in batch.decode(mel, bench_options(tok, n))]
 
     return subject_from_decoder(
-        "voxserve-engine" + ("-compiled" if compile else "") + ("" if fused_step else "-unfused"),
+        "voxserve-engine" + ("-compiled" if compile else "") + ("-fused" if fused_step else ""),
         decode,
         device=device,
         precision=dtype,
@@ -166,5 +166,5 @@ VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subj
     "reference": reference_subject,
     "engine": engine_subject,
     "engine-compiled": functools.partial(engine_subject, compile=True),
-    "engine-unfused": functools.partial(engine_subject, fused_step=False),
+    "engine-fused": functools.partial(engine_subject, fused_step=True),
 }

@@ -77,7 +77,7 @@ class Runner:
         cpu_step_threads: int | None = None,
         cpu_step_threads_rows: int = 2,
         short_window_frames: tuple[int, ...] = (),
-        fused_step: bool = True,
+        fused_step: bool = False,
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows

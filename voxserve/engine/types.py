@@ -96,8 +96,9 @@ class EngineConfig:
     short_window_frames: tuple[int, ...] = ()
     # the CUDA step's fused kernels: the policy's select as one kernel (select_kernel.py) and, at most
     # fused.MAX_ROWS rows, each decoder projection one kernel with its layer norm, bias, GELU and residual add
-    # (fused.py); False keeps the separate kernels (the comparison)
-    fused_step: bool = True
+    # (fused.py); False keeps the separate kernels. Off by default until the kernels have run on a GPU: they were
+    # written and checked in Triton's CPU interpreter only (stop 13 got no device time)
+    fused_step: bool = False
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:
