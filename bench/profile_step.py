@@ -59,7 +59,10 @@ def main() -> None:
                         runner._step(rows, False)
                         torch.cuda.synchronize()
                     table(prof, f"decode step b={b}, fused={fused}")
+                # A fresh pool for the next variant's graphs: capturing into the pool of graphs just freed trips
+                # an internal assert of the caching allocator (seen on torch 2.11).
                 runner._graphs.clear()
+                runner._pool = None
                 graph_timing(runner, f"fused={fused}")
             mel = torch.randn(1, dims.n_mels, 3000, device="cuda", dtype=dtype)
             model.encoder(mel)

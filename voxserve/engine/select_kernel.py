@@ -9,6 +9,11 @@ the token (greedy, or Gumbel-max with the row's temperature) and the log-softmax
 are not written back). The row's state is
 then updated as the tensor version does, and [token, done, summed log-prob] written as float64 for the host's
 one read-back. Ties pick the lowest index, as argmax does.
+
+Measured once on an H100 (large-v3 vocabulary, batch 1, eager step under torch.profiler): 0.133 ms for the one
+program, about what the ~90 separate kernels took; one program walking 52k logits twice does not use the GPU's
+width. Splitting each row's vocabulary over several programs (a partial max / log-sum-exp per block, then a
+merge) is the next step.
 """
 
 from __future__ import annotations
