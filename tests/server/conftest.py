@@ -100,13 +100,13 @@ class LiveServer:
 def inject_step_fault(engine, at_step: int) -> None:
     """Make ``engine``'s runner raise a CUDA-style error on its ``at_step``-th decode step (1-based) and run
     normally otherwise: what a GPU fault mid-decode looks like to the server."""
-    real_step = engine.runner.step
+    real_launch = engine.runner.launch
     steps = {"n": 0}
 
-    def faulty_step(slots, sample):
+    def faulty_launch(slots, sample):
         steps["n"] += 1
         if steps["n"] == at_step:
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
-        return real_step(slots, sample)
+        return real_launch(slots, sample)
 
-    engine.runner.step = faulty_step
+    engine.runner.launch = faulty_launch

@@ -453,8 +453,8 @@ def test_streams_share_the_engine_at_realtime_priority(whisper, vad_model, speec
 
     with make_engine(whisper.model, whisper.tokenizer, EngineConfig(max_slots=8)) as engine:
         rows, priorities = [], []
-        step, submit = engine.runner.step, engine.submit
-        engine.runner.step = lambda slots, sample=False: (rows.append(len(slots)), step(slots, sample))[1]
+        launch, submit = engine.runner.launch, engine.submit
+        engine.runner.launch = lambda slots, sample=False: (rows.append(len(slots)), launch(slots, sample))[1]
         engine.submit = lambda request: (priorities.append(request.priority), submit(request))[1]
         service = LiveService(whisper, engine, None, LiveOptions(partial_interval_s=0.05, max_ahead_s=1e6))
 

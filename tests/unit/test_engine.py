@@ -40,9 +40,11 @@ def mels() -> torch.Tensor:
     return torch.stack([pad_or_trim(log_mel_spectrogram(x, 80)) for x in clips])
 
 
-@pytest.fixture
-def engine(model, tokenizer):
-    eng = make_engine(model, tokenizer, EngineConfig(max_slots=3, max_admit=2))
+@pytest.fixture(params=[False, True], ids=["in-order", "lookahead"])
+def engine(model, tokenizer, request):
+    """The engine as configured by default, and with each step launched before the last is read (its
+    bookkeeping: late results of finished or re-used slots are dropped)."""
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=3, max_admit=2, lookahead=request.param))
     yield eng
     eng.close()
 
@@ -171,7 +173,7 @@ def test_failure_reaches_every_request(model, tokenizer, mels, monkeypatch) -> N
         def broken(*args, **kwargs):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
 
-        monkeypatch.setattr(eng.runner, "step", broken)
+        monkeypatch.setattr(eng.runner, "launch", broken)
         batch = BatchDecoder(eng, model, tokenizer)
         tickets = [batch.submit(m, DecodingOptions(language="en"))[1] for m in mels[:3]]
         for t in tickets:
@@ -179,5 +181,25 @@ def test_failure_reaches_every_request(model, tokenizer, mels, monkeypatch) -> N
                 t.result(timeout=60)
         with pytest.raises(EngineError):
             batch.submit(mels[0], DecodingOptions(language="en"))
+    finally:
+        eng.close()
+
+
+def test_a_finished_row_stepped_again_stays_inside_its_slot(model, tokenizer) -> None:
+    """With lookahead a row can be stepped once after it finished; a row that ended by filling the context
+    stands one past it. That step must write and read inside the row's own slot, not the next slot's."""
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=3))
+    try:
+        runner = eng.runner
+        n_ctx = runner.self_k.shape[2]
+        pol = runner.policy
+        pol.length[0], pol.done[0], pol.last[0] = n_ctx + 1, True, tokenizer.eot
+        for cache in (runner.self_k, runner.self_v):
+            cache[:, 1].fill_(7.0)
+        before = runner.self_k[:, 1].clone(), runner.self_v[:, 1].clone()
+        tokens, done, _ = runner.collect(runner.launch([0]))
+        assert tokens == [tokenizer.eot] and done == [True]
+        assert torch.equal(runner.self_k[:, 1], before[0]) and torch.equal(runner.self_v[:, 1], before[1])
+        assert int(pol.length[0]) == n_ctx + 1  # a finished row's state does not move
     finally:
         eng.close()

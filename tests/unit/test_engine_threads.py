@@ -25,13 +25,13 @@ def model():
 def _worker_counts(engine, model, tokenizer) -> list[int]:
     """Thread counts the worker ran its decode steps with, for one short request."""
     seen: list[int] = []
-    original = engine.runner.step
+    original = engine.runner.launch
 
     def step(*args, **kwargs):  # runs in the worker thread
         seen.append((threading.current_thread().name, torch.get_num_threads()))
         return original(*args, **kwargs)
 
-    engine.runner.step = step
+    engine.runner.launch = step
     spec = WindowDecoder(model, tokenizer, DecodingOptions(language="en", sample_len=3)).row_spec()
     engine.submit(WindowRequest(mel=torch.zeros(TINY.n_mels, 200), spec=spec)).result(timeout=60)
     assert seen and {name for name, _ in seen} == {"voxserve-engine"}

@@ -130,16 +130,20 @@ def engine_subject(
     *,
     compile: bool = False,
     fused_step: bool = False,
+    lookahead: bool = False,
 ) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
-    default configuration (``compile``: the decode step and encoder through torch.compile as well;
-    ``fused_step``: the CUDA step's fused kernels, engine/fused.py): every window of a call is
-    submitted at once and decoded in continuous batches."""
+    default configuration, or with one of its options on (``compile``: the decode step and encoder through
+    torch.compile; ``fused_step``: the CUDA step's fused kernels, engine/fused.py; ``lookahead``: each step
+    launched before the last is read): every window of a call is submitted at once and decoded in continuous
+    batches."""
     from ..decoding.batched import BatchDecoder, make_engine
     from ..engine.types import EngineConfig
 
     model, dtype = _load(hf_dir, device, precision)
-    engine = make_engine(model, tok, EngineConfig(compile=compile, fused_step=fused_step))
+    engine = make_engine(
+        model, tok, EngineConfig(compile=compile, fused_step=fused_step, lookahead=lookahead)
+    )
     batch = BatchDecoder(engine, model, tok)
 
     @torch.inference_mode()
@@ -147,7 +151,10 @@ def engine_subject(
         return [list(r.tokens) for r in batch.decode(mel, bench_options(tok, n))]
 
     return subject_from_decoder(
-        "voxserve-engine" + ("-compiled" if compile else "") + ("-fused" if fused_step else ""),
+        "voxserve-engine"
+        + ("-compiled" if compile else "")
+        + ("-fused" if fused_step else "")
+        + ("-lookahead" if lookahead else ""),
         decode,
         device=device,
         precision=dtype,
@@ -167,4 +174,6 @@ VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subj
     "engine": engine_subject,
     "engine-compiled": functools.partial(engine_subject, compile=True),
     "engine-fused": functools.partial(engine_subject, fused_step=True),
+    "engine-lookahead": functools.partial(engine_subject, lookahead=True),
+    "engine-fused-lookahead": functools.partial(engine_subject, fused_step=True, lookahead=True),
 }

@@ -21,7 +21,7 @@ import torch
 
 from ..model.whisper import Whisper
 from . import threads
-from .runner import Runner, slot_bytes
+from .runner import Launched, Runner, slot_bytes
 from .types import EngineConfig, TokenEvent, WindowOutput, WindowRequest
 
 
@@ -157,6 +157,7 @@ class Engine:
         self._closed = False
         self.failure: BaseException | None = None
         self.steps = 0
+        self._ahead: tuple[Launched, list[_Active]] | None = None  # a step launched before the last was read
         self._thread = threading.Thread(target=self._run, name="voxserve-engine", daemon=True)
         if self._cpu_threads is None:
             self._thread.start()
@@ -287,13 +288,26 @@ class Engine:
             self._record(a.slot, state, a.token, a.done, a.sum_logprob)
 
     def _step(self) -> None:
-        slots = list(self._active)
-        sample = any(self._active[s].ticket.request.spec.temperature > 0 for s in slots)
-        tokens, done, sum_logprob = self.runner.step(slots, sample)
+        """Collect one decode step and act on it. With ``lookahead`` the next step of the same rows is launched
+        before this one's results are read, so the device works while the host handles them; its results for a
+        row that has finished, or whose slot went to another request meanwhile, are dropped."""
+        launched = self._ahead or self._launch()
+        self._ahead = None
+        if self.config.lookahead:
+            with self._cv:
+                admitting = bool(self._queue) and bool(self._free)
+            if not admitting:  # a waiting request joins the step after the next instead
+                self._ahead = self._launch()
+        step, states = launched
+        tokens, done, sum_logprob = self.runner.collect(step)
         self.steps += 1
         now = time.monotonic()
-        for slot, token, finished, lp in zip(slots, tokens, done, sum_logprob, strict=True):
-            state = self._active[slot]
+        for slot, launched_for, token, finished, lp in zip(
+            step.slots, states, tokens, done, sum_logprob, strict=True
+        ):
+            state = self._active.get(slot)
+            if state is not launched_for:
+                continue  # retired since the launch (its slot may serve another request now)
             request = state.ticket.request
             if state.ticket._cancelled:
                 self._retire(slot, state, lp, "cancelled")
@@ -302,6 +316,14 @@ class Engine:
                 self._retire(slot, state, lp, "deadline")
             else:
                 self._record(slot, state, token, finished, lp)
+        if not self._active:
+            self._ahead = None  # every row it ran has finished: nothing to read from it
+
+    def _launch(self) -> tuple[Launched, list[_Active]]:
+        slots = list(self._active)
+        states = [self._active[s] for s in slots]
+        sample = any(state.ticket.request.spec.temperature > 0 for state in states)
+        return self.runner.launch(slots, sample), states
 
     def _record(self, slot: int, state: _Active, token: int, finished: bool, sum_logprob: float) -> None:
         if slot not in self._active:

@@ -47,6 +47,17 @@ class Admitted:
     language_probs: tuple[float, ...] | None = None
 
 
+@dataclass
+class Launched:
+    """A decode step queued by ``Runner.launch``: its slots, and its results once ``collect`` has waited."""
+
+    slots: list[int]
+    sample: bool
+    results: tuple[list[int], list[bool], list[float]] | None = None  # the CPU's, ready at launch
+    packed: Tensor | None = None  # CUDA: [3, n] float64 in pinned memory, filled when ``ready`` completes
+    ready: torch.cuda.Event | None = None
+
+
 def slot_bytes(model: Whisper) -> int:
     """Device memory one slot takes: self and cross K/V for every decoder layer, plus its policy row."""
     d = model.dims
@@ -346,13 +357,19 @@ class Runner:
                 return b
         raise ValueError(f"{n} rows exceed the largest batch bucket {self.buckets[-1]}")
 
-    @torch.no_grad()
     def step(self, slots: list[int], sample: bool = False) -> tuple[list[int], list[bool], list[float]]:
-        """One decode step for ``slots``: (next token, finished, summed log-prob so far) per slot. On CUDA the
-        host does three things: one copy of the bucket's rows (padded with the scratch slot) to the device, one
-        graph replay, one read-back of the packed results."""
+        """One decode step for ``slots``: (next token, finished, summed log-prob so far) per slot."""
+        return self.collect(self.launch(slots, sample))
+
+    @torch.no_grad()
+    def launch(self, slots: list[int], sample: bool = False) -> Launched:
+        """Queue one decode step for ``slots`` and return at once (on CUDA): the host does three things, one
+        copy of the bucket's rows (padded with the scratch slot) to the device, one graph replay, and one
+        queued copy of the packed results into pinned memory. ``collect`` waits for them. The rows' state lives
+        on the device, so another step of the same rows may be launched before this one is collected. On the
+        CPU the step runs here."""
         if self.device.type == "cpu":
-            return self._step_cpu(slots, sample)
+            return Launched(slots, sample, results=self._step_cpu(slots, sample))
         n = len(slots)
         b = self.bucket_for(n)
         rows = self._rows[:b]
@@ -365,7 +382,18 @@ class Runner:
             graph.replay()
         else:
             packed = self._step(rows, sample)
-        out = packed[:, :n].cpu()  # the one read-back
+        host = torch.empty((3, n), dtype=torch.float64, pin_memory=True)
+        host.copy_(packed[:, :n], non_blocking=True)  # before any later step overwrites the graph's output
+        ready = torch.cuda.Event()
+        ready.record()
+        return Launched(slots, sample, packed=host, ready=ready)
+
+    def collect(self, launched: Launched) -> tuple[list[int], list[bool], list[float]]:
+        """Wait for a launched step: (next token, finished, summed log-prob so far) per slot."""
+        if launched.results is not None:
+            return launched.results
+        launched.ready.synchronize()
+        out = launched.packed
         return [int(t) for t in out[0]], [bool(d) for d in out[1]], out[2].tolist()
 
     def _graph(self, b: int, sample: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
@@ -438,7 +466,7 @@ class Runner:
         through the split-K kernel, reading each row's slot of the cache and stopping at its length."""
         b, h, dh = rows.shape[0], self.n_head, self.head_dim
         self_splits, cross_splits = self._splits[b]
-        self_len, cross_len = self.policy.length[rows], self.cross_len[rows]
+        self_len, cross_len = self._self_lengths(rows), self.cross_len[rows]
 
         def attend(i: int, q: Tensor, cross: bool) -> Tensor:
             if not cross:
@@ -461,7 +489,7 @@ class Runner:
         before it or the bias, GELU and residual after it, the self-attention writing the new K/V itself, and
         the output projection with the final layer norm, straight to float32 logits."""
         dec, pol = self.model.decoder, self.policy
-        pos = pol.length[rows] - 1
+        pos = self_len - 1
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
             qkv = fused.rows_linear(x, *self._qkv[i], ln=layer.attn_ln)
@@ -477,11 +505,17 @@ class Runner:
         weight, bias = (dec.token_embedding.weight, None) if out is None else (out.weight, out.bias)
         return fused.rows_linear(x, weight, bias, ln=dec.ln, out_dtype=torch.float32)
 
+    def _self_lengths(self, rows: Tensor) -> Tensor:
+        """Each row's sequence length, this step's token included, at most the context: a finished row can
+        stand one past it (its last step's token counted), and one more step of it (launched before its end
+        was known) must not write outside its slot."""
+        return self.policy.length[rows].clamp_max(self.self_k.shape[2])
+
     def _decoder_layers(self, rows: Tensor, attend: Callable[[int, Tensor, bool], Tensor]) -> Tensor:
         """Each row's last token through every decoder layer, writing its self K/V at its position; ``attend(i,
         q, cross)`` is layer i's self- or cross-attention for the rows' queries [B, C]. Returns [B, C]."""
         dec, pol = self.model.decoder, self.policy
-        pos = pol.length[rows] - 1  # position of each row's last token, which this step runs
+        pos = self._self_lengths(rows) - 1  # position of each row's last token, which this step runs
         # Per-step index arithmetic, done once rather than in every layer.
         write_at = rows * self.self_k.shape[2] + pos  # row-major (slot, position) into a layer's cache
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
@@ -522,7 +556,7 @@ class Runner:
         """As ``_logits`` for ``rows`` in ascending slot order, attending through views of the cache. The
         decoder layers (many small ops) run with ``layer_threads`` intra-op threads (None: torch's setting);
         the output projection, one large memory-bound product, with torch's setting."""
-        self_len = self.policy.length[rows].tolist()
+        self_len = self._self_lengths(rows).tolist()
         cross_len = self.cross_len[rows].tolist()
         runs = _consecutive_runs(slots)
 

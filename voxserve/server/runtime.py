@@ -229,7 +229,7 @@ def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
     admission are wrapped on this instance only.
     """
     runner = engine.runner
-    encode, step, admit = runner.encode, runner.step, engine._admit
+    encode, launch, admit = runner.encode, runner.launch, engine._admit
 
     def timed_encode(mel: Tensor, slots: Tensor | None = None) -> Tensor:
         t0 = time.monotonic()
@@ -237,9 +237,9 @@ def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
         metrics.observe_stage("encoder", time.monotonic() - t0)
         return out
 
-    def timed_step(slots: list[int], sample: bool) -> object:
+    def counted_launch(slots: list[int], sample: bool) -> object:
         metrics.batch_size.observe(len(slots))
-        return step(slots, sample)
+        return launch(slots, sample)
 
     def stamped_admit(tickets: list) -> None:
         now = time.monotonic()
@@ -247,4 +247,4 @@ def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
             t.admitted_at = now
         admit(tickets)
 
-    runner.encode, runner.step, engine._admit = timed_encode, timed_step, stamped_admit
+    runner.encode, runner.launch, engine._admit = timed_encode, counted_launch, stamped_admit
