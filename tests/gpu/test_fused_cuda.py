@@ -161,3 +161,29 @@ def test_select_kernel_equals_the_tensor_rules(sample) -> None:
         for name in ("n_sampled", "length", "last", "prev", "ts_last", "done"):
             assert torch.equal(getattr(got_state, name), getattr(want_state, name)), name
         assert any(t >= ts for t in tokens.tolist()) and any(t < eot for t in tokens.tolist())
+
+
+def test_select_kernel_breaks_ties_at_the_lowest_index() -> None:
+    """Equal best logits in different vocabulary blocks: the lowest index wins, as argmax picks it."""
+    v, ts, eot, device = 51866, 50365, 50257, torch.device("cuda")
+    states = []
+    for _ in range(2):
+        s = PolicyState(4, v, eot=eot, no_timestamps=ts - 1, timestamp_begin=ts, blank_ids=[220, eot], n_ctx=448,
+                        device=device)  # fmt: skip
+        s.bias[:, :5] = float("-inf")
+        s.sample_len[:], s.length[:], s.n_sampled[:], s.last[:], s.prev[:], s.ts_last[:] = (
+            100,
+            5,
+            1,
+            100,
+            99,
+            -1,
+        )
+        states.append(s)
+    logits = torch.zeros(4, v, device="cuda")
+    logits[1, 9000] = logits[1, 30000] = 1.0
+    logits[2, 45000] = logits[2, 44000] = 2.0
+    rows = torch.arange(4, device="cuda")
+    tokens, _ = states[0].select(logits.clone(), rows)
+    packed = select_kernel.select_packed(states[1], logits.clone(), rows, None)
+    assert packed[0].long().tolist() == tokens.tolist() == [5, 9000, 44000, 5]

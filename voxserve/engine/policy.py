@@ -175,7 +175,7 @@ class PolicyState:
 
     def select_packed(self, logits: Tensor, rows: Tensor, noise: Tensor | None = None) -> Tensor:
         """``select`` for a device step: [3, B] float64 of next token, done (0/1) and summed log-prob, for one
-        read-back. On CUDA one Triton kernel (select_kernel.py) instead of select's ~90 small ones."""
+        read-back. On CUDA (with use_kernel) three Triton kernels (select_kernel.py) instead of select's ~90."""
         if self.use_kernel and select_kernel.available(logits):
             return select_kernel.select_packed(self, logits, rows, noise)
         tokens, done = self.select(logits, rows, noise)

@@ -137,7 +137,7 @@ class Runner:
             for layer, fused in zip(model.decoder.layers, self._qkv, strict=True)
         ]
         # The CUDA step's fused kernels (compiled steps keep the eager ops for Inductor to fuse): the policy's
-        # select as one kernel, and at few rows every decoder projection one kernel with its layer norm, bias,
+        # select in three kernels, and at few rows every decoder projection one kernel with its layer norm, bias,
         # GELU and residual (engine/fused.py), where all are plain float Linear layers.
         fusing = fused_step and self.device.type == "cuda" and fused.triton is not None and not compile
         self.policy.use_kernel = fusing

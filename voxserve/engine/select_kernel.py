@@ -1,19 +1,18 @@
-"""``PolicyState.select`` as one Triton kernel: Whisper's rules, the pick and the state update for every row.
+"""``PolicyState.select`` in three Triton kernels: Whisper's rules, the pick and the state update for every row.
 
 The tensor version (policy.py, the oracle) is about 90 small kernels per decode step (gathers of each state
 tensor, a dozen vocabulary-wide masks for the timestamp rules, two log-softmaxes, scatters of the new state): at
-a small batch, more launches than a fused decoder layer stack has. Here one program per row walks the
-vocabulary twice: the first pass applies the suppression bias, the blank and timestamp rules (writing the
-logits back) and gathers the timestamp mass and the best text logit; the second applies "timestamps win", picks
-the token (greedy, or Gumbel-max with the row's temperature) and the log-softmax normaliser (the final logits
-are not written back). The row's state is
-then updated as the tensor version does, and [token, done, summed log-prob] written as float64 for the host's
-one read-back. Ties pick the lowest index, as argmax does.
+a small batch, more launches than a fused decoder layer stack has. Here each row's vocabulary is split into
+blocks, one program per (row, block): the first kernel applies the suppression bias, the blank and timestamp
+rules (writing the logits back) and gathers each block's timestamp log-sum-exp and best text logit; the second
+merges those into "timestamps win", then finds each block's best token (greedy, and Gumbel-max with the row's
+temperature) and its part of the log-softmax normaliser; the third, one program per row, merges the blocks,
+updates the row's state as the tensor version does and writes [token, done, summed log-prob] as float64 for the
+host's one read-back. Ties pick the lowest index, as argmax does. The final logits are not written back.
 
-Measured once on an H100 (large-v3 vocabulary, batch 1, eager step under torch.profiler): 0.133 ms for the one
-program, about what the ~90 separate kernels took; one program walking 52k logits twice does not use the GPU's
-width. Splitting each row's vocabulary over several programs (a partial max / log-sum-exp per block, then a
-merge) is the next step.
+Measured once on an H100 (large-v3 vocabulary, batch 1, eager step under torch.profiler) in its first form, one
+program per row walking the vocabulary twice: 0.133 ms, about what the ~90 separate kernels took, since one
+program does not use the GPU's width; hence the blocks (not yet measured).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ except ImportError:  # the CPU build needs no Triton
 if TYPE_CHECKING:
     from .policy import PolicyState
 
-BLOCK = 2048
+BLOCK = 4096  # vocabulary entries per program (52k: 13 blocks a row)
 
 
 def available(logits: Tensor) -> bool:
@@ -45,15 +44,29 @@ def select_packed(state: PolicyState, logits: Tensor, rows: Tensor, noise: Tenso
     b, v = logits.shape
     if logits.dtype != torch.float32 or logits.stride(1) != 1:
         raise ValueError("select needs contiguous float32 logits")
-    packed = torch.empty(3, b, dtype=torch.float64, device=logits.device)
+    n_blocks = triton.cdiv(v, BLOCK)
+    device = logits.device
+    rules = torch.empty(b, n_blocks, 3, dtype=torch.float32, device=device)
+    picks = torch.empty(b, n_blocks, 7, dtype=torch.float32, device=device)
+    packed = torch.empty(3, b, dtype=torch.float64, device=device)
     s = state
-    _select_kernel[(b,)](
-        logits, rows, noise if noise is not None else logits, s.bias, s.blank_ids,
-        s.n_sampled, s.suppress_blank, s.timestamps, s.max_initial, s.temperature, s.sample_len,
-        s.length, s.last, s.prev, s.ts_last, s.sum_logprob, s.done, packed,
-        b, v, logits.stride(0), noise.stride(0) if noise is not None else 0, s.bias.stride(0),
-        s.ts_begin, s.eot, s.n_ctx,
-        N_BLANK=s.blank_ids.numel(), SAMPLE=noise is not None, BLOCK=BLOCK, num_warps=8,
+    row_state = (s.n_sampled, s.suppress_blank, s.timestamps, s.max_initial, s.last, s.prev, s.ts_last)
+    _rules_kernel[(b, n_blocks)](
+        logits, rows, s.bias, s.blank_ids, *row_state, rules,
+        v, logits.stride(0), s.bias.stride(0), s.ts_begin, s.eot,
+        N_BLANK=s.blank_ids.numel(), BLOCK=BLOCK, num_warps=4,
+    )  # fmt: skip
+    _pick_kernel[(b, n_blocks)](
+        logits, rows, noise if noise is not None else logits, s.timestamps, s.temperature, rules, picks,
+        v, logits.stride(0), noise.stride(0) if noise is not None else 0, s.ts_begin,
+        N_BLOCKS=n_blocks, SEEN=triton.next_power_of_2(n_blocks), SAMPLE=noise is not None, BLOCK=BLOCK,
+        num_warps=4,
+    )  # fmt: skip
+    _update_kernel[(b,)](
+        rows, picks, s.temperature, s.n_sampled, s.sample_len, s.length, s.last, s.prev, s.ts_last,
+        s.sum_logprob, s.done, packed,
+        b, v, s.ts_begin, s.eot, s.n_ctx,
+        N_BLOCKS=n_blocks, SEEN=triton.next_power_of_2(n_blocks), SAMPLE=noise is not None, num_warps=1,
     )  # fmt: skip
     return packed
 
@@ -61,106 +74,148 @@ def select_packed(state: PolicyState, logits: Tensor, rows: Tensor, noise: Tenso
 if triton is not None:
 
     @triton.jit
-    def _online_lse(m, s, x):
-        """Fold the tile x into a running (max, sum of exp(x - max)); -inf tiles leave it unchanged."""
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - safe) + tl.sum(tl.exp(x - safe), axis=0)
-        return m_new, s
+    def _lse(x):
+        """(max, sum of exp(x - max)) of a tile; (-inf, 0) for an all -inf tile."""
+        m = tl.max(x, axis=0)
+        safe = tl.where(m == float("-inf"), 0.0, m)
+        return m, tl.sum(tl.exp(x - safe), axis=0)
 
     @triton.jit
-    def _argmax_fold(best, best_i, x, v, V):
-        """Fold the tile x (indices v) into a running (max, lowest index of the max)."""
-        t_max = tl.max(x, axis=0)
-        t_i = tl.min(tl.where(x == t_max, v, V), axis=0)
-        better = t_max > best
-        return tl.where(better, t_max, best), tl.where(better, t_i, best_i)
+    def _merge_lse(m, s):
+        """Merge per-block (max, sum) pairs into one log-sum-exp (-inf when all are empty)."""
+        top = tl.max(m, axis=0)
+        safe = tl.where(top == float("-inf"), 0.0, top)
+        return top + tl.log(tl.sum(s * tl.exp(m - safe), axis=0))
 
     @triton.jit
-    def _select_kernel(
-        Logits, Rows, Noise, Bias, Blank,
-        NSampled, SuppressBlank, Timestamps, MaxInitial, Temperature, SampleLen,
-        Length, Last, Prev, TsLast, SumLogprob, Done, Packed,
-        B, V, stride_l, stride_noise, stride_bias,
-        ts, eot, n_ctx,
-        N_BLANK: tl.constexpr, SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+    def _argmax(x, v, V):
+        """(max, lowest index of the max) of a tile."""
+        top = tl.max(x, axis=0)
+        return top, tl.min(tl.where(x == top, v, V), axis=0)
+
+    @triton.jit
+    def _rules_kernel(
+        Logits, Rows, Bias, Blank,
+        NSampled, SuppressBlank, Timestamps, MaxInitial, Last, Prev, TsLast,
+        Rules,
+        V, stride_l, stride_bias, ts, eot,
+        N_BLANK: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
+        blk = tl.program_id(1)
         slot = tl.load(Rows + b)
         n = tl.load(NSampled + slot)
         first = n == 0
         blank = first & (tl.load(SuppressBlank + slot) != 0)
         rules = tl.load(Timestamps + slot) != 0
         last = tl.load(Last + slot)
-        prev = tl.load(Prev + slot)
         ts_last = tl.load(TsLast + slot)
-        max_initial = tl.load(MaxInitial + slot)
         last_ts = (n != 0) & (last >= ts)
-        penult_ts = (n < 2) | (prev >= ts)
+        penult_ts = (n < 2) | (tl.load(Prev + slot) >= ts)
         after_pair = rules & last_ts & penult_ts  # text next
         after_one = rules & last_ts & (penult_ts == 0)  # a timestamp or end-of-text next
-        floor = tl.where(last_ts & (penult_ts == 0), ts_last, ts_last + 1)
+        floor = tl.where(last_ts & (penult_ts == 0), ts_last, ts_last + 1)  # never decrease; no empty segment
         monotonic = rules & (ts_last >= 0)
         at_first = rules & first
+
+        v = blk * BLOCK + tl.arange(0, BLOCK)
+        ok = v < V
         row = Logits + b * stride_l
-        bias_row = Bias + slot * stride_bias
+        x = tl.load(row + v, mask=ok, other=float("-inf")) + tl.load(
+            Bias + slot * stride_bias + v, mask=ok, other=0.0
+        )
+        is_blank = v < 0
+        for j in tl.static_range(N_BLANK):
+            is_blank = is_blank | (v == tl.load(Blank + j))
+        is_ts = v >= ts
+        forbid = (blank & is_blank) | (after_pair & is_ts) | (after_one & (v < eot))
+        forbid = forbid | (monotonic & is_ts & (v < floor))
+        forbid = forbid | (at_first & ((v < ts) | (v > tl.load(MaxInitial + slot))))
+        x = tl.where(forbid | (ok == 0), float("-inf"), x)
+        tl.store(row + v, x, mask=ok)
+        m_ts, s_ts = _lse(tl.where(is_ts, x, float("-inf")))
+        out = Rules + (b * tl.num_programs(1) + blk) * 3
+        tl.store(out, m_ts)
+        tl.store(out + 1, s_ts)
+        tl.store(out + 2, tl.max(tl.where(is_ts, float("-inf"), x), axis=0))
 
-        # pass 1: the rules; the timestamp tokens' log-sum-exp and the best text logit
-        m_ts = tl.full((), float("-inf"), tl.float32)
-        s_ts = tl.zeros((), tl.float32)
-        best_text = tl.full((), float("-inf"), tl.float32)
-        for v0 in range(0, V, BLOCK):
-            v = v0 + tl.arange(0, BLOCK)
-            ok = v < V
-            x = tl.load(row + v, mask=ok, other=float("-inf")) + tl.load(bias_row + v, mask=ok, other=0.0)
-            is_blank = v < 0
-            for j in tl.static_range(N_BLANK):
-                is_blank = is_blank | (v == tl.load(Blank + j))
-            is_ts = v >= ts
-            forbid = (blank & is_blank) | (after_pair & is_ts) | (after_one & (v < eot))
-            forbid = forbid | (monotonic & is_ts & (v < floor))
-            forbid = forbid | (at_first & ((v < ts) | (v > max_initial)))
-            x = tl.where(forbid | (ok == 0), float("-inf"), x)
-            tl.store(row + v, x, mask=ok)
-            m_ts, s_ts = _online_lse(m_ts, s_ts, tl.where(is_ts, x, float("-inf")))
-            best_text = tl.maximum(best_text, tl.max(tl.where(is_ts, float("-inf"), x), axis=0))
+    @triton.jit
+    def _pick_kernel(
+        Logits, Rows, Noise, Timestamps, Temperature, Rules, Picks,
+        V, stride_l, stride_noise, ts,
+        N_BLOCKS: tl.constexpr, SEEN: tl.constexpr, SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        blk = tl.program_id(1)
+        slot = tl.load(Rows + b)
         # where the timestamps' total probability beats every single text token, a timestamp comes next
-        text_off = rules & (m_ts + tl.log(s_ts) > best_text)
-        tl.debug_barrier()  # pass 1's stores are visible to every thread of the program
+        k = tl.arange(0, SEEN)
+        parts = Rules + (b * N_BLOCKS + k) * 3
+        seen = k < N_BLOCKS
+        lse_ts = _merge_lse(
+            tl.load(parts, mask=seen, other=float("-inf")), tl.load(parts + 1, mask=seen, other=0.0)
+        )
+        best_text = tl.max(tl.load(parts + 2, mask=seen, other=float("-inf")), axis=0)
+        text_off = (tl.load(Timestamps + slot) != 0) & (lse_ts > best_text)
 
-        # pass 2: the pick and the normaliser of the final logits
-        temperature = tl.load(Temperature + slot)
-        m_all = tl.full((), float("-inf"), tl.float32)
-        s_all = tl.zeros((), tl.float32)
-        best = tl.full((), float("-inf"), tl.float32)
-        best_i = tl.zeros((), tl.int64)
-        drawn = tl.full((), float("-inf"), tl.float32)
-        drawn_i = tl.zeros((), tl.int64)
-        drawn_x = tl.full((), float("-inf"), tl.float32)  # the final logit of the drawn token
-        for v0 in range(0, V, BLOCK):
-            v = v0 + tl.arange(0, BLOCK)
-            ok = v < V
-            x = tl.load(row + v, mask=ok, other=float("-inf"))
-            x = tl.where(text_off & (v < ts), float("-inf"), x)
-            m_all, s_all = _online_lse(m_all, s_all, x)
-            best, best_i = _argmax_fold(best, best_i, x, v.to(tl.int64), V)
-            if SAMPLE:
-                u = tl.load(Noise + b * stride_noise + v, mask=ok, other=0.5)
-                gumbel = -tl.log(-tl.log(tl.maximum(u, 1e-20)))
-                y = tl.where(ok, x / tl.maximum(temperature, 1e-6) + gumbel, float("-inf"))
-                t_drawn, t_i = _argmax_fold(drawn, drawn_i, y, v.to(tl.int64), V)
-                drawn_x = tl.where(
-                    t_drawn > drawn, tl.max(tl.where(v == t_i, x, float("-inf")), axis=0), drawn_x
-                )
-                drawn, drawn_i = t_drawn, t_i
-        token = best_i
+        v = blk * BLOCK + tl.arange(0, BLOCK)
+        ok = v < V
+        x = tl.load(Logits + b * stride_l + v, mask=ok, other=float("-inf"))
+        x = tl.where(text_off & (v < ts), float("-inf"), x)
+        m, s = _lse(x)
+        best, best_i = _argmax(x, v, V)
+        out = Picks + (b * N_BLOCKS + blk) * 7
+        tl.store(out, m)
+        tl.store(out + 1, s)
+        tl.store(out + 2, best)
+        tl.store(out + 3, best_i.to(tl.float32))  # exact: vocabulary indices are far below 2**24
+        if SAMPLE:
+            u = tl.load(Noise + b * stride_noise + v, mask=ok, other=0.5)
+            gumbel = -tl.log(-tl.log(tl.maximum(u, 1e-20)))
+            temperature = tl.load(Temperature + slot)
+            y = tl.where(ok, x / tl.maximum(temperature, 1e-6) + gumbel, float("-inf"))
+            drawn, drawn_i = _argmax(y, v, V)
+            tl.store(out + 4, drawn)
+            tl.store(out + 5, drawn_i.to(tl.float32))
+            tl.store(out + 6, tl.max(tl.where(v == drawn_i, x, float("-inf")), axis=0))
+
+    @triton.jit
+    def _update_kernel(
+        Rows, Picks, Temperature, NSampled, SampleLen, Length, Last, Prev, TsLast, SumLogprob, Done, Packed,
+        B, V, ts, eot, n_ctx,
+        N_BLOCKS: tl.constexpr, SEEN: tl.constexpr, SAMPLE: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        slot = tl.load(Rows + b)
+        k = tl.arange(0, SEEN)
+        parts = Picks + (b * N_BLOCKS + k) * 7
+        seen = k < N_BLOCKS
+        lse = _merge_lse(
+            tl.load(parts, mask=seen, other=float("-inf")), tl.load(parts + 1, mask=seen, other=0.0)
+        )
+        # blocks hold ascending indices: the lowest block with the top value holds the lowest index of it
+        bests = tl.load(parts + 2, mask=seen, other=float("-inf"))
+        best = tl.max(bests, axis=0)
+        token = tl.min(tl.where(seen & (bests == best), tl.load(parts + 3, mask=seen, other=0.0), V), axis=0)
         chosen = best
         if SAMPLE:
-            token = tl.where(temperature > 0, drawn_i, best_i)
-            chosen = tl.where(temperature > 0, drawn_x, best)
-        picked = chosen - (m_all + tl.log(s_all))
+            draws = tl.load(parts + 4, mask=seen, other=float("-inf"))
+            top = tl.max(draws, axis=0)
+            first_block = tl.min(tl.where(seen & (draws == top), k, SEEN), axis=0)
+            drawn = tl.sum(tl.where(k == first_block, tl.load(parts + 5, mask=seen, other=0.0), 0.0), axis=0)
+            drawn_x = tl.max(
+                tl.where(k == first_block, tl.load(parts + 6, mask=seen, other=0.0), float("-inf")), axis=0
+            )
+            hot = tl.load(Temperature + slot) > 0
+            token = tl.where(hot, drawn, token)
+            chosen = tl.where(hot, drawn_x, best)
+        token = token.to(tl.int64)
+        picked = chosen - lse
 
         # the row's state, as PolicyState.select updates it
+        n = tl.load(NSampled + slot)
+        last = tl.load(Last + slot)
+        ts_last = tl.load(TsLast + slot)
         was_done = tl.load(Done + slot) != 0
         token = tl.where(was_done, eot, token)
         sum_logprob = tl.load(SumLogprob + slot) + tl.where(was_done, 0.0, picked)
@@ -170,7 +225,7 @@ if triton is not None:
         done = was_done | (token == eot) | (n >= tl.load(SampleLen + slot)) | (length > n_ctx)
         tl.store(NSampled + slot, n)
         tl.store(Length + slot, length)
-        tl.store(Prev + slot, tl.where(was_done, prev, last))
+        tl.store(Prev + slot, tl.where(was_done, tl.load(Prev + slot), last))
         tl.store(Last + slot, token)
         tl.store(TsLast + slot, tl.where((was_done == 0) & (token >= ts), token, ts_last))
         tl.store(Done + slot, done)

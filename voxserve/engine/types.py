@@ -94,7 +94,7 @@ class EngineConfig:
     # window lengths in mel frames, shorter than the model's 30 s, that requests will use (live short windows):
     # warm-up captures the encoder's graphs for them too (other lengths are captured at first use)
     short_window_frames: tuple[int, ...] = ()
-    # the CUDA step's fused kernels: the policy's select as one kernel (select_kernel.py) and, at most
+    # the CUDA step's fused kernels: the policy's select in three kernels (select_kernel.py) and, at most
     # fused.MAX_ROWS rows, each decoder projection one kernel with its layer norm, bias, GELU and residual add
     # (fused.py); False keeps the separate kernels. Off by default: measured once on an H100 (fused.py's
     # docstring) it cut a batch-1 step's kernels from 759 to 298 and its kernel time 2.71 -> 2.23 ms, but was
