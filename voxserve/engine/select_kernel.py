@@ -81,8 +81,17 @@ if triton is not None:
         return m, tl.sum(tl.exp(x - safe), axis=0)
 
     @triton.jit
-    def _merge_lse(m, s):
-        """Merge per-block (max, sum) pairs into one log-sum-exp (-inf when all are empty)."""
+    def _row_blocks(Base, b, WIDTH: tl.constexpr, N_BLOCKS: tl.constexpr, SEEN: tl.constexpr):
+        """Row b's per-block records of WIDTH floats: (block numbers, their addresses, which are real)."""
+        k = tl.arange(0, SEEN)
+        return k, Base + (b * N_BLOCKS + k) * WIDTH, k < N_BLOCKS
+
+    @triton.jit
+    def _merge_lse(parts, seen):
+        """Merge the per-block (max, sum) pairs at ``parts`` (and ``parts + 1``) into one log-sum-exp (-inf when
+        all blocks are empty)."""
+        m = tl.load(parts, mask=seen, other=float("-inf"))
+        s = tl.load(parts + 1, mask=seen, other=0.0)
         top = tl.max(m, axis=0)
         safe = tl.where(top == float("-inf"), 0.0, top)
         return top + tl.log(tl.sum(s * tl.exp(m - safe), axis=0))
@@ -149,12 +158,8 @@ if triton is not None:
         blk = tl.program_id(1)
         slot = tl.load(Rows + b)
         # where the timestamps' total probability beats every single text token, a timestamp comes next
-        k = tl.arange(0, SEEN)
-        parts = Rules + (b * N_BLOCKS + k) * 3
-        seen = k < N_BLOCKS
-        lse_ts = _merge_lse(
-            tl.load(parts, mask=seen, other=float("-inf")), tl.load(parts + 1, mask=seen, other=0.0)
-        )
+        k, parts, seen = _row_blocks(Rules, b, 3, N_BLOCKS, SEEN)
+        lse_ts = _merge_lse(parts, seen)
         best_text = tl.max(tl.load(parts + 2, mask=seen, other=float("-inf")), axis=0)
         text_off = (tl.load(Timestamps + slot) != 0) & (lse_ts > best_text)
 
@@ -187,12 +192,8 @@ if triton is not None:
     ):  # fmt: skip
         b = tl.program_id(0)
         slot = tl.load(Rows + b)
-        k = tl.arange(0, SEEN)
-        parts = Picks + (b * N_BLOCKS + k) * 7
-        seen = k < N_BLOCKS
-        lse = _merge_lse(
-            tl.load(parts, mask=seen, other=float("-inf")), tl.load(parts + 1, mask=seen, other=0.0)
-        )
+        k, parts, seen = _row_blocks(Picks, b, 7, N_BLOCKS, SEEN)
+        lse = _merge_lse(parts, seen)
         # blocks hold ascending indices: the lowest block with the top value holds the lowest index of it
         bests = tl.load(parts + 2, mask=seen, other=float("-inf"))
         best = tl.max(bests, axis=0)
