@@ -94,7 +94,9 @@ def test_document_validates_writes_and_reads_back(tmp_path):
     assert path.name == "2026-11-21T0530_all_tiny_amd-epyc-2c.json"
     assert results.read_result(path) == json.loads(json.dumps(doc))
     again = results.write_result(doc, tmp_path, "amd-epyc-2c")  # never overwrites an earlier run
-    assert again != path and again.exists() and path.exists()
+    assert again.name == "2026-11-21T0530_all_tiny_amd-epyc-2c-run2.json" and path.exists()
+    third = results.write_result(doc, tmp_path, "amd-epyc-2c")
+    assert third.name.endswith("-run3.json")  # letters, digits, '.', '_' and '-' only: copyable anywhere
     table = report.format_table(doc)
     assert "voxserve-reference" in table and "ctranslate2-int8" in table
     assert "offline 0.25x" in table and "30 s latency 0.50x" in table  # voxserve / peer, >1 = voxserve faster

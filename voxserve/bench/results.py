@@ -149,11 +149,12 @@ def write_result(doc: dict[str, Any], out_dir: str | Path, label: str) -> Path:
     validate(doc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / result_filename(doc, label)
+    name = result_filename(doc, label)
+    path = out / name
     i = 1
-    while path.exists():
-        path = path.with_name(f"{path.stem.rsplit('~', 1)[0]}~{i}.json")
+    while path.exists():  # a second run in the same minute: <name>-run2.json (only safe filename characters)
         i += 1
+        path = out / f"{name.removesuffix('.json')}-run{i}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return path
 
