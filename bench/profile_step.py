@@ -79,7 +79,7 @@ def graph_timing(runner: Runner, label: str) -> None:
     """The step as the engine runs it: GPU time of one graph replay (CUDA events over back-to-back replays) and
     wall time of ``Runner.step`` (upload of the rows, replay, the one read-back), per batch bucket."""
     runner.use_graphs = True
-    for b in (1, 8, 64):
+    for b in (1, 8, 16, 32, 64):
         if b > runner.n_slots:
             continue
         slots = list(range(b))
@@ -107,6 +107,53 @@ def graph_timing(runner: Runner, label: str) -> None:
             walls.append((time.perf_counter() - t) * 1000)
         print(
             f"step b={b}: graph replay {replay_ms:.3f} ms GPU, Runner.step {statistics.median(walls):.3f} ms wall"
+        )
+
+
+def projection_sweep() -> None:
+    """Each large-v3 decoder projection as ``rows_linear`` (tuned; layer norm, GELU, residual folded in as the
+    fused step uses them) against the unfused step's ops (layer norm, cuBLAS product, GELU, residual add), GPU
+    time per call from CUDA-graph replays, at several row counts."""
+    import triton.testing
+    from torch import nn
+
+    from voxserve.engine import fused
+
+    c = 1280
+    shapes = {  # name: (N, K, layer norm, GELU, residual)
+        "qkv": (3 * c, c, True, False, False),
+        "attn out": (c, c, False, False, True),
+        "cross q": (c, c, True, False, False),
+        "fc1": (4 * c, c, True, True, False),
+        "fc2": (c, 4 * c, False, False, True),
+        "logits": (51866, c, True, False, False),
+    }
+    per_layer = {"qkv": 1, "attn out": 2, "cross q": 1, "fc1": 1, "fc2": 1}  # cross out is attn out's shape
+    for m in (1, 8, 16, 32, 64):
+        totals = [0.0, 0.0]
+        for name, (n, k, has_ln, gelu, res) in shapes.items():
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            w = torch.randn(n, k, device="cuda", dtype=torch.float16) / k**0.5
+            b = torch.randn(n, device="cuda", dtype=torch.float16)
+            ln = nn.LayerNorm(k).to("cuda", torch.float16) if has_ln else None
+            r = torch.randn(m, n, device="cuda", dtype=torch.float16) if res else None
+            kw = dict(ln=ln, gelu=gelu, residual=r)
+            fused.rows_linear(x, w, b, **kw)  # tune outside the capture
+            t_fused = triton.testing.do_bench_cudagraph(lambda: fused.rows_linear(x, w, b, **kw), rep=50)
+            t_eager = triton.testing.do_bench_cudagraph(
+                lambda: fused._reference(x, w, b, ln, gelu, r), rep=50
+            )
+            calls = 32 * per_layer.get(name, 0) or 1
+            totals[0] += calls * t_fused
+            totals[1] += calls * t_eager
+            gb = n * k * 2 / 1e9
+            print(
+                f"rows={m:2d} {name:8s} N={n:5d} K={k:4d}: rows_linear {t_fused * 1000:7.1f} us "
+                f"({gb / t_fused * 1e3:5.0f} GB/s), eager {t_eager * 1000:7.1f} us ({gb / t_eager * 1e3:5.0f} GB/s)",
+                flush=True,
+            )
+        print(
+            f"rows={m:2d} all projections of a step: rows_linear {totals[0]:.3f} ms, eager {totals[1]:.3f} ms"
         )
 
 
@@ -156,4 +203,7 @@ if __name__ == "__main__":
     if "--sweep" in sys.argv:
         sys.argv.remove("--sweep")
         attention_sweep()
+    if "--projections" in sys.argv:
+        sys.argv.remove("--projections")
+        projection_sweep()
     main()

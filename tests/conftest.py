@@ -102,3 +102,12 @@ def multilingual_tiktoken(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(multilingual_tiktoken: Path) -> Tokenizer:
     return Tokenizer.from_tiktoken(multilingual_tiktoken)
+
+
+@pytest.fixture(scope="session")
+def large_v3_cpu() -> torch.nn.Module:
+    """Random large-v3 weights (seed 0), float32 on the CPU, built once per session for the GPU tests (building
+    one takes ~30 s). Shared: copy it (``copy.deepcopy``) before moving or changing it."""
+    from voxserve.model.load import init_random
+
+    return init_random(LARGE_V3, seed=0)

@@ -5,11 +5,13 @@ Run on the GPU machine: ``python3 -m pytest -q -m gpu tests/gpu``.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ASSETS, AUDIO, LARGE_V3, TINY
+from tests.conftest import ASSETS, AUDIO, TINY
 from tests.support import decisive_model, read_wav
 from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.batched import BatchDecoder, make_engine
@@ -17,7 +19,6 @@ from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions
 from voxserve.engine.attention import decode_attention, reference_decode_attention
 from voxserve.engine.types import EngineConfig
-from voxserve.model.load import init_random
 from voxserve.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.gpu
@@ -72,21 +73,26 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_s
         eng.close()
 
 
+@pytest.fixture(scope="module")
+def large_v3_fp32(large_v3_cpu) -> torch.nn.Module:
+    return copy.deepcopy(large_v3_cpu).cuda()
+
+
 @pytest.mark.parametrize("fused_step", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_engine_step_logits_large_v3(dtype, fused_step) -> None:
+def test_engine_step_logits_large_v3(large_v3_fp32, dtype, fused_step) -> None:
     """At large-v3 dimensions in half precision, the engine's graph-captured step (fused QKV, Triton attention)
     gives the logits of the eager reference pass: compared in fp32 against a float64-free fp32 reference, its
     error is no larger than the eager half-precision pass's own."""
     tok = Tokenizer.from_tiktoken(ASSETS / "multilingual.tiktoken", num_languages=100)
-    model32 = init_random(LARGE_V3, seed=0).cuda()
+    model32 = large_v3_fp32
     mel = pad_or_trim(log_mel_spectrogram(read_wav(AUDIO / "samples" / "jfk.wav"), 128))[None].cuda()
     options = DecodingOptions(
         language="en", without_timestamps=True, sample_len=8, suppress_tokens=(-1, tok.eot)
     )
     with torch.no_grad():
         features32 = model32.encoder(mel)
-        model = init_random(LARGE_V3, seed=0).to("cuda", dtype)
+        model = copy.deepcopy(model32).to(dtype)  # the same weights, rounded
         eng = make_engine(model, tok, EngineConfig(max_slots=2, fused_step=fused_step))
         try:
             decoder, ticket = BatchDecoder(eng, model, tok).submit(mel[0], options)

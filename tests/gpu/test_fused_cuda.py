@@ -30,12 +30,17 @@ def _layer_norm(k: int, dtype: torch.dtype, g: torch.Generator) -> nn.LayerNorm:
     return ln
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 5, 16, 33, 64])
-@pytest.mark.parametrize(
-    "form", ["ln", "ln+gelu", "residual", "ln, no bias, float32 out", "plain, odd sizes"]
-)
-def test_rows_linear_equals_the_eager_ops(dtype, rows, form) -> None:
+FORMS = ["ln", "ln+gelu", "residual", "ln, no bias, float32 out", "plain, odd sizes"]
+# Every form in half precision at one and at many rows; the other dtypes on two forms (each case compiles and
+# tunes its own kernels, seconds apiece).
+CASES = [(torch.float16, rows, form) for rows in (1, 33) for form in FORMS] + [
+    (dtype, 5, form) for dtype in (torch.float32, torch.bfloat16) for form in ("ln+gelu", "residual")
+]
+
+
+def _rows_linear_case(dtype: torch.dtype, rows: int, form: str, config: object = None) -> float:
+    """rows_linear on one random case against the eager ops in float32 from the same rounded inputs: the
+    relative error."""
     g = torch.Generator(device="cuda").manual_seed(rows)
     n, k = (1000, 333) if form == "plain, odd sizes" else (1280, 5120 if form == "residual" else 1280)
     x = (2 * torch.randn(rows, k, generator=g, device="cuda") + 0.5).to(dtype)
@@ -46,16 +51,31 @@ def test_rows_linear_equals_the_eager_ops(dtype, rows, form) -> None:
     out_dtype = torch.float32 if "float32 out" in form else None
     kwargs = dict(ln=ln, gelu="gelu" in form, residual=residual, out_dtype=out_dtype)
     assert fused.available(x)
-    got = fused.rows_linear(x, weight, bias, **kwargs)
+    got = fused.rows_linear(x, weight, bias, **kwargs, _config=config)
     assert got.shape == (rows, n) and got.dtype == (out_dtype or dtype)
-    # the reference in float32 from the same (rounded) inputs
     f = lambda t: None if t is None else t.float()  # noqa: E731
     ln32 = None if ln is None else nn.LayerNorm(k).cuda()
     if ln32 is not None:
         ln32.load_state_dict({name: p.float() for name, p in ln.state_dict().items()})
     ref = fused._reference(x.float(), weight.float(), f(bias), ln32, "gelu" in form, f(residual))
-    err = ((got.float() - ref).norm() / ref.norm()).item()
+    return ((got.float() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize(("dtype", "rows", "form"), CASES)
+def test_rows_linear_equals_the_eager_ops(dtype, rows, form) -> None:
+    err = _rows_linear_case(dtype, rows, form)
     assert err < TOLERANCE[dtype], err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_every_rows_linear_tile_equals_the_eager_ops(dtype) -> None:
+    """Each tile and split-K setting, not only the one tuning picks; twice each, since split-K tiles reset
+    their arrival counters for the next call."""
+    for config in fused._CONFIGS:
+        for _ in range(2):
+            err = _rows_linear_case(dtype, 5, "ln+gelu", config)
+            assert err < TOLERANCE[dtype], (config, err)
+    assert not fused._ARRIVALS[torch.device("cuda", torch.cuda.current_device())].any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

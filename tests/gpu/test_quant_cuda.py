@@ -101,8 +101,8 @@ def test_int8_dynamic_is_refused_on_cuda():
 
 
 @pytest.fixture(scope="module")
-def large_v3() -> nn.Module:
-    return init_random(LARGE_V3, seed=0).to(device=CUDA, dtype=torch.bfloat16)  # ~3 GB
+def large_v3(large_v3_cpu) -> nn.Module:
+    return copy.deepcopy(large_v3_cpu).to(device=CUDA, dtype=torch.bfloat16)  # ~3 GB
 
 
 @needs_fp8

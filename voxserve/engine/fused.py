@@ -37,6 +37,10 @@ except ImportError:  # the CPU build needs no Triton
 # The most rows the kernel takes (rows pad to a power of two >= 16 for tl.dot); larger batches are GEMMs, where
 # cuBLAS is the better product.
 MAX_ROWS = 64
+# Split-K: a projection of few outputs (1,280: 80 tiles of 16 on 132 multiprocessors) also splits its inputs over
+# up to MAX_SPLIT programs per tile, so that enough programs stream the weight; wider ones (the logits) need not.
+MAX_SPLIT = 8
+SPLIT_MAX_N = 8192
 
 
 def available(x: Tensor) -> bool:
@@ -53,10 +57,13 @@ def rows_linear(
     gelu: bool = False,
     residual: Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    _config: object | None = None,
 ) -> Tensor:
     """``residual + act(linear(layer_norm(x), weight, bias))`` for x [M, K], weight [N, K]: each part optional
     (``ln`` the layer norm module, ``gelu`` the exact GELU, ``residual`` [M, N]). Output [M, N] in ``out_dtype``
-    (default x's dtype)."""
+    (default x's dtype). ``_config`` (a ``triton.Config``, for tests) launches that tile instead of the tuned one.
+    Calls on one device must not overlap in time (they share split-K arrival counters): one stream, as the
+    engine's step runs."""
     out_dtype = out_dtype or x.dtype
     if not available(x):
         return _reference(x, weight, bias, ln, gelu, residual).to(out_dtype)
@@ -65,21 +72,48 @@ def rows_linear(
     if weight.stride(1) != 1 or x.stride(1) != 1 or (residual is not None and residual.stride(1) != 1):
         raise ValueError("rows_linear needs the inner dimension of x, weight and residual contiguous")
     y = torch.empty(m, n, dtype=out_dtype, device=x.device)
+    # Split-K partial sums (fp32, [split, M, N]); nothing to initialise, the last program of a tile reads them.
+    part = torch.empty(MAX_SPLIT * m * n if n <= SPLIT_MAX_N else 1, dtype=torch.float32, device=x.device)
     ln_w = ln.weight if ln is not None else weight
     ln_b = ln.bias if ln is not None else weight
     block_m = max(16, triton.next_power_of_2(m))
 
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(n, meta["BLOCK_N"]),)
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
-    _rows_linear_kernel[grid](
+    args = (
         x, weight, bias if bias is not None else weight, residual if residual is not None else y, y, ln_w, ln_b,
-        m, n, k, ln.eps if ln is not None else 0.0,
+        part, _arrivals(x.device), m, n, k, ln.eps if ln is not None else 0.0,
         x.stride(0), weight.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
+    )  # fmt: skip
+    flags = dict(
         HAS_LN=ln is not None, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
     )  # fmt: skip
+    if _config is None:
+        _rows_linear_kernel[grid](*args, **flags)
+    else:
+        meta = dict(_config.kwargs)
+        if meta["SPLIT_K"] > 1 and n > SPLIT_MAX_N:
+            raise ValueError(f"split-K tiles take at most {SPLIT_MAX_N} outputs")
+        _rows_linear_kernel.fn[grid(meta)](
+            *args, **flags, **meta, num_warps=_config.num_warps, num_stages=_config.num_stages
+        )
     return y
+
+
+_ARRIVALS: dict[torch.device, Tensor] = {}
+
+
+def _arrivals(device: torch.device) -> Tensor:
+    """The device's split-K arrival counters, one per output tile: zero between calls (the last program of a
+    tile resets its own), so they are allocated once, before any graph capture (the engine's warm-up)."""
+    counters = _ARRIVALS.get(device)
+    if counters is None:
+        counters = _ARRIVALS[device] = torch.zeros(
+            triton.cdiv(SPLIT_MAX_N, 16), dtype=torch.int32, device=device
+        )
+    return counters
 
 
 def _reference(
@@ -100,36 +134,57 @@ def _reference(
 
 
 if triton is not None:
-    # Tiles: a few output features per program so that even 1,280 outputs spread over the multiprocessors, and
-    # a long K tile so each program keeps enough bytes of the weight in flight.
+    # Tiles: a few output features per program, and split-K for projections of few outputs, so that even 1,280
+    # outputs spread over all multiprocessors with enough bytes of the weight in flight.
     _CONFIGS = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bn, bk, w, s in (
-            (16, 128, 4, 4),
-            (16, 256, 4, 3),
-            (16, 512, 4, 2),
-            (32, 128, 4, 4),
-            (32, 256, 4, 3),
-            (32, 256, 8, 3),
-            (64, 128, 4, 3),
-            (64, 256, 8, 2),
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w, num_stages=s)
+        for bn, bk, sk, w, s in (
+            (16, 128, 1, 4, 4),
+            (16, 256, 1, 4, 3),
+            (32, 256, 1, 4, 3),
+            (64, 256, 1, 8, 2),
+            (16, 128, 2, 4, 4),
+            (16, 256, 2, 4, 3),
+            (16, 128, 4, 4, 4),
+            (16, 256, 4, 4, 3),
+            (32, 128, 4, 4, 4),
+            (16, 128, 8, 4, 3),
         )
     ]
 
-    @triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES"])
+    def _prune(configs: list, named_args: dict, **kwargs: object) -> list:
+        """Split-K only where there are few output tiles (and never past the counters' reach)."""
+        n = named_args["N"]
+        keep = [c for c in configs if c.kwargs["SPLIT_K"] == 1 or n <= min(SPLIT_MAX_N, 4096)]
+        return keep or configs
+
+    def _tuning_bench(fn, quantiles):  # noqa: ANN202 - Triton's do_bench signature
+        """Short timing runs per tile at warm-up: the kernels take microseconds, and the default (25 ms of
+        warm-up, 100 of repeats per config and shape) made warm-up and the GPU tests slow."""
+        return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+    @triton.autotune(
+        configs=_CONFIGS,
+        key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES"],
+        prune_configs_by={"early_config_prune": _prune},
+        do_bench=_tuning_bench,
+    )
     @triton.jit
     def _rows_linear_kernel(
-        X, W, Bias, Res, Y, LnW, LnB,
+        X, W, Bias, Res, Y, LnW, LnB, Part, Arrivals,
         M, N, K, eps,
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_LN: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        SPLIT_K: tl.constexpr,
     ):  # fmt: skip
+        tile = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
         n_ok = rn < N
+        out = m_ok[:, None] & n_ok[None, :]
         x_rows = X + rm[:, None] * stride_xm
         if HAS_LN:  # two passes over the rows (mean, then the centred variance), as the reference computes it
             total = tl.zeros((BLOCK_M,), tl.float32)
@@ -144,9 +199,13 @@ if triton is not None:
                 centred = tl.where(ok, xs - mean[:, None], 0.0)
                 total += tl.sum(centred * centred, axis=1)
             rstd = 1.0 / tl.sqrt(total / K + eps)
+        # This program's share of the inputs: whole K tiles, the last split taking what is left.
+        per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+        k_start = tl.program_id(1) * per_split
+        k_end = tl.minimum(k_start + per_split, K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k_ok = k0 + rk < K
+        for k0 in range(k_start, k_end, BLOCK_K):
+            k_ok = k0 + rk < k_end
             xs = tl.load(x_rows + k0 + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(
                 W + rn[:, None] * stride_wn + k0 + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0
@@ -159,11 +218,33 @@ if triton is not None:
                 acc += tl.dot(xs.to(w.dtype), tl.trans(w), input_precision="ieee")
             else:
                 acc += tl.dot(xs.to(w.dtype), tl.trans(w))
+        if SPLIT_K == 1:
+            _epilogue(acc, Bias, Res, Y, rm, rn, n_ok, out, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES)
+        else:
+            # Each split stores its partial sums; the last to arrive at the tile adds them in split order (the
+            # same result whichever arrives last), finishes the tile and resets the tile's counter for the next
+            # call. The barrier makes every thread's partial visible before the counter says it is there.
+            part = Part + rm[:, None] * N + rn[None, :]
+            tl.store(part + tl.program_id(1) * M * N, acc, mask=out)
+            tl.debug_barrier()
+            arrived = tl.atomic_add(Arrivals + tile, 1, sem="acq_rel")
+            if arrived == SPLIT_K - 1:
+                acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+                for split in tl.static_range(SPLIT_K):
+                    acc += tl.load(part + split * M * N, mask=out, other=0.0, cache_modifier=".cg")
+                tl.atomic_xchg(Arrivals + tile, 0)
+                _epilogue(acc, Bias, Res, Y, rm, rn, n_ok, out, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES)
+
+    @triton.jit
+    def _epilogue(
+        acc, Bias, Res, Y, rm, rn, n_ok, out, stride_rm, stride_ym,
+        HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
+    ):  # fmt: skip
+        """Bias, GELU and residual on a tile's sums, then the store in the output's dtype."""
         if HAS_BIAS:
             acc += tl.load(Bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GELU:
             acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
-        out = m_ok[:, None] & n_ok[None, :]
         if HAS_RES:
             acc += tl.load(Res + rm[:, None] * stride_rm + rn[None, :], mask=out, other=0.0).to(tl.float32)
         tl.store(Y + rm[:, None] * stride_ym + rn[None, :], acc.to(Y.dtype.element_ty), mask=out)
