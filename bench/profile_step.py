@@ -139,10 +139,10 @@ def projection_sweep() -> None:
             r = torch.randn(m, n, device="cuda", dtype=torch.float16) if res else None
             kw = dict(ln=ln, gelu=gelu, residual=r)
             fused.rows_linear(x, w, b, **kw)  # tune outside the capture
-            t_fused = triton.testing.do_bench_cudagraph(lambda: fused.rows_linear(x, w, b, **kw), rep=50)
-            t_eager = triton.testing.do_bench_cudagraph(
-                lambda: fused._reference(x, w, b, ln, gelu, r), rep=50
-            )
+            fused_call = functools.partial(fused.rows_linear, x, w, b, **kw)
+            eager_call = functools.partial(fused._reference, x, w, b, ln, gelu, r)
+            t_fused = triton.testing.do_bench_cudagraph(fused_call, rep=50)
+            t_eager = triton.testing.do_bench_cudagraph(eager_call, rep=50)
             calls = 32 * per_layer.get(name, 0) or 1
             totals[0] += calls * t_fused
             totals[1] += calls * t_eager

@@ -54,11 +54,17 @@ def test_triton_decode_attention(dtype, splits) -> None:
     assert (got - ref).norm() / ref.norm() < tol
 
 
-@pytest.mark.parametrize("fused_step", [False, True])
-def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_step) -> None:
+@pytest.mark.parametrize(
+    ("fused_step", "lookahead"),
+    [(False, False), (True, False), (True, True)],
+    ids=["unfused", "fused", "lookahead"],
+)
+def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_step, lookahead) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
-    config = EngineConfig(max_slots=3, max_admit=2, cuda_graphs=True, fused_step=fused_step)
+    config = EngineConfig(
+        max_slots=3, max_admit=2, cuda_graphs=True, fused_step=fused_step, lookahead=lookahead
+    )
     eng = make_engine(model, tokenizer, config)
     try:
         for opts in [{"language": "en"}, {}, {"language": "en", "without_timestamps": True}]:

@@ -129,7 +129,7 @@ def engine_subject(
     precision: str,
     *,
     compile: bool = False,
-    fused_step: bool = False,
+    fused_step: bool = True,
     lookahead: bool = False,
 ) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
@@ -153,7 +153,7 @@ def engine_subject(
     return subject_from_decoder(
         "voxserve-engine"
         + ("-compiled" if compile else "")
-        + ("-fused" if fused_step else "")
+        + ("" if fused_step else "-unfused")
         + ("-lookahead" if lookahead else ""),
         decode,
         device=device,
@@ -173,7 +173,7 @@ VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subj
     "reference": reference_subject,
     "engine": engine_subject,
     "engine-compiled": functools.partial(engine_subject, compile=True),
-    "engine-fused": functools.partial(engine_subject, fused_step=True),
+    "engine-unfused": functools.partial(engine_subject, fused_step=False),
     "engine-lookahead": functools.partial(engine_subject, lookahead=True),
-    "engine-fused-lookahead": functools.partial(engine_subject, fused_step=True, lookahead=True),
+    "engine-unfused-lookahead": functools.partial(engine_subject, fused_step=False, lookahead=True),
 }

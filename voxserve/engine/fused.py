@@ -13,13 +13,13 @@ bias and residual is rounded once, where the eager path rounds after each (at mo
 
 Elsewhere (no CUDA, no Triton) ``rows_linear`` is the eager composition, which the CUDA kernel is tested against.
 
-Measured once, on an H100 (torch 2.11, Triton 3.6), large-v3 random weights, fp16, one eager step under
-torch.profiler (``python3 bench/profile_step.py --dims large-v3``): at batch 1 the unfused step ran 759 kernels in
-2.71 ms of kernel time, the fused one 298 kernels in 2.23 ms; but the 193 ``rows_linear`` calls took 1.65 ms for
-~1.6 GB of weights (~1 TB/s), where cuBLAS's GEMVs had streamed the same weights in ~1.3 ms, so the kernel's tiles
-are not yet at bandwidth. At batch 64 the fused step was slower (9.10 against 8.39 ms): ``rows_linear`` took 3.05
-ms where cuBLAS's products took about 1.5. Hence ``EngineConfig.fused_step`` stays off by default; the captured
-(graph) form of the fused step has not run on a GPU yet.
+Measured on an H100 (torch 2.11, Triton 3.6), large-v3 random weights, fp16 (``python3 bench/profile_step.py
+--projections --dims large-v3``, stop 14). All of a step's projections, GPU time from graph replays, rows_linear
+against the eager ops (layer norm, cuBLAS, GELU, residual add): 1 row 1.38 against 1.58 ms, 8 rows 1.52 / 1.51,
+16 rows 1.55 / 1.55, 32 rows 1.86 / 1.58, 64 rows 2.60 / 1.68. Split-K took the 1,280-output products from ~1 to
+~1.7 TB/s where they have no layer norm; the layer-norm prologue (each program recomputes its rows' statistics in
+two passes over the input) still costs ~2.5 us a call. The whole captured step, fused against unfused: 1 row 2.09
+/ 2.91 ms, 8 rows 2.80 / 3.50, 16 rows 3.52 / 4.26, 32 rows 5.12 / 5.54, 64 rows 8.88 / 8.55; hence MAX_ROWS 32.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ try:
 except ImportError:  # the CPU build needs no Triton
     triton = None
 
-# The most rows the kernel takes (rows pad to a power of two >= 16 for tl.dot); larger batches are GEMMs, where
-# cuBLAS is the better product.
-MAX_ROWS = 64
+# The most rows the fused step takes (rows pad to a power of two >= 16 for tl.dot); above it cuBLAS's GEMMs and
+# the separate kernels were faster (measured, module docstring).
+MAX_ROWS = 32
 # Split-K: a projection of few outputs (1,280: 80 tiles of 16 on 132 multiprocessors) also splits its inputs over
 # up to MAX_SPLIT programs per tile, so that enough programs stream the weight; wider ones (the logits) need not.
 MAX_SPLIT = 8

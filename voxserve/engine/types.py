@@ -96,13 +96,13 @@ class EngineConfig:
     short_window_frames: tuple[int, ...] = ()
     # the CUDA step's fused kernels: the policy's select in three kernels (select_kernel.py) and, at most
     # fused.MAX_ROWS rows, each decoder projection one kernel with its layer norm, bias, GELU and residual add
-    # (fused.py); False keeps the separate kernels. Off by default: measured once on an H100 (fused.py's
-    # docstring) it cut a batch-1 step's kernels from 759 to 298 and its kernel time 2.71 -> 2.23 ms, but was
-    # slower at batch 64, and its graph-captured form has not run on a GPU yet
-    fused_step: bool = False
+    # (fused.py); False keeps the separate kernels. Measured on an H100 (large-v3 fp16, graph replay, stop 14):
+    # batch 1 2.09 ms against 2.91, batch 8 2.80 against 3.50, batch 32 5.12 against 5.54; inert on the CPU
+    fused_step: bool = True
     # launch each decode step before reading the previous one's results (the device keeps every row's state), so
     # the device computes while the host handles tokens; a row's extra step after it finished is wasted work.
-    # Off by default until measured: on an H100 the host added 0.53 ms to a 2.9 ms batch-1 step (stop 13)
+    # Off by default: on an H100 (stop 14, separate runs) it moved the unfused engine's 30 s request 344 -> 331
+    # ms but its 5 s request 88.7 -> 93.5 ms; not yet measured beside the fused step in one run
     lookahead: bool = False
 
     def __post_init__(self) -> None:
