@@ -130,13 +130,13 @@ def engine_subject(
     *,
     compile: bool = False,
     fused_step: bool = True,
-    lookahead: bool = False,
+    lookahead: bool | None = None,
 ) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
-    default configuration, or with one of its options on (``compile``: the decode step and encoder through
-    torch.compile; ``fused_step``: the CUDA step's fused kernels, engine/fused.py; ``lookahead``: each step
-    launched before the last is read): every window of a call is submitted at once and decoded in continuous
-    batches."""
+    default configuration, or with one of its options changed (``compile``: the decode step and encoder through
+    torch.compile; ``fused_step=False``: the CUDA step's separate kernels instead of engine/fused.py's;
+    ``lookahead=False``: each step's results read before the next is launched): every window of a call is
+    submitted at once and decoded in continuous batches."""
     from ..decoding.batched import BatchDecoder, make_engine
     from ..engine.types import EngineConfig
 
@@ -154,7 +154,7 @@ def engine_subject(
         "voxserve-engine"
         + ("-compiled" if compile else "")
         + ("" if fused_step else "-unfused")
-        + ("-lookahead" if lookahead else ""),
+        + ("-in-order" if lookahead is False else ""),
         decode,
         device=device,
         precision=dtype,
@@ -174,6 +174,6 @@ VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subj
     "engine": engine_subject,
     "engine-compiled": functools.partial(engine_subject, compile=True),
     "engine-unfused": functools.partial(engine_subject, fused_step=False),
-    "engine-lookahead": functools.partial(engine_subject, lookahead=True),
-    "engine-unfused-lookahead": functools.partial(engine_subject, fused_step=False, lookahead=True),
+    "engine-in-order": functools.partial(engine_subject, lookahead=False),
+    "engine-plain": functools.partial(engine_subject, fused_step=False, lookahead=False),
 }

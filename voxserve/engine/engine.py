@@ -149,6 +149,8 @@ class Engine:
             short_window_frames=self.config.short_window_frames,
             fused_step=self.config.fused_step,
         )
+        lookahead = self.config.lookahead
+        self.lookahead = model.device.type == "cuda" if lookahead is None else lookahead
         self._queue: list[tuple[int, int, Ticket]] = []  # heap of (priority, arrival, ticket)
         self._arrival = itertools.count()
         self._cv = threading.Condition()
@@ -293,7 +295,7 @@ class Engine:
         row that has finished, or whose slot went to another request meanwhile, are dropped."""
         launched = self._ahead or self._launch()
         self._ahead = None
-        if self.config.lookahead:
+        if self.lookahead:
             with self._cv:
                 admitting = bool(self._queue) and bool(self._free)
             if not admitting:  # a waiting request joins the step after the next instead
