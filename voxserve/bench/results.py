@@ -147,12 +147,18 @@ def result_filename(doc: dict[str, Any], label: str) -> str:
 def write_result(doc: dict[str, Any], out_dir: str | Path, label: str) -> Path:
     """Validate ``doc`` and write it to ``out_dir``; never overwrites an earlier file."""
     validate(doc)
+    return write_new(doc, out_dir, result_filename(doc, label))
+
+
+def write_new(doc: dict[str, Any], out_dir: str | Path, name: str) -> Path:
+    """Write ``doc`` as JSON to ``out_dir``/``name``, or, when a file of that name exists (a second run in the
+    same minute), to <name>-run2.json, -run3 and so on: never over an earlier result, and only characters that
+    any file system and the device machine's copy-back take."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = result_filename(doc, label)
     path = out / name
     i = 1
-    while path.exists():  # a second run in the same minute: <name>-run2.json (only safe filename characters)
+    while path.exists():
         i += 1
         path = out / f"{name.removesuffix('.json')}-run{i}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

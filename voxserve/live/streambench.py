@@ -188,7 +188,7 @@ def _over_websockets(
 
 def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> tuple[dict[str, Any], Path]:
     """Measure every stream count of ``plan``; returns the result document and the file written."""
-    from ..bench.results import result_filename
+    from ..bench.results import result_filename, write_new
 
     device = torch.device(plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -302,19 +302,11 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     doc["conditions"]["end"] = machine.load_snapshot()
     held = [r["streams"] for r in doc["figures"]["streams"] if r["held"]]
     doc["streams_held"] = max(held) if held else 0
-    plan.out.mkdir(parents=True, exist_ok=True)
-    path = plan.out / result_filename(
+    name = result_filename(
         {**doc, "settings": {**settings, "dims": plan.model and "model" or plan.dims}},
         machine.machine_label(info),
     )
-    i = 1
-    while path.exists():
-        path = path.with_name(f"{path.stem.rsplit('~', 1)[0]}~{i}.json")
-        i += 1
-    import json
-
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return doc, path
+    return doc, write_new(doc, plan.out, name)
 
 
 def format_streams(doc: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..bench.results import write_new
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -121,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["sentence_ids"] = list(ids) or "first of the file"
     doc["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["command"] = ["python", "-m", "voxserve.live.window_accuracy", *(argv or sys.argv[1:])]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{doc['created_utc'][:16].replace(':', '')}_window-accuracy.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    path = write_new(doc, args.out, f"{doc['created_utc'][:16].replace(':', '')}_window-accuracy.json")
     for name, row in doc["results"].items():
         print(f"{name:>5} windows: WER {row['wer_whole']:.3f}, halves differ from full windows' by "
               f"WER {row['half_wer_vs_full']:.3f}, {row['wall_s']} s")  # fmt: skip
