@@ -22,12 +22,12 @@ part() {  # part LIMIT_S NAME COMMAND...: run, keep the whole log under $OUT, pr
     tail -n 25 "$OUT/$name.log"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-part 160 tests-engine python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
+part 150 tests-engine python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
     tests/parity tests/unit --ignore=tests/unit/test_audio_io.py -p no:cacheprovider --durations=10
-part 170 tests-fused python3 -m pytest -q -m gpu tests/gpu/test_fused_cuda.py -p no:cacheprovider --durations=10
-part 110 profile python3 bench/profile_step.py --projections --dims large-v3 \
+part 210 tests-fused python3 -m pytest -q -m gpu tests/gpu/test_fused_cuda.py -p no:cacheprovider --durations=10
+part 90 profile python3 bench/profile_step.py --projections --dims large-v3 \
     --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-part 120 bench python3 -m voxserve bench --suite all --dims large-v3 --device cuda --precision fp16 --peers none \
+part 110 bench python3 -m voxserve bench --suite all --dims large-v3 --device cuda --precision fp16 --peers none \
     --batch 64 --n-inputs 64 --step-batches 1,8,64 --repeats 3 --subject engine,engine-unfused \
     --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
     --cache /tmp/vb --out "$OUT"

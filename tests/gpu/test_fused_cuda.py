@@ -69,13 +69,14 @@ def test_rows_linear_equals_the_eager_ops(dtype, rows, form) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_every_rows_linear_tile_equals_the_eager_ops(dtype) -> None:
-    """Each tile and split-K setting, not only the one tuning picks; twice each, since split-K tiles reset
-    their arrival counters for the next call."""
+    """Each tile and split-K setting, not only the one tuning picks, on aligned and ragged sizes and up to
+    MAX_ROWS rows; twice each, since split-K tiles reset their arrival counters for the next call."""
     for config in fused._CONFIGS:
-        for _ in range(2):
-            err = _rows_linear_case(dtype, 5, "ln+gelu", config)
-            assert err < TOLERANCE[dtype], (config, err)
-    assert not fused._ARRIVALS[torch.device("cuda", torch.cuda.current_device())].any()
+        for rows, form in ((5, "ln+gelu"), (fused.MAX_ROWS, "plain, odd sizes"), (1, "residual")):
+            for _ in range(2):
+                err = _rows_linear_case(dtype, rows, form, config)
+                assert err < TOLERANCE[dtype], (config, rows, form, err)
+    assert not fused._SHARED_ARRIVALS[torch.device("cuda", torch.cuda.current_device())].any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -98,8 +99,9 @@ def test_self_attention_step_writes_the_cache_and_attends(dtype) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_fused_step_logits_equal_the_unfused_step(tokenizer, dtype) -> None:
-    """The same slots stepped by the fused and the unfused graph-captured step, at every bucket up to
-    fused.MAX_ROWS: the same logits (float32: to rounding), the same cache contents."""
+    """The same slots stepped by the fused and the unfused step (eagerly: the engine tests compare the captured
+    steps' tokens), at buckets up to fused.MAX_ROWS and one above it (where both are the unfused step): the same
+    logits (float32: to rounding), the same cache contents."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).to("cuda", dtype)
     eng = make_engine(model, tokenizer, EngineConfig(max_slots=64, cuda_graphs=True, fused_step=True))

@@ -156,13 +156,16 @@ def write_new(doc: dict[str, Any], out_dir: str | Path, name: str) -> Path:
     any file system and the device machine's copy-back take."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    i = 1
-    while path.exists():
-        i += 1
-        path = out / f"{name.removesuffix('.json')}-run{i}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return path
+    text = json.dumps(doc, indent=2) + "\n"
+    path, i = out / name, 1
+    while True:
+        try:
+            with path.open("x", encoding="utf-8") as f:  # "x": fails if another run wrote it meanwhile
+                f.write(text)
+            return path
+        except FileExistsError:
+            i += 1
+            path = out / f"{name.removesuffix('.json')}-run{i}.json"
 
 
 def read_result(path: str | Path) -> dict[str, Any]:

@@ -163,6 +163,8 @@ def engine_subject(
             "path": "voxserve.engine.Engine via decoding.batched.BatchDecoder",
             "slots": engine.n_slots,
             "engine_config": repr(engine.config),
+            "fused_step": engine.runner.fused_step,  # in effect (the config's request, where the device allows)
+            "lookahead": engine.lookahead,
         },  # fmt: skip
         close=engine.close,
     )

@@ -40,7 +40,7 @@ MAX_ROWS = 32
 # Split-K: a projection of few outputs (1,280: 80 tiles of 16 on 132 multiprocessors) also splits its inputs over
 # up to MAX_SPLIT programs per tile, so that enough programs stream the weight; wider ones (the logits) need not.
 MAX_SPLIT = 8
-SPLIT_MAX_N = 8192
+SPLIT_MAX_N = 4096
 
 
 def available(x: Tensor) -> bool:
@@ -57,13 +57,15 @@ def rows_linear(
     gelu: bool = False,
     residual: Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    arrivals: Tensor | None = None,
     _config: object | None = None,
 ) -> Tensor:
     """``residual + act(linear(layer_norm(x), weight, bias))`` for x [M, K], weight [N, K]: each part optional
     (``ln`` the layer norm module, ``gelu`` the exact GELU, ``residual`` [M, N]). Output [M, N] in ``out_dtype``
-    (default x's dtype). ``_config`` (a ``triton.Config``, for tests) launches that tile instead of the tuned one.
-    Calls on one device must not overlap in time (they share split-K arrival counters): one stream, as the
-    engine's step runs."""
+    (default x's dtype). ``arrivals`` (from ``arrival_counters``) are the split-K tiles' counters: calls that
+    share them must not overlap in time, so each engine passes its own (its steps run one after another), and
+    calls without them share one set per device. ``_config`` (a ``triton.Config``, for tests) launches that tile
+    instead of the tuned one."""
     out_dtype = out_dtype or x.dtype
     if not available(x):
         return _reference(x, weight, bias, ln, gelu, residual).to(out_dtype)
@@ -83,7 +85,7 @@ def rows_linear(
 
     args = (
         x, weight, bias if bias is not None else weight, residual if residual is not None else y, y, ln_w, ln_b,
-        part, _arrivals(x.device), m, n, k, ln.eps if ln is not None else 0.0,
+        part, arrivals if arrivals is not None else _shared_arrivals(x.device), m, n, k, ln.eps if ln is not None else 0.0,
         x.stride(0), weight.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
     )  # fmt: skip
     flags = dict(
@@ -94,25 +96,27 @@ def rows_linear(
         _rows_linear_kernel[grid](*args, **flags)
     else:
         meta = dict(_config.kwargs)
-        if meta["SPLIT_K"] > 1 and n > SPLIT_MAX_N:
-            raise ValueError(f"split-K tiles take at most {SPLIT_MAX_N} outputs")
+        if meta["SPLIT_K"] > 1 and (n > SPLIT_MAX_N or meta["SPLIT_K"] > MAX_SPLIT):
+            raise ValueError(f"split-K takes at most {SPLIT_MAX_N} outputs and {MAX_SPLIT} splits")
         _rows_linear_kernel.fn[grid(meta)](
             *args, **flags, **meta, num_warps=_config.num_warps, num_stages=_config.num_stages
         )
     return y
 
 
-_ARRIVALS: dict[torch.device, Tensor] = {}
+def arrival_counters(device: torch.device) -> Tensor:
+    """Split-K arrival counters for ``rows_linear``, one per output tile, zero between calls (the last program of
+    a tile resets its own). Allocate them before any graph capture that uses them."""
+    return torch.zeros(triton.cdiv(SPLIT_MAX_N, 16), dtype=torch.int32, device=device)
 
 
-def _arrivals(device: torch.device) -> Tensor:
-    """The device's split-K arrival counters, one per output tile: zero between calls (the last program of a
-    tile resets its own), so they are allocated once, before any graph capture (the engine's warm-up)."""
-    counters = _ARRIVALS.get(device)
+_SHARED_ARRIVALS: dict[torch.device, Tensor] = {}
+
+
+def _shared_arrivals(device: torch.device) -> Tensor:
+    counters = _SHARED_ARRIVALS.get(device)
     if counters is None:
-        counters = _ARRIVALS[device] = torch.zeros(
-            triton.cdiv(SPLIT_MAX_N, 16), dtype=torch.int32, device=device
-        )
+        counters = _SHARED_ARRIVALS[device] = arrival_counters(device)
     return counters
 
 
@@ -155,8 +159,8 @@ if triton is not None:
     def _prune(configs: list, named_args: dict, **kwargs: object) -> list:
         """Split-K only where there are few output tiles (and never past the counters' reach)."""
         n = named_args["N"]
-        keep = [c for c in configs if c.kwargs["SPLIT_K"] == 1 or n <= min(SPLIT_MAX_N, 4096)]
-        return keep or configs
+        keep = [c for c in configs if c.kwargs["SPLIT_K"] == 1 or n <= SPLIT_MAX_N]
+        return keep
 
     def _tuning_bench(fn, quantiles):  # noqa: ANN202 - Triton's do_bench signature
         """Short timing runs per tile at warm-up: the kernels take microseconds, and the default (25 ms of

@@ -10,6 +10,7 @@ runs exactly the active rows and attends through views of the cache instead (``_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -152,6 +153,10 @@ class Runner:
             and all(type(m) is nn.Linear for m in projections)
             and (model.decoder.proj_out is None or type(model.decoder.proj_out) is nn.Linear)
         )
+        # This runner's own split-K counters: another engine's kernels (a model warming up beside a serving one)
+        # may run at the same time on another stream, and counters shared with them could lose arrivals.
+        can_fuse = self.device.type == "cuda" and fused.triton is not None
+        self._arrivals = fused.arrival_counters(self.device) if can_fuse else None
         # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
         self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
@@ -489,21 +494,22 @@ class Runner:
         before it or the bias, GELU and residual after it, the self-attention writing the new K/V itself, and
         the output projection with the final layer norm, straight to float32 logits."""
         dec, pol = self.model.decoder, self.policy
+        linear = functools.partial(fused.rows_linear, arrivals=self._arrivals)
         pos = self_len - 1
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
-            qkv = fused.rows_linear(x, *self._qkv[i], ln=layer.attn_ln)
+            qkv = linear(x, *self._qkv[i], ln=layer.attn_ln)
             a = decode_self_attention(qkv, self.self_k[i], self.self_v[i], rows, self_len, self.n_head)
-            x = fused.rows_linear(a, layer.attn.out.weight, layer.attn.out.bias, residual=x)
+            x = linear(a, layer.attn.out.weight, layer.attn.out.bias, residual=x)
             cq = layer.cross_attn.query
-            q = fused.rows_linear(x, cq.weight, cq.bias, ln=layer.cross_attn_ln)
+            q = linear(x, cq.weight, cq.bias, ln=layer.cross_attn_ln)
             co = layer.cross_attn.out
-            x = fused.rows_linear(attend(i, q, True), co.weight, co.bias, residual=x)
-            h = fused.rows_linear(x, layer.fc1.weight, layer.fc1.bias, ln=layer.mlp_ln, gelu=True)
-            x = fused.rows_linear(h, layer.fc2.weight, layer.fc2.bias, residual=x)
+            x = linear(attend(i, q, True), co.weight, co.bias, residual=x)
+            h = linear(x, layer.fc1.weight, layer.fc1.bias, ln=layer.mlp_ln, gelu=True)
+            x = linear(h, layer.fc2.weight, layer.fc2.bias, residual=x)
         out = dec.proj_out
         weight, bias = (dec.token_embedding.weight, None) if out is None else (out.weight, out.bias)
-        return fused.rows_linear(x, weight, bias, ln=dec.ln, out_dtype=torch.float32)
+        return linear(x, weight, bias, ln=dec.ln, out_dtype=torch.float32)
 
     def _self_lengths(self, rows: Tensor) -> Tensor:
         """Each row's sequence length, this step's token included, at most the context: a finished row can
