@@ -158,9 +158,7 @@ if triton is not None:
 
     def _prune(configs: list, named_args: dict, **kwargs: object) -> list:
         """Split-K only where there are few output tiles (and never past the counters' reach)."""
-        n = named_args["N"]
-        keep = [c for c in configs if c.kwargs["SPLIT_K"] == 1 or n <= SPLIT_MAX_N]
-        return keep
+        return [c for c in configs if c.kwargs["SPLIT_K"] == 1 or named_args["N"] <= SPLIT_MAX_N]
 
     def _tuning_bench(fn, quantiles):  # noqa: ANN202 - Triton's do_bench signature
         """Short timing runs per tile at warm-up: the kernels take microseconds, and the default (25 ms of

@@ -140,7 +140,8 @@ class Runner:
         # The CUDA step's fused kernels (compiled steps keep the eager ops for Inductor to fuse): the policy's
         # select in three kernels, and at few rows every decoder projection one kernel with its layer norm, bias,
         # GELU and residual (engine/fused.py), where all are plain float Linear layers.
-        fusing = fused_step and self.device.type == "cuda" and fused.triton is not None and not compile
+        can_fuse = self.device.type == "cuda" and fused.triton is not None
+        fusing = fused_step and can_fuse and not compile
         self.policy.use_kernel = fusing
         projections = [
             m
@@ -154,8 +155,8 @@ class Runner:
             and (model.decoder.proj_out is None or type(model.decoder.proj_out) is nn.Linear)
         )
         # This runner's own split-K counters: another engine's kernels (a model warming up beside a serving one)
-        # may run at the same time on another stream, and counters shared with them could lose arrivals.
-        can_fuse = self.device.type == "cuda" and fused.triton is not None
+        # may run at the same time on another stream, and counters shared with them could lose arrivals. Kept
+        # wherever the kernels can run, since tools switch fused_step on after construction.
         self._arrivals = fused.arrival_counters(self.device) if can_fuse else None
         # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
