@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import sys
 import time
@@ -45,8 +46,10 @@ def main() -> None:
     runner = eng.runner
     try:
         with torch.no_grad():
-            fusable = runner.fused_step
-            for fused in (False, True) if fusable else (False,):
+            # (label, fused step, programmatic dependent launch): PDL is read at each launch (engine/pdl.py)
+            variants = [("unfused", False, "0"), ("fused", True, "0"), ("fused+pdl", True, "1")]
+            for label, fused, use_pdl in variants if runner.fused_step else variants[:1]:
+                os.environ["VOXSERVE_PDL"] = use_pdl
                 runner.fused_step = runner.policy.use_kernel = fused
                 for b in (1, 64):
                     rows = torch.arange(b, device="cuda")
@@ -58,12 +61,13 @@ def main() -> None:
                     with profile(activities=[ProfilerActivity.CUDA]) as prof:
                         runner._step(rows, False)
                         torch.cuda.synchronize()
-                    table(prof, f"decode step b={b}, fused={fused}")
+                    table(prof, f"decode step b={b}, {label}")
                 # A fresh pool for the next variant's graphs: capturing into the pool of graphs just freed trips
                 # an internal assert of the caching allocator (seen on torch 2.11).
                 runner._graphs.clear()
                 runner._pool = None
-                graph_timing(runner, f"fused={fused}")
+                graph_timing(runner, label)
+            os.environ.pop("VOXSERVE_PDL")
             mel = torch.randn(1, dims.n_mels, 3000, device="cuda", dtype=dtype)
             model.encoder(mel)
             torch.cuda.synchronize()
@@ -106,7 +110,7 @@ def graph_timing(runner: Runner, label: str) -> None:
             runner.step(slots)
             walls.append((time.perf_counter() - t) * 1000)
         print(
-            f"step b={b}: graph replay {replay_ms:.3f} ms GPU, Runner.step {statistics.median(walls):.3f} ms wall"
+            f"{label} step b={b}: graph replay {replay_ms:.3f} ms GPU, Runner.step {statistics.median(walls):.3f} ms wall"
         )
 
 

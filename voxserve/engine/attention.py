@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -53,10 +55,11 @@ def decode_self_attention(
             raise ValueError("decode_self_attention needs the feature dimension contiguous")
         out = torch.empty(b, c, dtype=qkv.dtype, device=qkv.device)
         d = c // n_head
+        launch = pdl.launch_options(qkv.device)
         _self_step_kernel[(b, n_head)](
             qkv, k_cache, v_cache, rows, lengths, out,
             qkv.stride(0), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-            d**-0.5, C=c, D=d, BLOCK_N=64, num_warps=4,
+            d**-0.5, C=c, D=d, BLOCK_N=64, PDL=bool(launch), num_warps=4, **launch,
         )  # fmt: skip
         return out
     q, k, v = qkv.chunk(3, dim=-1)
@@ -94,7 +97,10 @@ if triton is not None:
         stride_qb, stride_qh, stride_ks, stride_kt, stride_vs, stride_vt,
         scale,
         H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
+        if PDL:
+            pdl.wait_for_previous()
         b = tl.program_id(0)
         h = tl.program_id(1)
         s = tl.program_id(2)
@@ -137,8 +143,10 @@ if triton is not None:
         QKV, K, V, Rows, Lengths, Out,
         stride_qkv, stride_ks, stride_kt, stride_vs, stride_vt,
         scale,
-        C: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+        C: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
+        if PDL:
+            pdl.wait_for_previous()
         b = tl.program_id(0)
         h = tl.program_id(1)
         slot = tl.load(Rows + b).to(tl.int64)
@@ -176,7 +184,11 @@ if triton is not None:
         tl.store(Out + b * C + h * D + d, (acc / l_i).to(Out.dtype.element_ty))
 
     @triton.jit
-    def _merge_kernel(Acc, Stats, Out, H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):
+    def _merge_kernel(
+        Acc, Stats, Out, H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr
+    ):
+        if PDL:
+            pdl.wait_for_previous()
         b = tl.program_id(0)
         h = tl.program_id(1)
         base = (b * H + h) * SPLITS
@@ -209,12 +221,13 @@ def _triton_decode_attention(
     out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
     acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device) if splits > 1 else out
     stats = torch.empty(b, h, splits, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
+    launch = pdl.launch_options(q.device)
     _partial_kernel[(b, h, splits)](
         q, k_cache, v_cache, rows, lengths, acc, stats, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         d**-0.5,
-        H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=block_n, num_warps=num_warps,
+        H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=block_n, PDL=bool(launch), num_warps=num_warps, **launch,
     )  # fmt: skip
     if splits > 1:
-        _merge_kernel[(b, h)](acc, stats, out, H=h, D=d, SPLITS=splits)
+        _merge_kernel[(b, h)](acc, stats, out, H=h, D=d, SPLITS=splits, PDL=bool(launch), **launch)
     return out.view(b, h * d)

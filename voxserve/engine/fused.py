@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -88,18 +90,19 @@ def rows_linear(
         part, arrivals if arrivals is not None else _shared_arrivals(x.device), m, n, k, ln.eps if ln is not None else 0.0,
         x.stride(0), weight.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
     )  # fmt: skip
+    launch = pdl.launch_options(x.device)
     flags = dict(
         HAS_LN=ln is not None, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
-        IEEE=x.dtype == torch.float32, BLOCK_M=block_m,
+        IEEE=x.dtype == torch.float32, BLOCK_M=block_m, PDL=bool(launch), LINE=128 // weight.element_size(),
     )  # fmt: skip
     if _config is None:
-        _rows_linear_kernel[grid](*args, **flags)
+        _rows_linear_kernel[grid](*args, **flags, **launch)
     else:
         meta = dict(_config.kwargs)
         if meta["SPLIT_K"] > 1 and (n > SPLIT_MAX_N or meta["SPLIT_K"] > MAX_SPLIT):
             raise ValueError(f"split-K takes at most {SPLIT_MAX_N} outputs and {MAX_SPLIT} splits")
         _rows_linear_kernel.fn[grid(meta)](
-            *args, **flags, **meta, num_warps=_config.num_warps, num_stages=_config.num_stages
+            *args, **flags, **meta, **launch, num_warps=_config.num_warps, num_stages=_config.num_stages
         )
     return y
 
@@ -167,7 +170,7 @@ if triton is not None:
 
     @triton.autotune(
         configs=_CONFIGS,
-        key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES"],
+        key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES", "PDL"],
         prune_configs_by={"early_config_prune": _prune},
         do_bench=_tuning_bench,
     )
@@ -178,7 +181,7 @@ if triton is not None:
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_LN: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        SPLIT_K: tl.constexpr,
+        SPLIT_K: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
     ):  # fmt: skip
         tile = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
@@ -188,6 +191,16 @@ if triton is not None:
         n_ok = rn < N
         out = m_ok[:, None] & n_ok[None, :]
         x_rows = X + rm[:, None] * stride_xm
+        # This program's share of the inputs: whole K tiles, the last split taking what is left.
+        per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+        k_start = tl.program_id(1) * per_split
+        k_end = tl.minimum(k_start + per_split, K)
+        if PDL:  # while the previous kernel finishes: this program's weights into L2, one prefetch per line
+            lines = tl.arange(0, BLOCK_K // LINE) * LINE
+            for k0 in range(k_start, k_end, BLOCK_K):
+                ok = n_ok[:, None] & (k0 + lines < k_end)[None, :]
+                pdl.prefetch_l2(tl.where(ok, W + rn[:, None] * stride_wn + k0 + lines[None, :], W))
+            pdl.wait_for_previous()
         if HAS_LN:  # two passes over the rows (mean, then the centred variance), as the reference computes it
             total = tl.zeros((BLOCK_M,), tl.float32)
             for k0 in range(0, K, BLOCK_K):
@@ -201,10 +214,6 @@ if triton is not None:
                 centred = tl.where(ok, xs - mean[:, None], 0.0)
                 total += tl.sum(centred * centred, axis=1)
             rstd = 1.0 / tl.sqrt(total / K + eps)
-        # This program's share of the inputs: whole K tiles, the last split taking what is left.
-        per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-        k_start = tl.program_id(1) * per_split
-        k_end = tl.minimum(k_start + per_split, K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             k_ok = k0 + rk < k_end

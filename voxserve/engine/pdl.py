@@ -1,0 +1,69 @@
+"""Programmatic dependent launch (PDL): a decode-step kernel starts before the kernel it follows has finished.
+
+A decode step at a small batch is a chain of ~300 short kernels, and between two of them the GPU drains one grid
+before it launches the next: a few microseconds each, most of the step at batch 1. On Hopper and later a kernel
+launched with PDL may start as soon as every program of its predecessor has signalled
+(``gdc_launch_dependents``), and it waits (``gdc_wait``) for the predecessor to finish, its writes visible,
+before it reads them. Our kernels use that head start to pull their weights into L2 (the weights do not change
+during a step) and to have their programs resident when the wait returns. CUDA-graph capture keeps the
+dependency, so the captured step gets it too.
+
+What keeps it correct (each kernel that launches with PDL follows these):
+- it waits before its first store and before reading anything the step writes, so a kernel's writes never
+  overlap its predecessor's reads or writes;
+- it signals its dependents only after its own wait has returned, so at most one kernel runs ahead of the
+  chain: everything the step wrote before its predecessor is complete when a kernel starts;
+- before the wait it only touches memory no kernel of the step writes (weights, through an L2 prefetch that
+  brings nothing into registers).
+
+Off without CUDA, on GPUs before compute capability 9.0, in Triton's interpreter, and with VOXSERVE_PDL=0 (for
+comparisons: bench/profile_step.py measures the step with and without).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # the CPU build needs no Triton; older Tritons lack grid dependency control
+    triton = None
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with PDL (read at each launch, so VOXSERVE_PDL applies to graphs
+    captured after it is set)."""
+    if triton is None or device.type != "cuda" or os.environ.get("VOXSERVE_PDL", "1") == "0":
+        return False
+    return os.environ.get("TRITON_INTERPRET", "0") != "1" and _capability(device.index) >= 9
+
+
+@functools.cache
+def _capability(index: int | None) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def launch_options(device: torch.device) -> dict[str, bool]:
+    """Keyword arguments for a Triton launch (empty where PDL is off, so nothing changes there)."""
+    return {"launch_pdl": True} if enabled(device) else {}
+
+
+if triton is not None:
+
+    @triton.jit
+    def wait_for_previous():  # noqa: ANN201 - a Triton device function
+        """Block until the previous kernel has finished (its writes visible), then let the next one launch."""
+        gdc_wait()
+        gdc_launch_dependents()
+
+    @triton.jit
+    def prefetch_l2(ptrs):  # noqa: ANN001, ANN201 - a Triton device function
+        """Ask for the 128-byte lines at ``ptrs`` to be brought into L2 (no registers, no fault on the lines)."""
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+        )
