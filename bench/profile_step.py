@@ -47,7 +47,10 @@ def main() -> None:
     try:
         with torch.no_grad():
             # (label, fused step, programmatic dependent launch): PDL is read at each launch (engine/pdl.py)
-            variants = [("unfused", False, "0"), ("fused", True, "0"), ("fused+pdl", True, "1")]
+            variants = [
+                ("unfused", False, "0"), ("fused", True, "0"), ("fused+pdl", True, "1"),
+                ("fused+pdl+prefetch", True, "prefetch"),
+            ]  # fmt: skip
             for label, fused, use_pdl in variants if runner.fused_step else variants[:1]:
                 os.environ["VOXSERVE_PDL"] = use_pdl
                 runner.fused_step = runner.policy.use_kernel = fused

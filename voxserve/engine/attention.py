@@ -55,7 +55,7 @@ def decode_self_attention(
             raise ValueError("decode_self_attention needs the feature dimension contiguous")
         out = torch.empty(b, c, dtype=qkv.dtype, device=qkv.device)
         d = c // n_head
-        launch = pdl.launch_options(qkv.device)
+        launch = pdl.launch_options(qkv.device, b)
         _self_step_kernel[(b, n_head)](
             qkv, k_cache, v_cache, rows, lengths, out,
             qkv.stride(0), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
@@ -221,7 +221,7 @@ def _triton_decode_attention(
     out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
     acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device) if splits > 1 else out
     stats = torch.empty(b, h, splits, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
-    launch = pdl.launch_options(q.device)
+    launch = pdl.launch_options(q.device, b)
     _partial_kernel[(b, h, splits)](
         q, k_cache, v_cache, rows, lengths, acc, stats, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),

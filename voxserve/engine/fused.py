@@ -90,10 +90,10 @@ def rows_linear(
         part, arrivals if arrivals is not None else _shared_arrivals(x.device), m, n, k, ln.eps if ln is not None else 0.0,
         x.stride(0), weight.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
     )  # fmt: skip
-    launch = pdl.launch_options(x.device)
+    launch = pdl.launch_options(x.device, m)
     flags = dict(
         HAS_LN=ln is not None, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
-        IEEE=x.dtype == torch.float32, BLOCK_M=block_m, PDL=bool(launch), LINE=128 // weight.element_size(),
+        IEEE=x.dtype == torch.float32, BLOCK_M=block_m, PDL=bool(launch), PREFETCH=bool(launch) and pdl.prefetching(), LINE=128 // weight.element_size(),
     )  # fmt: skip
     if _config is None:
         _rows_linear_kernel[grid](*args, **flags, **launch)
@@ -170,7 +170,7 @@ if triton is not None:
 
     @triton.autotune(
         configs=_CONFIGS,
-        key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES", "PDL"],
+        key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES", "PDL", "PREFETCH"],
         prune_configs_by={"early_config_prune": _prune},
         do_bench=_tuning_bench,
     )
@@ -181,7 +181,7 @@ if triton is not None:
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_LN: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        SPLIT_K: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
+        SPLIT_K: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
     ):  # fmt: skip
         tile = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
@@ -195,11 +195,14 @@ if triton is not None:
         per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
         k_start = tl.program_id(1) * per_split
         k_end = tl.minimum(k_start + per_split, K)
-        if PDL:  # while the previous kernel finishes: this program's weights into L2, one prefetch per line
+        if (
+            PREFETCH
+        ):  # while the previous kernel finishes: this program's weights into L2, one prefetch per line
             lines = tl.arange(0, BLOCK_K // LINE) * LINE
             for k0 in range(k_start, k_end, BLOCK_K):
                 ok = n_ok[:, None] & (k0 + lines < k_end)[None, :]
                 pdl.prefetch_l2(tl.where(ok, W + rn[:, None] * stride_wn + k0 + lines[None, :], W))
+        if PDL:
             pdl.wait_for_previous()
         if HAS_LN:  # two passes over the rows (mean, then the centred variance), as the reference computes it
             total = tl.zeros((BLOCK_M,), tl.float32)

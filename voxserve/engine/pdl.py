@@ -35,10 +35,22 @@ except ImportError:  # the CPU build needs no Triton; older Tritons lack grid de
     triton = None
 
 
-def enabled(device: torch.device) -> bool:
-    """Whether kernels on ``device`` launch with PDL (read at each launch, so VOXSERVE_PDL applies to graphs
-    captured after it is set)."""
-    if triton is None or device.type != "cuda" or os.environ.get("VOXSERVE_PDL", "1") == "0":
+# The most rows a step may have for its kernels to launch with PDL: measured on an H100 (bench/profile_step.py,
+# graph replay of the large-v3 fused step), PDL took 1 row from 2.12 to 1.97 ms and 8 rows from 2.84 to 2.80, but
+# 16 rows from 3.57 to 3.64 and 32 from 5.12 to 5.60 (programs waiting early hold multiprocessors that the
+# running kernel's larger grid wanted).
+MAX_ROWS = 8
+
+
+def enabled(device: torch.device, rows: int) -> bool:
+    """Whether a kernel of a step of ``rows`` rows on ``device`` launches with PDL (read at each launch, so
+    VOXSERVE_PDL applies to graphs captured after it is set)."""
+    if (
+        triton is None
+        or device.type != "cuda"
+        or rows > MAX_ROWS
+        or os.environ.get("VOXSERVE_PDL", "1") == "0"
+    ):
         return False
     return os.environ.get("TRITON_INTERPRET", "0") != "1" and _capability(device.index) >= 9
 
@@ -48,9 +60,15 @@ def _capability(index: int | None) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
 
-def launch_options(device: torch.device) -> dict[str, bool]:
+def prefetching() -> bool:
+    """Whether rows_linear prefetches its weights into L2 before the wait (VOXSERVE_PDL=prefetch). Measured
+    slower at every row count (H100: 1 row 2.20 ms against 1.97 without it), so off; kept for the comparison."""
+    return os.environ.get("VOXSERVE_PDL") == "prefetch"
+
+
+def launch_options(device: torch.device, rows: int) -> dict[str, bool]:
     """Keyword arguments for a Triton launch (empty where PDL is off, so nothing changes there)."""
-    return {"launch_pdl": True} if enabled(device) else {}
+    return {"launch_pdl": True} if enabled(device, rows) else {}
 
 
 if triton is not None:
