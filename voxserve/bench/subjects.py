@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..engine import pdl
 from ..tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -165,6 +166,8 @@ def engine_subject(
             "engine_config": repr(engine.config),
             "fused_step": engine.runner.fused_step,  # in effect (the config's request, where the device allows)
             "lookahead": engine.lookahead,
+            # rows up to which the step's kernels launch dependently (engine/pdl.py; 0: off here)
+            "dependent_launch_rows": pdl.MAX_ROWS if pdl.enabled(torch.device(device), 1) else 0,
         },  # fmt: skip
         close=engine.close,
     )
