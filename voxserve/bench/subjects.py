@@ -132,18 +132,24 @@ def engine_subject(
     compile: bool = False,
     fused_step: bool = True,
     lookahead: bool | None = None,
+    prefill_graphs: bool = True,
 ) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
     default configuration, or with one of its options changed (``compile``: the decode step and encoder through
     torch.compile; ``fused_step=False``: the CUDA step's separate kernels instead of engine/fused.py's;
-    ``lookahead=False``: each step's results read before the next is launched): every window of a call is
+    ``lookahead=False``: each step's results read before the next is launched; ``prefill_graphs=False``: the
+    prefill eager, not captured): every window of a call is
     submitted at once and decoded in continuous batches."""
     from ..decoding.batched import BatchDecoder, make_engine
     from ..engine.types import EngineConfig
 
     model, dtype = _load(hf_dir, device, precision)
     engine = make_engine(
-        model, tok, EngineConfig(compile=compile, fused_step=fused_step, lookahead=lookahead)
+        model,
+        tok,
+        EngineConfig(
+            compile=compile, fused_step=fused_step, lookahead=lookahead, prefill_graphs=prefill_graphs
+        ),
     )
     batch = BatchDecoder(engine, model, tok)
 
@@ -155,7 +161,8 @@ def engine_subject(
         "voxserve-engine"
         + ("-compiled" if compile else "")
         + ("" if fused_step else "-unfused")
-        + ("-in-order" if lookahead is False else ""),
+        + ("-in-order" if lookahead is False else "")
+        + ("" if prefill_graphs else "-eager-prefill"),
         decode,
         device=device,
         precision=dtype,
@@ -166,6 +173,7 @@ def engine_subject(
             "engine_config": repr(engine.config),
             "fused_step": engine.runner.fused_step,  # in effect (the config's request, where the device allows)
             "lookahead": engine.lookahead,
+            "prefill_graphs": engine.runner.prefill_graphs,
             # rows up to which the step's kernels launch dependently (engine/pdl.py; 0: off here)
             "dependent_launch_rows": pdl.MAX_ROWS if pdl.enabled(torch.device(device), 1) else 0,
         },  # fmt: skip
@@ -181,4 +189,5 @@ VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subj
     "engine-unfused": functools.partial(engine_subject, fused_step=False),
     "engine-in-order": functools.partial(engine_subject, lookahead=False),
     "engine-plain": functools.partial(engine_subject, fused_step=False, lookahead=False),
+    "engine-eager-prefill": functools.partial(engine_subject, prefill_graphs=False),
 }

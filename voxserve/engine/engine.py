@@ -148,6 +148,7 @@ class Engine:
             cpu_step_threads_rows=self.config.cpu_step_threads_rows,
             short_window_frames=self.config.short_window_frames,
             fused_step=self.config.fused_step,
+            prefill_graphs=self.config.prefill_graphs,
         )
         lookahead = self.config.lookahead
         self.lookahead = model.device.type == "cuda" if lookahead is None else lookahead

@@ -36,6 +36,16 @@ from .types import RowSpec
 # memory-efficient attention launch at once.
 _PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
+# Prompt lengths (tokens) the prefill is captured for at warm-up, for full windows at each admission batch bucket;
+# a prompt is padded on the right up to the next (causal attention keeps the padding out of its positions, and
+# the decode steps overwrite its K/V). 4 holds Whisper's usual prompt, <|startoftranscript|> <|language|> <|task|>
+# <|notimestamps|>; longer prompts (previous text) and short windows run eagerly.
+PREFILL_GRAPH_TOKENS = (4,)
+
+
+# a captured prefill: the graph, its input facts [4, b] and tokens [b, t], its outputs (logits, no-speech)
+_PrefillGraph = tuple[torch.cuda.CUDAGraph, Tensor, Tensor, tuple[Tensor, Tensor]]
+
 
 @dataclass(frozen=True)
 class Admitted:
@@ -90,6 +100,7 @@ class Runner:
         cpu_step_threads_rows: int = 2,
         short_window_frames: tuple[int, ...] = (),
         fused_step: bool = False,
+        prefill_graphs: bool = True,
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -168,6 +179,9 @@ class Runner:
             tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]
         ] = {}
         # the window lengths (mel frames) warm-up prepares the encoder for: the full window and any shorter ones
+        # (rows, prompt tokens, encoder positions, masked) -> (graph, its facts, its tokens, its outputs)
+        self._prefill_graphs: dict[tuple[int, int, int, bool], _PrefillGraph] = {}
+        self.prefill_graphs = prefill_graphs and self.use_graphs
         self.window_frames = tuple(sorted({2 * d.n_audio_ctx, *short_window_frames}))
         self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
@@ -264,22 +278,29 @@ class Runner:
             for spec, lang in zip(specs, languages, strict=True)
         ]
         lengths = [len(s.initial_tokens) for s in specs]
-        t = max(lengths)
-        tokens = torch.zeros(n, t, dtype=torch.long)
+        s, t = max(cross_len), max(lengths)
+        masked = min(cross_len) != s
+        # The rows and prompt length the prefill runs: a captured graph's, padded with rows of the scratch slot
+        # and with tokens on the right, where warm-up made one for this shape.
+        b, t = self._prefill_shape(n, t, s, masked)
+        pad = b - n
+        tokens = torch.zeros(b, t, dtype=torch.long)
         for i, spec in enumerate(specs):
             tokens[i, : lengths[i]] = torch.tensor(spec.initial_tokens)
-        facts = torch.tensor([slots, cross_len, [x - 1 for x in lengths], [s.sot_index for s in specs]])
+        facts = torch.tensor(
+            [
+                slots + [self.scratch] * pad,
+                cross_len + [s] * pad,
+                [x - 1 for x in lengths] + [0] * pad,
+                [x.sot_index for x in specs] + [0] * pad,
+            ]
+        )
         facts, tokens = upload_together(self.device, facts, tokens)
-        slot_t, cross_len_t, last, sot = facts
-        self.cross_len[slot_t] = cross_len_t
+        self.cross_len[facts[0, :n]] = facts[1, :n]
         self.policy.reset(slots, specs)
-        with sdpa_kernel(_PREFILL_ATTENTION):
-            x = self._prefill(slot_t, tokens, cross_len_t, cross_len)
-        dec, rows = self.model.decoder, torch.arange(n, device=self.device)
-        logits = dec.logits(x[rows, last])
-        no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
-        picked = self.policy.select_packed(logits, slot_t, self._noise(n, specs))
-        out = torch.cat([picked, no_speech.double()[None]]).cpu()
+        logits, no_speech = self._run_prefill(facts, tokens, s, masked)
+        picked = self.policy.select_packed(logits[:n], facts[0, :n], self._noise(n, specs))
+        out = torch.cat([picked, no_speech[:n].double()[None]]).cpu()
         return [
             Admitted(
                 slot,
@@ -293,14 +314,64 @@ class Runner:
             for i, slot in enumerate(slots)
         ]
 
-    def _prefill(self, slot_t: Tensor, tokens: Tensor, cross_len_t: Tensor, cross_len: list[int]) -> Tensor:
+    def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int]:
+        """(rows, prompt tokens) the prefill of ``n`` rows with prompts up to ``t`` tokens runs at: those of the
+        captured graph that holds them (the next row bucket and prompt-length bucket up) where warm-up made
+        one for this encoder length and masking, else (n, t) as they are."""
+        b = next((x for x in self.encoder_buckets if x >= n), 0)
+        tb = next((x for x in PREFILL_GRAPH_TOKENS if x >= t), 0)
+        return (b, tb) if (b, tb, s, masked) in self._prefill_graphs else (n, t)
+
+    def _run_prefill(self, facts: Tensor, tokens: Tensor, s: int, masked: bool) -> tuple[Tensor, Tensor]:
+        """``_prefill_logits`` by replaying its captured graph where there is one for these shapes, else eagerly.
+        A replay's results are views of the graph's output buffers, valid until its next replay."""
+        entry = self._prefill_graphs.get((*tokens.shape, s, masked))
+        if entry is None:
+            return self._prefill_logits(facts, tokens, s, masked)
+        graph, static_facts, static_tokens, outputs = entry
+        static_facts.copy_(facts)
+        static_tokens.copy_(tokens)
+        graph.replay()
+        return outputs
+
+    def _prefill_graph(self, b: int, t: int, s: int, masked: bool) -> torch.cuda.CUDAGraph:
+        """Capture the prefill of ``b`` rows with ``t``-token prompts over ``s`` encoder positions (on the
+        scratch slot); its eager form is hundreds of small launches, bound by the host at few rows."""
+        static_facts = torch.tensor([[self.scratch] * b, [s] * b, [0] * b, [0] * b], device=self.device)
+        static_tokens = torch.zeros(b, t, dtype=torch.long, device=self.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._prefill_logits(static_facts, static_tokens, s, masked)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            outputs = self._prefill_logits(static_facts, static_tokens, s, masked)
+        self._pool = graph.pool()
+        self._prefill_graphs[(b, t, s, masked)] = (graph, static_facts, static_tokens, outputs)
+        return graph
+
+    def _prefill_logits(self, facts: Tensor, tokens: Tensor, s: int, masked: bool) -> tuple[Tensor, Tensor]:
+        """Prefill rows whose facts [4, n] are (slot, encoder length, index of the last prompt token, index of
+        <|startoftranscript|>) with prompts ``tokens`` [n, t] (see ``_prefill``): float32 logits at each row's
+        last prompt token [n, V] and its no-speech probability [n]."""
+        slot_t, cross_len_t, last, sot = facts
+        with sdpa_kernel(_PREFILL_ATTENTION):
+            x = self._prefill(slot_t, tokens, cross_len_t, s, masked)
+        dec, rows = self.model.decoder, torch.arange(tokens.shape[0], device=self.device)
+        logits = dec.logits(x[rows, last])
+        no_speech = dec.logits(x[rows, sot]).softmax(dim=-1)[:, self.no_speech]
+        return logits, no_speech
+
+    def _prefill(self, slot_t: Tensor, tokens: Tensor, cross_len_t: Tensor, s: int, masked: bool) -> Tensor:
         """Run every row's prompt tokens [n, t] through the decoder at once, writing its self K/V into its slot
-        and attending to the cross K/V already there (its first ``cross_len`` positions, on the device and on
-        the host): the last layer's output [n, t, C]."""
+        and attending to the first ``s`` positions of the cross K/V already there (with ``masked``, only each
+        row's first ``cross_len_t``): the last layer's output [n, t, C]."""
         dec = self.model.decoder
-        t, h, s = tokens.shape[1], self.n_head, max(cross_len)
+        t, h = tokens.shape[1], self.n_head
         mask = None
-        if min(cross_len) != s:
+        if masked:
             mask = (torch.arange(s, device=self.device)[None, :] < cross_len_t[:, None])[:, None, None, :]
         x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
@@ -432,11 +503,11 @@ class Runner:
 
     def warmup(self) -> list[tuple[str, int]]:
         """Make the first request as fast as the hundredth. On CUDA: capture and run every decode-step bucket
-        (greedy and sampling) and every admission encoder graph (each batch bucket at each of
-        ``window_frames``), on the scratch slot only, so no request pays for capture, compilation or kernel
+        (greedy and sampling), every admission encoder graph (each batch bucket at each of ``window_frames``)
+        and the prefill of full windows with prompts of ``PREFILL_GRAPH_TOKENS`` at each batch bucket, on the scratch slot only, so no request pays for capture, compilation or kernel
         selection, and no graph is captured later while other threads launch device work. Elsewhere nothing is
         captured and the step runs exactly its rows: one step of each kind and one encoder pass per window length.
-        Returns what ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>"."""
+        Returns what ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>", "prefill <tokens>"."""
         ran = []
         graphs = self.use_graphs
         for b in self.buckets if graphs else (1,):
@@ -456,6 +527,11 @@ class Runner:
                 mel = torch.zeros(b, n_mels, frames, dtype=self.dtype, device=self.device)
                 self.encode(mel, torch.full((b,), self.scratch, dtype=torch.long, device=self.device))
                 ran.append((f"encoder {frames}", b))
+        if self.prefill_graphs:
+            for b in self.encoder_buckets:
+                for t in PREFILL_GRAPH_TOKENS:
+                    self._prefill_graph(b, t, self.model.dims.n_audio_ctx, False).replay()
+                    ran.append((f"prefill {t}", b))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return ran

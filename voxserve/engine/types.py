@@ -105,6 +105,9 @@ class EngineConfig:
     # overlap. Measured on an H100 in one run (large-v3 fp16, fused step, stop 14): offline 1,418 -> 1,485x, a 5 s
     # request 80.2 -> 67.9 ms, a 30 s one 252 -> 238 ms
     lookahead: bool | None = None
+    # with cuda_graphs: capture the prefill of full windows with Whisper's usual 4-token prompt at each admission
+    # batch bucket (runner.PREFILL_GRAPH_TOKENS); other prompt lengths and short windows run eagerly
+    prefill_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:
