@@ -17,6 +17,7 @@ from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions
+from voxserve.engine import kv8
 from voxserve.engine.attention import decode_attention, reference_decode_attention
 from voxserve.engine.types import EngineConfig
 from voxserve.tokenizer import Tokenizer
@@ -54,17 +55,46 @@ def test_triton_decode_attention(dtype, splits) -> None:
     assert (got - ref).norm() / ref.norm() < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("splits", [1, 2, 8])
+def test_triton_decode_attention_over_int8_caches(dtype, splits) -> None:
+    """The kernel over int8 caches and their per-(position, head) scales computes the attention over the
+    dequantized caches (the launch shape the engine uses for cross-attention)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    slots, t, h, d = 9, 1500, 20, 64
+    k = torch.randn(slots, t, h * d, device="cuda", generator=g) * 2
+    v = torch.randn(slots, t, h * d, device="cuda", generator=g)
+    (k8, ks), (v8, vs) = kv8.quantize(k, h), kv8.quantize(v, h)
+    q = torch.randn(5, h, d, device="cuda", dtype=dtype, generator=g)
+    rows = torch.tensor([3, 0, 8, 3, 5], device="cuda")
+    lengths = torch.tensor([1500, 1, 37, 700, 64], device="cuda")
+    got = decode_attention(q, k8, v8, rows, lengths, splits=splits, block_n=128, num_warps=2, scales=(ks, vs))
+    ref = reference_decode_attention(q.float(), k8, v8, rows, lengths, scales=(ks, vs))
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert ((got.float() - ref).norm() / ref.norm()).item() < tol
+
+
 @pytest.mark.parametrize(
-    ("fused_step", "lookahead"),
-    [(False, False), (True, False), (True, True)],
-    ids=["unfused", "fused", "lookahead"],
+    ("fused_step", "lookahead", "cross_kv"),
+    [(False, False, "model"), (True, False, "model"), (True, True, "model"), (True, True, "int8")],
+    ids=["unfused", "fused", "lookahead", "int8-cross-kv"],
 )
-def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_step, lookahead) -> None:
+def test_engine_tokens_equal_reference_fp32_with_graphs(
+    tokenizer, mels, fused_step, lookahead, cross_kv
+) -> None:
+    """Every fast path gives the reference's tokens in fp32; 8-bit cross K/V too on this decisive model, its
+    log-probs within a looser bound."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
     config = EngineConfig(
-        max_slots=3, max_admit=2, cuda_graphs=True, fused_step=fused_step, lookahead=lookahead
+        max_slots=3,
+        max_admit=2,
+        cuda_graphs=True,
+        fused_step=fused_step,
+        lookahead=lookahead,
+        cross_kv=cross_kv,
     )
+    tol = 1e-3 if cross_kv == "model" else 2e-2
     eng = make_engine(model, tokenizer, config)
     try:
         for opts in [{"language": "en"}, {}, {"language": "en", "without_timestamps": True}]:
@@ -73,11 +103,12 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_s
             got = BatchDecoder(eng, model, tokenizer).decode(mels.cuda(), options)
             assert [g.tokens for g in got] == [r.tokens for r in ref]
             for g, r in zip(got, ref, strict=True):
-                assert g.avg_logprob == pytest.approx(r.avg_logprob, abs=1e-3)
+                assert g.avg_logprob == pytest.approx(r.avg_logprob, abs=tol)
         assert eng.runner._graphs, "the decode step should have run as captured graphs"
         # The prefill ran as captured graphs too: 3- and 4-token prompts of 1 or 2 rows, padded to 4 tokens.
         assert eng.runner._prefill_shape(1, 3, model.dims.n_audio_ctx, False) == (1, 4)
-        assert eng.runner._prefill_shape(2, 4, model.dims.n_audio_ctx, False) == (2, 4)
+        assert (1, 4, model.dims.n_audio_ctx, False) in eng.runner._prefill_graphs
+        assert (2, 4, model.dims.n_audio_ctx, False) in eng.runner._prefill_graphs
     finally:
         eng.close()
 
@@ -87,12 +118,17 @@ def large_v3_fp32(large_v3_cpu) -> torch.nn.Module:
     return copy.deepcopy(large_v3_cpu).cuda()
 
 
-@pytest.mark.parametrize("fused_step", [False, True])
+@pytest.mark.parametrize(
+    ("fused_step", "cross_kv"),
+    [(False, "model"), (True, "model"), (True, "int8")],
+    ids=["unfused", "fused", "int8"],
+)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_engine_step_logits_large_v3(large_v3_fp32, dtype, fused_step) -> None:
+def test_engine_step_logits_large_v3(large_v3_fp32, dtype, fused_step, cross_kv) -> None:
     """At large-v3 dimensions in half precision, the engine's graph-captured step (fused QKV, Triton attention)
     gives the logits of the eager reference pass: compared in fp32 against a float64-free fp32 reference, its
-    error is no larger than the eager half-precision pass's own."""
+    error is no larger than the eager half-precision pass's own (twice it, or 1e-2). With 8-bit cross K/V the
+    bound is four times it, or 3e-2."""
     tok = Tokenizer.from_tiktoken(ASSETS / "multilingual.tiktoken", num_languages=100)
     model32 = large_v3_fp32
     mel = pad_or_trim(log_mel_spectrogram(read_wav(AUDIO / "samples" / "jfk.wav"), 128))[None].cuda()
@@ -102,7 +138,7 @@ def test_engine_step_logits_large_v3(large_v3_fp32, dtype, fused_step) -> None:
     with torch.no_grad():
         features32 = model32.encoder(mel)
         model = copy.deepcopy(model32).to(dtype)  # the same weights, rounded
-        eng = make_engine(model, tok, EngineConfig(max_slots=2, fused_step=fused_step))
+        eng = make_engine(model, tok, EngineConfig(max_slots=2, fused_step=fused_step, cross_kv=cross_kv))
         try:
             decoder, ticket = BatchDecoder(eng, model, tok).submit(mel[0], options)
             tokens = list(decoder.initial_tokens) + list(ticket.result(timeout=120).tokens)
@@ -118,7 +154,9 @@ def test_engine_step_logits_large_v3(large_v3_fp32, dtype, fused_step) -> None:
         half = model.decoder.forward_full(seq, model.encoder(mel.to(dtype)))[0, -1]
     err_engine = ((got - ref32).norm() / ref32.norm()).item()
     err_eager = ((half - ref32).norm() / ref32.norm()).item()
-    assert err_engine < max(2 * err_eager, 1e-2), (err_engine, err_eager)
+    print(f"relative logit error: engine {err_engine:.2e}, eager {err_eager:.2e}")
+    bound = max(2 * err_eager, 1e-2) if cross_kv == "model" else max(4 * err_eager, 3e-2)
+    assert err_engine < bound, (err_engine, err_eager)
 
 
 def test_mixed_short_windows_with_graphs_equal_the_reference_fp32(tokenizer) -> None:

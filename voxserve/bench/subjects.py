@@ -133,12 +133,13 @@ def engine_subject(
     fused_step: bool = True,
     lookahead: bool | None = None,
     prefill_graphs: bool = True,
+    cross_kv: str = "model",
 ) -> Subject:
     """voxserve's batching engine (``voxserve.engine`` through ``decoding.batched.BatchDecoder``) with its
     default configuration, or with one of its options changed (``compile``: the decode step and encoder through
     torch.compile; ``fused_step=False``: the CUDA step's separate kernels instead of engine/fused.py's;
     ``lookahead=False``: each step's results read before the next is launched; ``prefill_graphs=False``: the
-    prefill eager, not captured): every window of a call is
+    prefill eager, not captured; ``cross_kv="int8"``: 8-bit cross-attention K/V): every window of a call is
     submitted at once and decoded in continuous batches."""
     from ..decoding.batched import BatchDecoder, make_engine
     from ..engine.types import EngineConfig
@@ -148,7 +149,11 @@ def engine_subject(
         model,
         tok,
         EngineConfig(
-            compile=compile, fused_step=fused_step, lookahead=lookahead, prefill_graphs=prefill_graphs
+            compile=compile,
+            fused_step=fused_step,
+            lookahead=lookahead,
+            prefill_graphs=prefill_graphs,
+            cross_kv=cross_kv,
         ),
     )
     batch = BatchDecoder(engine, model, tok)
@@ -162,7 +167,8 @@ def engine_subject(
         + ("-compiled" if compile else "")
         + ("" if fused_step else "-unfused")
         + ("-in-order" if lookahead is False else "")
-        + ("" if prefill_graphs else "-eager-prefill"),
+        + ("" if prefill_graphs else "-eager-prefill")
+        + ("-kv8" if cross_kv == "int8" else ""),
         decode,
         device=device,
         precision=dtype,
@@ -174,6 +180,7 @@ def engine_subject(
             "fused_step": engine.runner.fused_step,  # in effect (the config's request, where the device allows)
             "lookahead": engine.lookahead,
             "prefill_graphs": engine.runner.prefill_graphs,
+            "cross_kv": engine.config.cross_kv,
             # rows up to which the step's kernels launch dependently (engine/pdl.py; 0: off here)
             "dependent_launch_rows": pdl.MAX_ROWS if pdl.enabled(torch.device(device), 1) else 0,
         },  # fmt: skip
@@ -190,4 +197,5 @@ VOXSERVE_SUBJECTS: dict[str, Callable[[Path, Tokenizer, torch.device, str], Subj
     "engine-in-order": functools.partial(engine_subject, lookahead=False),
     "engine-plain": functools.partial(engine_subject, fused_step=False, lookahead=False),
     "engine-eager-prefill": functools.partial(engine_subject, prefill_graphs=False),
+    "engine-kv8": functools.partial(engine_subject, cross_kv="int8"),
 }

@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs-dir", help="folder for job audio (default voxserve-jobs)")
     p.add_argument("--max-concurrency", type=int, help="requests decoding at once")
     p.add_argument("--engine-slots", type=int, help="KV-cache slots per engine (default: sized from memory)")
+    p.add_argument(
+        "--cross-kv",
+        choices=("model", "int8"),
+        help="cross-attention K/V storage: the model's dtype (default) or int8 with a scale per (position, head) "
+        "(about half the decode step's main memory reads, more slots; CUDA only)",
+    )
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             overrides[name] = getattr(args, name)
     if args.engine_slots is not None:
         overrides["engine_slots"] = args.engine_slots
+    if args.cross_kv is not None:
+        overrides["engine_cross_kv"] = args.cross_kv
     if args.preload is not None:
         overrides["preload"] = args.preload
     try:

@@ -4,7 +4,8 @@ Rows of a continuous batch live in arbitrary slots of the cache and have differe
 K/V through a slot index and stops at each row's length: no gather copy of the cache, no padding to the longest
 row. On CUDA this is a Triton split-K "flash-decoding" kernel (each (row, head) is split across several
 programs so a batch of one still fills the GPU, then the partial softmaxes are merged); elsewhere an equivalent
-PyTorch path. Shapes: q [B, H, D]; caches [S, T, H*D]; rows, lengths [B] int64; output [B, H*D].
+PyTorch path. Shapes: q [B, H, D]; caches [S, T, H*D]; rows, lengths [B] int64; output [B, H*D]. Int8 caches
+(engine/kv8.py) come with float32 scales [S, H, T], one per (slot, head, position).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import pdl
+from . import kv8, pdl
 
 try:
     import triton
@@ -34,11 +35,15 @@ def decode_attention(
     splits: int = 1,
     block_n: int = 64,
     num_warps: int = 4,
+    scales: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """softmax(q K^T / sqrt(D)) V over positions [0, length) of each row's slot."""
+    """softmax(q K^T / sqrt(D)) V over positions [0, length) of each row's slot; with ``scales`` (the key and
+    value caches' scales [S, H, T]) the caches hold int8 values (engine/kv8.py)."""
     if q.is_cuda and triton is not None:
-        return _triton_decode_attention(q, k_cache, v_cache, rows, lengths, splits, block_n, num_warps)
-    return reference_decode_attention(q, k_cache, v_cache, rows, lengths)
+        return _triton_decode_attention(
+            q, k_cache, v_cache, rows, lengths, splits, block_n, num_warps, scales
+        )
+    return reference_decode_attention(q, k_cache, v_cache, rows, lengths, scales)
 
 
 def decode_self_attention(
@@ -70,13 +75,22 @@ def decode_self_attention(
 
 
 def reference_decode_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor, lengths: Tensor
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    rows: Tensor,
+    lengths: Tensor,
+    scales: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """The plain PyTorch definition (gathers each row's slot, masks positions past its length)."""
+    """The plain PyTorch definition (gathers each row's slot, dequantizes it where ``scales`` are given, masks
+    positions past its length)."""
     b, h, d = q.shape
     t = k_cache.shape[1]
-    k = k_cache[rows].view(b, t, h, d).transpose(1, 2)
-    v = v_cache[rows].view(b, t, h, d).transpose(1, 2)
+    k, v = k_cache[rows], v_cache[rows]
+    if scales is not None:
+        k, v = (kv8.dequantize(x, scale[rows], q.dtype) for x, scale in zip((k, v), scales, strict=True))
+    k = k.view(b, t, h, d).transpose(1, 2)
+    v = v.view(b, t, h, d).transpose(1, 2)
     mask = (torch.arange(t, device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
     out = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask)
     return out.reshape(b, h * d)
@@ -93,11 +107,11 @@ if triton is not None:
 
     @triton.jit
     def _partial_kernel(
-        Q, K, V, Rows, Lengths, Acc, Stats, Out,
+        Q, K, V, Rows, Lengths, Acc, Stats, Out, KScale, VScale,
         stride_qb, stride_qh, stride_ks, stride_kt, stride_vs, stride_vt,
         scale,
         H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
-        PDL: tl.constexpr,
+        PDL: tl.constexpr, SCALED: tl.constexpr, T: tl.constexpr,
     ):  # fmt: skip
         if PDL:
             pdl.wait_for_previous()
@@ -110,6 +124,7 @@ if triton is not None:
         end = tl.minimum(start + CHUNK, length)
         d = tl.arange(0, D)
         q = tl.load(Q + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
+        scale_base = (slot.to(tl.int64) * H + h) * T  # int8 caches: their scales [S, H, T]
         k_base = K + slot.to(tl.int64) * stride_ks + h * D
         v_base = V + slot.to(tl.int64) * stride_vs + h * D
         m_i = tl.full((), float("-inf"), tl.float32)
@@ -122,12 +137,17 @@ if triton is not None:
                 valid = n < end
                 k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=valid[:, None], other=0.0)
                 scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+                if SCALED:  # each position's key scale multiplies its score
+                    scores = scores * tl.load(KScale + scale_base + n, mask=valid, other=0.0)
                 scores = tl.where(valid, scores, -float("inf")).to(tl.float32)
                 m_new = tl.maximum(m_i, tl.max(scores, axis=0)).to(tl.float32)
                 p = tl.exp(scores - m_new)
                 alpha = tl.exp(m_i - m_new)
                 v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=valid[:, None], other=0.0)
-                acc = (acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)).to(tl.float32)
+                pv = p
+                if SCALED:  # and its value scale its weight in the sum (not in the normaliser)
+                    pv = p * tl.load(VScale + scale_base + n, mask=valid, other=0.0)
+                acc = (acc * alpha + tl.sum(pv[:, None] * v.to(tl.float32), axis=0)).to(tl.float32)
                 l_i = (l_i * alpha + tl.sum(p, axis=0)).to(tl.float32)
                 m_i = m_new
         if SPLITS == 1:  # nothing to merge: finish here and save a launch
@@ -212,21 +232,26 @@ def _triton_decode_attention(
     splits: int,
     block_n: int = 64,
     num_warps: int = 4,
+    scales: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     b, h, d = q.shape
     t = k_cache.shape[1]
     if k_cache.stride(2) != 1 or v_cache.stride(2) != 1 or q.stride(2) != 1:
         raise ValueError("decode_attention needs the head dimension contiguous")
+    if scales is not None and any(x.stride() != (h * t, t, 1) for x in scales):
+        raise ValueError("decode_attention needs contiguous [slots, heads, positions] scales")
     chunk = math.ceil(t / splits)
     out = torch.empty(b, h, d, dtype=q.dtype, device=q.device)
     acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device) if splits > 1 else out
     stats = torch.empty(b, h, splits, 2, dtype=torch.float32, device=q.device) if splits > 1 else out
     launch = pdl.launch_options(q.device, b)
+    k_scale, v_scale = scales if scales is not None else (out, out)  # unread without SCALED
     _partial_kernel[(b, h, splits)](
-        q, k_cache, v_cache, rows, lengths, acc, stats, out,
+        q, k_cache, v_cache, rows, lengths, acc, stats, out, k_scale, v_scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         d**-0.5,
-        H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=block_n, PDL=bool(launch), num_warps=num_warps, **launch,
+        H=h, D=d, SPLITS=splits, CHUNK=chunk, BLOCK_N=block_n, PDL=bool(launch), SCALED=scales is not None,
+        T=t, num_warps=num_warps, **launch,
     )  # fmt: skip
     if splits > 1:
         _merge_kernel[(b, h)](acc, stats, out, H=h, D=d, SPLITS=splits, PDL=bool(launch), **launch)

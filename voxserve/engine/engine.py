@@ -149,6 +149,7 @@ class Engine:
             short_window_frames=self.config.short_window_frames,
             fused_step=self.config.fused_step,
             prefill_graphs=self.config.prefill_graphs,
+            cross_kv=self.config.cross_kv,
         )
         lookahead = self.config.lookahead
         self.lookahead = model.device.type == "cuda" if lookahead is None else lookahead
@@ -180,10 +181,11 @@ class Engine:
         if model.device.type != "cuda":
             return cfg.cpu_slots
         free, _ = torch.cuda.mem_get_info(model.device)
-        fit = int(free * cfg.memory_fraction) // slot_bytes(model)
+        need = slot_bytes(model, cfg.cross_kv)
+        fit = int(free * cfg.memory_fraction) // need
         if fit < 1:
             raise EngineError(
-                f"not enough free GPU memory for one decoding slot ({slot_bytes(model) / 2**20:.0f} MiB needed, "
+                f"not enough free GPU memory for one decoding slot ({need / 2**20:.0f} MiB needed, "
                 f"{free * cfg.memory_fraction / 2**20:.0f} MiB allowed)"
             )
         return min(fit, max(cfg.buckets))

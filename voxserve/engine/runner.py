@@ -24,7 +24,7 @@ from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import fuse_output_features
 from ..model.whisper import Whisper
-from . import fused
+from . import fused, kv8
 from .attention import choose_splits, decode_attention, decode_self_attention
 from .policy import PolicyState
 from .transfer import upload, upload_together
@@ -36,8 +36,8 @@ from .types import RowSpec
 # memory-efficient attention launch at once.
 _PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
-# Prompt lengths (tokens) the prefill is captured for at warm-up, for full windows at each admission batch bucket;
-# a prompt is padded on the right up to the next (causal attention keeps the padding out of its positions, and
+# Prompt lengths (tokens) the prefill is captured for (at warm-up, or at first use), for full windows at each
+# admission batch bucket; a prompt is padded on the right up to the next (causal attention keeps the padding out of its positions, and
 # the decode steps overwrite its K/V). 4 holds Whisper's usual prompt, <|startoftranscript|> <|language|> <|task|>
 # <|notimestamps|>; longer prompts (previous text) and short windows run eagerly.
 PREFILL_GRAPH_TOKENS = (4,)
@@ -69,10 +69,16 @@ class Launched:
     ready: torch.cuda.Event | None = None
 
 
-def slot_bytes(model: Whisper) -> int:
-    """Device memory one slot takes: self and cross K/V for every decoder layer, plus its policy row."""
+def slot_bytes(model: Whisper, cross_kv: str = "model") -> int:
+    """Device memory one slot takes: self and cross K/V for every decoder layer (the cross K/V in one byte an
+    element with ``cross_kv="int8"``, plus its scales), plus its policy row."""
     d = model.dims
-    per_layer = 2 * (d.n_text_ctx + d.n_audio_ctx) * d.n_text_state * model.dtype.itemsize
+    size = model.dtype.itemsize
+    if cross_kv == "int8":  # a byte an element, and a float32 scale per (position, head), for K and for V
+        cross = 2 * d.n_audio_ctx * (d.n_text_state + 4 * d.n_text_head)
+    else:
+        cross = 2 * d.n_audio_ctx * d.n_text_state * size
+    per_layer = 2 * d.n_text_ctx * d.n_text_state * size + cross
     return d.n_text_layer * per_layer + 4 * d.n_vocab
 
 
@@ -101,6 +107,7 @@ class Runner:
         short_window_frames: tuple[int, ...] = (),
         fused_step: bool = False,
         prefill_graphs: bool = True,
+        cross_kv: str = "model",
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -120,9 +127,22 @@ class Runner:
         # The cross K/V is the bulk of a decode step's memory traffic (tiny: 18 MB a step over 1,500 keys). On
         # the CPU it is stored per head, [L, slots, heads, n_audio_ctx, head_dim], so that attention streams one
         # contiguous block per head instead of 256-byte pieces at a stride of C; the GPU step's kernel reads the
-        # [L, slots, n_audio_ctx, C] layout.
+        # [L, slots, n_audio_ctx, C] layout, as int8 with scales [L, slots, H, n_audio_ctx] with cross_kv="int8".
         self.cross_per_head = self.device.type == "cpu"
-        if self.cross_per_head:
+        self.cross_scales: tuple[Tensor, Tensor] | None = None
+        if cross_kv == "int8":
+            if (why := kv8.supported(self.device)) is not None:
+                raise ValueError(why)
+            shape = (L, total, d.n_audio_ctx, C)
+            self.cross_k = torch.zeros(shape, dtype=kv8.DTYPE, device=self.device)
+            self.cross_v = torch.zeros(shape, dtype=kv8.DTYPE, device=self.device)
+            scale = torch.ones(
+                2, L, total, self.n_head, d.n_audio_ctx, dtype=torch.float32, device=self.device
+            )
+            self.cross_scales = (scale[0], scale[1])
+        elif cross_kv != "model":
+            raise ValueError(f"cross_kv must be 'model' or 'int8', got {cross_kv!r}")
+        elif self.cross_per_head:
             shape = (L, total, self.n_head, d.n_audio_ctx, self.head_dim)
             self.cross_k = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.cross_v = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -315,20 +335,32 @@ class Runner:
         ]
 
     def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int]:
-        """(rows, prompt tokens) the prefill of ``n`` rows with prompts up to ``t`` tokens runs at: those of the
-        captured graph that holds them (the next row bucket and prompt-length bucket up) where warm-up made
-        one for this encoder length and masking, else (n, t) as they are."""
+        """(rows, prompt tokens) the prefill of ``n`` rows with prompts up to ``t`` tokens runs at: a captured
+        graph's (the next admission bucket and prompt-length bucket up) for full windows without a mask, else
+        (n, t) as they are."""
         b = next((x for x in self.encoder_buckets if x >= n), 0)
         tb = next((x for x in PREFILL_GRAPH_TOKENS if x >= t), 0)
-        return (b, tb) if (b, tb, s, masked) in self._prefill_graphs else (n, t)
+        return (b, tb) if self._graphed_prefill(b, tb, s, masked) else (n, t)
+
+    def _graphed_prefill(self, b: int, t: int, s: int, masked: bool) -> bool:
+        return (
+            self.prefill_graphs
+            and b in self.encoder_buckets
+            and t in PREFILL_GRAPH_TOKENS
+            and s == self.model.dims.n_audio_ctx
+            and not masked
+        )
 
     def _run_prefill(self, facts: Tensor, tokens: Tensor, s: int, masked: bool) -> tuple[Tensor, Tensor]:
-        """``_prefill_logits`` by replaying its captured graph where there is one for these shapes, else eagerly.
-        A replay's results are views of the graph's output buffers, valid until its next replay."""
-        entry = self._prefill_graphs.get((*tokens.shape, s, masked))
-        if entry is None:
+        """``_prefill_logits``, as a replay of its captured graph for these shapes where they have one (captured
+        the first time), else eagerly. A replay's results are views of the graph's output buffers, valid until
+        its next replay."""
+        b, t = tokens.shape
+        if not self._graphed_prefill(b, t, s, masked):
             return self._prefill_logits(facts, tokens, s, masked)
-        graph, static_facts, static_tokens, outputs = entry
+        if (b, t, s, masked) not in self._prefill_graphs:
+            self._prefill_graph(b, t, s, masked)
+        graph, static_facts, static_tokens, outputs = self._prefill_graphs[(b, t, s, masked)]
         static_facts.copy_(facts)
         static_tokens.copy_(tokens)
         graph.replay()
@@ -383,11 +415,7 @@ class Runner:
             x = x + layer.attn.attend(q, k, v, None, causal=True)
             # Cross-attention over the rows' slots, gathered once per layer (all queries of a row read its keys
             # together), masked past each row's own encoder length.
-            if self.cross_per_head:  # [L, slots, H, S, head_dim]
-                ck, cv = self.cross_k[i, slot_t, :, :s], self.cross_v[i, slot_t, :, :s]
-            else:  # [L, slots, S, C]
-                ck = split_heads(self.cross_k[i, slot_t, :s], h)
-                cv = split_heads(self.cross_v[i, slot_t, :s], h)
+            ck, cv = self._read_cross(i, slot_t, s)
             q = split_heads(layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x)), h)
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=mask)
             x = x + layer.cross_attn.out(merge_heads(a))
@@ -396,13 +424,33 @@ class Runner:
 
     def _write_cross(self, layer: int, slot_t: Tensor, s: int, ck: Tensor, cv: Tensor) -> None:
         """Write cross K/V [n, s, C] of decoder layer ``layer`` into the slots ``slot_t`` (in the cache's layout)."""
-        if self.cross_per_head:
+        if self.cross_scales is not None:
+            for cache, scales, x in zip(
+                (self.cross_k, self.cross_v), self.cross_scales, (ck, cv), strict=True
+            ):
+                q, scale = kv8.quantize(x, self.n_head)
+                cache[layer, :, :s].index_copy_(0, slot_t, q)
+                scales[layer, :, :, :s].index_copy_(0, slot_t, scale)
+        elif self.cross_per_head:
             n, h, dh = ck.shape[0], self.n_head, self.head_dim
             self.cross_k[layer, :, :, :s].index_copy_(0, slot_t, ck.view(n, s, h, dh).transpose(1, 2))
             self.cross_v[layer, :, :, :s].index_copy_(0, slot_t, cv.view(n, s, h, dh).transpose(1, 2))
         else:
             self.cross_k[layer, :, :s].index_copy_(0, slot_t, ck)
             self.cross_v[layer, :, :s].index_copy_(0, slot_t, cv)
+
+    def _read_cross(self, layer: int, slot_t: Tensor, s: int) -> tuple[Tensor, Tensor]:
+        """The cross K/V of decoder layer ``layer`` for the slots ``slot_t``, first ``s`` positions, per head
+        [n, H, s, head_dim] in the model's dtype (a copy)."""
+        if self.cross_per_head:  # [L, slots, H, S, head_dim]
+            return self.cross_k[layer, slot_t, :, :s], self.cross_v[layer, slot_t, :, :s]
+        kv = (self.cross_k[layer, slot_t, :s], self.cross_v[layer, slot_t, :s])
+        if self.cross_scales is not None:
+            kv = tuple(
+                kv8.dequantize(x, scales[layer, slot_t, :, :s], self.dtype)
+                for x, scales in zip(kv, self.cross_scales, strict=True)
+            )
+        return split_heads(kv[0], self.n_head), split_heads(kv[1], self.n_head)
 
     def _detect_languages(
         self, specs: list[RowSpec], features: Tensor
@@ -556,8 +604,17 @@ class Runner:
                 return decode_attention(q.view(b, h, dh), k, v, rows, self_len, splits=self_splits)
             # Launch shape from a sweep on an H100 (bench/profile_step.py): 128-key tiles, two warps.
             k, v = self.cross_k[i], self.cross_v[i]
+            scales = None if self.cross_scales is None else (self.cross_scales[0][i], self.cross_scales[1][i])
             return decode_attention(
-                q.view(b, h, dh), k, v, rows, cross_len, splits=cross_splits, block_n=128, num_warps=2
+                q.view(b, h, dh),
+                k,
+                v,
+                rows,
+                cross_len,
+                splits=cross_splits,
+                block_n=128,
+                num_warps=2,
+                scales=scales,
             )
 
         if self.fused_step and b <= fused.MAX_ROWS:

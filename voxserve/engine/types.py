@@ -105,9 +105,13 @@ class EngineConfig:
     # overlap. Measured on an H100 in one run (large-v3 fp16, fused step, stop 14): offline 1,418 -> 1,485x, a 5 s
     # request 80.2 -> 67.9 ms, a 30 s one 252 -> 238 ms
     lookahead: bool | None = None
-    # with cuda_graphs: capture the prefill of full windows with Whisper's usual 4-token prompt at each admission
-    # batch bucket (runner.PREFILL_GRAPH_TOKENS); other prompt lengths and short windows run eagerly
+    # with cuda_graphs: capture the prefill of full windows with prompts of up to 4 tokens (Whisper's usual) at each
+    # admission batch bucket (runner.PREFILL_GRAPH_TOKENS); longer prompts and short windows run eagerly
     prefill_graphs: bool = True
+    # how the cross-attention K/V (most of a batched decode step's memory reads) is stored: "model" in the model's
+    # dtype; "int8" with a float32 scale per (position, head) (engine/kv8.py): 53% of the reads and ~36% less memory
+    # a slot (fp16 models), at a bounded accuracy cost; CUDA only
+    cross_kv: str = "model"
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:
@@ -116,6 +120,8 @@ class EngineConfig:
             raise ValueError(f"memory_fraction must be in (0, 0.95], got {self.memory_fraction}")
         if not self.buckets or any(b < 1 for b in self.buckets):
             raise ValueError("buckets must be positive batch sizes")
+        if self.cross_kv not in ("model", "int8"):
+            raise ValueError(f"cross_kv must be 'model' or 'int8', got {self.cross_kv!r}")
         if self.max_admit < 1:
             raise ValueError("max_admit must be >= 1")
         if any(f < 2 or f % 2 for f in self.short_window_frames):

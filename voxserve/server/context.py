@@ -53,7 +53,9 @@ class ServerContext:
         # realtime short windows: warm-up captures the encoder at their lengths too
         live = LiveOptions(short_windows=settings.realtime_short_windows)
         engine_config = EngineConfig(
-            max_slots=settings.engine_slots, short_window_frames=live.short_window_frames(N_FRAMES)
+            max_slots=settings.engine_slots,
+            short_window_frames=live.short_window_frames(N_FRAMES),
+            cross_kv=settings.engine_cross_kv,
         )
         registry = ModelRegistry(
             settings.models,

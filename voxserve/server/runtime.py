@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -95,7 +95,7 @@ class ModelRuntime:
             if e is not None:
                 model = e.whisper.model
                 total += sum(p.numel() * p.element_size() for p in model.parameters())
-                total += e.engine.n_slots * slot_bytes(model)
+                total += e.engine.n_slots * slot_bytes(model, e.engine.config.cross_kv)
         return total
 
     def close(self) -> None:
@@ -106,7 +106,10 @@ class ModelRuntime:
     # ----- engines
 
     def _new_engine(self, whisper: WhisperModel) -> Engine:
-        engine = make_engine(whisper.model, whisper.tokenizer, self.engine_config)
+        config = self.engine_config
+        if whisper.device.type == "cpu" and config.cross_kv != "model":
+            config = replace(config, cross_kv="model")  # 8-bit cross K/V is CUDA only (kv8.supported)
+        engine = make_engine(whisper.model, whisper.tokenizer, config)
         _instrument(engine, self.metrics)
         return engine
 

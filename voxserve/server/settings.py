@@ -8,6 +8,7 @@ fields from its flags, which take precedence. Everything below the server receiv
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,9 @@ class ServerSettings(BaseSettings):
     )
     # KV-cache slots per engine; None lets the engine size them from free memory
     engine_slots: int | None = None
+    # how the engines store the cross-attention K/V: "model" (its dtype) or "int8" (about half the decode step's
+    # main memory reads; CUDA only, so a CPU engine, the fallback included, keeps "model")
+    engine_cross_kv: Literal["model", "int8"] = "model"
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
     # audio longer than this is cut at pauses (VAD) and its pieces decoded as one batch
