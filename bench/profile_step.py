@@ -37,12 +37,15 @@ def main() -> None:
     ap.add_argument("--dims", default="large-v3")
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--tiktoken", default=".devdata/whisper-assets/multilingual.tiktoken")
+    ap.add_argument("--cross-kv", default="model", choices=("model", "int8"), help="EngineConfig.cross_kv")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     dims = ModelDims(n_audio_ctx=1500, n_text_ctx=448, **DIMS[args.dims])
     tok = Tokenizer.from_tiktoken(args.tiktoken, num_languages=dims.num_languages)
     model = init_random(dims, seed=0).to("cuda", dtype)
-    eng = make_engine(model, tok, EngineConfig(max_slots=64, cuda_graphs=False, fused_step=True))
+    eng = make_engine(
+        model, tok, EngineConfig(max_slots=64, cuda_graphs=False, fused_step=True, cross_kv=args.cross_kv)
+    )
     runner = eng.runner
     try:
         with torch.no_grad():
