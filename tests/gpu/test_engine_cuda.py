@@ -74,27 +74,32 @@ def test_triton_decode_attention_over_int8_caches(dtype, splits) -> None:
     assert ((got.float() - ref).norm() / ref.norm()).item() < tol
 
 
+def test_quantize_into_the_cache_equals_the_eager_quantization() -> None:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, s, h, d, slots, t = 3, 1500, 20, 64, 5, 1500
+    x = (torch.randn(n, s, h * d, device="cuda", generator=g) * 3).half()
+    x[1, :, :d] = 0  # an all-zero head
+    cache = torch.zeros(slots, t, h * d, dtype=torch.int8, device="cuda")
+    scales = torch.ones(slots, h, t, device="cuda")
+    slot_t = torch.tensor([4, 0, 2], device="cuda")
+    kv8.quantize_into(x, slot_t, cache, scales)
+    q, scale = kv8.quantize(x, h)
+    assert torch.equal(cache[slot_t], q)
+    torch.testing.assert_close(scales[slot_t], scale, rtol=0, atol=0)
+    assert (cache[[1, 3]] == 0).all() and (scales[[1, 3]] == 1).all()  # other slots untouched
+
+
 @pytest.mark.parametrize(
-    ("fused_step", "lookahead", "cross_kv"),
-    [(False, False, "model"), (True, False, "model"), (True, True, "model"), (True, True, "int8")],
-    ids=["unfused", "fused", "lookahead", "int8-cross-kv"],
+    ("fused_step", "lookahead"),
+    [(False, False), (True, False), (True, True)],
+    ids=["unfused", "fused", "lookahead"],
 )
-def test_engine_tokens_equal_reference_fp32_with_graphs(
-    tokenizer, mels, fused_step, lookahead, cross_kv
-) -> None:
-    """Every fast path gives the reference's tokens in fp32; 8-bit cross K/V too on this decisive model, its
-    log-probs within a looser bound."""
+def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_step, lookahead) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
     config = EngineConfig(
-        max_slots=3,
-        max_admit=2,
-        cuda_graphs=True,
-        fused_step=fused_step,
-        lookahead=lookahead,
-        cross_kv=cross_kv,
+        max_slots=3, max_admit=2, cuda_graphs=True, fused_step=fused_step, lookahead=lookahead
     )
-    tol = 1e-3 if cross_kv == "model" else 2e-2
     eng = make_engine(model, tokenizer, config)
     try:
         for opts in [{"language": "en"}, {}, {"language": "en", "without_timestamps": True}]:
@@ -103,7 +108,7 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(
             got = BatchDecoder(eng, model, tokenizer).decode(mels.cuda(), options)
             assert [g.tokens for g in got] == [r.tokens for r in ref]
             for g, r in zip(got, ref, strict=True):
-                assert g.avg_logprob == pytest.approx(r.avg_logprob, abs=tol)
+                assert g.avg_logprob == pytest.approx(r.avg_logprob, abs=1e-3)
         assert eng.runner._graphs, "the decode step should have run as captured graphs"
         # The prefill ran as captured graphs too: 3- and 4-token prompts of 1 or 2 rows, padded to 4 tokens.
         assert eng.runner._prefill_shape(1, 3, model.dims.n_audio_ctx, False) == (1, 4)
@@ -119,16 +124,20 @@ def large_v3_fp32(large_v3_cpu) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(
-    ("fused_step", "cross_kv"),
-    [(False, "model"), (True, "model"), (True, "int8")],
-    ids=["unfused", "fused", "int8"],
-)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    ("dtype", "fused_step", "cross_kv"),
+    [
+        (torch.float16, False, "model"), (torch.float16, True, "model"), (torch.float16, True, "int8"),
+        (torch.bfloat16, False, "model"), (torch.bfloat16, True, "model"), (torch.bfloat16, True, "int8"),
+        (torch.float32, True, "int8"),
+    ],
+)  # fmt: skip
 def test_engine_step_logits_large_v3(large_v3_fp32, dtype, fused_step, cross_kv) -> None:
     """At large-v3 dimensions in half precision, the engine's graph-captured step (fused QKV, Triton attention)
     gives the logits of the eager reference pass: compared in fp32 against a float64-free fp32 reference, its
     error is no larger than the eager half-precision pass's own (twice it, or 1e-2). With 8-bit cross K/V the
-    bound is four times it, or 3e-2."""
+    bound is four times it, or 3e-2 (in fp32, where the eager pass's error is 0, int8's own error alone). 8-bit
+    cross K/V changes greedy tokens of the tiny random test model, so it is held to this bound, not the token
+    oracle."""
     tok = Tokenizer.from_tiktoken(ASSETS / "multilingual.tiktoken", num_languages=100)
     model32 = large_v3_fp32
     mel = pad_or_trim(log_mel_spectrogram(read_wav(AUDIO / "samples" / "jfk.wav"), 128))[None].cuda()

@@ -428,9 +428,7 @@ class Runner:
             for cache, scales, x in zip(
                 (self.cross_k, self.cross_v), self.cross_scales, (ck, cv), strict=True
             ):
-                q, scale = kv8.quantize(x, self.n_head)
-                cache[layer, :, :s].index_copy_(0, slot_t, q)
-                scales[layer, :, :, :s].index_copy_(0, slot_t, scale)
+                kv8.quantize_into(x, slot_t, cache[layer], scales[layer])
         elif self.cross_per_head:
             n, h, dh = ck.shape[0], self.n_head, self.head_dim
             self.cross_k[layer, :, :, :s].index_copy_(0, slot_t, ck.view(n, s, h, dh).transpose(1, 2))
