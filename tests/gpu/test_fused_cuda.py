@@ -18,6 +18,8 @@ from voxserve.engine import fused, select_kernel
 from voxserve.engine.attention import decode_self_attention
 from voxserve.engine.policy import PolicyState
 from voxserve.engine.types import EngineConfig
+from voxserve.model.qlinear import quantize_int8
+from voxserve.model.quant import quantize_model
 
 pytestmark = pytest.mark.gpu
 
@@ -35,9 +37,13 @@ def _layer_norm(k: int, dtype: torch.dtype, g: torch.Generator) -> nn.LayerNorm:
 FORMS = ["ln", "ln+gelu", "residual", "ln, no bias, float32 out", "plain, odd sizes"]
 # Every form in half precision at one and at many rows; the other dtypes on two forms (each case compiles and
 # tunes its own kernels, seconds apiece).
-CASES = [(torch.float16, rows, form) for rows in (1, fused.MAX_ROWS) for form in FORMS] + [
-    (dtype, 5, form) for dtype in (torch.float32, torch.bfloat16) for form in ("ln+gelu", "residual")
-]
+CASES = (
+    [(torch.float16, rows, form) for rows in (1, fused.MAX_ROWS) for form in FORMS]
+    + [(dtype, 5, form) for dtype in (torch.float32, torch.bfloat16) for form in ("ln+gelu", "residual")]
+    # int8 weight-only projections (the int8 precision's modules): int8 weights, per-output scales
+    + [(torch.float16, 1, "ln+gelu, int8 weight"), (torch.float16, fused.MAX_ROWS, "residual, int8 weight")]
+    + [(torch.bfloat16, 3, "ln, int8 weight")]
+)
 
 
 def _rows_linear_case(dtype: torch.dtype, rows: int, form: str, config: object = None) -> float:
@@ -47,19 +53,24 @@ def _rows_linear_case(dtype: torch.dtype, rows: int, form: str, config: object =
     n, k = (1000, 333) if form == "plain, odd sizes" else (1280, 5120 if form == "residual" else 1280)
     x = (2 * torch.randn(rows, k, generator=g, device="cuda") + 0.5).to(dtype)
     weight = (torch.randn(n, k, generator=g, device="cuda") / k**0.5).to(dtype)
+    weight_scale = None
+    if "int8 weight" in form:
+        weight, weight_scale = quantize_int8(weight)
     bias = None if "no bias" in form else torch.randn(n, generator=g, device="cuda").to(dtype)
     ln = _layer_norm(k, dtype, g) if form.startswith("ln") else None
-    residual = torch.randn(rows, n, generator=g, device="cuda").to(dtype) if form == "residual" else None
+    residual = torch.randn(rows, n, generator=g, device="cuda").to(dtype) if "residual" in form else None
     out_dtype = torch.float32 if "float32 out" in form else None
     kwargs = dict(ln=ln, gelu="gelu" in form, residual=residual, out_dtype=out_dtype)
     assert fused.available(x)
-    got = fused.rows_linear(x, weight, bias, **kwargs, _config=config)
+    got = fused.rows_linear(x, weight, bias, weight_scale, **kwargs, _config=config)
     assert got.shape == (rows, n) and got.dtype == (out_dtype or dtype)
     f = lambda t: None if t is None else t.float()  # noqa: E731
     ln32 = None if ln is None else nn.LayerNorm(k).cuda()
     if ln32 is not None:
         ln32.load_state_dict({name: p.float() for name, p in ln.state_dict().items()})
-    ref = fused._reference(x.float(), weight.float(), f(bias), ln32, "gelu" in form, f(residual))
+    ref = fused._reference(
+        x.float(), weight.float(), f(bias), ln32, "gelu" in form, f(residual), weight_scale
+    )
     return ((got.float() - ref).norm() / ref.norm()).item()
 
 
@@ -74,7 +85,9 @@ def test_every_rows_linear_tile_equals_the_eager_ops(dtype) -> None:
     """Each tile and split-K setting, not only the one tuning picks, on aligned and ragged sizes and up to
     MAX_ROWS rows; twice each, since split-K tiles reset their arrival counters for the next call."""
     for config in fused._CONFIGS:
-        for rows, form in ((5, "ln+gelu"), (fused.MAX_ROWS, "plain, odd sizes"), (1, "residual")):
+        for rows, form in (
+            (5, "ln+gelu"), (fused.MAX_ROWS, "plain, odd sizes"), (1, "residual"), (3, "ln, int8 weight")
+        ):  # fmt: skip
             for _ in range(2):
                 err = _rows_linear_case(dtype, rows, form, config)
                 assert err < TOLERANCE[dtype], (config, rows, form, err)
@@ -99,13 +112,18 @@ def test_self_attention_step_writes_the_cache_and_attends(dtype) -> None:
     assert err < TOLERANCE[dtype], err
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, "int8"])
 def test_fused_step_logits_equal_the_unfused_step(tokenizer, dtype) -> None:
     """The same slots stepped by the fused and the unfused step (eagerly: the engine tests compare the captured
     steps' tokens), at buckets up to fused.MAX_ROWS and one above it (where both are the unfused step): the same
-    logits (float32: to rounding), the same cache contents."""
+    logits (float32: to rounding), the same cache contents. "int8": the int8 weight-only precision (bf16
+    activations), whose projections the fused step reads as int8."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).to("cuda", dtype)
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+    if dtype == "int8":
+        model, dtype = quantize_model(model.to("cuda", torch.bfloat16), "int8"), torch.bfloat16
+    else:
+        model = model.to("cuda", dtype)
     eng = make_engine(model, tokenizer, EngineConfig(max_slots=64, cuda_graphs=True, fused_step=True))
     try:
         runner = eng.runner
@@ -127,7 +145,7 @@ def test_fused_step_logits_equal_the_unfused_step(tokenizer, dtype) -> None:
                 runner.self_v.copy_(saved[1])
                 runner.fused_step = runner.policy.use_kernel = True
                 got = runner._logits(rows)
-                tol = 1e-5 if dtype == torch.float32 else 1e-2
+                tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
                 pos = runner.policy.length[rows] - 1  # where this step wrote each row's key and value
                 for cache, want_c, before in zip(
                     (runner.self_k, runner.self_v), want_cache, saved, strict=True

@@ -57,6 +57,7 @@ def rows_linear(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
+    weight_scale: Tensor | None = None,
     *,
     ln: nn.LayerNorm | None = None,
     gelu: bool = False,
@@ -66,14 +67,16 @@ def rows_linear(
     _config: object | None = None,
 ) -> Tensor:
     """``residual + act(linear(layer_norm(x), weight, bias))`` for x [M, K], weight [N, K]: each part optional
-    (``ln`` the layer norm module, ``gelu`` the exact GELU, ``residual`` [M, N]). Output [M, N] in ``out_dtype``
+    (``ln`` the layer norm module, ``gelu`` the exact GELU, ``residual`` [M, N]). With ``weight_scale`` [N] the
+    weight is int8 with per-output scales (int8 weight-only, model/qlinear.py), converted to x's dtype as it
+    is read (half the bytes of a 16-bit weight) and each output sum scaled. Output [M, N] in ``out_dtype``
     (default x's dtype). ``arrivals`` (from ``arrival_counters``) are the split-K tiles' counters: calls that
     share them must not overlap in time, so each engine passes its own (its steps run one after another), and
     calls without them share one set per device. ``_config`` (a ``triton.Config``, for tests) launches that tile
     instead of the tuned one."""
     out_dtype = out_dtype or x.dtype
     if not available(x):
-        return _reference(x, weight, bias, ln, gelu, residual).to(out_dtype)
+        return _reference(x, weight, bias, ln, gelu, residual, weight_scale).to(out_dtype)
     m, k = x.shape
     n = weight.shape[0]
     if weight.stride(1) != 1 or x.stride(1) != 1 or (residual is not None and residual.stride(1) != 1):
@@ -90,12 +93,14 @@ def rows_linear(
 
     args = (
         x, weight, bias if bias is not None else weight, residual if residual is not None else y, y, ln_w, ln_b,
-        part, arrivals if arrivals is not None else _shared_arrivals(x.device), m, n, k, ln.eps if ln is not None else 0.0,
+        part, arrivals if arrivals is not None else _shared_arrivals(x.device),
+        weight_scale if weight_scale is not None else part, m, n, k, ln.eps if ln is not None else 0.0,
         x.stride(0), weight.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
     )  # fmt: skip
     launch = pdl.launch_options(x.device, m)
     flags = dict(
         HAS_LN=ln is not None, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
+        HAS_WSCALE=weight_scale is not None,
         IEEE=x.dtype == torch.float32, BLOCK_M=block_m, PDL=bool(launch), PREFETCH=bool(launch) and pdl.prefetching(), LINE=128 // weight.element_size(),
         LN_K=min(LN_CHUNK, triton.next_power_of_2(k)),
     )  # fmt: skip
@@ -134,11 +139,18 @@ def _reference(
     ln: nn.LayerNorm | None,
     gelu: bool,
     residual: Tensor | None,
+    weight_scale: Tensor | None = None,
 ) -> Tensor:
     """The eager composition the kernel computes (the runner's unfused step)."""
     if ln is not None:
         x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    y = F.linear(x, weight, bias)
+    if weight_scale is not None:  # int8 weight-only, as Int8WeightOnlyLinear computes it
+        y = F.linear(x, weight.to(x.dtype)) * weight_scale.to(x.dtype)
+        return _finish(y if bias is None else y + bias.to(x.dtype), gelu, residual)
+    return _finish(F.linear(x, weight, bias), gelu, residual)
+
+
+def _finish(y: Tensor, gelu: bool, residual: Tensor | None) -> Tensor:
     if gelu:
         y = F.gelu(y)
     return y if residual is None else residual + y
@@ -174,16 +186,17 @@ if triton is not None:
 
     @triton.autotune(
         configs=_CONFIGS,
-        key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES", "PDL", "PREFETCH"],
+        key=["N", "K", "BLOCK_M", "HAS_LN", "GELU", "HAS_RES", "HAS_WSCALE", "PDL", "PREFETCH"],
         prune_configs_by={"early_config_prune": _prune},
         do_bench=_tuning_bench,
     )
     @triton.jit
     def _rows_linear_kernel(
-        X, W, Bias, Res, Y, LnW, LnB, Part, Arrivals,
+        X, W, Bias, Res, Y, LnW, LnB, Part, Arrivals, WScale,
         M, N, K, eps,
         stride_xm, stride_wn, stride_rm, stride_ym,
         HAS_LN: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
+        HAS_WSCALE: tl.constexpr,
         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
         LN_K: tl.constexpr,
@@ -238,12 +251,29 @@ if triton is not None:
                 g = tl.load(LnW + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
                 beta = tl.load(LnB + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
                 xs = (xs.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
+            w = w.to(X.dtype.element_ty)  # int8 weights: exact in any float dtype (|q| <= 127)
             if IEEE:
                 acc += tl.dot(xs.to(w.dtype), tl.trans(w), input_precision="ieee")
             else:
                 acc += tl.dot(xs.to(w.dtype), tl.trans(w))
         if SPLIT_K == 1:
-            _epilogue(acc, Bias, Res, Y, rm, rn, n_ok, out, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES)
+            _epilogue(
+                acc,
+                Bias,
+                Res,
+                Y,
+                WScale,
+                rm,
+                rn,
+                n_ok,
+                out,
+                stride_rm,
+                stride_ym,
+                HAS_BIAS,
+                GELU,
+                HAS_RES,
+                HAS_WSCALE,
+            )
         else:
             # Each split stores its partial sums; the last to arrive at the tile adds them in split order (the
             # same result whichever arrives last), finishes the tile and resets the tile's counter for the next
@@ -257,14 +287,32 @@ if triton is not None:
                 for split in tl.static_range(SPLIT_K):
                     acc += tl.load(part + split * M * N, mask=out, other=0.0, cache_modifier=".cg")
                 tl.atomic_xchg(Arrivals + tile, 0)
-                _epilogue(acc, Bias, Res, Y, rm, rn, n_ok, out, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES)
+                _epilogue(
+                    acc,
+                    Bias,
+                    Res,
+                    Y,
+                    WScale,
+                    rm,
+                    rn,
+                    n_ok,
+                    out,
+                    stride_rm,
+                    stride_ym,
+                    HAS_BIAS,
+                    GELU,
+                    HAS_RES,
+                    HAS_WSCALE,
+                )
 
     @triton.jit
     def _epilogue(
-        acc, Bias, Res, Y, rm, rn, n_ok, out, stride_rm, stride_ym,
-        HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr,
+        acc, Bias, Res, Y, WScale, rm, rn, n_ok, out, stride_rm, stride_ym,
+        HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_RES: tl.constexpr, HAS_WSCALE: tl.constexpr,
     ):  # fmt: skip
-        """Bias, GELU and residual on a tile's sums, then the store in the output's dtype."""
+        """Weight scales, bias, GELU and residual on a tile's sums, then the store in the output's dtype."""
+        if HAS_WSCALE:
+            acc *= tl.load(WScale + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_BIAS:
             acc += tl.load(Bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GELU:

@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
-from ..model.qlinear import fuse_output_features
+from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features
 from ..model.whisper import Whisper
 from . import fused, kv8
 from .attention import choose_splits, decode_attention, decode_self_attention
@@ -170,7 +170,7 @@ class Runner:
         ]
         # The CUDA step's fused kernels (compiled steps keep the eager ops for Inductor to fuse): the policy's
         # select in three kernels, and at few rows every decoder projection one kernel with its layer norm, bias,
-        # GELU and residual (engine/fused.py), where all are plain float Linear layers.
+        # GELU and residual (engine/fused.py), where all are float Linear layers or int8 weight-only ones.
         can_fuse = self.device.type == "cuda" and fused.triton is not None
         fusing = fused_step and can_fuse and not compile
         self.policy.use_kernel = fusing
@@ -179,11 +179,15 @@ class Runner:
             for layer in model.decoder.layers
             for m in (layer.attn.out, layer.cross_attn.query, layer.cross_attn.out, layer.fc1, layer.fc2)
         ]
+        self._qkv_rows = [
+            (*qkv, None) if qkv is not None else _rows_args(quant)
+            for qkv, quant in zip(self._qkv, self._qkv_quant, strict=True)
+        ]
         self.fused_step = (
             fusing
-            and all(f is not None for f in self._qkv)
-            and all(type(m) is nn.Linear for m in projections)
-            and (model.decoder.proj_out is None or type(model.decoder.proj_out) is nn.Linear)
+            and all(args is not None for args in self._qkv_rows)
+            and all(_rows_args(m) is not None for m in projections)
+            and (model.decoder.proj_out is None or _rows_args(model.decoder.proj_out) is not None)
         )
         # This runner's own split-K counters: another engine's kernels (a model warming up beside a serving one)
         # may run at the same time on another stream, and counters shared with them could lose arrivals. Kept
@@ -630,18 +634,16 @@ class Runner:
         pos = self_len - 1
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
-            qkv = linear(x, *self._qkv[i], ln=layer.attn_ln)
+            qkv = linear(x, *self._qkv_rows[i], ln=layer.attn_ln)
             a = decode_self_attention(qkv, self.self_k[i], self.self_v[i], rows, self_len, self.n_head)
-            x = linear(a, layer.attn.out.weight, layer.attn.out.bias, residual=x)
-            cq = layer.cross_attn.query
-            q = linear(x, cq.weight, cq.bias, ln=layer.cross_attn_ln)
-            co = layer.cross_attn.out
-            x = linear(attend(i, q, True), co.weight, co.bias, residual=x)
-            h = linear(x, layer.fc1.weight, layer.fc1.bias, ln=layer.mlp_ln, gelu=True)
-            x = linear(h, layer.fc2.weight, layer.fc2.bias, residual=x)
+            x = linear(a, *_rows_args(layer.attn.out), residual=x)
+            q = linear(x, *_rows_args(layer.cross_attn.query), ln=layer.cross_attn_ln)
+            x = linear(attend(i, q, True), *_rows_args(layer.cross_attn.out), residual=x)
+            h = linear(x, *_rows_args(layer.fc1), ln=layer.mlp_ln, gelu=True)
+            x = linear(h, *_rows_args(layer.fc2), residual=x)
         out = dec.proj_out
-        weight, bias = (dec.token_embedding.weight, None) if out is None else (out.weight, out.bias)
-        return linear(x, weight, bias, ln=dec.ln, out_dtype=torch.float32)
+        args = (dec.token_embedding.weight, None, None) if out is None else _rows_args(out)
+        return linear(x, *args, ln=dec.ln, out_dtype=torch.float32)
 
     def _self_lengths(self, rows: Tensor) -> Tensor:
         """Each row's sequence length, this step's token included, at most the context: a finished row can
@@ -783,6 +785,16 @@ def _layer_norm(ln: nn.LayerNorm, x: Tensor) -> Tensor:
     """Layer norm straight on half-precision input: PyTorch's kernel accumulates its statistics in float32, so
     this equals the model's cast-normalise-cast (principle 9) with two fewer kernels per call."""
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _rows_args(m: nn.Module | None) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+    """(weight, bias, weight scale) of a projection for ``fused.rows_linear``: a float Linear's (no scale) or an
+    int8 weight-only one's; None for any other module (fp8, int8-dynamic: the fused step does not take them)."""
+    if type(m) is nn.Linear:
+        return m.weight, m.bias, None
+    if type(m) is Int8WeightOnlyLinear:
+        return m.weight, m.bias, m.scale
+    return None
 
 
 def _fuse_qkv(attn: nn.Module) -> tuple[Tensor, Tensor] | None:
