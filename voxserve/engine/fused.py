@@ -258,22 +258,8 @@ if triton is not None:
                 acc += tl.dot(xs.to(w.dtype), tl.trans(w))
         if SPLIT_K == 1:
             _epilogue(
-                acc,
-                Bias,
-                Res,
-                Y,
-                WScale,
-                rm,
-                rn,
-                n_ok,
-                out,
-                stride_rm,
-                stride_ym,
-                HAS_BIAS,
-                GELU,
-                HAS_RES,
-                HAS_WSCALE,
-            )
+                acc, Bias, Res, Y, WScale, rm, rn, n_ok, out, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, HAS_WSCALE,
+            )  # fmt: skip
         else:
             # Each split stores its partial sums; the last to arrive at the tile adds them in split order (the
             # same result whichever arrives last), finishes the tile and resets the tile's counter for the next
@@ -288,22 +274,8 @@ if triton is not None:
                     acc += tl.load(part + split * M * N, mask=out, other=0.0, cache_modifier=".cg")
                 tl.atomic_xchg(Arrivals + tile, 0)
                 _epilogue(
-                    acc,
-                    Bias,
-                    Res,
-                    Y,
-                    WScale,
-                    rm,
-                    rn,
-                    n_ok,
-                    out,
-                    stride_rm,
-                    stride_ym,
-                    HAS_BIAS,
-                    GELU,
-                    HAS_RES,
-                    HAS_WSCALE,
-                )
+                    acc, Bias, Res, Y, WScale, rm, rn, n_ok, out, stride_rm, stride_ym, HAS_BIAS, GELU, HAS_RES, HAS_WSCALE,
+                )  # fmt: skip
 
     @triton.jit
     def _epilogue(
