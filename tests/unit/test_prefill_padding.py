@@ -57,4 +57,22 @@ def test_padded_rows_and_prompt_leave_the_real_rows_unchanged(runner, tokenizer,
 def test_prefill_shape_is_the_rows_own_without_a_graph(runner):
     """On the CPU nothing is captured: every admission runs its exact rows and prompt length."""
     assert not runner.prefill_graphs
-    assert runner._prefill_shape(3, 4, TINY.n_audio_ctx, False) == (3, 4)
+    assert runner._prefill_shape(3, 4, 700, True) == (3, 4, 700, True)
+
+
+def test_short_windows_masked_over_the_full_window_equal_their_own_length(runner, tokenizer):
+    """A captured prefill runs short windows over all encoder positions, each row masked past its own length:
+    the same as running them over the longest row's length."""
+    full, lang = TINY.n_audio_ctx, tokenizer.sot + 1
+    tokens = torch.tensor(
+        [[tokenizer.sot, lang, tokenizer.transcribe, 0], [tokenizer.sot, lang, tokenizer.transcribe, 7]]
+    )
+    cross = [900, 1200]
+    facts = torch.tensor([[2, 0], cross, [2, 3], [0, 0]])
+    with torch.inference_mode():
+        want = runner._prefill_logits(facts, tokens, max(cross), True)
+        got = runner._prefill_logits(facts, tokens, full, True)
+        unmasked = runner._prefill_logits(facts, tokens, full, False)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(unmasked[0], want[0], rtol=1e-3, atol=1e-3)  # the positions past them do count

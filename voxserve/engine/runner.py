@@ -36,10 +36,10 @@ from .types import RowSpec
 # memory-efficient attention launch at once.
 _PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
-# Prompt lengths (tokens) the prefill is captured for (at warm-up, or at first use), for full windows at each
-# admission batch bucket; a prompt is padded on the right up to the next (causal attention keeps the padding out of its positions, and
-# the decode steps overwrite its K/V). 4 holds Whisper's usual prompt, <|startoftranscript|> <|language|> <|task|>
-# <|notimestamps|>; longer prompts (previous text) and short windows run eagerly.
+# Prompt lengths (tokens) the prefill is captured for (at warm-up, or at first use), at each admission batch
+# bucket; a prompt is padded on the right up to the next (causal attention keeps the padding out of its positions,
+# and the decode steps overwrite its K/V). 4 holds Whisper's usual prompt, <|startoftranscript|> <|language|>
+# <|task|> <|notimestamps|>; longer prompts (previous text) run eagerly.
 PREFILL_GRAPH_TOKENS = (4,)
 
 
@@ -304,9 +304,9 @@ class Runner:
         lengths = [len(s.initial_tokens) for s in specs]
         s, t = max(cross_len), max(lengths)
         masked = min(cross_len) != s
-        # The rows and prompt length the prefill runs: a captured graph's, padded with rows of the scratch slot
-        # and with tokens on the right, where warm-up made one for this shape.
-        b, t = self._prefill_shape(n, t, s, masked)
+        # The shape the prefill runs at: a captured graph's where there is one, padded with rows of the scratch
+        # slot, with tokens on the right and (short windows) over the full encoder length, masked per row.
+        b, t, s, masked = self._prefill_shape(n, t, s, masked)
         pad = b - n
         tokens = torch.zeros(b, t, dtype=torch.long)
         for i, spec in enumerate(specs):
@@ -338,21 +338,24 @@ class Runner:
             for i, slot in enumerate(slots)
         ]
 
-    def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int]:
-        """(rows, prompt tokens) the prefill of ``n`` rows with prompts up to ``t`` tokens runs at: a captured
-        graph's (the next admission bucket and prompt-length bucket up) for full windows without a mask, else
-        (n, t) as they are."""
+    def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int, int, bool]:
+        """(rows, prompt tokens, encoder positions, masked) the prefill of ``n`` rows with prompts up to ``t``
+        tokens over ``s`` encoder positions runs at: a captured graph's (the next admission bucket and prompt-
+        length bucket up; windows shorter than the model's over all its positions, each row masked past its own
+        length, so that one graph serves every short-window length), else as they are."""
         b = next((x for x in self.encoder_buckets if x >= n), 0)
         tb = next((x for x in PREFILL_GRAPH_TOKENS if x >= t), 0)
-        return (b, tb) if self._graphed_prefill(b, tb, s, masked) else (n, t)
+        full = self.model.dims.n_audio_ctx
+        if self._graphed_prefill(b, tb, full):
+            return b, tb, full, masked or s < full
+        return n, t, s, masked
 
-    def _graphed_prefill(self, b: int, t: int, s: int, masked: bool) -> bool:
+    def _graphed_prefill(self, b: int, t: int, s: int) -> bool:
         return (
             self.prefill_graphs
             and b in self.encoder_buckets
             and t in PREFILL_GRAPH_TOKENS
             and s == self.model.dims.n_audio_ctx
-            and not masked
         )
 
     def _run_prefill(self, facts: Tensor, tokens: Tensor, s: int, masked: bool) -> tuple[Tensor, Tensor]:
@@ -360,7 +363,7 @@ class Runner:
         the first time), else eagerly. A replay's results are views of the graph's output buffers, valid until
         its next replay."""
         b, t = tokens.shape
-        if not self._graphed_prefill(b, t, s, masked):
+        if not self._graphed_prefill(b, t, s):
             return self._prefill_logits(facts, tokens, s, masked)
         if (b, t, s, masked) not in self._prefill_graphs:
             self._prefill_graph(b, t, s, masked)
@@ -554,7 +557,8 @@ class Runner:
     def warmup(self) -> list[tuple[str, int]]:
         """Make the first request as fast as the hundredth. On CUDA: capture and run every decode-step bucket
         (greedy and sampling), every admission encoder graph (each batch bucket at each of ``window_frames``)
-        and the prefill of full windows with prompts of ``PREFILL_GRAPH_TOKENS`` at each batch bucket, on the scratch slot only, so no request pays for capture, compilation or kernel
+        and the prefill of prompts of ``PREFILL_GRAPH_TOKENS`` at each batch bucket (masked too, for short
+        windows, where ``window_frames`` has them), on the scratch slot only, so no request pays for capture, compilation or kernel
         selection, and no graph is captured later while other threads launch device work. Elsewhere nothing is
         captured and the step runs exactly its rows: one step of each kind and one encoder pass per window length.
         Returns what ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>", "prefill <tokens>"."""
@@ -577,11 +581,12 @@ class Runner:
                 mel = torch.zeros(b, n_mels, frames, dtype=self.dtype, device=self.device)
                 self.encode(mel, torch.full((b,), self.scratch, dtype=torch.long, device=self.device))
                 ran.append((f"encoder {frames}", b))
-        if self.prefill_graphs:
-            for b in self.encoder_buckets:
-                for t in PREFILL_GRAPH_TOKENS:
-                    self._prefill_graph(b, t, self.model.dims.n_audio_ctx, False).replay()
-                    ran.append((f"prefill {t}", b))
+        if self.prefill_graphs:  # masked too where short windows will come
+            for masked in (False, True) if len(self.window_frames) > 1 else (False,):
+                for b in self.encoder_buckets:
+                    for t in PREFILL_GRAPH_TOKENS:
+                        self._prefill_graph(b, t, self.model.dims.n_audio_ctx, masked).replay()
+                        ran.append((f"prefill {t}" + (" masked" if masked else ""), b))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return ran
