@@ -44,8 +44,6 @@ MAX_ROWS = 32
 # up to MAX_SPLIT programs per tile, so that enough programs stream the weight; wider ones (the logits) need not.
 MAX_SPLIT = 8
 SPLIT_MAX_N = 4096
-# Columns of the layer-norm statistics' chunks (16 padded rows x 512 float32: 64 registers a thread at 4 warps).
-LN_CHUNK = 512
 
 
 def available(x: Tensor) -> bool:
@@ -102,7 +100,6 @@ def rows_linear(
         HAS_LN=ln is not None, HAS_BIAS=bias is not None, GELU=gelu, HAS_RES=residual is not None,
         HAS_WSCALE=weight_scale is not None,
         IEEE=x.dtype == torch.float32, BLOCK_M=block_m, PDL=bool(launch), PREFETCH=bool(launch) and pdl.prefetching(), LINE=128 // weight.element_size(),
-        LN_K=min(LN_CHUNK, triton.next_power_of_2(k)),
     )  # fmt: skip
     if _config is None:
         _rows_linear_kernel[grid](*args, **flags, **launch)
@@ -199,7 +196,6 @@ if triton is not None:
         HAS_WSCALE: tl.constexpr,
         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr,
-        LN_K: tl.constexpr,
     ):  # fmt: skip
         tile = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
@@ -222,24 +218,19 @@ if triton is not None:
                 pdl.prefetch_l2(tl.where(ok, W + rn[:, None] * stride_wn + k0 + lines[None, :], W))
         if PDL:
             pdl.wait_for_previous()
-        if HAS_LN:
-            # The rows' mean and variance in one pass over wide chunks: each chunk's own mean and centred sum
-            # of squares, merged into the running ones (Chan et al.), so no subtraction of large sums cancels.
-            # Two passes of BLOCK_K columns cost ~2.5 us a call (stop 14): twenty dependent loads.
-            mean = tl.zeros((BLOCK_M,), tl.float32)
-            m2 = tl.zeros((BLOCK_M,), tl.float32)
-            rs = tl.arange(0, LN_K)
-            for k0 in range(0, K, LN_K):
-                ok = m_ok[:, None] & (k0 + rs < K)[None, :]
-                xs = tl.load(x_rows + k0 + rs[None, :], mask=ok, other=0.0).to(tl.float32)
-                seen = k0 * 1.0  # float32 (columns before this chunk)
-                count = tl.minimum(K - k0, LN_K) * 1.0
-                chunk_mean = tl.sum(xs, axis=1) / count
-                centred = tl.where(ok, xs - chunk_mean[:, None], 0.0)
-                delta = chunk_mean - mean
-                mean += delta * (count / (seen + count))
-                m2 += tl.sum(centred * centred, axis=1) + delta * delta * (seen * count / (seen + count))
-            rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        if HAS_LN:  # two passes over the rows (mean, then the centred variance), as the reference computes it
+            total = tl.zeros((BLOCK_M,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ok = m_ok[:, None] & (k0 + rk < K)[None, :]
+                total += tl.sum(tl.load(x_rows + k0 + rk[None, :], mask=ok, other=0.0).to(tl.float32), axis=1)
+            mean = total / K
+            total = tl.zeros((BLOCK_M,), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ok = m_ok[:, None] & (k0 + rk < K)[None, :]
+                xs = tl.load(x_rows + k0 + rk[None, :], mask=ok, other=0.0).to(tl.float32)
+                centred = tl.where(ok, xs - mean[:, None], 0.0)
+                total += tl.sum(centred * centred, axis=1)
+            rstd = 1.0 / tl.sqrt(total / K + eps)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             k_ok = k0 + rk < k_end

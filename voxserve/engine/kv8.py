@@ -91,8 +91,9 @@ if triton is not None:
         d = tl.arange(0, D)
         x = tl.load(X + i * stride_xn + pos[:, None] * stride_xs + h * D + d[None, :], mask=ok, other=0.0)
         x = x.to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(x), axis=1), tiny) / 127.0
-        q = tl.floor(x / scale[:, None] + 0.5)
+        # IEEE divisions (Triton's "/" on float32 is approximate), so the kernel rounds exactly as ``quantize``
+        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), tiny), 127.0)
+        q = tl.floor(tl.math.div_rn(x, scale[:, None]) + 0.5)
         tl.store(
             Q + slot * stride_qslot + pos[:, None] * stride_qs + h * D + d[None, :], q.to(tl.int8), mask=ok
         )
