@@ -152,10 +152,22 @@ def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
         assert torch.equal(a.sum_logprob, b.sum_logprob) and torch.equal(a.ts_last, b.ts_last)
 
 
-def test_cpu_logits_through_the_transposed_embedding_follow_the_embedding():
+@pytest.mark.parametrize(("rows", "threads"), [((2, 3), 2), ((1, 1), 1), ((1, 1), 2)])
+def test_cpu_logits_through_the_transposed_embedding_follow_the_embedding(rows, threads):
+    """Every CPU form of the tied logits (few rows; one row on one thread through the transposed copy; one row on
+    more threads as a padded two-column product) is the tied product, and follows the embedding's changes."""
     m = init_random(TINY, seed=0)
     dec = m.decoder
-    x = torch.randn(2, 3, TINY.n_text_state)
+    x = torch.randn(*rows, TINY.n_text_state)
+    outer = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_tied_logits(dec, x)
+    finally:
+        torch.set_num_threads(outer)
+
+
+def _check_tied_logits(dec, x):
     with torch.inference_mode():
         tied = (dec.ln(x) @ dec.token_embedding.weight.T).float()
         torch.testing.assert_close(dec.logits(x), tied, rtol=1e-5, atol=1e-5)

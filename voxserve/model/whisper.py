@@ -61,7 +61,10 @@ class TextDecoder(nn.Module):
         # matmul against the row-major embedding (x @ E.T) runs a single-threaded GEMV; the same product with the
         # transposed copy runs multi-threaded, 2.4x faster for tiny's 51865x384 at one row (measured on the
         # 2-core AVX512 bench machine). Costs one more copy of the embedding in host memory. From 2 to
-        # few_rows.MAX_ROWS rows, few_rows' form beats both (base, 2 rows: 3.4 ms against 9.8 with this copy).
+        # few_rows.MAX_ROWS rows, few_rows' form beats both (base, 2 rows: 3.4 ms against 9.8 with this copy), and
+        # at one row too when torch runs more than one thread: the one-row tiny fp32 decode step, 2 threads,
+        # medians of 6 and 8 alternating rounds (/tmp scratch A/B, 2026-12-06): 7.98 -> 7.49 and 8.00 -> 7.25 ms;
+        # with one thread it was slower (8.71 -> 10.03 ms), so one thread keeps this copy.
         self._embedding_t: tuple[Tensor, tuple[int, int, torch.dtype], Tensor] | None = None
 
     def cross_kv(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,7 +82,8 @@ class TextDecoder(nn.Module):
         weight = self.token_embedding.weight
         if weight.device.type == "cpu" and not (torch.is_grad_enabled() and weight.requires_grad):
             rows = h.numel() // h.shape[-1]
-            if 1 < rows <= few_rows.MAX_ROWS and weight.dtype == h.dtype == torch.float32:
+            few = 1 < rows or torch.get_num_threads() > 1
+            if few and 0 < rows <= few_rows.MAX_ROWS and weight.dtype == h.dtype == torch.float32:
                 return few_rows.linear(h, weight).float()
             return (h @ self._transposed_embedding(h.dtype)).float()
         return (h @ weight.to(x.dtype).T).float()
