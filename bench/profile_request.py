@@ -82,24 +82,28 @@ def main() -> None:
     ap.add_argument("--tiktoken", default=".devdata/whisper-assets/multilingual.tiktoken")
     ap.add_argument("--out", type=Path, default=Path("/tmp"))
     ap.add_argument("--prefill-graphs", type=int, default=1)
+    ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
     n = args.tokens or (100 if args.seconds >= 30 else 20)
     dims = ModelDims(n_audio_ctx=1500, n_text_ctx=448, **DIMS[args.dims])
     tok = Tokenizer.from_tiktoken(args.tiktoken, num_languages=dims.num_languages)
-    model = init_random(dims, seed=0).to("cuda", getattr(torch, args.dtype))
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    model = init_random(dims, seed=0).to(device, getattr(torch, args.dtype))
     eng = make_engine(model, tok, EngineConfig(prefill_graphs=bool(args.prefill_graphs)))
     batch = BatchDecoder(eng, model, tok)
     audio = np.random.default_rng(0).standard_normal(int(16000 * args.seconds)).astype(np.float32) * 0.1
     options = bench_options(tok, n)
 
     def request() -> tuple[float, float]:
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
-        mel = features([audio], dims.n_mels, torch.device("cuda"))
+        mel = features([audio], dims.n_mels, device)
         events.append(("log-mel (host)", start, time.perf_counter()))
         out = batch.decode(mel, options)
         assert len(out[0].tokens) == n, len(out[0].tokens)
-        torch.cuda.synchronize()
+        sync()
         return start, time.perf_counter()
 
     try:
@@ -113,7 +117,8 @@ def main() -> None:
                 start, end = request()
                 state["on"] = False
                 timeline(start, end)
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=activities) as prof:
                 start, end = request()
             kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
             busy = sum(e.device_time for e in kernels) / 1e3
