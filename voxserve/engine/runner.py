@@ -202,10 +202,10 @@ class Runner:
         self._encoder_graphs: dict[
             tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]
         ] = {}
-        # the window lengths (mel frames) warm-up prepares the encoder for: the full window and any shorter ones
         # (rows, prompt tokens, encoder positions, masked) -> (graph, its facts, its tokens, its outputs)
         self._prefill_graphs: dict[tuple[int, int, int, bool], _PrefillGraph] = {}
         self.prefill_graphs = prefill_graphs and self.use_graphs
+        # the window lengths (mel frames) warm-up prepares the encoder for: the full window and any shorter ones
         self.window_frames = tuple(sorted({2 * d.n_audio_ctx, *short_window_frames}))
         self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
@@ -558,10 +558,11 @@ class Runner:
         """Make the first request as fast as the hundredth. On CUDA: capture and run every decode-step bucket
         (greedy and sampling), every admission encoder graph (each batch bucket at each of ``window_frames``)
         and the prefill of prompts of ``PREFILL_GRAPH_TOKENS`` at each batch bucket (masked too, for short
-        windows, where ``window_frames`` has them), on the scratch slot only, so no request pays for capture, compilation or kernel
-        selection, and no graph is captured later while other threads launch device work. Elsewhere nothing is
-        captured and the step runs exactly its rows: one step of each kind and one encoder pass per window length.
-        Returns what ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>", "prefill <tokens>"."""
+        windows, where ``window_frames`` has them), on the scratch slot only, so no request pays for capture,
+        compilation or kernel selection, and no graph is captured later while other threads launch device work.
+        Elsewhere nothing is captured and the step runs exactly its rows: one step of each kind and one encoder
+        pass per window length. Returns what ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>",
+        "prefill <tokens>[ masked]"."""
         ran = []
         graphs = self.use_graphs
         for b in self.buckets if graphs else (1,):
