@@ -373,6 +373,7 @@ class Runner:
         graph.replay()
         return outputs
 
+    @torch.no_grad()  # warm-up calls it with gradients on: a graph must not keep autograd's saved tensors
     def _prefill_graph(self, b: int, t: int, s: int, masked: bool) -> torch.cuda.CUDAGraph:
         """Capture the prefill of ``b`` rows with ``t``-token prompts over ``s`` encoder positions (on the
         scratch slot); its eager form is hundreds of small launches, bound by the host at few rows."""
@@ -554,6 +555,7 @@ class Runner:
             return self._qkv_quant[i](y).chunk(3, dim=-1)
         return layer.attn.query(y), layer.attn.key(y), layer.attn.value(y)
 
+    @torch.no_grad()
     def warmup(self) -> list[tuple[str, int]]:
         """Make the first request as fast as the hundredth. On CUDA: capture and run every decode-step bucket
         (greedy and sampling), every admission encoder graph (each batch bucket at each of ``window_frames``)

@@ -107,7 +107,7 @@ class ModelRuntime:
 
     def _new_engine(self, whisper: WhisperModel) -> Engine:
         config = self.engine_config
-        if whisper.device.type == "cpu" and config.cross_kv != "model":
+        if whisper.device.type != "cuda" and config.cross_kv != "model":
             config = replace(config, cross_kv="model")  # 8-bit cross K/V is CUDA only (kv8.supported)
         engine = make_engine(whisper.model, whisper.tokenizer, config)
         _instrument(engine, self.metrics)
