@@ -70,3 +70,21 @@ def test_8bit_slots_are_smaller():
     d = TINY
     per_layer = 2 * d.n_audio_ctx * (d.n_text_state * 2 - (d.n_text_state + 4 * d.n_text_head))
     assert slot_bytes(model) - slot_bytes(model, "int8") == d.n_text_layer * per_layer
+
+
+def test_kernel_entry_checks_caches_against_scales():
+    """The CUDA entry refuses int8 caches without their scales (the kernel would read raw int8 as values), scales
+    with float caches, and scales of another shape, before any launch."""
+    from voxserve.engine.attention import _triton_decode_attention
+
+    h, d, t = 2, 8, 10
+    q = torch.randn(1, h, d)
+    k, v = torch.randn(3, t, h * d), torch.randn(3, t, h * d)
+    (k8, ks), (v8, vs) = kv8.quantize(k, h), kv8.quantize(v, h)
+    rows, lengths = torch.tensor([1]), torch.tensor([t])
+    with pytest.raises(ValueError, match="exactly when the caches are int8"):
+        _triton_decode_attention(q, k8, v8, rows, lengths, 1)
+    with pytest.raises(ValueError, match="exactly when the caches are int8"):
+        _triton_decode_attention(q, k, v, rows, lengths, 1, scales=(ks, vs))
+    with pytest.raises(ValueError, match="contiguous"):
+        _triton_decode_attention(q, k8, v8, rows, lengths, 1, scales=(ks[:2], vs[:2]))

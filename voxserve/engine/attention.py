@@ -238,7 +238,7 @@ def _triton_decode_attention(
     t = k_cache.shape[1]
     if k_cache.stride(2) != 1 or v_cache.stride(2) != 1 or q.stride(2) != 1:
         raise ValueError("decode_attention needs the head dimension contiguous")
-    if (scales is None) != (k_cache.dtype == torch.int8):
+    if (scales is not None) != (k_cache.dtype == torch.int8):
         raise ValueError("decode_attention takes scales exactly when the caches are int8 (engine/kv8.py)")
     if scales is not None and any(
         x.shape != (k_cache.shape[0], h, t) or x.stride() != (h * t, t, 1) for x in scales
