@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ _PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION
 PREFILL_GRAPH_TOKENS = (4,)
 
 
+_Out = TypeVar("_Out")
 # a captured prefill: the graph, its input facts [4, b] and tokens [b, t], its outputs (logits, no-speech)
 _PrefillGraph = tuple[torch.cuda.CUDAGraph, Tensor, Tensor, tuple[Tensor, Tensor]]
 
@@ -266,16 +268,7 @@ class Runner:
             static_in = torch.zeros(b, *shape, dtype=self.dtype, device=self.device)
             static_slots = torch.full((b,), self.scratch, dtype=torch.long, device=self.device)
             slots = static_slots if to_slots else None
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._encode(static_in, slots)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                static_out = self._encode(static_in, slots)
-            self._pool = graph.pool()
+            graph, static_out = self._capture(lambda: self._encode(static_in, slots))
             self._encoder_graphs[key] = (graph, static_in, static_slots, static_out)
         return self._encoder_graphs[key]
 
@@ -373,22 +366,12 @@ class Runner:
         graph.replay()
         return outputs
 
-    @torch.no_grad()  # warm-up calls it with gradients on: a graph must not keep autograd's saved tensors
     def _prefill_graph(self, b: int, t: int, s: int, masked: bool) -> torch.cuda.CUDAGraph:
         """Capture the prefill of ``b`` rows with ``t``-token prompts over ``s`` encoder positions (on the
         scratch slot); its eager form is hundreds of small launches, bound by the host at few rows."""
         static_facts = torch.tensor([[self.scratch] * b, [s] * b, [0] * b, [0] * b], device=self.device)
         static_tokens = torch.zeros(b, t, dtype=torch.long, device=self.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._prefill_logits(static_facts, static_tokens, s, masked)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            outputs = self._prefill_logits(static_facts, static_tokens, s, masked)
-        self._pool = graph.pool()
+        graph, outputs = self._capture(lambda: self._prefill_logits(static_facts, static_tokens, s, masked))
         self._prefill_graphs[(b, t, s, masked)] = (graph, static_facts, static_tokens, outputs)
         return graph
 
@@ -527,22 +510,29 @@ class Runner:
         out = launched.packed
         return [int(t) for t in out[0]], [bool(d) for d in out[1]], out[2].tolist()
 
+    @torch.no_grad()  # warm-up calls it with gradients on: a graph must not keep autograd's saved tensors
+    def _capture(self, fn: Callable[[], _Out]) -> tuple[torch.cuda.CUDAGraph, _Out]:
+        """Capture ``fn`` as a CUDA graph in the runner's shared memory pool: run twice first on a side stream
+        (compiles, autotunes and picks kernels outside the capture), then captured. Returns the graph and the
+        outputs of the captured run, which each replay overwrites."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = fn()
+        self._pool = graph.pool()
+        return graph, out
+
     def _graph(self, b: int, sample: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         key = (b, sample)
         if key not in self._graphs:
             rows = self._rows[:b]
             rows.fill_(self.scratch)  # warm-up and capture really run the step: on the scratch slot only
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: compiles, autotunes and picks kernels outside the capture
-                    self._step_fn(rows, sample)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                packed = self._step_fn(rows, sample)
-            self._pool = graph.pool()
-            self._graphs[key] = (graph, packed)
+            self._graphs[key] = self._capture(lambda: self._step_fn(rows, sample))
         return self._graphs[key]
 
     @torch.no_grad()
