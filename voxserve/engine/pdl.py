@@ -4,17 +4,17 @@ A decode step at a small batch is a chain of ~300 short kernels, and between two
 before it launches the next: a few microseconds each, most of the step at batch 1. On Hopper and later a kernel
 launched with PDL may start as soon as every program of its predecessor has signalled
 (``gdc_launch_dependents``), and it waits (``gdc_wait``) for the predecessor to finish, its writes visible,
-before it reads them. Our kernels use that head start to pull their weights into L2 (the weights do not change
-during a step) and to have their programs resident when the wait returns. CUDA-graph capture keeps the
-dependency, so the captured step gets it too.
+before it reads them. Our kernels use that head start to have their programs resident when the wait returns
+(rows_linear can also pull its weights into L2 first, VOXSERVE_PDL=prefetch, which measured slower: see
+``prefetching``). CUDA-graph capture keeps the dependency, so the captured step gets it too.
 
 What keeps it correct (each kernel that launches with PDL follows these):
 - it waits before its first store and before reading anything the step writes, so a kernel's writes never
   overlap its predecessor's reads or writes;
 - it signals its dependents only after its own wait has returned, so at most one kernel runs ahead of the
   chain: everything the step wrote before its predecessor is complete when a kernel starts;
-- before the wait it only touches memory no kernel of the step writes (weights, through an L2 prefetch that
-  brings nothing into registers).
+- before the wait it touches no memory, or (with the prefetch) only weights, which no kernel of the step
+  writes, through an L2 prefetch that brings nothing into registers.
 
 Off without CUDA, on GPUs before compute capability 9.0, in Triton's interpreter, and with VOXSERVE_PDL=0 (for
 comparisons: bench/profile_step.py measures the step with and without).

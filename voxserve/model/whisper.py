@@ -82,8 +82,12 @@ class TextDecoder(nn.Module):
         weight = self.token_embedding.weight
         if weight.device.type == "cpu" and not (torch.is_grad_enabled() and weight.requires_grad):
             rows = h.numel() // h.shape[-1]
-            few = 1 < rows or torch.get_num_threads() > 1
-            if few and 0 < rows <= few_rows.MAX_ROWS and weight.dtype == h.dtype == torch.float32:
+            one_thread_row = rows == 1 and torch.get_num_threads() == 1  # the transposed copy's case
+            if (
+                0 < rows <= few_rows.MAX_ROWS
+                and not one_thread_row
+                and weight.dtype == h.dtype == torch.float32
+            ):
                 return few_rows.linear(h, weight).float()
             return (h @ self._transposed_embedding(h.dtype)).float()
         return (h @ weight.to(x.dtype).T).float()
