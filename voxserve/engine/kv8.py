@@ -26,6 +26,10 @@ except ImportError:  # the CPU build needs no Triton
 
 DTYPE = torch.int8
 _LEVELS = 127.0
+# Scales are the largest magnitude times this reciprocal, in both forms: PyTorch divides a tensor by a Python
+# number as a product with its reciprocal, which differs from a true division in the last bit now and then, and
+# the kernel must round exactly as the eager form does.
+_INV_LEVELS = 1.0 / _LEVELS
 _TINY = 2.0**-100  # a floor for all-zero vectors, so their scale is never 0
 
 
@@ -33,7 +37,7 @@ def quantize(x: Tensor, n_head: int) -> tuple[Tensor, Tensor]:
     """x [n, s, C] -> (int8 [n, s, C], float32 scales [n, n_head, s]) with x ~= q * scale per (position, head)."""
     n, s, c = x.shape
     heads = x.float().view(n, s, n_head, c // n_head)
-    scale = heads.abs().amax(dim=3).clamp_min(_TINY) / _LEVELS  # [n, s, n_head]
+    scale = heads.abs().amax(dim=3).clamp_min(_TINY) * _INV_LEVELS  # [n, s, n_head]
     q = torch.floor(heads / scale[..., None] + 0.5).to(DTYPE)  # ties up, as the kernel rounds
     return q.view(n, s, c), scale.transpose(1, 2).contiguous()
 
@@ -54,7 +58,7 @@ def quantize_into(x: Tensor, slots: Tensor, cache: Tensor, scales: Tensor) -> No
     block_s = 32
     _quantize_kernel[(n, triton.cdiv(s, block_s), h)](
         x, slots, cache, scales, s, x.stride(0), x.stride(1), cache.stride(0), cache.stride(1),
-        scales.stride(0), scales.stride(1), _TINY, D=c // h, BLOCK_S=block_s,
+        scales.stride(0), scales.stride(1), _TINY, _INV_LEVELS, D=c // h, BLOCK_S=block_s,
     )  # fmt: skip
 
 
@@ -79,6 +83,7 @@ if triton is not None:
     @triton.jit
     def _quantize_kernel(
         X, Slots, Q, Scale, S, stride_xn, stride_xs, stride_qslot, stride_qs, stride_sslot, stride_sh, tiny,
+        inv_levels,
         D: tl.constexpr, BLOCK_S: tl.constexpr,
     ):  # fmt: skip
         """One head of BLOCK_S positions of one row: each position's head vector to int8 against its own
@@ -91,8 +96,9 @@ if triton is not None:
         d = tl.arange(0, D)
         x = tl.load(X + i * stride_xn + pos[:, None] * stride_xs + h * D + d[None, :], mask=ok, other=0.0)
         x = x.to(tl.float32)
-        # IEEE divisions (Triton's "/" on float32 is approximate), so the kernel rounds exactly as ``quantize``
-        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), tiny), 127.0)
+        # the scale as ``quantize`` forms it, and an IEEE division (Triton's "/" on float32 is approximate), so
+        # the kernel rounds exactly as ``quantize``
+        scale = tl.maximum(tl.max(tl.abs(x), axis=1), tiny) * inv_levels
         q = tl.floor(tl.math.div_rn(x, scale[:, None]) + 0.5)
         tl.store(
             Q + slot * stride_qslot + pos[:, None] * stride_qs + h * D + d[None, :], q.to(tl.int8), mask=ok
