@@ -128,6 +128,7 @@ def main() -> None:
                     sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60
                 )
             )
+            args.out.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(args.out / f"request-{args.seconds:g}s.json"))
     finally:
         eng.close()
