@@ -102,7 +102,8 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_s
     )
     eng = make_engine(model, tokenizer, config)
     try:
-        for opts in [{"language": "en"}, {}, {"language": "en", "without_timestamps": True}]:
+        prompted = {"language": "en", "without_timestamps": True, "prompt": "the quick brown fox jumps over"}
+        for opts in [{"language": "en"}, {}, {"language": "en", "without_timestamps": True}, prompted]:
             options = DecodingOptions(**opts)
             ref = decode_windows(model, tokenizer, mels.cuda(), options)
             got = BatchDecoder(eng, model, tokenizer).decode(mels.cuda(), options)
@@ -114,6 +115,8 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_s
         assert eng.runner._prefill_shape(1, 3, 700, True) == (1, 4, model.dims.n_audio_ctx, True)
         assert (1, 4, model.dims.n_audio_ctx, False) in eng.runner._prefill_graphs
         assert (2, 4, model.dims.n_audio_ctx, False) in eng.runner._prefill_graphs
+        # The prompted windows' longer prompts (previous text) ran through a longer prompt-length bucket's graph.
+        assert any(t > 4 for _, t, _, _ in eng.runner._prefill_graphs), sorted(eng.runner._prefill_graphs)
     finally:
         eng.close()
 

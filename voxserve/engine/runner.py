@@ -40,8 +40,11 @@ _PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION
 # Prompt lengths (tokens) the prefill is captured for (at warm-up, or at first use), at each admission batch
 # bucket; a prompt is padded on the right up to the next (causal attention keeps the padding out of its positions,
 # and the decode steps overwrite its K/V). 4 holds Whisper's usual prompt, <|startoftranscript|> <|language|>
-# <|task|> <|notimestamps|>; longer prompts (previous text) run eagerly.
-PREFILL_GRAPH_TOKENS = (4,)
+# <|task|> <|notimestamps|>; the longer ones hold a live partial's committed words (forced as a prefix) and
+# short previous-text prompts. Eager, such a prefill is ~800 small launches: in the live stream bench at 100
+# streams (large-v3 fp16, H100, bench/profile_streams.py) it took 50 ms of host time in each 163 ms admission.
+# Prompts longer than the last bucket run eagerly.
+PREFILL_GRAPH_TOKENS = (4, 8, 16, 32, 64)
 
 
 _Out = TypeVar("_Out")

@@ -105,9 +105,9 @@ class EngineConfig:
     # overlap. Measured on an H100 in one run (large-v3 fp16, fused step, stop 14): offline 1,418 -> 1,485x, a 5 s
     # request 80.2 -> 67.9 ms, a 30 s one 252 -> 238 ms
     lookahead: bool | None = None
-    # with cuda_graphs: capture the prefill of prompts of up to 4 tokens (Whisper's usual) at each admission batch
-    # bucket (runner.PREFILL_GRAPH_TOKENS), short windows masked within the full window's graph; longer prompts
-    # run eagerly
+    # with cuda_graphs: capture the prefill of prompts of up to 64 tokens at each admission batch bucket and
+    # prompt-length bucket (runner.PREFILL_GRAPH_TOKENS: Whisper's usual 4, then live partials' forced prefixes and
+    # short prompts), short windows masked within the full window's graph; longer prompts run eagerly
     prefill_graphs: bool = True
     # how the cross-attention K/V (most of a batched decode step's memory reads) is stored: "model" in the model's
     # dtype; "int8" with a float32 scale per (position, head) (engine/kv8.py): 53% of the reads and ~36% less memory
