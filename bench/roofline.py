@@ -48,6 +48,21 @@ def main() -> None:
     )
     ap.add_argument("--tokens", type=int, default=100, help="decode steps of a 30 s window (bench: 100)")
     ap.add_argument("--batch", type=int, default=256, help="rows decoded together offline")
+    live = ap.add_argument_group(
+        "live streams (issue 6): the encoder work that re-decoding partials asks for"
+    )
+    live.add_argument("--streams", type=int, default=500)
+    live.add_argument(
+        "--partial-interval", type=float, default=0.2, help="seconds between a stream's partials"
+    )
+    live.add_argument(
+        "--speech-fraction", type=float, default=0.76,
+        help="share of time a caller speaks (stream bench: 2.6 s clips, 0.4-1.2 s pauses)",
+    )  # fmt: skip
+    live.add_argument(
+        "--window-s", type=float, default=3.2,
+        help="mean padded window a partial encodes (short windows; profile_streams at 100 streams: ~3.2 s)",
+    )  # fmt: skip
     args = ap.parse_args()
     dims = DIMS[args.dims]
     d, layers, vocab = dims["n_text_state"], dims["n_text_layer"], dims["n_vocab"]
@@ -71,6 +86,16 @@ def main() -> None:
             f"offline at batch {args.batch} <= {30e3 / per_window:6.0f}x real time "
             f"({per_window:.2f} ms a window, {n * kv / per_window:.0%} of it cross K/V)"
         )
+    # Each partial re-encodes its utterance so far (Whisper's encoder attends over the whole window, so no
+    # encoder state carries over from the previous partial).
+    positions = round(args.window_s * AUDIO_POSITIONS / 30)
+    per_decode = encoder_flops(d, dims["n_audio_layer"], dims["n_mels"], positions)
+    decodes = args.streams * args.speech_fraction / args.partial_interval
+    print(
+        f"  {args.streams} live streams, a partial every {args.partial_interval:g} s while speaking "
+        f"({args.speech_fraction:.0%}), {args.window_s:g} s windows: {decodes:,.0f} decodes/s, encoder alone "
+        f"{decodes * per_decode / 1e12:,.0f} TFLOP/s = {decodes * per_decode / fl:.0%} of the ceiling"
+    )
 
 
 if __name__ == "__main__":
