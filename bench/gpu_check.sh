@@ -7,11 +7,19 @@
 #   bash bench/gpu_check.sh tests [ASSETS]  the GPU tests: engine, quantization and parity, then the fused kernels
 #   bash bench/gpu_check.sh perf [ASSETS]   the step profile (fused, with and without dependent launch), then
 #                                           `voxserve bench` of the default engine against the unfused one
-#   ASSETS: a folder with whisper-assets/ and audio/hifitts-6097/ (default .devdata; VOXSERVE_SHARED_DATA is set
-#   to it for the tests)
+#   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
+#   VOXSERVE_SHARED_DATA is set to it for the tests). Made here, before the device call, from the repository root:
+#     mkdir -p .devdata/audio && cp -r ../shared/data/whisper-assets .devdata/ \
+#       && cp -r ../shared/data/audio/hifitts-6097 ../shared/data/audio/samples .devdata/audio/
+#   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
+#   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
 MODE=${1:?usage: bash bench/gpu_check.sh tests|perf [ASSETS]}
 ASSETS=${2:-.devdata}
+# A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
+for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
+    [ -e "$ASSETS/$need" ] || { echo "gpu_check: $ASSETS/$need is missing (see the header for how to make it)" >&2; exit 2; }
+done
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 export VOXSERVE_SHARED_DATA=$PWD/$ASSETS PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
