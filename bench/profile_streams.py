@@ -8,13 +8,16 @@ the synchronisations change the run; use the figures to find the cost, and ``vox
 measure it.
 
 python3 bench/profile_streams.py --streams 100 --dims large-v3 --device cuda --precision fp16 \\
-    --audio .devdata/hifitts-6097 --tiktoken .devdata/multilingual.tiktoken [--profile]
+    --audio .devdata/audio/hifitts-6097 \\
+    --tiktoken .devdata/whisper-assets/multilingual.tiktoken [--profile] [--switch-interval S] [--cpu-mels]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import statistics
 import sys
 import tempfile
 import time
@@ -27,11 +30,16 @@ from torch.profiler import ProfilerActivity, profile
 
 from voxserve.engine.engine import Engine
 from voxserve.engine.runner import Runner
+from voxserve.live import streambench
+from voxserve.live.service import LiveService
 from voxserve.live.streambench import StreamBenchPlan, run_streams
 
 calls: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
 shapes: dict[str, list[Any]] = collections.defaultdict(list)
 recorded: list[profile] = []
+# device time of steps and admissions, from CUDA events around the call (read once the run is over)
+device_events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = collections.defaultdict(list)
+loop_lag: list[float] = []  # how late a 10 ms timer of the callers' event loop fired, seconds
 state = {"on": False, "profile_at": -1}
 
 
@@ -51,11 +59,20 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             recorded.append(prof)
             calls["admit"].append((float("nan"), float("nan")))
             return out
-        sync()
+        if name != "mel":  # log-mels run in the loop's worker threads: no device-wide wait from there
+            sync()
+        events = None
+        if torch.cuda.is_available() and name in ("admit", "step"):
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
         t0 = time.perf_counter()
         out = fn(self, *args, **kwargs)
         t1 = time.perf_counter()
-        sync()
+        if events is not None:
+            events[1].record()
+            device_events[name].append(events)
+        if name != "mel":
+            sync()
         calls[name].append((t1 - t0, time.perf_counter() - t0))
         if name == "admit":
             shapes["admitted rows"].append(len(args[0]))
@@ -68,7 +85,33 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def instrument() -> None:
+def watch_loop(simulate: Callable[..., Any]) -> Callable[..., Any]:
+    """``streambench._simulate`` with a 10 ms timer on the callers' event loop beside it, its lateness kept: how
+    long the loop (sessions, VAD, results) keeps a ready callback waiting."""
+
+    async def watched(*args: Any) -> Any:
+        async def tick() -> None:
+            while True:
+                due = time.perf_counter() + 0.01
+                await asyncio.sleep(0.01)
+                if state["on"]:
+                    loop_lag.append(time.perf_counter() - due)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            return await simulate(*args)
+        finally:
+            ticker.cancel()
+
+    return watched
+
+
+def instrument(cpu_mels: bool) -> None:
+    streambench._simulate = watch_loop(streambench._simulate)
+    LiveService.mel = timed("mel", LiveService.mel)
+    if cpu_mels:
+        options = streambench.LiveOptions
+        streambench.LiveOptions = lambda **kw: options(**{**kw, "device_mels": False})  # type: ignore[misc]
     Engine._admit = timed("admit", Engine._admit)
     Engine._step = timed("step", Engine._step)
     Runner.encode = timed("encode", Runner.encode)
@@ -84,7 +127,7 @@ def instrument() -> None:
 
 
 def report() -> None:
-    for name in ("admit", "encode", "prefill", "step"):
+    for name in ("admit", "encode", "prefill", "step", "mel"):
         timed_calls = [c for c in calls[name] if c[0] == c[0]]  # without the profiled one
         if timed_calls:
             host = 1e3 * sum(c[0] for c in timed_calls) / len(timed_calls)
@@ -92,6 +135,17 @@ def report() -> None:
             print(
                 f"{name:8s} {len(timed_calls):5d} calls, mean host {host:7.1f} ms, mean wall {wall:7.1f} ms"
             )
+    for name, pairs in device_events.items():
+        ms = [a.elapsed_time(b) for a, b in pairs]
+        print(
+            f"{name:8s} device time: mean {statistics.mean(ms):7.1f} ms, median {statistics.median(ms):7.1f} ms"
+        )
+    if loop_lag:
+        lag = sorted(loop_lag)
+        print(
+            f"event loop 10 ms timer lateness: p50 {1e3 * lag[len(lag) // 2]:.1f} ms, "
+            f"p99 {1e3 * lag[int(0.99 * (len(lag) - 1))]:.1f} ms, max {1e3 * lag[-1]:.1f} ms ({len(lag)} ticks)"
+        )
     for name, values in shapes.items():
         if name == "encoder (batch, frames)":
             frames = collections.Counter(v[1] for v in values)
@@ -123,10 +177,18 @@ def main() -> None:
     p.add_argument("--partial-interval", type=float, default=0.2)
     p.add_argument("--max-admit", type=int, default=64)
     p.add_argument("--profile", action="store_true", help="record the 10th admission with torch.profiler")
+    p.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval (s): how long a thread waits for the GIL"
+    )
+    p.add_argument("--admit-wait-steps", type=int, default=0, help="EngineConfig.admit_wait_steps")
+    p.add_argument("--admit-ratio", type=float, default=1.0, help="EngineConfig.admit_ratio")
+    p.add_argument("--cpu-mels", action="store_true", help="log-mels on the CPU instead of the GPU")
     args = p.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     if args.profile:
         state["profile_at"] = 10
-    instrument()
+    instrument(args.cpu_mels)
     plan = StreamBenchPlan(
         streams=(args.streams,),
         device=args.device,
@@ -139,6 +201,8 @@ def main() -> None:
         partial_interval_s=args.partial_interval,
         short_windows=True,
         max_admit=args.max_admit,
+        admit_wait_steps=args.admit_wait_steps,
+        admit_ratio=args.admit_ratio,
         vad="oracle",
     )
     doc, _ = run_streams(plan, sys.argv, log=lambda *a: None)

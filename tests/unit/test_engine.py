@@ -130,6 +130,77 @@ def test_priorities_order_admission(model, tokenizer, mels) -> None:
         eng.close()
 
 
+def _admission_steps(eng) -> list[tuple[int, int]]:
+    """Record (decode steps so far, windows admitted) at each of ``eng``'s admissions."""
+    seen: list[tuple[int, int]] = []
+    admit = eng._admit
+
+    def recording(tickets):
+        seen.append((eng.steps, len(tickets)))
+        admit(tickets)
+
+    eng._admit = recording
+    return seen
+
+
+def _wait_active(eng, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while eng.active < n:
+        assert time.monotonic() < deadline, "the first request was never admitted"
+        time.sleep(0.0005)
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_admission_waits_for_steps_or_a_large_enough_group(model, tokenizer, mels, lookahead) -> None:
+    """admit_wait_steps: a request arriving while another decodes joins once that many steps have run since the
+    last admission (not before), or at once when the waiting requests reach admit_ratio times the running rows;
+    either way every request decodes as it does alone."""
+    opts = DecodingOptions(
+        language="en", without_timestamps=True, sample_len=40, suppress_tokens=(tokenizer.eot,)
+    )
+    expected = decode_windows(model, tokenizer, mels[:3], opts)
+    for wait, ratio, joins in ((12, 100.0, 1), (1000, 2.0, 2)):
+        cfg = EngineConfig(
+            max_slots=4, max_admit=4, admit_wait_steps=wait, admit_ratio=ratio, lookahead=lookahead
+        )
+        eng = make_engine(model, tokenizer, cfg)
+        try:
+            seen = _admission_steps(eng)
+            batch = BatchDecoder(eng, model, tokenizer)
+            first = batch.submit(mels[0], opts)
+            _wait_active(eng, 1)
+            later = [batch.submit(mels[i], opts) for i in range(1, 1 + joins)]
+            outs = [t.result(timeout=60) for _, t in [first, *later]]
+        finally:
+            eng.close()
+        assert [len(o.tokens) for o in outs] == [40] * (1 + joins)
+        assert [list(o.tokens) for o in outs] == [list(r.tokens) for r in expected[: 1 + joins]]
+        assert seen[0] == (0, 1)
+        if joins == 1:  # held back until 12 steps after the first admission, then admitted before it ends
+            assert len(seen) == 2 and 12 <= seen[1][0] < 40, seen
+        else:  # one waiting request is not twice the running one; two are, long before 1000 steps
+            assert seen[1:] == [(seen[1][0], 2)] and seen[1][0] < 40, seen
+
+
+def test_admission_at_every_step_by_default(model, tokenizer, mels) -> None:
+    opts = DecodingOptions(
+        language="en", without_timestamps=True, sample_len=40, suppress_tokens=(tokenizer.eot,)
+    )
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=4, max_admit=4))
+    try:
+        seen = _admission_steps(eng)
+        batch = BatchDecoder(eng, model, tokenizer)
+        first = batch.submit(mels[0], opts)
+        _wait_active(eng, 1)
+        second = batch.submit(mels[1], opts)
+        steps_at_submit = eng.steps
+        for _, t in (first, second):
+            t.result(timeout=60)
+    finally:
+        eng.close()
+    assert len(seen) == 2 and seen[1][0] <= steps_at_submit + 1, (seen, steps_at_submit)
+
+
 def test_deadline_returns_text_so_far(model, tokenizer, mels) -> None:
     eng = make_engine(model, tokenizer, EngineConfig(max_slots=2))
     try:

@@ -145,6 +145,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     live.add_argument(
         "--max-admit", type=int, default=32, help="windows the engine admits per turn (default 32)"
     )
+    live.add_argument(
+        "--admit-wait-steps",
+        type=int,
+        default=0,
+        help="decode steps the running rows may run before waiting windows join them, unless those number "
+        "--admit-ratio times the running rows (default 0: join at every step; EngineConfig.admit_wait_steps)",
+    )
+    live.add_argument("--admit-ratio", type=float, default=1.0, help="see --admit-wait-steps (default 1.0)")
     live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")
     live.add_argument(
         "--vad-model", type=Path, default=SHARED / "vad" / "silero_vad.onnx", help="Silero VAD ONNX file"
@@ -268,6 +276,8 @@ def run_streams(args: argparse.Namespace) -> int:
             tokens_per_second=args.tokens_per_second,
             slots=args.slots,
             max_admit=args.max_admit,
+            admit_wait_steps=args.admit_wait_steps,
+            admit_ratio=args.admit_ratio,
             target_ms=args.target_ms,
             vad_model=args.vad_model,
             vad=args.vad,

@@ -161,6 +161,7 @@ class Engine:
         self._closed = False
         self.failure: BaseException | None = None
         self.steps = 0
+        self._admitted_at = 0  # self.steps at the last admission
         self._ahead: tuple[Launched, list[_Active]] | None = None  # a step launched before the last was read
         self._thread = threading.Thread(target=self._run, name="voxserve-engine", daemon=True)
         if self._cpu_threads is None:
@@ -257,9 +258,10 @@ class Engine:
                         self._cv.wait()
                     if self._closed:
                         break
-                    admit = self._take_admissions()
+                    admit = self._take_admissions() if self._admission_due(self.steps) else []
                 if admit:
                     self._admit(admit)
+                    self._admitted_at = self.steps
                 if self._active:
                     self._step()
         except BaseException as e:  # noqa: BLE001 - every held request must learn about the failure
@@ -269,6 +271,17 @@ class Engine:
             self._fail_all(error)
             return
         self._fail_all(EngineError("the engine was closed before this request finished"))
+
+    def _admission_due(self, steps: int) -> bool:
+        """Whether waiting requests join the running batch before decode step number ``steps`` (under _cv):
+        see EngineConfig.admit_wait_steps."""
+        if not self._queue or not self._free:
+            return False
+        cfg = self.config
+        if not self._active or cfg.admit_wait_steps == 0 or steps - self._admitted_at >= cfg.admit_wait_steps:
+            return True
+        ready = min(len(self._queue), len(self._free), cfg.max_admit)
+        return ready >= cfg.admit_ratio * len(self._active)
 
     def _take_admissions(self) -> list[Ticket]:
         taken = []
@@ -300,7 +313,7 @@ class Engine:
         self._ahead = None
         if self.lookahead:
             with self._cv:
-                admitting = bool(self._queue) and bool(self._free)
+                admitting = self._admission_due(self.steps + 1)
             if not admitting:  # a waiting request joins the step after the next instead
                 self._ahead = self._launch()
         step, states = launched

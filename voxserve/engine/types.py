@@ -114,6 +114,15 @@ class EngineConfig:
     # a slot (fp16 models), at a bounded accuracy cost; CUDA only. Measured (large-v3 fp16, 64 rows): step 8.60 -> 7.67 ms
     # on an H100, 6.90 -> 7.15 ms on an H200 (its kernel keeps the fp16 tiles), hence off by default
     cross_kv: str = "model"
+    # Admission while rows are decoding (TGI's waiting-served ratio and max waiting tokens, by other names): an
+    # admission stalls every running row for its encoder pass and prefill, so with admit_wait_steps > 0 waiting
+    # requests join a running batch only once they are at least admit_ratio times its rows, or once
+    # admit_wait_steps decode steps have run since the last admission; an idle engine admits at once. 0 admits at
+    # every step.
+    # Live partials are many short decodes of similar length: admitting at every step made each of their tokens
+    # wait for a whole admission (bench/profile_streams.py: 163 ms admissions between 22 ms steps).
+    admit_wait_steps: int = 0
+    admit_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:
@@ -126,6 +135,10 @@ class EngineConfig:
             raise ValueError(f"cross_kv must be 'model' or 'int8', got {self.cross_kv!r}")
         if self.max_admit < 1:
             raise ValueError("max_admit must be >= 1")
+        if self.admit_wait_steps < 0:
+            raise ValueError(f"admit_wait_steps must be >= 0, got {self.admit_wait_steps}")
+        if not self.admit_ratio > 0:
+            raise ValueError(f"admit_ratio must be > 0, got {self.admit_ratio}")
         if any(f < 2 or f % 2 for f in self.short_window_frames):
             raise ValueError(
                 f"short_window_frames must be even frame counts >= 2, got {self.short_window_frames}"

@@ -59,6 +59,8 @@ class StreamBenchPlan:
     tokens_per_second: float = 3.0
     slots: int | None = None  # engine slots; None: the engine's own choice
     max_admit: int = 32  # windows the engine admits (and encodes) per turn
+    admit_wait_steps: int = 0  # EngineConfig.admit_wait_steps / admit_ratio
+    admit_ratio: float = 1.0
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
@@ -211,7 +213,13 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     frames = LiveOptions(short_windows=plan.short_windows).short_window_frames(
         2 * whisper.model.dims.n_audio_ctx
     )
-    config = EngineConfig(max_slots=plan.slots, max_admit=plan.max_admit, short_window_frames=frames)
+    config = EngineConfig(
+        max_slots=plan.slots,
+        max_admit=plan.max_admit,
+        short_window_frames=frames,
+        admit_wait_steps=plan.admit_wait_steps,
+        admit_ratio=plan.admit_ratio,
+    )
     engine = make_engine(whisper.model, whisper.tokenizer, config)
     try:
         vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
