@@ -9,7 +9,8 @@ measure it.
 
 python3 bench/profile_streams.py --streams 100 --dims large-v3 --device cuda --precision fp16 \\
     --audio .devdata/audio/hifitts-6097 \\
-    --tiktoken .devdata/whisper-assets/multilingual.tiktoken [--profile] [--switch-interval S] [--cpu-mels]
+    --tiktoken .devdata/whisper-assets/multilingual.tiktoken [--profile] \\
+    [--variant wait=16,ratio=1 --variant wait=16,ratio=1,switch=0.0005 ...]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +108,59 @@ def watch_loop(simulate: Callable[..., Any]) -> Callable[..., Any]:
     return watched
 
 
-def instrument(cpu_mels: bool) -> None:
+VARIANT_KEYS = {"wait": int, "ratio": float, "switch": float, "cpumels": int}
+
+
+def parse_variant(text: str) -> dict[str, float]:
+    """ "wait=16,ratio=1,switch=0.0005,cpumels=1" -> its settings (an empty text: the defaults)."""
+    out: dict[str, float] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in VARIANT_KEYS:
+            raise SystemExit(f"--variant: unknown key {key!r} (known: {', '.join(VARIANT_KEYS)})")
+        out[key] = VARIANT_KEYS[key](value)
+    return out
+
+
+def run_variants(variants: list[dict[str, float]]) -> None:
+    """Apply the next variant whenever the bench starts its next stream count (one per variant, on the same
+    warmed engine): the engine's admission policy, the GIL switch interval and where log-mels are made; print
+    the previous variant's figures first."""
+    pending = list(variants)
+    options = streambench.LiveOptions
+    current: dict[str, float] = {}
+    init = LiveService.__init__
+
+    def next_variant(self: LiveService, whisper: Any, engine: Engine, *args: Any, **kwargs: Any) -> None:
+        if calls:
+            report()
+            clear()
+        current.clear()
+        current.update(pending.pop(0))
+        print(f"--- variant {current or 'defaults'}")
+        engine.config = replace(
+            engine.config,
+            admit_wait_steps=int(current.get("wait", 0)),
+            admit_ratio=float(current.get("ratio", 1.0)),
+        )
+        sys.setswitchinterval(current.get("switch", 0.005))
+        init(self, whisper, engine, *args, **kwargs)
+
+    LiveService.__init__ = next_variant  # type: ignore[method-assign]
+    streambench.LiveOptions = lambda **kw: options(  # type: ignore[misc]
+        **{**kw, "device_mels": kw.get("device_mels", False) and not current.get("cpumels")}
+    )
+
+
+def clear() -> None:
+    for store in (calls, shapes, device_events):
+        store.clear()
+    loop_lag.clear()
+
+
+def instrument() -> None:
     streambench._simulate = watch_loop(streambench._simulate)
     LiveService.mel = timed("mel", LiveService.mel)
-    if cpu_mels:
-        options = streambench.LiveOptions
-        streambench.LiveOptions = lambda **kw: options(**{**kw, "device_mels": False})  # type: ignore[misc]
     Engine._admit = timed("admit", Engine._admit)
     Engine._step = timed("step", Engine._step)
     Runner.encode = timed("encode", Runner.encode)
@@ -119,7 +168,14 @@ def instrument(cpu_mels: bool) -> None:
     warmup = Runner.warmup
 
     def warm_then_time(self: Runner) -> list[tuple[str, int]]:
+        t0 = time.perf_counter()
         ran = warmup(self)
+        graphs = len(self._graphs) + len(self._encoder_graphs) + len(self._prefill_graphs)
+        memory = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
+        print(
+            f"warm-up {time.perf_counter() - t0:.1f} s: {graphs} graphs ({len(self._prefill_graphs)} prefill), "
+            f"{memory:.1f} GiB reserved"
+        )
         state["on"] = True  # time the run, not the warm-up
         return ran
 
@@ -178,19 +234,21 @@ def main() -> None:
     p.add_argument("--max-admit", type=int, default=64)
     p.add_argument("--profile", action="store_true", help="record the 10th admission with torch.profiler")
     p.add_argument(
-        "--switch-interval", type=float, help="sys.setswitchinterval (s): how long a thread waits for the GIL"
+        "--variant",
+        action="append",
+        type=parse_variant,
+        help="one run per variant, on one warmed engine: comma-separated wait=N (EngineConfig.admit_wait_steps), "
+        "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), cpumels=1 (log-mels on the CPU); "
+        "repeat for more runs (default: one run with the defaults)",
     )
-    p.add_argument("--admit-wait-steps", type=int, default=0, help="EngineConfig.admit_wait_steps")
-    p.add_argument("--admit-ratio", type=float, default=1.0, help="EngineConfig.admit_ratio")
-    p.add_argument("--cpu-mels", action="store_true", help="log-mels on the CPU instead of the GPU")
     args = p.parse_args()
-    if args.switch_interval is not None:
-        sys.setswitchinterval(args.switch_interval)
+    variants = args.variant or [{}]
     if args.profile:
         state["profile_at"] = 10
-    instrument(args.cpu_mels)
+    instrument()
+    run_variants(variants)
     plan = StreamBenchPlan(
-        streams=(args.streams,),
+        streams=(args.streams,) * len(variants),
         device=args.device,
         precision=args.precision,
         audio=args.audio,
@@ -201,14 +259,13 @@ def main() -> None:
         partial_interval_s=args.partial_interval,
         short_windows=True,
         max_admit=args.max_admit,
-        admit_wait_steps=args.admit_wait_steps,
-        admit_ratio=args.admit_ratio,
         vad="oracle",
     )
     doc, _ = run_streams(plan, sys.argv, log=lambda *a: None)
-    figures = doc["figures"]["streams"][0]
-    print({k: figures[k] for k in ("streams", "p50_ms", "p99_ms", "decodes_per_s", "engine_steps_per_s")})
     report()
+    keys = ("streams", "p50_ms", "p99_ms", "decodes_per_s", "engine_steps_per_s", "sender_lag_p99_ms")
+    for variant, figures in zip(variants, doc["figures"]["streams"], strict=True):
+        print(variant or "defaults", {k: figures[k] for k in keys})
 
 
 if __name__ == "__main__":
