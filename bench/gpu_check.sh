@@ -7,8 +7,8 @@
 #   bash bench/gpu_check.sh tests [ASSETS]  the GPU tests: engine, quantization and parity, then the fused kernels
 #   bash bench/gpu_check.sh perf [ASSETS]   the step profile (fused, with and without dependent launch), then
 #                                           `voxserve bench` of the default engine against the unfused one
-#   bash bench/gpu_check.sh streams [ASSETS] the live stream profile at 100 callers (admission policies, GIL
-#                                           switch interval, log-mels on the CPU), then the GPU token oracle
+#   bash bench/gpu_check.sh streams [ASSETS] the live stream profile at 100 callers (admission policies, one
+#                                           admission under torch.profiler), then the GPU token oracle
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
 #   VOXSERVE_SHARED_DATA is set to it for the tests). Made here, before the device call, from the repository root:
 #     mkdir -p .devdata/audio && cp -r ../shared/data/whisper-assets .devdata/ \
@@ -50,8 +50,7 @@ elif [ "$MODE" = perf ]; then
 elif [ "$MODE" = streams ]; then
     part 400 profile-streams python3 bench/profile_streams.py --streams 100 --seconds 10 \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
-        --variant "" --variant wait=16,ratio=1 --variant wait=16,ratio=1,switch=0.0005 \
-        --variant wait=16,ratio=1,switch=0.0005,cpumels=1
+        --profile --variant "" --variant wait=8,ratio=1 --variant wait=16,ratio=1 --variant wait=32,ratio=2
     part 150 tests-oracle python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py -k "reference_fp32" \
         -p no:cacheprovider --durations=5 -rfE
 else

@@ -108,11 +108,11 @@ def watch_loop(simulate: Callable[..., Any]) -> Callable[..., Any]:
     return watched
 
 
-VARIANT_KEYS = {"wait": int, "ratio": float, "switch": float, "cpumels": int}
+VARIANT_KEYS = {"wait": int, "ratio": float, "switch": float, "gpumels": int}
 
 
 def parse_variant(text: str) -> dict[str, float]:
-    """ "wait=16,ratio=1,switch=0.0005,cpumels=1" -> its settings (an empty text: the defaults)."""
+    """ "wait=16,ratio=1,switch=0.0005,gpumels=1" -> its settings (an empty text: the defaults)."""
     out: dict[str, float] = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -148,7 +148,7 @@ def run_variants(variants: list[dict[str, float]]) -> None:
 
     LiveService.__init__ = next_variant  # type: ignore[method-assign]
     streambench.LiveOptions = lambda **kw: options(  # type: ignore[misc]
-        **{**kw, "device_mels": kw.get("device_mels", False) and not current.get("cpumels")}
+        **{**kw, "device_mels": bool(current.get("gpumels"))}
     )
 
 
@@ -238,7 +238,7 @@ def main() -> None:
         action="append",
         type=parse_variant,
         help="one run per variant, on one warmed engine: comma-separated wait=N (EngineConfig.admit_wait_steps), "
-        "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), cpumels=1 (log-mels on the CPU); "
+        "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), gpumels=1 (log-mels on the GPU); "
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()

@@ -93,11 +93,14 @@ class ScriptedService:
         self.stats = LiveStats()
         self.window_samples = 16000 * 30
         self.whisper = SimpleNamespace(tokenizer=SimpleNamespace(is_multilingual=False))
-        self.texts, self.decoded, self.prefixes = list(texts), [], []
+        self.texts, self.decoded, self.prefixes, self.streaming = list(texts), [], [], []
 
-    async def decode(self, samples, *, language, prompt, on_ticket=None, partial=False, prefix=None):
+    async def decode(
+        self, samples, *, language, prompt, on_ticket=None, partial=False, prefix=None, streaming=None
+    ):
         self.decoded.append(len(samples))
         self.prefixes.append(prefix)
+        self.streaming.append(streaming)
         text = self.texts.pop(0)
         if isinstance(text, BaseException):
             raise text
@@ -170,6 +173,8 @@ def test_session_partials_then_final_replaces_them():
     assert {d["item_id"] for d in deltas} == {completed["item_id"]}
     # every chunk's latency is counted once: by a partial, or by the final
     assert len(service.stats.text_latency) == 30
+    # the partials and the final share the item's kept log-mel frames (all start at its first sample)
+    assert len({id(m) for m in service.streaming}) == 1 and service.streaming[0] is not None
 
 
 def test_failed_decodes_are_reported_and_the_session_goes_on():
@@ -273,6 +278,25 @@ def test_window_mel_fills_silence_exactly():
         torch.testing.assert_close(full.mel(y), whole, atol=1e-5, rtol=0)
     silent = full.mel(np.zeros(8000, np.float32))
     torch.testing.assert_close(silent, log_mel_spectrogram(np.zeros(480000, np.float32), 80)[:, :3000])
+
+
+@pytest.mark.parametrize("short_windows", [True, False])
+def test_window_mel_from_kept_frames_equals_the_whole_transform(short_windows):
+    """An utterance's partials and final made from its kept log-mel frames: the same windows as made from
+    scratch, also for a final that ends before the last partial did and past the model's window."""
+    import torch
+
+    from voxserve.audio.streaming_mel import StreamingLogMel
+    from voxserve.live.service import LiveService
+
+    whisper = SimpleNamespace(model=SimpleNamespace(dims=SimpleNamespace(n_audio_ctx=1500, n_mels=80)))
+    engine = SimpleNamespace(runner=SimpleNamespace(device=torch.device("cpu")))
+    service = LiveService(whisper, engine, None, LiveOptions(short_windows=short_windows))
+    x = np.random.default_rng(1).standard_normal(16000 * 32).astype(np.float32) * 0.1
+    kept = StreamingLogMel()
+    for seconds in (0.3, 0.5, 0.7, 1.0, 1.9, 2.1, 4.3, 4.1, 16.0, 29.98, 30.0, 31.0):
+        y = x[: int(16000 * seconds)]
+        torch.testing.assert_close(service.mel(y, kept), service.mel(y), atol=1e-5, rtol=0)
 
 
 def _handle(service, messages: list[dict]) -> tuple[list[dict], LiveSession]:

@@ -98,10 +98,23 @@ def log_mel_spectrogram(
         raise ValueError(
             f"audio has {x.shape[-1]} samples (with padding); the log-mel needs more than {N_FFT // 2}"
         )
-    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_window(x.device), return_complex=True)
-    power = stft[..., :-1].abs() ** 2
+    return normalize_log_mel(log_mel_power(x, n_mels))
+
+
+def log_mel_power(x: Tensor, n_mels: int, *, center: bool = True) -> Tensor:
+    """float32 samples [..., samples] -> log10 mel power [..., n_mels, frames], clamped at ``MIN_POWER`` but not yet
+    floored or scaled (``normalize_log_mel``). ``center``: frames centred on every HOP_LENGTH-th sample, the edges
+    reflected, the last frame dropped (Whisper's framing); False: frames of N_FFT samples from the first sample
+    on, nothing padded (a slice of a longer signal, as ``StreamingLogMel`` computes)."""
+    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_window(x.device), center=center, return_complex=True)
+    power = (stft[..., :-1] if center else stft).abs() ** 2
     mel = _filters(n_mels, x.device) @ power
-    log_spec = torch.clamp(mel, min=MIN_POWER).log10()
+    return torch.clamp(mel, min=MIN_POWER).log10()
+
+
+def normalize_log_mel(log_spec: Tensor) -> Tensor:
+    """``log_mel_power``'s output -> the encoder's input: floored at DYNAMIC_RANGE below the signal's peak, scaled
+    to about [-1, 1]."""
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - DYNAMIC_RANGE)
     return (log_spec + 4.0) / 4.0

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..api import WhisperModel
-from ..audio.features import log_mel_spectrogram, silence_level
+from ..audio.features import log_mel_power, normalize_log_mel, silence_level
+from ..audio.streaming_mel import StreamingLogMel
 from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
 from ..config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from ..decoding.decode import DecodingResult, WindowDecoder
@@ -40,7 +41,9 @@ class LiveOptions:
     window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     # compute log-mels on the engine's device (GPU) instead of the CPU; safe only once every CUDA graph is
     # captured (Runner.warmup at start-up, with the engine's short_window_frames set from short_window_frames()):
-    # a capture while another thread launches device work can fail
+    # a capture while another thread launches device work can fail. Slower under load: their small kernels and
+    # synchronous copies queue between the engine's on its stream (measured in stop 18, see streambench.py); and
+    # on the CPU an utterance's frames are kept between its decodes (audio/streaming_mel.py)
     device_mels: bool = False
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
@@ -297,12 +300,13 @@ class LiveService:
             sample_len = min(spec.sample_len, math.ceil(self.options.max_tokens_per_second * seconds) + 10)
         return decoder, replace(spec, initial_tokens=initial, sample_len=sample_len)
 
-    def mel(self, samples: np.ndarray) -> torch.Tensor:
+    def mel(self, samples: np.ndarray, streaming: StreamingLogMel | None = None) -> torch.Tensor:
         """The window mel for an utterance: padded to the model's window (30 s), or with short_windows to the
-        smallest of window_buckets_s that holds it (the whole window above them)."""
+        smallest of window_buckets_s that holds it (the whole window above them). ``streaming``: the utterance's
+        kept frames, when ``samples`` start at its first sample (log-mels on the CPU only)."""
         n = len(samples)
         if n > self.window_samples:
-            samples, n = samples[-self.window_samples :], self.window_samples
+            samples, n, streaming = samples[-self.window_samples :], self.window_samples, None
         target = self.window_samples
         if self.options.short_windows:
             fits = self.options.short_window_lengths(self.window_samples)
@@ -313,7 +317,12 @@ class LiveService:
         frames, m = target // HOP_LENGTH, min(target, n + N_FFT)
         x = torch.zeros(m, dtype=torch.float32, device=device)
         x[:n] = torch.as_tensor(samples, dtype=torch.float32).to(device)
-        head = log_mel_spectrogram(x, self.whisper.model.dims.n_mels)[:, :frames]
+        n_mels = self.whisper.model.dims.n_mels
+        if streaming is not None and device.type == "cpu":
+            power = streaming.log_power(x, n, n_mels)
+        else:
+            power = log_mel_power(x, n_mels)
+        head = normalize_log_mel(power[:, :frames])
         if head.shape[1] == frames:
             return head
         mel = silence_level(head).expand(head.shape[0], frames).clone()
@@ -329,12 +338,14 @@ class LiveService:
         on_ticket: Callable[[Ticket], None] | None = None,
         partial: bool = False,
         prefix: str | None = None,
+        streaming: StreamingLogMel | None = None,
     ) -> DecodingResult:
         """Decode one utterance (16 kHz samples) at realtime priority; ``on_ticket`` gets the engine ticket
         (to cancel it when the stream goes away). A partial has a deadline (``decode_timeout_s``): past it, its
         result has finish_reason "deadline" and what was decoded by then. ``prefix`` is text forced at the start
         of the transcript (a partial's committed words, which never change): only the rest is decoded, and the
-        result's text is the rest only."""
+        result's text is the rest only. ``streaming`` keeps the utterance's log-mel frames between its decodes
+        (``samples`` must then start at the utterance's first sample)."""
         started = time.monotonic()
         mel = None
         for attempt in range(2):
@@ -345,7 +356,7 @@ class LiveService:
                     self._decoders.clear()  # built for the other model object
             decoder, spec = self.request_spec(language, prompt, prefix, len(samples))
             if mel is None:
-                mel = await asyncio.to_thread(self.mel, samples)
+                mel = await asyncio.to_thread(self.mel, samples, streaming)
             engine = self.engine
             try:
                 deadline = time.monotonic() + self.options.decode_timeout_s if partial else None

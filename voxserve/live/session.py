@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..audio.streaming_mel import StreamingLogMel
 from ..audio.vad import VADEvent, VADOptions
 from ..config import SAMPLE_RATE
 from ..engine.engine import EngineError, Ticket
@@ -69,6 +70,8 @@ class _Item:
     tickets: list[Ticket] = field(default_factory=list)
     last_partial_at: float = float("-inf")
     covered: int = 0  # audio end the latest partial covered
+    # log-mel frames of the item's audio from its start, kept between its partials and its final
+    mels: StreamingLogMel = field(default_factory=StreamingLogMel)
 
 
 class LiveSession:
@@ -371,7 +374,8 @@ class LiveSession:
         prefix = item.agreement.text if self.service.options.prefix_partials and samples.size else ""
         if end - item.start > self.service.window_samples:
             prefix = ""
-        result = await self._decode(item, samples, prefix=prefix)
+        from_start = end - item.start <= self.service.window_samples
+        result = await self._decode(item, samples, prefix=prefix, from_start=from_start)
         if result is None or item.end is not None or self.closed:
             return  # the item ended meanwhile: its final decode answers
         if result.finish_reason in ("deadline", "cancelled"):
@@ -400,7 +404,7 @@ class LiveSession:
         # A manual commit can hold more than one window: decode it window by window.
         window, texts = self.service.window_samples, []
         for i in range(0, max(len(samples), 1), window):
-            result = await self._decode(item, samples[i : i + window], final=True)
+            result = await self._decode(item, samples[i : i + window], final=True, from_start=i == 0)
             if result is None:
                 return
             texts.append(result.text)
@@ -417,12 +421,19 @@ class LiveSession:
             stats.text(arrived, now)
 
     async def _decode(
-        self, item: _Item, samples: np.ndarray, *, final: bool = False, prefix: str = ""
+        self,
+        item: _Item,
+        samples: np.ndarray,
+        *,
+        final: bool = False,
+        prefix: str = "",
+        from_start: bool = False,
     ) -> Any:
         """The decode of ``samples`` for ``item``; None after a failure, which the client is told of (a final's
-        as OpenAI's ``...input_audio_transcription.failed`` event, a partial's as an error event)."""
+        as OpenAI's ``...input_audio_transcription.failed`` event, a partial's as an error event).
+        ``from_start``: the samples start at the item's first sample (its kept log-mel frames apply)."""
         if len(samples) < 400:  # the log-mel needs a few hundred samples; pad tiny items with silence
-            samples = np.pad(samples, (0, 400 - len(samples)))
+            samples, from_start = np.pad(samples, (0, 400 - len(samples))), False
         tickets: list[Ticket] = []
 
         def track(ticket: Ticket) -> None:
@@ -438,6 +449,7 @@ class LiveSession:
                 on_ticket=track,
                 partial=not final,
                 prefix=prefix or None,
+                streaming=item.mels if from_start else None,
             )
         except Exception as e:  # noqa: BLE001 - one stream's failure is reported to it, never raised further
             if not isinstance(e, EngineError):

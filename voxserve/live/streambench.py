@@ -237,7 +237,9 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
             max_streams_per_key=n,
             max_ahead_s=5.0,
             idle_timeout_s=3600.0,
-            device_mels=True,  # every graph is captured by the engine's warm-up before the callers start
+            # Log-mels on the CPU, as a server makes them by default: on the GPU (device_mels) they queued between
+            # the engine's graphs on its stream (100 streams, large-v3 fp16, H100, bench/profile_streams.py:
+            # admissions 93 -> 64 ms of device time, p99 1.66 -> 1.31 s with them on the CPU)
         )
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
