@@ -59,6 +59,7 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
                 out = fn(self, *args, **kwargs)
                 sync()
             recorded.append(prof)
+            state["profile_at"] = -1  # one admission in the whole run
             calls["admit"].append((float("nan"), float("nan")))
             return out
         if name != "mel":  # log-mels run in the loop's worker threads: no device-wide wait from there
@@ -80,6 +81,8 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             shapes["admitted rows"].append(len(args[0]))
         elif name == "encode":
             shapes["encoder (batch, frames)"].append((args[0].shape[0], args[0].shape[-1]))
+        elif name == "prefill":
+            shapes["prefill (rows, tokens)"].append(tuple(args[1].shape))
         elif name == "step":
             shapes["step rows"].append(len(self._active))
         return out
@@ -164,7 +167,7 @@ def instrument() -> None:
     Engine._admit = timed("admit", Engine._admit)
     Engine._step = timed("step", Engine._step)
     Runner.encode = timed("encode", Runner.encode)
-    Runner._prefill = timed("prefill", Runner._prefill)
+    Runner._run_prefill = timed("prefill", Runner._run_prefill)
     warmup = Runner.warmup
 
     def warm_then_time(self: Runner) -> list[tuple[str, int]]:
@@ -203,7 +206,9 @@ def report() -> None:
             f"p99 {1e3 * lag[int(0.99 * (len(lag) - 1))]:.1f} ms, max {1e3 * lag[-1]:.1f} ms ({len(lag)} ticks)"
         )
     for name, values in shapes.items():
-        if name == "encoder (batch, frames)":
+        if name == "prefill (rows, tokens)":
+            print(f"{name}: {sorted(collections.Counter(values).items())}")
+        elif name == "encoder (batch, frames)":
             frames = collections.Counter(v[1] for v in values)
             mean_batch = sum(v[0] for v in values) / len(values)
             print(f"{name}: mean batch {mean_batch:.1f}, passes by frames {sorted(frames.items())}")
@@ -216,7 +221,7 @@ def report() -> None:
         if torch.cuda.is_available():
             print(
                 prof.key_averages().table(
-                    sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=50
+                    sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=50
                 )
             )
 
@@ -232,7 +237,12 @@ def main() -> None:
     p.add_argument("--tiktoken", type=Path, required=True)
     p.add_argument("--partial-interval", type=float, default=0.2)
     p.add_argument("--max-admit", type=int, default=64)
-    p.add_argument("--profile", action="store_true", help="record the 10th admission with torch.profiler")
+    p.add_argument(
+        "--profile",
+        type=int,
+        metavar="N",
+        help="record the first variant's N-th admission with torch.profiler (top CPU and device operations)",
+    )
     p.add_argument(
         "--variant",
         action="append",
@@ -243,8 +253,8 @@ def main() -> None:
     )
     args = p.parse_args()
     variants = args.variant or [{}]
-    if args.profile:
-        state["profile_at"] = 10
+    if args.profile is not None:
+        state["profile_at"] = args.profile
     instrument()
     run_variants(variants)
     plan = StreamBenchPlan(
