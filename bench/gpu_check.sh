@@ -7,8 +7,8 @@
 #   bash bench/gpu_check.sh tests [ASSETS]  the GPU tests: engine, quantization and parity, then the fused kernels
 #   bash bench/gpu_check.sh perf [ASSETS]   the step profile (fused, with and without dependent launch), then
 #                                           `voxserve bench` of the default engine against the unfused one
-#   bash bench/gpu_check.sh streams [ASSETS] the live stream profile at 100 callers (admission policies, one
-#                                           admission under torch.profiler), then `voxserve bench --streams`
+#   bash bench/gpu_check.sh streams [ASSETS] the prefill's GPU tests, the live stream profile at 100 callers
+#                                           (admission policies), then `voxserve bench --streams`
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
 #   VOXSERVE_SHARED_DATA is set to it for the tests). Made here, before the device call, from the repository root:
 #     mkdir -p .devdata/audio && cp -r ../shared/data/whisper-assets .devdata/ \
@@ -48,14 +48,15 @@ elif [ "$MODE" = perf ]; then
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
         --cache /tmp/vb --out "$OUT"
 elif [ "$MODE" = streams ]; then
-    part 260 profile-streams python3 bench/profile_streams.py --streams 100 --seconds 10 \
+    part 150 tests-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "reference_fp32 or by_length" -p no:cacheprovider --durations=5 -rfE
+    part 200 profile-streams python3 bench/profile_streams.py --streams 100 --seconds 10 \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
-        --profile 40 --variant wait=32,ratio=2 --variant wait=64,ratio=4 --variant wait=32,ratio=1000 \
-        --variant wait=16,ratio=2
-    part 300 bench-streams python3 -m voxserve bench --streams 100,200,300 --dims large-v3 --device cuda \
+        --variant wait=16,ratio=2 --variant wait=16,ratio=4
+    part 240 bench-streams python3 -m voxserve bench --streams 100,200,300 --dims large-v3 --device cuda \
         --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
-        --admit-wait-steps 32 --admit-ratio 2 --audio "$ASSETS/audio/hifitts-6097" \
-        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
+        --out "$OUT"
 else
     echo "unknown mode $MODE (tests, perf or streams)" >&2
     exit 2

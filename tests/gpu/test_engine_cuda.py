@@ -194,3 +194,40 @@ def test_mixed_short_windows_with_graphs_equal_the_reference_fp32(tokenizer) -> 
         eng.close()
     assert got == expected
     assert {100, 250, 400, 700} <= lengths  # the short windows ran as graphs too
+
+
+@pytest.mark.parametrize("cross_kv", ["model", "int8"])
+def test_prefill_cross_attention_by_length_equals_the_masked_gather(tokenizer, cross_kv) -> None:
+    """On CUDA the prefill's cross-attention reads each row's slot up to its own length through the decode
+    kernel; the gathered, masked SDPA form (the CPU's) gives the same logits, padding rows included."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=4, cross_kv=cross_kv))
+    eng.close()
+    runner = eng.runner
+    assert runner.cross_by_length
+    g = torch.Generator().manual_seed(0)
+    mels = torch.randn(2, TINY.n_mels, 3000, generator=g).clamp(-1, 1).cuda()
+    full, lang = TINY.n_audio_ctx, tokenizer.sot + 1
+    tokens = torch.zeros(4, 8, dtype=torch.long)
+    tokens[0, :4] = torch.tensor([tokenizer.sot, lang, tokenizer.transcribe, 0])
+    tokens[1, :5] = torch.tensor([tokenizer.sot, lang, tokenizer.transcribe, 7, 9])
+    pad = [runner.scratch] * 2
+    with torch.inference_mode():
+        runner.encode(mels, torch.tensor([2, 0], device="cuda"))
+        got = runner._prefill_logits(
+            torch.tensor([[2, 0, *pad], [900, 1200, 1, 1], [3, 4, 0, 0], [0, 0, 0, 0]]).cuda(),
+            tokens.cuda(),
+            full,
+            False,
+        )
+        runner.cross_by_length = False
+        want = runner._prefill_logits(
+            torch.tensor([[2, 0, *pad], [900, 1200, full, full], [3, 4, 0, 0], [0, 0, 0, 0]]).cuda(),
+            tokens.cuda(),
+            full,
+            True,
+        )
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a[:2], b[:2], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got[0][0], got[0][1])  # the rows differ, so a mix-up would show

@@ -37,6 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="cross-attention K/V storage: the model's dtype (default) or int8 with a scale per (position, head) "
         "(about half the decode step's main memory reads, more slots; CUDA only)",
     )
+    p.add_argument(
+        "--admit-wait-steps",
+        type=int,
+        help="decode steps a running batch may take before waiting requests join it, unless they number "
+        "--admit-ratio times its rows (default 16; 0 joins them at every step: lower latency for a lone new "
+        "request under load, much higher for live streams)",
+    )
+    p.add_argument("--admit-ratio", type=float, help="see --admit-wait-steps (default 2)")
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -71,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["engine_slots"] = args.engine_slots
     if args.cross_kv is not None:
         overrides["engine_cross_kv"] = args.cross_kv
+    if args.admit_wait_steps is not None:
+        overrides["engine_admit_wait_steps"] = args.admit_wait_steps
+    if args.admit_ratio is not None:
+        overrides["engine_admit_ratio"] = args.admit_ratio
     if args.preload is not None:
         overrides["preload"] = args.preload
     try:

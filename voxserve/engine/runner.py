@@ -220,6 +220,12 @@ class Runner:
             if self.device.type == "cuda"
             else 1
         )
+        self._n_sm = n_sm
+        # The prefill's cross-attention reads each row's slot up to its own encoder length through the decode
+        # kernel (one query row per prompt token) instead of gathering every row's whole window and masking it:
+        # at 100 live streams (large-v3 fp16, H100, bench/profile_streams.py) the masked memory-efficient
+        # attention and the gather copies over 1,500 positions were ~48% of a 24 ms admission's device time.
+        self.cross_by_length = self.device.type == "cuda" and fused.triton is not None
         self._splits = {
             b: (
                 choose_splits(b, self.n_head, d.n_text_ctx, n_sm),
@@ -310,7 +316,8 @@ class Runner:
         facts = torch.tensor(
             [
                 slots + [self.scratch] * pad,
-                cross_len + [s] * pad,
+                # padding rows read one position of the scratch slot where reads stop at each row's length
+                cross_len + [1 if self.cross_by_length else s] * pad,
                 [x - 1 for x in lengths] + [0] * pad,
                 [x.sot_index for x in specs] + [0] * pad,
             ]
@@ -343,8 +350,8 @@ class Runner:
         tb = next((x for x in PREFILL_GRAPH_TOKENS if x >= t), 0)
         full = self.model.dims.n_audio_ctx
         if self._graphed_prefill(b, tb, full):
-            return b, tb, full, masked or s < full
-        return n, t, s, masked
+            return b, tb, full, (masked or s < full) and not self.cross_by_length
+        return n, t, s, masked and not self.cross_by_length
 
     def _graphed_prefill(self, b: int, t: int, s: int) -> bool:
         return (
@@ -400,6 +407,8 @@ class Runner:
         if masked:
             mask = (torch.arange(s, device=self.device)[None, :] < cross_len_t[:, None])[:, None, None, :]
         x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
+        if self.cross_by_length:  # one query row per prompt token, reading its row's slot
+            by_token = (slot_t.repeat_interleave(t), cross_len_t.repeat_interleave(t))
         for i, layer in enumerate(dec.layers):
             q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
             # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
@@ -407,14 +416,37 @@ class Runner:
             self.self_k[i, slot_t, :t] = k
             self.self_v[i, slot_t, :t] = v
             x = x + layer.attn.attend(q, k, v, None, causal=True)
-            # Cross-attention over the rows' slots, gathered once per layer (all queries of a row read its keys
-            # together), masked past each row's own encoder length.
-            ck, cv = self._read_cross(i, slot_t, s)
-            q = split_heads(layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x)), h)
-            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=mask)
-            x = x + layer.cross_attn.out(merge_heads(a))
+            q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
+            if self.cross_by_length:
+                a = self._cross_by_length(i, q, *by_token)
+            else:
+                # Cross-attention over the rows' slots, gathered once per layer (all queries of a row read its
+                # keys together), masked past each row's own encoder length.
+                ck, cv = self._read_cross(i, slot_t, s)
+                a = merge_heads(F.scaled_dot_product_attention(split_heads(q, h), ck, cv, attn_mask=mask))
+            x = x + layer.cross_attn.out(a)
             x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
         return x
+
+    def _cross_by_length(self, layer: int, q: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
+        """Cross-attention of decoder layer ``layer`` for prompt queries q [n, t, C] whose slots and encoder
+        lengths are ``rows`` and ``lengths`` [n * t] (each row's repeated per token): [n, t, C]."""
+        n, t, c = q.shape
+        scales = None
+        if self.cross_scales is not None:
+            scales = (self.cross_scales[0][layer], self.cross_scales[1][layer])
+        a = decode_attention(
+            q.reshape(n * t, self.n_head, self.head_dim),
+            self.cross_k[layer],
+            self.cross_v[layer],
+            rows,
+            lengths,
+            splits=choose_splits(n * t, self.n_head, self.model.dims.n_audio_ctx, self._n_sm),
+            block_n=128,
+            num_warps=2,
+            scales=scales,
+        )
+        return a.view(n, t, c)
 
     def _write_cross(self, layer: int, slot_t: Tensor, s: int, ck: Tensor, cv: Tensor) -> None:
         """Write cross K/V [n, s, C] of decoder layer ``layer`` into the slots ``slot_t`` (in the cache's layout)."""
@@ -577,8 +609,9 @@ class Runner:
                 mel = torch.zeros(b, n_mels, frames, dtype=self.dtype, device=self.device)
                 self.encode(mel, torch.full((b,), self.scratch, dtype=torch.long, device=self.device))
                 ran.append((f"encoder {frames}", b))
-        if self.prefill_graphs:  # masked too where short windows will come
-            for masked in (False, True) if len(self.window_frames) > 1 else (False,):
+        if self.prefill_graphs:  # masked too where short windows will come (unless reads stop at each length)
+            short = len(self.window_frames) > 1 and not self.cross_by_length
+            for masked in (False, True) if short else (False,):
                 for b in self.encoder_buckets:
                     for t in PREFILL_GRAPH_TOKENS:
                         self._prefill_graph(b, t, self.model.dims.n_audio_ctx, masked).replay()

@@ -56,6 +56,8 @@ class ServerContext:
             max_slots=settings.engine_slots,
             short_window_frames=live.short_window_frames(N_FRAMES),
             cross_kv=settings.engine_cross_kv,
+            admit_wait_steps=settings.engine_admit_wait_steps,
+            admit_ratio=settings.engine_admit_ratio,
         )
         registry = ModelRegistry(
             settings.models,
