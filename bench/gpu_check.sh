@@ -48,12 +48,12 @@ elif [ "$MODE" = perf ]; then
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
         --cache /tmp/vb --out "$OUT"
 elif [ "$MODE" = streams ]; then
-    part 150 tests-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+    part 120 tests-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
         -k "reference_fp32 or by_length" -p no:cacheprovider --durations=5 -rfE
-    part 200 profile-streams python3 bench/profile_streams.py --streams 100 --seconds 10 \
+    part 180 profile-streams python3 bench/profile_streams.py --streams 100 --seconds 10 \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
-        --variant wait=16,ratio=2 --variant wait=16,ratio=4
-    part 240 bench-streams python3 -m voxserve bench --streams 100,200,300 --dims large-v3 --device cuda \
+        --variant wait=0 --variant wait=16,ratio=2
+    part 220 bench-streams python3 -m voxserve bench --streams 100,200,300 --dims large-v3 --device cuda \
         --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
         --out "$OUT"
