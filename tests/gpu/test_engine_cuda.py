@@ -111,8 +111,10 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_s
             for g, r in zip(got, ref, strict=True):
                 assert g.avg_logprob == pytest.approx(r.avg_logprob, abs=1e-3)
         assert eng.runner._graphs, "the decode step should have run as captured graphs"
-        # The prefill ran as captured graphs too: 3- and 4-token prompts of 1 or 2 rows, padded to 4 tokens.
-        assert eng.runner._prefill_shape(1, 3, 700, True) == (1, 4, model.dims.n_audio_ctx, True)
+        # The prefill ran as captured graphs too: 3- and 4-token prompts of 1 or 2 rows, padded to 4 tokens; a
+        # short window in the full window's graph, unmasked (its cross-attention reads stop at each row's length).
+        assert eng.runner.cross_by_length
+        assert eng.runner._prefill_shape(1, 3, 700, True) == (1, 4, model.dims.n_audio_ctx, False)
         assert (1, 4, model.dims.n_audio_ctx, False) in eng.runner._prefill_graphs
         assert (2, 4, model.dims.n_audio_ctx, False) in eng.runner._prefill_graphs
         # The prompted windows' longer prompts (previous text) ran through a longer prompt-length bucket's graph.
