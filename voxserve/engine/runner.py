@@ -344,8 +344,9 @@ class Runner:
     def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int, int, bool]:
         """(rows, prompt tokens, encoder positions, masked) the prefill of ``n`` rows with prompts up to ``t``
         tokens over ``s`` encoder positions runs at: a captured graph's (the next admission bucket and prompt-
-        length bucket up; windows shorter than the model's over all its positions, each row masked past its own
-        length, so that one graph serves every short-window length), else as they are."""
+        length bucket up; windows shorter than the model's over all its positions, so that one graph serves every
+        short-window length: each row masked past its own length, or unmasked where the cross-attention reads stop
+        at each row's length anyway, ``cross_by_length``), else as they are."""
         b = next((x for x in self.encoder_buckets if x >= n), 0)
         tb = next((x for x in PREFILL_GRAPH_TOKENS if x >= t), 0)
         full = self.model.dims.n_audio_ctx

@@ -107,7 +107,8 @@ class EngineConfig:
     lookahead: bool | None = None
     # with cuda_graphs: capture the prefill of prompts of up to 64 tokens at each admission batch bucket and
     # prompt-length bucket (runner.PREFILL_GRAPH_TOKENS: Whisper's usual 4, then live partials' forced prefixes and
-    # short prompts), short windows masked within the full window's graph; longer prompts run eagerly
+    # short prompts), short windows in the full window's graph (their cross-attention reads stop at each row's
+    # length; masked where the decode kernel is missing); longer prompts run eagerly
     prefill_graphs: bool = True
     # how the cross-attention K/V (most of a batched decode step's memory reads) is stored: "model" in the model's
     # dtype; "int8" with a float32 scale per (position, head) (engine/kv8.py): 53% of the reads and ~36% less memory
