@@ -1,4 +1,4 @@
-"""The server's admission policy settings: validated, defaulting to the live-stream values, and passed to the
+"""The server's admission policy settings: validated, admitting at every step by default, and passed to the
 engines it builds (``voxserve serve --admit-wait-steps/--admit-ratio``)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from voxserve.server.settings import ServerSettings  # noqa: E402
 
 def test_defaults_and_validation():
     s = ServerSettings()
-    assert (s.engine_admit_wait_steps, s.engine_admit_ratio) == (16, 2.0)
+    assert (s.engine_admit_wait_steps, s.engine_admit_ratio) == (0, 2.0)
     for bad in ({"engine_admit_wait_steps": -1}, {"engine_admit_ratio": 0}):
         with pytest.raises(ValidationError):
             ServerSettings(**bad)
@@ -23,7 +23,7 @@ def test_defaults_and_validation():
 
 def test_the_engines_get_the_policy(tmp_path):
     settings = ServerSettings(
-        engine_admit_wait_steps=0,
+        engine_admit_wait_steps=24,
         engine_admit_ratio=3.5,
         preload=False,
         jobs_db=tmp_path / "jobs.sqlite3",
@@ -32,6 +32,6 @@ def test_the_engines_get_the_policy(tmp_path):
     ctx = ServerContext.build(settings)
     try:
         config = ctx.registry.engine_config
-        assert (config.admit_wait_steps, config.admit_ratio) == (0, 3.5)
+        assert (config.admit_wait_steps, config.admit_ratio) == (24, 3.5)
     finally:
         ctx.pool.shutdown(wait=False)

@@ -148,9 +148,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     live.add_argument(
         "--admit-wait-steps",
         type=int,
-        default=16,
+        default=0,
         help="decode steps the running rows may run before waiting windows join them, unless those number "
-        "--admit-ratio times the running rows (default 16, as `voxserve serve`; 0: join at every step)",
+        "--admit-ratio times the running rows (default 0, as `voxserve serve`: join at every step)",
     )
     live.add_argument("--admit-ratio", type=float, default=2.0, help="see --admit-wait-steps (default 2)")
     live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")

@@ -41,8 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--admit-wait-steps",
         type=int,
         help="decode steps a running batch may take before waiting requests join it, unless they number "
-        "--admit-ratio times its rows (default 16; 0 joins them at every step: lower latency for a lone new "
-        "request under load, much higher for live streams)",
+        "--admit-ratio times its rows (default 0: they join at every step; more gathers larger admissions, "
+        "which helped live streams when admissions were costly)",
     )
     p.add_argument("--admit-ratio", type=float, help="see --admit-wait-steps (default 2)")
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)

@@ -59,7 +59,7 @@ class StreamBenchPlan:
     tokens_per_second: float = 3.0
     slots: int | None = None  # engine slots; None: the engine's own choice
     max_admit: int = 32  # windows the engine admits (and encodes) per turn
-    admit_wait_steps: int = 16  # EngineConfig.admit_wait_steps / admit_ratio, as the server's defaults
+    admit_wait_steps: int = 0  # EngineConfig.admit_wait_steps / admit_ratio, as the server's defaults
     admit_ratio: float = 2.0
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
