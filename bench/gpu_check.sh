@@ -8,7 +8,7 @@
 #   bash bench/gpu_check.sh perf [ASSETS]   the step profile (fused, with and without dependent launch), then
 #                                           `voxserve bench` of the default engine against the unfused one
 #   bash bench/gpu_check.sh streams [ASSETS] the prefill's GPU tests, the live stream profile at 100 callers
-#                                           (admission policies), then `voxserve bench --streams`
+#                                           (three sets of short-window lengths), then `voxserve bench --streams`
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
 #   VOXSERVE_SHARED_DATA is set to it for the tests). Made here, before the device call, from the repository root:
 #     mkdir -p .devdata/audio && cp -r ../shared/data/whisper-assets .devdata/ \
@@ -50,9 +50,11 @@ elif [ "$MODE" = perf ]; then
 elif [ "$MODE" = streams ]; then
     part 120 tests-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
         -k "reference_fp32 or by_length" -p no:cacheprovider --durations=5 -rfE
-    part 180 profile-streams python3 bench/profile_streams.py --streams 100 --seconds 10 \
-        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
-        --variant wait=0 --variant wait=16,ratio=2
+    for buckets in 1,2,4,8,16 2,8,16 4,16; do  # fewer window lengths: fewer encoder passes, more padding
+        part 110 "profile-streams-$buckets" python3 bench/profile_streams.py --streams 100 --seconds 10 \
+            --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
+            --window-buckets "$buckets"
+    done
     part 220 bench-streams python3 -m voxserve bench --streams 100,200,300 --dims large-v3 --device cuda \
         --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \

@@ -238,6 +238,11 @@ def main() -> None:
     p.add_argument("--partial-interval", type=float, default=0.2)
     p.add_argument("--max-admit", type=int, default=64)
     p.add_argument(
+        "--window-buckets",
+        type=lambda t: tuple(float(x) for x in t.split(",")),
+        help="short windows' lengths in seconds, comma-separated (default: LiveOptions', 1,2,4,8,16)",
+    )
+    p.add_argument(
         "--profile",
         type=int,
         metavar="N",
@@ -268,6 +273,7 @@ def main() -> None:
         seconds=args.seconds,
         partial_interval_s=args.partial_interval,
         short_windows=True,
+        window_buckets_s=args.window_buckets,
         max_admit=args.max_admit,
         vad="oracle",
     )

@@ -1,4 +1,4 @@
-"""The server's admission policy settings: validated, admitting at every step by default, and passed to the
+"""The server's engine settings for live streams (the admission policy, the short windows' lengths): validated, admitting at every step by default, and passed to the
 engines it builds (``voxserve serve --admit-wait-steps/--admit-ratio``)."""
 
 from __future__ import annotations
@@ -33,5 +33,20 @@ def test_the_engines_get_the_policy(tmp_path):
     try:
         config = ctx.registry.engine_config
         assert (config.admit_wait_steps, config.admit_ratio) == (24, 3.5)
+    finally:
+        ctx.pool.shutdown(wait=False)
+
+
+def test_short_window_lengths_reach_the_engine_warm_up(tmp_path):
+    settings = ServerSettings(
+        realtime_short_windows=True,
+        realtime_window_buckets_s=(2.0, 8.0),
+        preload=False,
+        jobs_db=tmp_path / "jobs.sqlite3",
+        jobs_dir=tmp_path / "jobs",
+    )
+    ctx = ServerContext.build(settings)
+    try:
+        assert ctx.registry.engine_config.short_window_frames == (200, 800)
     finally:
         ctx.pool.shutdown(wait=False)

@@ -37,6 +37,9 @@ def test_plan_is_checked(tmp_path):
         ({"chunk_ms": 5}, "chunk-ms"),
         ({"precision": "int4"}, "precision"),
         ({"vad": "energy"}, "silero or oracle"),
+        ({"window_buckets_s": ()}, "window-buckets"),
+        ({"window_buckets_s": (2.0, 0.0)}, "window-buckets"),
+        ({"window_buckets_s": (45.0,)}, "window-buckets"),
     ]:
         with pytest.raises(BenchError, match=match):
             _plan(tmp_path, **bad)
@@ -124,3 +127,20 @@ def test_callers_send_whole_pcm16_chunks():
     assert len(payloads) == 3  # the last 100 samples are no whole chunk
     assert b"".join(base64.b64decode(p) for p in payloads) == pcm[:900].tobytes()
     assert session_update("en")["session"]["input_audio_transcription"] == {"language": "en"}
+
+
+def test_window_buckets_flag_parses_and_records_as_typed():
+    """`--window-buckets 2,8,16` reaches the plan as seconds, and the result file's command line spells it as
+    typed, so the run can be repeated; a malformed list is a usage error."""
+    import argparse
+
+    from voxserve.cli import bench as cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--streams", "2", "--short-windows", "--window-buckets", "2,8,16"])
+    assert args.window_buckets == (2.0, 8.0, 16.0)
+    line = cli.command_line(args)
+    assert line[line.index("--window-buckets") + 1] == "2,8,16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--window-buckets", "2,x"])

@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 
+def _seconds_list(text: str) -> tuple[float, ...]:
+    """ "1,2,4" -> (1.0, 2.0, 4.0), for argparse (a clear error on anything else)."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}") from None
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -136,6 +144,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="encode only the audio an utterance has instead of a padded 30 s window",
     )
     live.add_argument(
+        "--window-buckets",
+        type=_seconds_list,
+        help="with --short-windows: the window lengths in seconds an utterance is padded up to, comma-separated "
+        "(default 1,2,4,8,16; fewer lengths mean fewer encoder passes per admission, more padding)",
+    )
+    live.add_argument(
         "--tokens-per-second",
         type=float,
         default=3.0,
@@ -180,6 +194,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
         if key in ("func", "command") or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
+        if isinstance(value, tuple):  # as typed: comma-separated
+            value = ",".join(f"{v:g}" for v in value)
         parts += [flag] if value is True else [flag, str(value)]
     return parts
 
@@ -273,6 +289,7 @@ def run_streams(args: argparse.Namespace) -> int:
             chunk_ms=args.chunk_ms,
             partial_interval_s=args.partial_interval,
             short_windows=args.short_windows,
+            window_buckets_s=args.window_buckets,
             tokens_per_second=args.tokens_per_second,
             slots=args.slots,
             max_admit=args.max_admit,

@@ -56,6 +56,8 @@ class StreamBenchPlan:
     chunk_ms: int = 100
     partial_interval_s: float = 0.3
     short_windows: bool = False
+    # with short_windows: the window lengths (seconds) an utterance is padded up to; None: LiveOptions' own
+    window_buckets_s: tuple[float, ...] | None = None
     tokens_per_second: float = 3.0
     slots: int | None = None  # engine slots; None: the engine's own choice
     max_admit: int = 32  # windows the engine admits (and encodes) per turn
@@ -82,6 +84,10 @@ class StreamBenchPlan:
             raise BenchError(f"--transport must be inproc or ws, got {self.transport!r}")
         if self.vad not in ("silero", "oracle"):
             raise BenchError(f"--vad must be silero or oracle, got {self.vad!r}")
+        if self.window_buckets_s is not None and (
+            not self.window_buckets_s or any(not 0 < b <= 30 for b in self.window_buckets_s)
+        ):
+            raise BenchError(f"--window-buckets must be seconds in (0, 30], got {self.window_buckets_s}")
         if self.precision not in PRECISIONS:
             raise BenchError(f"--precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
@@ -210,7 +216,8 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         fixed = plan.tokens_per_second
         log(f"random {plan.dims} weights, {fixed:g} tokens per second of audio")
     language = "en" if whisper.tokenizer.is_multilingual else None
-    frames = LiveOptions(short_windows=plan.short_windows).short_window_frames(
+    buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
+    frames = LiveOptions(short_windows=plan.short_windows, **buckets).short_window_frames(
         2 * whisper.model.dims.n_audio_ctx
     )
     config = EngineConfig(
@@ -232,6 +239,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         return LiveOptions(
             partial_interval_s=plan.partial_interval_s,
             short_windows=plan.short_windows,
+            **buckets,
             fixed_tokens_per_second=fixed,
             max_streams=n,
             max_streams_per_key=n,

@@ -51,7 +51,10 @@ class ServerContext:
     def build(cls, settings: ServerSettings, *, loader: ModelLoader | None = None) -> ServerContext:
         metrics = ServerMetrics()
         # realtime short windows: warm-up captures the encoder at their lengths too
-        live = LiveOptions(short_windows=settings.realtime_short_windows)
+        live = LiveOptions(
+            short_windows=settings.realtime_short_windows,
+            window_buckets_s=tuple(settings.realtime_window_buckets_s),
+        )
         engine_config = EngineConfig(
             max_slots=settings.engine_slots,
             short_window_frames=live.short_window_frames(N_FRAMES),

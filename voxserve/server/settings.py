@@ -78,6 +78,8 @@ class ServerSettings(BaseSettings):
     realtime_max_streams_per_key: int = 16
     realtime_partial_interval_s: float = 0.3
     realtime_short_windows: bool = False
+    # with short windows: the lengths (seconds) an utterance's window is padded up to (LiveOptions.window_buckets_s)
+    realtime_window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     realtime_idle_timeout_s: float = 60.0
     realtime_max_ahead_s: float = 10.0
     # live log-mels on the GPU: only with every CUDA graph captured at start-up (see LiveOptions.device_mels)
