@@ -10,7 +10,7 @@ measure it.
 python3 bench/profile_streams.py --streams 100 --dims large-v3 --device cuda --precision fp16 \\
     --audio .devdata/audio/hifitts-6097 \\
     --tiktoken .devdata/whisper-assets/multilingual.tiktoken [--profile] \\
-    [--variant wait=16,ratio=1 --variant wait=16,ratio=1,switch=0.0005 ...]
+    [--variant wait=16,ratio=2 --variant wait=16,ratio=2,switch=0.0005 ...]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from voxserve.engine.engine import Engine
 from voxserve.engine.runner import Runner
+from voxserve.engine.types import EngineConfig
 from voxserve.live import streambench
 from voxserve.live.service import LiveService
 from voxserve.live.streambench import StreamBenchPlan, run_streams
@@ -143,8 +144,8 @@ def run_variants(variants: list[dict[str, float]]) -> None:
         print(f"--- variant {current or 'defaults'}")
         engine.config = replace(
             engine.config,
-            admit_wait_steps=int(current.get("wait", 0)),
-            admit_ratio=float(current.get("ratio", 1.0)),
+            admit_wait_steps=int(current.get("wait", EngineConfig.admit_wait_steps)),
+            admit_ratio=float(current.get("ratio", EngineConfig.admit_ratio)),
         )
         sys.setswitchinterval(current.get("switch", 0.005))
         init(self, whisper, engine, *args, **kwargs)

@@ -409,7 +409,9 @@ class Runner:
             mask = (torch.arange(s, device=self.device)[None, :] < cross_len_t[:, None])[:, None, None, :]
         x = (dec.token_embedding(tokens) + dec.positional_embedding[:t]).to(self.dtype)
         if self.cross_by_length:  # one query row per prompt token, reading its row's slot
-            by_token = (slot_t.repeat_interleave(t), cross_len_t.repeat_interleave(t))
+            n_rows = tokens.shape[0] * t
+            splits = choose_splits(n_rows, h, self.model.dims.n_audio_ctx, self._n_sm)
+            by_token = (slot_t.repeat_interleave(t), cross_len_t.repeat_interleave(t), splits)
         for i, layer in enumerate(dec.layers):
             q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
             # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
@@ -429,9 +431,10 @@ class Runner:
             x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
         return x
 
-    def _cross_by_length(self, layer: int, q: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
+    def _cross_by_length(self, layer: int, q: Tensor, rows: Tensor, lengths: Tensor, splits: int) -> Tensor:
         """Cross-attention of decoder layer ``layer`` for prompt queries q [n, t, C] whose slots and encoder
-        lengths are ``rows`` and ``lengths`` [n * t] (each row's repeated per token): [n, t, C]."""
+        lengths are ``rows`` and ``lengths`` [n * t] (each row's repeated per token), in ``splits`` key ranges:
+        [n, t, C]."""
         n, t, c = q.shape
         scales = None
         if self.cross_scales is not None:
@@ -442,7 +445,7 @@ class Runner:
             self.cross_v[layer],
             rows,
             lengths,
-            splits=choose_splits(n * t, self.n_head, self.model.dims.n_audio_ctx, self._n_sm),
+            splits=splits,
             block_n=128,
             num_warps=2,
             scales=scales,

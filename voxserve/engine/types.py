@@ -123,7 +123,7 @@ class EngineConfig:
     # Live partials are many short decodes of similar length: admitting at every step made each of their tokens
     # wait for a whole admission (bench/profile_streams.py: 163 ms admissions between 22 ms steps).
     admit_wait_steps: int = 0
-    admit_ratio: float = 1.0
+    admit_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:

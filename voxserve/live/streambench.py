@@ -61,8 +61,8 @@ class StreamBenchPlan:
     tokens_per_second: float = 3.0
     slots: int | None = None  # engine slots; None: the engine's own choice
     max_admit: int = 32  # windows the engine admits (and encodes) per turn
-    admit_wait_steps: int = 0  # EngineConfig.admit_wait_steps / admit_ratio, as the server's defaults
-    admit_ratio: float = 2.0
+    admit_wait_steps: int = EngineConfig.admit_wait_steps  # the engine's admission policy, as the server's
+    admit_ratio: float = EngineConfig.admit_ratio
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
@@ -247,7 +247,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
             idle_timeout_s=3600.0,
             # Log-mels on the CPU, as a server makes them by default: on the GPU (device_mels) they queued between
             # the engine's graphs on its stream (100 streams, large-v3 fp16, H100, bench/profile_streams.py:
-            # admissions 93 -> 64 ms of device time, p99 1.66 -> 1.31 s with them on the CPU)
+            # admissions 98 -> 64 ms of device time, p99 1.71 -> 1.31 s with them on the CPU)
         )
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
