@@ -31,6 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from voxserve.engine.engine import Engine
+from voxserve.engine.packed import pass_size
 from voxserve.engine.runner import Runner
 from voxserve.engine.types import EngineConfig
 from voxserve.live import streambench
@@ -82,6 +83,11 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             shapes["admitted rows"].append(len(args[0]))
         elif name == "encode":
             shapes["encoder (batch, frames)"].append((args[0].shape[0], args[0].shape[-1]))
+        elif name == "packed":
+            used = sum(m.shape[-1] for m in args[0]) // 2
+            shapes["packed encoder positions (rows, used, pass)"].append(
+                (len(args[0]), used, pass_size(used, self.model.dims.n_audio_ctx))
+            )
         elif name == "prefill":
             shapes["prefill (rows, tokens)"].append(tuple(args[1].shape))
         elif name == "step":
@@ -112,7 +118,7 @@ def watch_loop(simulate: Callable[..., Any]) -> Callable[..., Any]:
     return watched
 
 
-VARIANT_KEYS = {"wait": int, "ratio": float, "switch": float, "gpumels": int}
+VARIANT_KEYS = {"wait": int, "ratio": float, "switch": float, "gpumels": int, "packed": int, "every": float}
 
 
 def parse_variant(text: str) -> dict[str, float]:
@@ -148,12 +154,18 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             admit_ratio=float(current.get("ratio", EngineConfig.admit_ratio)),
         )
         sys.setswitchinterval(current.get("switch", 0.005))
+        if "packed" in current:
+            engine.runner.packed_encoder = bool(current["packed"])
         init(self, whisper, engine, *args, **kwargs)
 
+    def variant_options(**kw: Any) -> Any:
+        if "every" in current:  # short windows every S seconds up to the model's 30 s
+            step = current["every"]
+            kw["window_buckets_s"] = tuple(step * k for k in range(1, int(30 / step)) if step * k < 30)
+        return options(**{**kw, "device_mels": bool(current.get("gpumels"))})
+
     LiveService.__init__ = next_variant  # type: ignore[method-assign]
-    streambench.LiveOptions = lambda **kw: options(  # type: ignore[misc]
-        **{**kw, "device_mels": bool(current.get("gpumels"))}
-    )
+    streambench.LiveOptions = variant_options  # type: ignore[misc]
 
 
 def clear() -> None:
@@ -168,6 +180,7 @@ def instrument() -> None:
     Engine._admit = timed("admit", Engine._admit)
     Engine._step = timed("step", Engine._step)
     Runner.encode = timed("encode", Runner.encode)
+    Runner.encode_packed = timed("packed", Runner.encode_packed)
     Runner._run_prefill = timed("prefill", Runner._run_prefill)
     warmup = Runner.warmup
 
@@ -177,9 +190,15 @@ def instrument() -> None:
         graphs = len(self._graphs) + len(self._encoder_graphs) + len(self._prefill_graphs)
         memory = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
         print(
-            f"warm-up {time.perf_counter() - t0:.1f} s: {graphs} graphs ({len(self._prefill_graphs)} prefill), "
-            f"{memory:.1f} GiB reserved"
+            f"warm-up {time.perf_counter() - t0:.1f} s: {graphs} graphs ({len(self._prefill_graphs)} prefill, "
+            f"{len(self._packed_graphs)} packed encoder), {memory:.1f} GiB reserved"
         )
+        if self.packed_encoder:  # a variant may switch packing off: its per-length encoder graphs too
+            t0 = time.perf_counter()
+            self.packed_encoder = False
+            warmup(self)
+            self.packed_encoder = True
+            print(f"per-length encoder graphs as well: {time.perf_counter() - t0:.1f} s more")
         state["on"] = True  # time the run, not the warm-up
         return ran
 
@@ -187,7 +206,7 @@ def instrument() -> None:
 
 
 def report() -> None:
-    for name in ("admit", "encode", "prefill", "step", "mel"):
+    for name in ("admit", "encode", "packed", "prefill", "step", "mel"):
         timed_calls = [c for c in calls[name] if c[0] == c[0]]  # without the profiled one
         if timed_calls:
             host = 1e3 * sum(c[0] for c in timed_calls) / len(timed_calls)
@@ -213,6 +232,9 @@ def report() -> None:
             frames = collections.Counter(v[1] for v in values)
             mean_batch = sum(v[0] for v in values) / len(values)
             print(f"{name}: mean batch {mean_batch:.1f}, passes by frames {sorted(frames.items())}")
+        elif name.startswith("packed"):
+            means = [sum(v[k] for v in values) / len(values) for k in range(3)]
+            print(f"{name}: mean rows {means[0]:.1f}, positions used {means[1]:.0f} of {means[2]:.0f} a pass")
         else:
             print(f"{name}: mean {sum(values) / len(values):.1f}")
     for prof in recorded:
@@ -254,7 +276,9 @@ def main() -> None:
         action="append",
         type=parse_variant,
         help="one run per variant, on one warmed engine: comma-separated wait=N (EngineConfig.admit_wait_steps), "
-        "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), gpumels=1 (log-mels on the GPU); "
+        "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), gpumels=1 (log-mels on the GPU), "
+        "packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), every=S (short windows every "
+        "S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length); "
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()

@@ -17,7 +17,7 @@ from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions
-from voxserve.engine import kv8
+from voxserve.engine import kv8, packed
 from voxserve.engine.attention import decode_attention, reference_decode_attention
 from voxserve.engine.types import EngineConfig
 from voxserve.tokenizer import Tokenizer
@@ -233,3 +233,102 @@ def test_prefill_cross_attention_by_length_equals_the_masked_gather(tokenizer, c
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a[:2], b[:2], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got[0][0], got[0][1])  # the rows differ, so a mix-up would show
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("cross_kv", ["model", "int8"])
+def test_packed_encoder_passes_equal_each_window_encoded_alone_fp16(tokenizer, cross_kv) -> None:
+    """Packed passes (engine/packed.py) replayed from their graphs (the same pass size twice with other rows, so
+    stale inputs would show), and run eagerly past the row limit, give each row the features and cross K/V it gets
+    encoded alone, within fp16 rounding (FlashAttention's variable-length form against batched SDPA)."""
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
+    config = EngineConfig(max_slots=8, max_admit=4, cross_kv=cross_kv, short_window_frames=(100, 400))
+    eng = make_engine(model, tokenizer, config)
+    eng.close()
+    runner = eng.runner
+    assert runner.packed_encoder and runner._packed_graphed
+    g = torch.Generator().manual_seed(0)
+    cases = [([400, 100, 2], True), ([300, 200], True), ([3000] * 4, True), ([200, 3000, 64, 800, 2], False)]
+    for frames, graphed in cases:
+        mels = [torch.randn(TINY.n_mels, f, generator=g).clamp(-1, 1).half().cuda() for f in frames]
+        slots = list(range(len(frames)))
+        with torch.inference_mode():
+            features = runner.encode_packed(mels, slots).clone()
+            caches = [x.clone() for x in (runner.cross_k, runner.cross_v, *(runner.cross_scales or ()))]
+            start = 0
+            for mel, slot in zip(mels, slots, strict=True):
+                alone = runner.encode(mel[None], torch.tensor([slot], device="cuda"))[0]
+                n = len(alone)
+                assert _rel_err(features[start : start + n], alone) < 5e-3, (frames, slot)
+                if cross_kv == "model":
+                    for got, want in zip(caches, (runner.cross_k, runner.cross_v), strict=True):
+                        assert _rel_err(got[:, slot, :n], want[:, slot, :n]) < 5e-3, (frames, slot)
+                else:
+                    for got, got_scale, want, want_scale in zip(
+                        caches[:2],
+                        caches[2:],
+                        (runner.cross_k, runner.cross_v),
+                        runner.cross_scales,
+                        strict=True,
+                    ):
+                        a = kv8.dequantize(got[:, slot, :n], got_scale[:, slot, :, :n], torch.float32)
+                        b = kv8.dequantize(want[:, slot, :n], want_scale[:, slot, :, :n], torch.float32)
+                        assert _rel_err(a, b) < 1.5e-2, (frames, slot)
+                start += n
+        size = packed.pass_size(sum(frames) // 2, TINY.n_audio_ctx)
+        assert (size in runner._packed_graphs) is graphed
+
+
+def test_packed_encoder_fp32_engine_equals_the_reference(tokenizer) -> None:
+    """Packing asked for in fp32 on CUDA (eager passes: no FlashAttention in fp32) decodes mixed short windows
+    exactly as the reference does, window by window."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    mels = []
+    for seconds in (1, 2.5, 2.5, 4, 7, 30):
+        mel = log_mel_spectrogram(speech[: int(16000 * seconds)], 80)
+        mels.append(mel[:, : min(mel.shape[-1] // 2 * 2, 3000)].cuda())
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
+    expected = [decode_windows(model, tokenizer, m[None], options)[0].tokens for m in mels]
+    config = EngineConfig(max_slots=6, max_admit=6, short_window_frames=(100,), packed_encoder=True)
+    eng = make_engine(model, tokenizer, config)
+    try:
+        assert eng.runner.packed_encoder and not eng.runner._packed_graphed
+        batch = BatchDecoder(eng, model, tokenizer)
+        pending = [batch.submit(m, options) for m in mels]
+        got = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
+    finally:
+        eng.close()
+    assert got == expected
+
+
+def test_packed_encoder_fp16_engine_decodes_as_per_length_batches(tokenizer) -> None:
+    """The fp16 engine with packed, graphed passes (the default on CUDA) decodes mixed short windows to the
+    tokens of the same engine encoding one batch per length."""
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    mels = []
+    for seconds in (1, 2.5, 2.5, 4, 7, 11):
+        mel = log_mel_spectrogram(speech[: int(16000 * seconds)], 80)
+        mels.append(mel[:, : mel.shape[-1] // 2 * 2].half().cuda())
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
+    results = {}
+    for packing in (False, True):
+        config = EngineConfig(
+            max_slots=6, max_admit=6, short_window_frames=(100, 400), packed_encoder=packing
+        )
+        eng = make_engine(model, tokenizer, config)
+        try:
+            ran = eng.runner.warmup()
+            assert (("packed encoder", 256) in ran) is packing
+            batch = BatchDecoder(eng, model, tokenizer)
+            pending = [batch.submit(m, options) for m in mels]
+            results[packing] = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
+        finally:
+            eng.close()
+    assert results[True] == results[False]
+    assert any(len(t) > 3 for t in results[True])

@@ -30,12 +30,18 @@ def _short_mels() -> list[torch.Tensor]:
     return mels
 
 
-def test_mixed_lengths_match_the_reference(model, tokenizer):
+@pytest.mark.parametrize("packed", [False, True], ids=["per-length", "packed"])
+@pytest.mark.parametrize("language", ["en", None], ids=["en", "detected"])
+def test_mixed_lengths_match_the_reference(model, tokenizer, packed, language):
+    """Encoded one batch per window length or in one packed pass (engine/packed.py), with languages detected
+    per window too."""
     torch.set_num_threads(1)
-    opts = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
+    opts = DecodingOptions(language=language, without_timestamps=True, sample_len=12)
     mels = _short_mels()
     expected = [WindowDecoder(model, tokenizer, opts).decode(m[None])[0].tokens for m in mels]
-    with make_engine(model, tokenizer, EngineConfig(max_slots=4, max_admit=4)) as engine:
+    config = EngineConfig(max_slots=4, max_admit=4, packed_encoder=packed)
+    with make_engine(model, tokenizer, config) as engine:
+        assert engine.runner.packed_encoder is packed
         batch = BatchDecoder(engine, model, tokenizer)
         pending = [batch.submit(m, opts, priority=Priority.REALTIME) for m in mels]
         got = [d.result_from(t.result(timeout=60)).tokens for d, t in pending]

@@ -150,6 +150,7 @@ class Engine:
             fused_step=self.config.fused_step,
             prefill_graphs=self.config.prefill_graphs,
             cross_kv=self.config.cross_kv,
+            packed_encoder=self.config.packed_encoder,
         )
         lookahead = self.config.lookahead
         self.lookahead = model.device.type == "cuda" if lookahead is None else lookahead

@@ -25,7 +25,7 @@ from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features
 from ..model.whisper import Whisper
-from . import fused, kv8
+from . import fused, kv8, packed
 from .attention import choose_splits, decode_attention, decode_self_attention
 from .policy import PolicyState
 from .transfer import upload, upload_together
@@ -113,6 +113,7 @@ class Runner:
         fused_step: bool = False,
         prefill_graphs: bool = True,
         cross_kv: str = "model",
+        packed_encoder: bool | None = None,
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -213,6 +214,15 @@ class Runner:
         # the window lengths (mel frames) warm-up prepares the encoder for: the full window and any shorter ones
         self.window_frames = tuple(sorted({2 * d.n_audio_ctx, *short_window_frames}))
         self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
+        self.max_encode = max_encode
+        # Windows shorter than the model's encoded in one packed pass (engine/packed.py) rather than one padded
+        # batch per length. None: where FlashAttention's variable-length form runs (CUDA, fp16/bf16 activations).
+        flash = packed.flash_varlen(self.device, self.dtype)
+        self.packed_encoder = flash if packed_encoder is None else packed_encoder
+        self._packed_graphed = flash and self.use_graphs  # elsewhere packed passes run eagerly
+        self._stem: tuple[Tensor, Tensor] | None = None
+        # pass size (positions) -> (graph, its static inputs, its output features)
+        self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, Tensor], Tensor]] = {}
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
         self._pool = None
         n_sm = (
@@ -288,17 +298,11 @@ class Runner:
         prefill and pick each first token under its spec's policy. Host data reaches the device in non-blocking
         copies; the only wait is for the first tokens at the end (and for languages, when asked)."""
         n = len(slots)
-        by_frames: dict[int, list[int]] = {}
-        for i, mel in enumerate(mels):
-            by_frames.setdefault(mel.shape[-1], []).append(i)
-        languages: list[tuple[int, tuple[float, ...]] | None] = [None] * n
-        cross_len = [0] * n
-        for rows in by_frames.values():
-            slot_t = upload(torch.tensor([slots[i] for i in rows]), self.device)
-            features = self.encode(upload(torch.stack([mels[i] for i in rows]), self.device), slot_t)
-            found = self._detect_languages([specs[i] for i in rows], features)
-            for i, lang in zip(rows, found, strict=True):
-                languages[i], cross_len[i] = lang, features.shape[1]
+        full = 2 * self.model.dims.n_audio_ctx
+        if self.packed_encoder and any(mel.shape[-1] != full for mel in mels):
+            languages, cross_len = self._encode_admitted_packed(slots, specs, mels)
+        else:
+            languages, cross_len = self._encode_admitted(slots, specs, mels)
         specs = [
             spec if lang is None else _with_language(spec, lang[0])
             for spec, lang in zip(specs, languages, strict=True)
@@ -340,6 +344,152 @@ class Runner:
             )
             for i, slot in enumerate(slots)
         ]
+
+    def _encode_admitted(
+        self, slots: list[int], specs: list[RowSpec], mels: list[Tensor]
+    ) -> tuple[list[tuple[int, tuple[float, ...]] | None], list[int]]:
+        """Encode admitted windows one batch per window length, writing their cross K/V; returns each row's
+        detected language (or None) and encoder length."""
+        by_frames: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_frames.setdefault(mel.shape[-1], []).append(i)
+        languages: list[tuple[int, tuple[float, ...]] | None] = [None] * len(slots)
+        cross_len = [0] * len(slots)
+        for rows in by_frames.values():
+            slot_t = upload(torch.tensor([slots[i] for i in rows]), self.device)
+            features = self.encode(upload(torch.stack([mels[i] for i in rows]), self.device), slot_t)
+            found = self._detect_languages([specs[i] for i in rows], features)
+            for i, lang in zip(rows, found, strict=True):
+                languages[i], cross_len[i] = lang, features.shape[1]
+        return languages, cross_len
+
+    def _encode_admitted_packed(
+        self, slots: list[int], specs: list[RowSpec], mels: list[Tensor]
+    ) -> tuple[list[tuple[int, tuple[float, ...]] | None], list[int]]:
+        """``_encode_admitted`` in one packed pass; language detection (rarely asked of live partials) runs per
+        window length on the rows that ask for it."""
+        features = self.encode_packed(mels, slots)
+        cross_len = [mel.shape[-1] // 2 for mel in mels]
+        starts = [sum(cross_len[:i]) for i in range(len(mels))]
+        languages: list[tuple[int, tuple[float, ...]] | None] = [None] * len(slots)
+        by_length: dict[int, list[int]] = {}
+        for i, spec in enumerate(specs):
+            if spec.detect_language_ids:
+                by_length.setdefault(cross_len[i], []).append(i)
+        for length, rows in by_length.items():
+            rows_features = torch.stack([features[starts[i] : starts[i] + length] for i in rows])
+            found = self._detect_languages([specs[i] for i in rows], rows_features)
+            for i, lang in zip(rows, found, strict=True):
+                languages[i] = lang
+        return languages, cross_len
+
+    @torch.no_grad()
+    def encode_packed(self, mels: list[Tensor], slots: list[int]) -> Tensor:
+        """Windows mels [n_mels, frames] of any (even) lengths -> their encoder outputs end to end [sum of
+        frames / 2, C], each row's cross-attention K/V written into its slot: one packed pass (engine/packed.py),
+        replayed from a CUDA graph per pass size up to packed.GRAPH_POSITIONS positions and ``max_encode`` rows
+        (tail and empty rows write into the scratch slot). The result is then a view of the graph's output,
+        valid until the next packed pass of that size."""
+        frames = [mel.shape[-1] for mel in mels]
+        used = sum(frames) // 2
+        d = self.model.dims
+        size = packed.pass_size(used, d.n_audio_ctx)
+        graphed = self._packed_graphed and self._packed_capturable(size) and len(mels) <= self.max_encode
+        if not graphed:
+            size = used  # no graph's shape to fill: no tail
+        rows = self.max_encode if graphed else len(mels)
+        index = packed.pack_index(
+            frames, slots, size=size, rows=rows, scratch=self.scratch, n_ctx=d.n_audio_ctx
+        )
+        host_mel = torch.cat([mel.to(self.dtype).T for mel in mels])
+        conv1, conv2, position, slot, cu = upload_together(
+            self.device, index.conv1, index.conv2, index.position, index.slot, index.cu.long()
+        )
+        mel = upload(host_mel, self.device)
+        if not graphed:
+            full_mel = torch.cat([mel, mel.new_zeros(2 * size + 1 - mel.shape[0], mel.shape[1])])
+            on_device = {"conv1": conv1, "conv2": conv2, "position": position, "cu": cu.int()}
+            return self._packed_pass(full_mel, index, on_device, slot, position)[:used]
+        graph, static, out = self._packed_graph(size)
+        static["mel"][: mel.shape[0]].copy_(mel)
+        static["mel"][mel.shape[0] :].zero_()
+        for name, value in (
+            ("conv1", conv1),
+            ("conv2", conv2),
+            ("position", position),
+            ("slot", slot),
+            ("cu", cu),
+        ):
+            static[name].copy_(value)
+        graph.replay()
+        return out[:used]
+
+    def _packed_pass(
+        self,
+        mel: Tensor,
+        index: packed.PackedIndex,
+        on_device: dict[str, Tensor],
+        slot: Tensor,
+        position: Tensor,
+    ) -> Tensor:
+        if self._stem is None:
+            self._stem = packed.stem_weights(self.model.encoder)
+        features = packed.encode_packed(self.model.encoder, self._stem, mel, index, on_device)
+        for i, layer in enumerate(self.model.decoder.layers):
+            self._write_cross_at(
+                i, slot, position, layer.cross_attn.key(features), layer.cross_attn.value(features)
+            )
+        return features
+
+    def _packed_capturable(self, size: int) -> bool:
+        """Whether a packed pass of ``size`` positions has a graph: up to packed.GRAPH_POSITIONS, and its capture's
+        windows (full ones, the rest the tail) fit ``max_encode`` rows."""
+        return size <= packed.GRAPH_POSITIONS and size // self.model.dims.n_audio_ctx <= self.max_encode
+
+    def _packed_graph(self, size: int) -> tuple[torch.cuda.CUDAGraph, dict[str, Tensor], Tensor]:
+        """The captured packed pass of ``size`` positions, its inputs filled at capture with windows bound for
+        the scratch slot."""
+        if size not in self._packed_graphs:
+            n_ctx, dev = self.model.dims.n_audio_ctx, self.device
+            frames = [2 * n_ctx] * (size // n_ctx)  # the rest of the pass is its tail
+            index = packed.pack_index(
+                frames, [self.scratch] * len(frames), size=size, rows=self.max_encode, scratch=self.scratch,
+                n_ctx=n_ctx,
+            )  # fmt: skip
+            # FlashAttention's grid is fixed at capture: long enough for any sequence a replay may hold
+            index = replace(index, longest=min(size, n_ctx))
+            static = {
+                "mel": torch.zeros(2 * size + 1, self.model.dims.n_mels, dtype=self.dtype, device=dev),
+                "conv1": index.conv1.to(dev),
+                "conv2": index.conv2.to(dev),
+                "position": index.position.to(dev),
+                "slot": index.slot.to(dev),
+                "cu": index.cu.to(dev),
+            }
+            graph, out = self._capture(
+                lambda: self._packed_pass(static["mel"], index, static, static["slot"], static["position"])
+            )
+            self._packed_graphs[size] = (graph, static, out)
+        return self._packed_graphs[size]
+
+    def _write_cross_at(self, layer: int, slot: Tensor, position: Tensor, ck: Tensor, cv: Tensor) -> None:
+        """Write cross K/V [P, C] of decoder layer ``layer``, position p into slot ``slot[p]`` at ``position[p]``
+        (``_write_cross`` for packed rows)."""
+        p = ck.shape[0]
+        if self.cross_scales is not None:
+            for cache, scales, x in zip(
+                (self.cross_k, self.cross_v), self.cross_scales, (ck, cv), strict=True
+            ):
+                q, scale = kv8.quantize(x[None], self.n_head)  # [1, P, C], [1, H, P]
+                cache[layer][slot, position] = q[0]
+                scales[layer].transpose(1, 2)[slot, position] = scale[0].T
+        elif self.cross_per_head:
+            heads = (p, self.n_head, self.head_dim)
+            self.cross_k[layer].transpose(1, 2)[slot, position] = ck.view(heads)
+            self.cross_v[layer].transpose(1, 2)[slot, position] = cv.view(heads)
+        else:
+            self.cross_k[layer][slot, position] = ck
+            self.cross_v[layer][slot, position] = cv
 
     def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int, int, bool]:
         """(rows, prompt tokens, encoder positions, masked) the prefill of ``n`` rows with prompts up to ``t``
@@ -592,8 +742,9 @@ class Runner:
         windows, where ``window_frames`` has them), on the scratch slot only, so no request pays for capture,
         compilation or kernel selection, and no graph is captured later while other threads launch device work.
         Elsewhere nothing is captured and the step runs exactly its rows: one step of each kind and one encoder
-        pass per window length. Returns what ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>",
-        "prefill <tokens>[ masked]"."""
+        pass per window length. Short windows are encoded packed where ``packed_encoder`` (every packed pass size
+        with a graph instead of each batch bucket at each short length). Returns what ran, as (kind, batch)
+        pairs: "step", "sample", "encoder <frames>", "packed encoder" (positions), "prefill <tokens>[ masked]"."""
         ran = []
         graphs = self.use_graphs
         for b in self.buckets if graphs else (1,):
@@ -607,12 +758,27 @@ class Runner:
                 else:
                     self._step_fn(rows, sample)
                 ran.append(("sample" if sample else "step", b))
-        n_mels = self.model.dims.n_mels
-        for frames in self.window_frames:
+        n_mels, n_ctx = self.model.dims.n_mels, self.model.dims.n_audio_ctx
+        short = self.window_frames[:-1]  # the full window is the last
+        packing = self.packed_encoder and bool(short)
+        for frames in self.window_frames[-1:] if packing else self.window_frames:
             for b in self.encoder_buckets if graphs else (1,):
                 mel = torch.zeros(b, n_mels, frames, dtype=self.dtype, device=self.device)
                 self.encode(mel, torch.full((b,), self.scratch, dtype=torch.long, device=self.device))
                 ran.append((f"encoder {frames}", b))
+        if packing:  # short windows are encoded packed: every pass size with a graph, else one eager pass
+            graphed = self._packed_graphed
+            sizes = (
+                [x for x in packed.pass_sizes(n_ctx) if self._packed_capturable(x)]
+                if graphed
+                else [short[0] // 2]
+            )
+            for size in sizes:
+                if graphed:
+                    self._packed_graph(size)[0].replay()
+                else:
+                    self.encode_packed([torch.zeros(n_mels, 2 * size, dtype=self.dtype)], [self.scratch])
+                ran.append(("packed encoder", size))
         if self.prefill_graphs:  # masked too where short windows will come (unless reads stop at each length)
             short = len(self.window_frames) > 1 and not self.cross_by_length
             for masked in (False, True) if short else (False,):

@@ -124,6 +124,9 @@ class EngineConfig:
     # wait for a whole admission (bench/profile_streams.py: 163 ms admissions between 22 ms steps).
     admit_wait_steps: int = 0
     admit_ratio: float = 2.0
+    # encode an admission's windows shorter than the model's in one packed pass (engine/packed.py) instead of one
+    # padded batch per window length; None: where FlashAttention's variable-length form runs (CUDA, fp16/bf16)
+    packed_encoder: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:

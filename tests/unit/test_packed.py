@@ -1,0 +1,91 @@
+"""The packed encoder pass (engine/packed.py): windows of different lengths laid end to end encode to what each
+encodes alone, and the runner writes their cross K/V where a per-length batch would."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from voxserve.decoding.batched import make_engine
+from voxserve.engine import packed
+from voxserve.engine.types import EngineConfig
+from voxserve.model.load import init_random
+
+FRAMES = [200, 3000, 64, 800, 2]  # a full window, the shortest window (one position), and a tail after them
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_random(TINY, std=0.2).eval()
+
+
+def _mels() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(TINY.n_mels, f, generator=g) for f in FRAMES]
+
+
+def test_pass_sizes_and_the_index() -> None:
+    assert packed.pass_size(1, 1500) == 256 and packed.pass_size(4097, 1500) == 5120
+    assert packed.pass_size(packed.GRAPH_POSITIONS + 1, 1500) == packed.GRAPH_POSITIONS + 1  # eager, exact
+    assert packed.pass_size(70, 64) == 128  # steps never longer than a window
+    sizes = packed.pass_sizes(1500)
+    assert sizes[0] == 256 and sizes[-1] == packed.GRAPH_POSITIONS and list(sizes) == sorted(set(sizes))
+
+    index = packed.pack_index(FRAMES, [0, 1, 2, 3, 4], size=2048, rows=8, scratch=9, n_ctx=1500)
+    assert index.cu.tolist() == [0, 100, 1600, 1632, 2032, 2033, 2048, 2048, 2048, 2048]
+    assert index.bounds[-1] == (2033, 2048) and index.longest == 1500
+    assert index.position[98:102].tolist() == [98, 99, 0, 1] and index.position[2033:].tolist() == list(
+        range(15)
+    )
+    assert index.slot[99:101].tolist() == [0, 1] and set(index.slot[2033:].tolist()) == {9}
+    # the first row's first frame has no previous one (the zero frame, 2P), its last no next one
+    assert index.conv1[0].tolist() == [4096, 0, 1] and index.conv1[199].tolist() == [198, 199, 4096]
+    assert index.conv2[0].tolist() == [4096, 0, 1] and index.conv2[100].tolist() == [4096, 200, 201]
+    with pytest.raises(ValueError, match="cannot pack"):
+        packed.pack_index([201], [0], size=256, rows=1, scratch=9, n_ctx=1500)
+    with pytest.raises(ValueError, match="cannot pack"):
+        packed.pack_index([200, 200], [0, 1], size=256, rows=1, scratch=9, n_ctx=1500)
+
+
+def test_each_packed_row_encodes_as_it_does_alone(model) -> None:
+    mels = _mels()
+    used = sum(FRAMES) // 2
+    size = packed.pass_size(used, TINY.n_audio_ctx)
+    index = packed.pack_index(FRAMES, range(5), size=size, rows=8, scratch=9, n_ctx=TINY.n_audio_ctx)
+    mel = torch.cat([m.T for m in mels] + [torch.zeros(2 * size + 1 - 2 * used, TINY.n_mels)])
+    on_device = {"conv1": index.conv1, "conv2": index.conv2, "position": index.position, "cu": index.cu}
+    with torch.no_grad():
+        out = packed.encode_packed(model.encoder, packed.stem_weights(model.encoder), mel, index, on_device)
+        start = 0
+        for m in mels:
+            alone = model.encoder(m[None])[0]
+            torch.testing.assert_close(out[start : start + len(alone)], alone, rtol=1e-5, atol=2e-5)
+            start += len(alone)
+
+
+def test_the_runner_writes_each_rows_cross_kv_into_its_slot(model, tokenizer) -> None:
+    mels = _mels()
+    slots = [3, 0, 4, 1, 2]
+    with make_engine(model, tokenizer, EngineConfig(max_slots=5, max_admit=8, packed_encoder=True)) as engine:
+        runner = engine.runner
+        features = runner.encode_packed(mels, slots)
+        got_k, got_v = runner.cross_k.clone(), runner.cross_v.clone()
+        runner.cross_k.zero_(), runner.cross_v.zero_()
+        start = 0
+        for mel, slot in zip(mels, slots, strict=True):
+            alone = runner.encode(mel[None], torch.tensor([slot]))[0]
+            torch.testing.assert_close(features[start : start + len(alone)], alone, rtol=1e-5, atol=2e-5)
+            start += len(alone)
+        assert start == len(features)
+    # [layers, slots (+ scratch), heads, positions, head size] on the CPU; the scratch slot holds the tail
+    torch.testing.assert_close(got_k[:, :5], runner.cross_k[:, :5], rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(got_v[:, :5], runner.cross_v[:, :5], rtol=1e-5, atol=2e-5)
+    assert got_k[:, :5].abs().amax() > 0
+
+
+def test_warm_up_runs_the_full_window_batched_and_short_ones_packed(model, tokenizer) -> None:
+    config = EngineConfig(max_slots=2, short_window_frames=(100, 400), packed_encoder=True)
+    with make_engine(model, tokenizer, config) as engine:
+        ran = engine.runner.warmup()
+    assert [r for r in ran if "encoder" in r[0]] == [("encoder 3000", 1), ("packed encoder", 50)]

@@ -1,0 +1,188 @@
+"""One encoder pass over windows of different lengths, laid end to end ("packed") instead of one padded batch per
+length.
+
+Why: live partials encode many short windows of many lengths. Batched per length, an admission ran ~2.8 encoder
+passes of ~4 rows each, every row padded to its window bucket and every batch to a power of two (100 streams,
+large-v3 fp16, H100, bench/profile_streams.py, stop 18): small, partly padded matrix products. Packed, the
+encoder's linear layers (~95% of its work) see every row's positions at once, one pass whatever the mix of
+lengths, with no padding but the tail up to the pass's size.
+
+What keeps each row exactly its own window's encoding: the two convolutions read a row's neighbouring frames
+through gather indices that stop at the row's ends (a zero frame beyond them, as the convolutions' zero padding),
+positions restart at 0 for each row, and attention runs per row (FlashAttention's variable-length form on CUDA,
+one SDPA per row elsewhere). The tail up to the pass's size is one more sequence, of zero frames, whose output
+nobody reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..model.whisper import AudioEncoder
+
+# Pass sizes (encoder positions) up to which packed passes are captured as CUDA graphs: multiples of
+# _FINE_STEP up to _FINE_UNTIL, then of _COARSE_STEP up to GRAPH_POSITIONS; past it a pass runs eagerly at its
+# exact size (its matrix products are then long enough that launches are hidden behind them). Each step is
+# at most a window (1,500 positions), so the tail is one sequence no longer than any row.
+_FINE_STEP, _FINE_UNTIL = 256, 4096
+_COARSE_STEP = 1024
+GRAPH_POSITIONS = 16384
+
+
+def pass_sizes(n_ctx: int) -> tuple[int, ...]:
+    """Every captured pass size, ascending, for a model of ``n_ctx`` encoder positions a window."""
+    sizes, size = [], 0
+    while True:
+        size = pass_size(size + 1, n_ctx)
+        if size > GRAPH_POSITIONS or (sizes and size == sizes[-1]):
+            return tuple(sizes)
+        sizes.append(size)
+
+
+def pass_size(positions: int, n_ctx: int) -> int:
+    """The size of the pass that holds ``positions`` encoder positions: the next captured size (steps never
+    longer than a window, so the tail is one sequence a window long at most), or the exact count past the
+    last."""
+    step = min(_FINE_STEP if positions <= _FINE_UNTIL else _COARSE_STEP, n_ctx)
+    size = -(-positions // step) * step
+    return size if size <= GRAPH_POSITIONS else positions
+
+
+@dataclass(frozen=True)
+class PackedIndex:
+    """Where every frame and position of a packed pass comes from and goes to (host tensors, int64):
+
+    conv1 [2P, 3]: the packed mel frames the first convolution reads for each output frame (previous, own,
+    next); 2P, one past the last frame, is a zero frame. conv2 [P, 3]: the first convolution's outputs the
+    second (stride 2) reads for each position; 2P is a zero row. position [P]: each position's index within its
+    row (the positional embedding's row, and where its cross K/V goes in the slot). slot [P]: the slot each
+    position's cross K/V goes to (``scratch`` for the tail). cu [rows + 2]: cumulative sequence starts, the tail
+    a sequence of its own, then empty sequences up to a fixed count (a captured graph's shape).
+    """
+
+    conv1: Tensor
+    conv2: Tensor
+    position: Tensor
+    slot: Tensor
+    cu: Tensor
+    bounds: tuple[tuple[int, int], ...]  # (start, end) of every sequence with positions, the tail included
+    longest: int  # the longest sequence (FlashAttention's grid)
+
+
+def pack_index(
+    frames: Sequence[int], slots: Sequence[int], *, size: int, rows: int, scratch: int, n_ctx: int
+) -> PackedIndex:
+    """The index of a pass of ``size`` positions over windows of ``frames`` mel frames (even, each at most
+    2 * n_ctx), their cross K/V bound for ``slots``; ``rows`` >= len(frames) fixes cu's length."""
+    lengths = torch.tensor([f // 2 for f in frames], dtype=torch.long)
+    used = int(lengths.sum())
+    if len(frames) > rows or used > size or any(f % 2 or f < 2 or f > 2 * n_ctx for f in frames):
+        raise ValueError(
+            f"cannot pack windows of {list(frames)} frames into {size} positions and {rows} rows"
+        )
+    tail = size - used
+    if tail > n_ctx:
+        raise ValueError(f"a pass of {size} positions leaves a tail of {tail} > {n_ctx} positions")
+    starts = torch.cumsum(lengths, 0) - lengths
+    row = torch.repeat_interleave(torch.arange(len(frames)), lengths)
+    local = torch.arange(used) - starts[row]  # each position's index within its row
+    position = torch.cat([local, torch.arange(tail)])
+    slot = torch.cat([torch.tensor(list(slots), dtype=torch.long)[row], torch.full((tail,), scratch)])
+    zero = 2 * size  # the zero frame / zero row past the last
+
+    # frame i of a row sits at 2 * start + i; its neighbours exist within [0, 2 * length)
+    frame_row = torch.repeat_interleave(torch.arange(len(frames)), 2 * lengths)
+    frame_local = torch.arange(2 * used) - 2 * starts[frame_row]
+    frame_base = 2 * starts[frame_row]
+    conv1 = torch.full((2 * size, 3), zero, dtype=torch.long)
+    conv2 = torch.full((size, 3), zero, dtype=torch.long)
+    for k, shift in enumerate((-1, 0, 1)):
+        i = frame_local + shift
+        conv1[: 2 * used, k] = torch.where((i >= 0) & (i < 2 * lengths[frame_row]), frame_base + i, zero)
+        i = 2 * local + shift  # the stride-2 convolution's output j reads frames 2j - 1, 2j, 2j + 1
+        conv2[:used, k] = torch.where((i >= 0) & (i < 2 * lengths[row]), 2 * starts[row] + i, zero)
+
+    ends = torch.cumsum(lengths, 0).tolist()
+    cu = [0, *ends] + ([size] if tail else [])
+    cu += [size] * (rows + 2 - len(cu))
+    bounds = tuple((a, b) for a, b in zip(cu, cu[1:], strict=False) if b > a)
+    return PackedIndex(
+        conv1=conv1,
+        conv2=conv2,
+        position=position,
+        slot=slot,
+        cu=torch.tensor(cu, dtype=torch.int32),
+        bounds=bounds,
+        longest=max(b - a for a, b in bounds),
+    )
+
+
+def stem_weights(encoder: AudioEncoder) -> tuple[Tensor, Tensor]:
+    """The two convolutions' kernels as matrices over (tap, channel): [C, 3 * n_mels] and [C, 3 * C], matching
+    the [previous, own, next] order of ``PackedIndex`` gathers."""
+    return tuple(  # type: ignore[return-value]
+        conv.weight.permute(0, 2, 1).reshape(conv.weight.shape[0], -1).contiguous()
+        for conv in (encoder.conv1, encoder.conv2)
+    )
+
+
+def flash_varlen(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether attention runs as one FlashAttention variable-length call (CUDA, fp16/bf16): only then can a
+    packed pass be captured as a CUDA graph, since elsewhere its per-sequence loop is laid out on the host."""
+    return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, index: PackedIndex, cu: Tensor) -> Tensor:
+    """Self-attention of each packed sequence over itself: q, k, v [P, C] -> [P, C]. On CUDA in fp16/bf16 one
+    FlashAttention variable-length call over ``cu`` (device, int32); elsewhere one SDPA per sequence."""
+    p, c = q.shape
+    d = c // n_head
+    if flash_varlen(q.device, q.dtype):
+        out = torch.ops.aten._flash_attention_forward(
+            q.view(p, n_head, d),
+            k.view(p, n_head, d),
+            v.view(p, n_head, d),
+            cu,
+            cu,
+            index.longest,
+            index.longest,
+            0.0,
+            False,
+            False,
+        )[0]
+        return out.reshape(p, c)
+    out = torch.empty_like(q)
+    for a, b in index.bounds:
+        heads = [x[a:b].view(b - a, n_head, d).transpose(0, 1) for x in (q, k, v)]
+        out[a:b] = F.scaled_dot_product_attention(*heads).transpose(0, 1).reshape(b - a, c)
+    return out
+
+
+def encode_packed(
+    encoder: AudioEncoder,
+    stem: tuple[Tensor, Tensor],
+    mel: Tensor,
+    index: PackedIndex,
+    device_index: dict[str, Tensor],
+) -> Tensor:
+    """The encoder over packed mel frames ``mel`` [2P + 1, n_mels] (row 2P zero) -> features [P, C].
+    ``device_index``: ``index``'s conv1, conv2, position and cu (int32) on the device."""
+    w1, w2 = stem
+    x = F.gelu(F.linear(mel[device_index["conv1"]].flatten(1), w1, encoder.conv1.bias))
+    x = torch.cat([x, x.new_zeros(1, x.shape[1])])  # the zero row past the last frame
+    x = F.gelu(F.linear(x[device_index["conv2"]].flatten(1), w2, encoder.conv2.bias))
+    x = x + encoder.positional_embedding[device_index["position"]].to(x.dtype)
+    for layer in encoder.layers:
+        h = layer.attn_ln(x)
+        attn = layer.attn
+        a = varlen_attention(
+            attn.query(h), attn.key(h), attn.value(h), attn.n_head, index, device_index["cu"]
+        )
+        x = x + attn.out(a)
+        x = x + layer.fc2(F.gelu(layer.fc1(layer.mlp_ln(x))))
+    return encoder.ln_post(x)
