@@ -259,6 +259,9 @@ def main() -> None:
     p.add_argument("--audio", type=Path, required=True)
     p.add_argument("--tiktoken", type=Path, required=True)
     p.add_argument("--partial-interval", type=float, default=0.2)
+    p.add_argument(
+        "--threads", type=int, help="torch's intra-op threads for the whole process (as bench --threads)"
+    )
     p.add_argument("--max-admit", type=int, default=64)
     p.add_argument(
         "--window-buckets",
@@ -282,6 +285,8 @@ def main() -> None:
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     variants = args.variant or [{}]
     if args.profile is not None:
         state["profile_at"] = args.profile

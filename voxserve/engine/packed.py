@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -78,8 +79,9 @@ def pack_index(
     frames: Sequence[int], slots: Sequence[int], *, size: int, rows: int, scratch: int, n_ctx: int
 ) -> PackedIndex:
     """The index of a pass of ``size`` positions over windows of ``frames`` mel frames (even, each at most
-    2 * n_ctx), their cross K/V bound for ``slots``; ``rows`` >= len(frames) fixes cu's length."""
-    lengths = torch.tensor([f // 2 for f in frames], dtype=torch.long)
+    2 * n_ctx), their cross K/V bound for ``slots``; ``rows`` >= len(frames) fixes cu's length. Built with
+    numpy: it runs on the engine's thread before every packed pass (~10x faster than the same in torch ops)."""
+    lengths = np.asarray(frames, dtype=np.int64) // 2
     used = int(lengths.sum())
     if len(frames) > rows or used > size or any(f % 2 or f < 2 or f > 2 * n_ctx for f in frames):
         raise ValueError(
@@ -88,34 +90,34 @@ def pack_index(
     tail = size - used
     if tail > n_ctx:
         raise ValueError(f"a pass of {size} positions leaves a tail of {tail} > {n_ctx} positions")
-    starts = torch.cumsum(lengths, 0) - lengths
-    row = torch.repeat_interleave(torch.arange(len(frames)), lengths)
-    local = torch.arange(used) - starts[row]  # each position's index within its row
-    position = torch.cat([local, torch.arange(tail)])
-    slot = torch.cat([torch.tensor(list(slots), dtype=torch.long)[row], torch.full((tail,), scratch)])
+    starts = np.cumsum(lengths) - lengths
+    row = np.repeat(np.arange(len(frames)), lengths)
+    local = np.arange(used) - starts[row]  # each position's index within its row
+    position = np.concatenate([local, np.arange(tail)])
+    slot = np.concatenate([np.asarray(slots, dtype=np.int64)[row], np.full(tail, scratch)])
     zero = 2 * size  # the zero frame / zero row past the last
 
     # frame i of a row sits at 2 * start + i; its neighbours exist within [0, 2 * length)
-    frame_row = torch.repeat_interleave(torch.arange(len(frames)), 2 * lengths)
-    frame_local = torch.arange(2 * used) - 2 * starts[frame_row]
-    frame_base = 2 * starts[frame_row]
-    conv1 = torch.full((2 * size, 3), zero, dtype=torch.long)
-    conv2 = torch.full((size, 3), zero, dtype=torch.long)
+    frame_row = np.repeat(np.arange(len(frames)), 2 * lengths)
+    frame_local = np.arange(2 * used) - 2 * starts[frame_row]
+    conv1 = np.full((2 * size, 3), zero, dtype=np.int64)
+    conv2 = np.full((size, 3), zero, dtype=np.int64)
     for k, shift in enumerate((-1, 0, 1)):
         i = frame_local + shift
-        conv1[: 2 * used, k] = torch.where((i >= 0) & (i < 2 * lengths[frame_row]), frame_base + i, zero)
+        conv1[: 2 * used, k] = np.where(
+            (i >= 0) & (i < 2 * lengths[frame_row]), 2 * starts[frame_row] + i, zero
+        )
         i = 2 * local + shift  # the stride-2 convolution's output j reads frames 2j - 1, 2j, 2j + 1
-        conv2[:used, k] = torch.where((i >= 0) & (i < 2 * lengths[row]), 2 * starts[row] + i, zero)
+        conv2[:used, k] = np.where((i >= 0) & (i < 2 * lengths[row]), 2 * starts[row] + i, zero)
 
-    ends = torch.cumsum(lengths, 0).tolist()
-    cu = [0, *ends] + ([size] if tail else [])
+    cu = [0, *np.cumsum(lengths).tolist()] + ([size] if tail else [])
     cu += [size] * (rows + 2 - len(cu))
     bounds = tuple((a, b) for a, b in zip(cu, cu[1:], strict=False) if b > a)
     return PackedIndex(
-        conv1=conv1,
-        conv2=conv2,
-        position=position,
-        slot=slot,
+        conv1=torch.from_numpy(conv1),
+        conv2=torch.from_numpy(conv2),
+        position=torch.from_numpy(position),
+        slot=torch.from_numpy(slot),
         cu=torch.tensor(cu, dtype=torch.int32),
         bounds=bounds,
         longest=max(b - a for a, b in bounds),

@@ -401,13 +401,15 @@ class Runner:
         index = packed.pack_index(
             frames, slots, size=size, rows=rows, scratch=self.scratch, n_ctx=d.n_audio_ctx
         )
-        host_mel = torch.cat([mel.to(self.dtype).T for mel in mels])
         conv1, conv2, position, slot, cu = upload_together(
             self.device, index.conv1, index.conv2, index.position, index.slot, index.cu.long()
         )
-        mel = upload(host_mel, self.device)
+        # frames side by side as they come (float32 [n_mels, frames]); transposed and cast on the device, where
+        # it is one copy (on the host, casting and transposing 30 windows took ~6 ms of the engine's thread)
+        mel = upload(torch.cat(mels, dim=1), self.device).T
         if not graphed:
-            full_mel = torch.cat([mel, mel.new_zeros(2 * size + 1 - mel.shape[0], mel.shape[1])])
+            full_mel = torch.zeros(2 * size + 1, mel.shape[1], dtype=self.dtype, device=self.device)
+            full_mel[: mel.shape[0]] = mel
             on_device = {"conv1": conv1, "conv2": conv2, "position": position, "cu": cu.int()}
             return self._packed_pass(full_mel, index, on_device, slot, position)[:used]
         graph, static, out = self._packed_graph(size)
