@@ -21,6 +21,7 @@ import collections
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -205,7 +206,77 @@ def instrument() -> None:
     Runner.warmup = warm_then_time
 
 
+class StackSampler:
+    """Every ``interval`` seconds, where each thread is (its Python stack, via sys._current_frames): counts of
+    each thread kind's innermost voxserve-or-torch frame and of its three innermost frames. A thread inside a C
+    call (torch work, a lock, a sleep) shows at the Python line that made it. Pure Python, so it runs where
+    py-spy cannot attach; it takes the GIL ~``1 / interval`` times a second itself."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.leaf: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.stack: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _kind(name: str) -> str:
+        if name.startswith("asyncio_") or name.startswith("ThreadPoolExecutor"):
+            return "worker threads"
+        return name
+
+    def _run(self) -> None:
+        names = {}
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval):
+            if not state["on"]:
+                continue
+            self.samples += 1
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                if ident not in names:
+                    names = {t.ident: t.name for t in threading.enumerate()}
+                kind = self._kind(names.get(ident, "?"))
+                frames = []
+                f = frame
+                while f is not None and len(frames) < 40:
+                    code = f.f_code
+                    frames.append(f"{Path(code.co_filename).name}:{code.co_name}:{f.f_lineno}")
+                    f = f.f_back
+                ours = [x for x in frames if not x.startswith(("threading.py", "thread.py", "queue.py"))]
+                if not ours:
+                    ours = frames[:1]
+                self.leaf[kind][ours[0]] += 1
+                self.stack[kind][" < ".join(ours[:3])] += 1
+
+    def report(self) -> None:
+        print(f"stack samples: {self.samples} rounds every {1e3 * self.interval:.0f} ms")
+        for kind, counts in sorted(self.leaf.items(), key=lambda kv: -sum(kv[1].values())):
+            total = sum(counts.values())
+            print(f"  [{kind}] {total} thread-samples")
+            for where, n in counts.most_common(12):
+                print(f"    {100 * n / total:5.1f}%  {where}")
+            for where, n in self.stack[kind].most_common(6):
+                print(f"      stack {100 * n / total:5.1f}%  {where}")
+
+
+sampler: StackSampler | None = None
+
+
 def report() -> None:
+    if sampler is not None:
+        sampler.report()
+        sampler.leaf.clear(), sampler.stack.clear()
+        sampler.samples = 0
     for name in ("admit", "encode", "packed", "prefill", "step", "mel"):
         timed_calls = [c for c in calls[name] if c[0] == c[0]]  # without the profiled one
         if timed_calls:
@@ -259,6 +330,7 @@ def main() -> None:
     p.add_argument("--audio", type=Path, required=True)
     p.add_argument("--tiktoken", type=Path, required=True)
     p.add_argument("--partial-interval", type=float, default=0.2)
+    p.add_argument("--stacks", action="store_true", help="sample every thread's Python stack every 5 ms")
     p.add_argument(
         "--threads", type=int, help="torch's intra-op threads for the whole process (as bench --threads)"
     )
@@ -291,6 +363,10 @@ def main() -> None:
     if args.profile is not None:
         state["profile_at"] = args.profile
     instrument()
+    if args.stacks:
+        global sampler
+        sampler = StackSampler()
+        sampler.start()
     run_variants(variants)
     plan = StreamBenchPlan(
         streams=(args.streams,) * len(variants),
