@@ -89,3 +89,21 @@ def test_warm_up_runs_the_full_window_batched_and_short_ones_packed(model, token
     with make_engine(model, tokenizer, config) as engine:
         ran = engine.runner.warmup()
     assert [r for r in ran if "encoder" in r[0]] == [("encoder 3000", 1), ("packed encoder", 50)]
+
+
+def test_packed_inputs_send_mels_side_by_side_and_the_index() -> None:
+    """The staging buffer a captured pass reads: mels side by side then zeros, the index as int32, all in one
+    buffer, and a second, smaller send leaves nothing of the first behind."""
+    mels = _mels()
+    index = packed.pack_index(FRAMES, range(5), size=2048, rows=8, scratch=9, n_ctx=1500)
+    inputs = packed.PackedInputs(2048, 8, TINY.n_mels, torch.device("cpu"))
+    inputs.send(mels, index)
+    views = inputs.on_device()
+    assert views["mel"].dtype == torch.float32 and views["mel"].shape == (TINY.n_mels, 4097)
+    torch.testing.assert_close(views["mel"][:, : sum(FRAMES)], torch.cat(mels, dim=1), rtol=0, atol=0)
+    assert not views["mel"][:, sum(FRAMES) :].any()
+    for name in ("conv1", "conv2", "position", "slot", "cu"):
+        assert torch.equal(views[name].long(), getattr(index, name).long()), name
+    inputs.send(mels[:2], packed.pack_index(FRAMES[:2], [3, 4], size=2048, rows=8, scratch=9, n_ctx=1500))
+    assert not views["mel"][:, sum(FRAMES[:2]) :].any() and views["slot"][0] == 3
+    assert views["cu"].tolist() == [0, 100, 1600, 2048] + [2048] * 6

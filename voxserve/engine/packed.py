@@ -124,6 +124,69 @@ def pack_index(
     )
 
 
+class PackedInputs:
+    """A captured pass's inputs in one int32 buffer on the device, and its pinned host twin. Filled on the host
+    with numpy and sent in one copy. Why: the engine's thread shares the interpreter with the live sessions and
+    their log-mel threads, and every torch call releases and then waits to take back the GIL; sending the
+    index and mels tensor by tensor (pinning each, then copying each into the graph's inputs) took ~50 ms of
+    host time per packed admission at 200 streams (large-v3 fp16, H100, bench/profile_streams.py) against
+    ~15 ms of device time."""
+
+    def __init__(self, size: int, rows: int, n_mels: int, device: torch.device) -> None:
+        self.shapes = {
+            "mel": (n_mels, 2 * size + 1),  # float32 bits; frames side by side, as log-mels come
+            "conv1": (2 * size, 3),
+            "conv2": (size, 3),
+            "position": (size,),
+            "slot": (size,),
+            "cu": (rows + 2,),
+        }
+        self.regions: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for name, shape in self.shapes.items():
+            n = int(np.prod(shape))
+            self.regions[name] = (offset, offset + n)
+            offset += n
+        cuda = device.type == "cuda"
+        self.device = torch.zeros(offset, dtype=torch.int32, device=device)
+        self.host = torch.zeros(offset, dtype=torch.int32, pin_memory=cuda)
+        self._host = self.host.numpy()
+        self._sent = torch.cuda.Event() if cuda else None  # the last copy out of the host buffer
+
+    def on_device(self) -> dict[str, Tensor]:
+        """Views of the device buffer: mel float32 [n_mels, 2P + 1], the index int32 in ``PackedIndex``'s shapes."""
+        views = {}
+        for name, (a, b) in self.regions.items():
+            part = self.device[a:b]
+            views[name] = (part.view(torch.float32) if name == "mel" else part).view(self.shapes[name])
+        return views
+
+    def send(self, mels: Sequence[Tensor], index: PackedIndex) -> None:
+        """Fill the host buffer with ``mels`` [n_mels, frames] side by side (zeros after them) and ``index``, and
+        queue its copy to the device buffer on the current stream."""
+        if self._sent is not None and not self._sent.query():
+            self._sent.synchronize()  # the previous copy may still be reading the host buffer
+        frames = sum(m.shape[-1] for m in mels)
+        mel = self._region("mel").view(np.float32)
+        np.concatenate([_host_array(m) for m in mels], axis=1, out=mel[:, :frames])
+        mel[:, frames:] = 0
+        for name in ("conv1", "conv2", "position", "slot", "cu"):
+            self._region(name)[...] = getattr(index, name).numpy()
+        self.device.copy_(self.host, non_blocking=True)
+        if self._sent is not None:
+            self._sent.record()
+
+    def _region(self, name: str) -> np.ndarray:
+        a, b = self.regions[name]
+        return self._host[a:b].reshape(self.shapes[name])
+
+
+def _host_array(mel: Tensor) -> np.ndarray:
+    if mel.device.type == "cpu" and mel.dtype == torch.float32:
+        return mel.numpy()
+    return mel.detach().float().cpu().numpy()
+
+
 def stem_weights(encoder: AudioEncoder) -> tuple[Tensor, Tensor]:
     """The two convolutions' kernels as matrices over (tap, channel): [C, 3 * n_mels] and [C, 3 * C], matching
     the [previous, own, next] order of ``PackedIndex`` gathers."""

@@ -222,7 +222,7 @@ class Runner:
         self._packed_graphed = flash and self.use_graphs  # elsewhere packed passes run eagerly
         self._stem: tuple[Tensor, Tensor] | None = None
         # pass size (positions) -> (graph, its static inputs, its output features)
-        self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, Tensor], Tensor]] = {}
+        self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]] = {}
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
         self._pool = None
         n_sm = (
@@ -401,30 +401,20 @@ class Runner:
         index = packed.pack_index(
             frames, slots, size=size, rows=rows, scratch=self.scratch, n_ctx=d.n_audio_ctx
         )
+        if graphed:
+            graph, inputs, out = self._packed_graph(size)
+            inputs.send(mels, index)
+            graph.replay()
+            return out[:used]
         conv1, conv2, position, slot, cu = upload_together(
             self.device, index.conv1, index.conv2, index.position, index.slot, index.cu.long()
         )
-        # frames side by side as they come (float32 [n_mels, frames]); transposed and cast on the device, where
-        # it is one copy (on the host, casting and transposing 30 windows took ~6 ms of the engine's thread)
+        # frames side by side as they come (float32 [n_mels, frames]); transposed and cast on the device
         mel = upload(torch.cat(mels, dim=1), self.device).T
-        if not graphed:
-            full_mel = torch.zeros(2 * size + 1, mel.shape[1], dtype=self.dtype, device=self.device)
-            full_mel[: mel.shape[0]] = mel
-            on_device = {"conv1": conv1, "conv2": conv2, "position": position, "cu": cu.int()}
-            return self._packed_pass(full_mel, index, on_device, slot, position)[:used]
-        graph, static, out = self._packed_graph(size)
-        static["mel"][: mel.shape[0]].copy_(mel)
-        static["mel"][mel.shape[0] :].zero_()
-        for name, value in (
-            ("conv1", conv1),
-            ("conv2", conv2),
-            ("position", position),
-            ("slot", slot),
-            ("cu", cu),
-        ):
-            static[name].copy_(value)
-        graph.replay()
-        return out[:used]
+        full_mel = torch.zeros(2 * size + 1, mel.shape[1], dtype=self.dtype, device=self.device)
+        full_mel[: mel.shape[0]] = mel
+        on_device = {"conv1": conv1, "conv2": conv2, "position": position, "cu": cu.int()}
+        return self._packed_pass(full_mel, index, on_device, slot, position)[:used]
 
     def _packed_pass(
         self,
@@ -448,30 +438,35 @@ class Runner:
         windows (full ones, the rest the tail) fit ``max_encode`` rows."""
         return size <= packed.GRAPH_POSITIONS and size // self.model.dims.n_audio_ctx <= self.max_encode
 
-    def _packed_graph(self, size: int) -> tuple[torch.cuda.CUDAGraph, dict[str, Tensor], Tensor]:
-        """The captured packed pass of ``size`` positions, its inputs filled at capture with windows bound for
-        the scratch slot."""
+    def _packed_graph(self, size: int) -> tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]:
+        """The captured packed pass of ``size`` positions (its inputs filled at capture with windows bound for
+        the scratch slot), the buffers it reads and its output."""
         if size not in self._packed_graphs:
-            n_ctx, dev = self.model.dims.n_audio_ctx, self.device
-            frames = [2 * n_ctx] * (size // n_ctx)  # the rest of the pass is its tail
+            d, dev = self.model.dims, self.device
+            frames = [2 * d.n_audio_ctx] * (size // d.n_audio_ctx)  # the rest of the pass is its tail
             index = packed.pack_index(
                 frames, [self.scratch] * len(frames), size=size, rows=self.max_encode, scratch=self.scratch,
-                n_ctx=n_ctx,
+                n_ctx=d.n_audio_ctx,
             )  # fmt: skip
             # FlashAttention's grid is fixed at capture: long enough for any sequence a replay may hold
-            index = replace(index, longest=min(size, n_ctx))
-            static = {
-                "mel": torch.zeros(2 * size + 1, self.model.dims.n_mels, dtype=self.dtype, device=dev),
-                "conv1": index.conv1.to(dev),
-                "conv2": index.conv2.to(dev),
-                "position": index.position.to(dev),
-                "slot": index.slot.to(dev),
-                "cu": index.cu.to(dev),
-            }
-            graph, out = self._capture(
-                lambda: self._packed_pass(static["mel"], index, static, static["slot"], static["position"])
-            )
-            self._packed_graphs[size] = (graph, static, out)
+            index = replace(index, longest=min(size, d.n_audio_ctx))
+            inputs = packed.PackedInputs(size, self.max_encode, d.n_mels, dev)
+            inputs.send([torch.zeros(d.n_mels, f) for f in frames], index)
+            views = inputs.on_device()
+
+            def run() -> Tensor:
+                mel = views["mel"].T.to(self.dtype).contiguous()  # [2P + 1, n_mels]
+                position = views["position"].long()
+                on_device = {
+                    "conv1": views["conv1"].long(),
+                    "conv2": views["conv2"].long(),
+                    "position": position,
+                    "cu": views["cu"],
+                }
+                return self._packed_pass(mel, index, on_device, views["slot"].long(), position)
+
+            graph, out = self._capture(run)
+            self._packed_graphs[size] = (graph, inputs, out)
         return self._packed_graphs[size]
 
     def _write_cross_at(self, layer: int, slot: Tensor, position: Tensor, ck: Tensor, cv: Tensor) -> None:
