@@ -107,3 +107,51 @@ def test_packed_inputs_send_mels_side_by_side_and_the_index() -> None:
     inputs.send(mels[:2], packed.pack_index(FRAMES[:2], [3, 4], size=2048, rows=8, scratch=9, n_ctx=1500))
     assert not views["mel"][:, sum(FRAMES[:2]) :].any() and views["slot"][0] == 3
     assert views["cu"].tolist() == [0, 100, 1600, 2048] + [2048] * 6
+
+
+def _attention_from_cu(q, k, v, n_head, index, cu):
+    """Per-sequence attention read from ``cu`` itself (a mask, no host bounds), as a replay must: what the
+    CUDA graphs get from FlashAttention, for a CPU stand-in."""
+    p, c = q.shape
+    seq = torch.searchsorted(cu[1:].long(), torch.arange(p), right=True)  # each position's sequence
+    mask = seq[:, None] == seq[None, :]
+    heads = [x.view(p, n_head, c // n_head).transpose(0, 1) for x in (q, k, v)]
+    out = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=mask)
+    return out.transpose(0, 1).reshape(p, c)
+
+
+class _ReplayedCapture:
+    """A CPU stand-in for a CUDA graph: replay runs the captured function again into the captured output."""
+
+    def __init__(self, fn, out):
+        self.fn, self.out = fn, out
+
+    def replay(self):
+        self.out.copy_(self.fn())
+
+
+def test_the_graphed_path_reads_every_input_from_its_buffers(model, tokenizer, monkeypatch) -> None:
+    """The captured form of a packed pass (inputs sent into one buffer, read through views, padded to the pass
+    size with a tail) on the CPU with a stand-in graph: two replays of one pass size with other windows each
+    give every row what it encodes alone, and its cross K/V in its slot."""
+    monkeypatch.setattr(packed, "varlen_attention", _attention_from_cu)
+    with make_engine(model, tokenizer, EngineConfig(max_slots=5, max_admit=4, packed_encoder=True)) as engine:
+        runner = engine.runner
+        runner._packed_graphed = True
+        runner._capture = lambda fn: (lambda out: (_ReplayedCapture(fn, out), out))(fn())
+        g = torch.Generator().manual_seed(1)
+        for frames in ([400, 100, 2], [300, 200], [64, 800]):
+            mels = [torch.randn(TINY.n_mels, f, generator=g) for f in frames]
+            slots = [4, 0, 2][: len(frames)]
+            features = runner.encode_packed(mels, slots).clone()
+            got = runner.cross_k.clone()
+            start = 0
+            for mel, slot in zip(mels, slots, strict=True):
+                alone = runner.encode(mel[None], torch.tensor([slot]))[0]
+                n = len(alone)
+                torch.testing.assert_close(features[start : start + n], alone, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(
+                    got[:, slot, :, :n], runner.cross_k[:, slot, :, :n], rtol=1e-4, atol=1e-4
+                )
+                start += n
+        assert sorted(runner._packed_graphs) == [256, 512]

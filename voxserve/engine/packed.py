@@ -168,7 +168,8 @@ class PackedInputs:
             self._sent.synchronize()  # the previous copy may still be reading the host buffer
         frames = sum(m.shape[-1] for m in mels)
         mel = self._region("mel").view(np.float32)
-        np.concatenate([_host_array(m) for m in mels], axis=1, out=mel[:, :frames])
+        if mels:  # a capture's pass may be all tail
+            np.concatenate([_host_array(m) for m in mels], axis=1, out=mel[:, :frames])
         mel[:, frames:] = 0
         for name in ("conv1", "conv2", "position", "slot", "cu"):
             self._region(name)[...] = getattr(index, name).numpy()
