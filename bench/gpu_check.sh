@@ -8,8 +8,8 @@
 #   bash bench/gpu_check.sh perf [ASSETS]   the step profile (fused, with and without dependent launch), then
 #                                           `voxserve bench` of the default engine against the unfused one
 #   bash bench/gpu_check.sh streams [ASSETS] the prefill's and packed encoder's GPU tests, the live stream profile
-#                                           at 100 callers (per-length vs packed encoder passes), then
-#                                           `voxserve bench --streams`
+#                                           at 200 callers (per-length vs packed encoder passes, alternating),
+#                                           then `voxserve bench --streams 100,200` without and with packing
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
 #   VOXSERVE_SHARED_DATA is set to it for the tests). Made here, before the device call, from the repository root:
 #     mkdir -p .devdata/audio && cp -r ../shared/data/whisper-assets .devdata/ \
@@ -49,16 +49,18 @@ elif [ "$MODE" = perf ]; then
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
         --cache /tmp/vb --out "$OUT"
 elif [ "$MODE" = streams ]; then
-    part 150 tests-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+    part 120 tests-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
         -k "reference_fp32 or by_length or packed" -p no:cacheprovider --durations=5 -rfE
-    # short windows one batch per length, packed into one pass, packed with windows every second
-    part 200 profile-streams python3 bench/profile_streams.py --streams 100 --seconds 10 \
+    # short windows one batch per length against one packed pass, alternating, on one warmed engine
+    part 150 profile-streams python3 bench/profile_streams.py --streams 200 --seconds 10 \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
-        --variant packed=0 --variant packed=1 --variant packed=1,every=1
-    part 230 bench-streams python3 -m voxserve bench --streams 100,200,300 --dims large-v3 --device cuda \
-        --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
-        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
-        --out "$OUT"
+        --variant packed=0 --variant packed=1 --variant packed=0 --variant packed=1
+    for packing in "" --packed-encoder; do
+        part 150 "bench-streams$packing" python3 -m voxserve bench --streams 100,200 --dims large-v3 \
+            --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 \
+            --max-admit 64 --vad oracle $packing --audio "$ASSETS/audio/hifitts-6097" \
+            --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    done
 else
     echo "unknown mode $MODE (tests, perf or streams)" >&2
     exit 2

@@ -245,7 +245,9 @@ def test_packed_encoder_passes_equal_each_window_encoded_alone_fp16(tokenizer, c
     stale inputs would show), and run eagerly past the row limit, give each row the features and cross K/V it gets
     encoded alone, within fp16 rounding (FlashAttention's variable-length form against batched SDPA)."""
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
-    config = EngineConfig(max_slots=8, max_admit=4, cross_kv=cross_kv, short_window_frames=(100, 400))
+    config = EngineConfig(
+        max_slots=8, max_admit=4, cross_kv=cross_kv, short_window_frames=(100, 400), packed_encoder=True
+    )
     eng = make_engine(model, tokenizer, config)
     eng.close()
     runner = eng.runner
@@ -307,7 +309,7 @@ def test_packed_encoder_fp32_engine_equals_the_reference(tokenizer) -> None:
 
 
 def test_packed_encoder_fp16_engine_decodes_as_per_length_batches(tokenizer) -> None:
-    """The fp16 engine with packed, graphed passes (the default on CUDA) decodes mixed short windows to the
+    """The fp16 engine with packed, graphed passes decodes mixed short windows to the
     tokens of the same engine encoding one batch per length."""
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
     speech = read_wav(AUDIO / "samples" / "jfk.wav")

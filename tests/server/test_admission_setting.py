@@ -1,5 +1,5 @@
 """The server's engine settings for live streams (the admission policy, the short windows' lengths): validated, admitting at every step by default, and passed to the
-engines it builds (``voxserve serve --admit-wait-steps/--admit-ratio``)."""
+engines it builds (``voxserve serve --admit-wait-steps/--admit-ratio/--packed-encoder``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from voxserve.server.settings import ServerSettings  # noqa: E402
 
 def test_defaults_and_validation():
     s = ServerSettings()
-    assert (s.engine_admit_wait_steps, s.engine_admit_ratio) == (0, 2.0)
+    assert (s.engine_admit_wait_steps, s.engine_admit_ratio, s.engine_packed_encoder) == (0, 2.0, False)
     for bad in ({"engine_admit_wait_steps": -1}, {"engine_admit_ratio": 0}):
         with pytest.raises(ValidationError):
             ServerSettings(**bad)
@@ -25,6 +25,7 @@ def test_the_engines_get_the_policy(tmp_path):
     settings = ServerSettings(
         engine_admit_wait_steps=24,
         engine_admit_ratio=3.5,
+        engine_packed_encoder=True,
         preload=False,
         jobs_db=tmp_path / "jobs.sqlite3",
         jobs_dir=tmp_path / "jobs",
@@ -32,7 +33,7 @@ def test_the_engines_get_the_policy(tmp_path):
     ctx = ServerContext.build(settings)
     try:
         config = ctx.registry.engine_config
-        assert (config.admit_wait_steps, config.admit_ratio) == (24, 3.5)
+        assert (config.admit_wait_steps, config.admit_ratio, config.packed_encoder) == (24, 3.5, True)
     finally:
         ctx.pool.shutdown(wait=False)
 

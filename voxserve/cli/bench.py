@@ -167,6 +167,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--admit-ratio times the running rows (default 0, as `voxserve serve`: join at every step)",
     )
     live.add_argument("--admit-ratio", type=float, default=2.0, help="see --admit-wait-steps (default 2)")
+    live.add_argument(
+        "--packed-encoder",
+        action="store_true",
+        help="encode an admission's short windows in one packed pass (EngineConfig.packed_encoder; default: one "
+        "batch per window length, as `voxserve serve`)",
+    )
     live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")
     live.add_argument(
         "--vad-model", type=Path, default=SHARED / "vad" / "silero_vad.onnx", help="Silero VAD ONNX file"
@@ -295,6 +301,7 @@ def run_streams(args: argparse.Namespace) -> int:
             max_admit=args.max_admit,
             admit_wait_steps=args.admit_wait_steps,
             admit_ratio=args.admit_ratio,
+            packed_encoder=args.packed_encoder,
             target_ms=args.target_ms,
             vad_model=args.vad_model,
             vad=args.vad,

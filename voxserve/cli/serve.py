@@ -45,6 +45,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "which helped live streams when admissions were costly)",
     )
     p.add_argument("--admit-ratio", type=float, help="see --admit-wait-steps (default 2)")
+    p.add_argument(
+        "--packed-encoder",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="encode the short windows of live partials admitted together in one packed encoder pass instead of "
+        "one batch per window length (default: off; VOXSERVE_ENGINE_PACKED_ENCODER)",
+    )
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -83,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["engine_admit_wait_steps"] = args.admit_wait_steps
     if args.admit_ratio is not None:
         overrides["engine_admit_ratio"] = args.admit_ratio
+    if args.packed_encoder is not None:
+        overrides["engine_packed_encoder"] = args.packed_encoder
     if args.preload is not None:
         overrides["preload"] = args.preload
     try:

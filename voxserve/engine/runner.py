@@ -113,7 +113,7 @@ class Runner:
         fused_step: bool = False,
         prefill_graphs: bool = True,
         cross_kv: str = "model",
-        packed_encoder: bool | None = None,
+        packed_encoder: bool = False,
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -216,10 +216,10 @@ class Runner:
         self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
         self.max_encode = max_encode
         # Windows shorter than the model's encoded in one packed pass (engine/packed.py) rather than one padded
-        # batch per length. None: where FlashAttention's variable-length form runs (CUDA, fp16/bf16 activations).
-        flash = packed.flash_varlen(self.device, self.dtype)
-        self.packed_encoder = flash if packed_encoder is None else packed_encoder
-        self._packed_graphed = flash and self.use_graphs  # elsewhere packed passes run eagerly
+        # batch per length (EngineConfig.packed_encoder); captured where FlashAttention's variable-length form runs
+        # (CUDA, fp16/bf16 activations), eager elsewhere.
+        self.packed_encoder = packed_encoder
+        self._packed_graphed = packed.flash_varlen(self.device, self.dtype) and self.use_graphs
         self._stem: tuple[Tensor, Tensor] | None = None
         # pass size (positions) -> (graph, its static inputs, its output features)
         self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]] = {}

@@ -125,8 +125,12 @@ class EngineConfig:
     admit_wait_steps: int = 0
     admit_ratio: float = 2.0
     # encode an admission's windows shorter than the model's in one packed pass (engine/packed.py) instead of one
-    # padded batch per window length; None: where FlashAttention's variable-length form runs (CUDA, fp16/bf16)
-    packed_encoder: bool | None = None
+    # padded batch per window length. Captured as CUDA graphs where FlashAttention's variable-length form runs
+    # (CUDA, fp16/bf16), eager elsewhere. Off by default: at 100 live streams (large-v3 fp16, H100, one run,
+    # bench/profile_streams.py) it measured p50 263 vs 304 ms, p99 1.33 vs 1.45 s and 339 decodes/s both ways; at
+    # 200 the difference was within run-to-run noise; and the form now in the code (one staging copy) has not yet
+    # run on a GPU (stop 19)
+    packed_encoder: bool = False
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:

@@ -63,6 +63,7 @@ class StreamBenchPlan:
     max_admit: int = 32  # windows the engine admits (and encodes) per turn
     admit_wait_steps: int = EngineConfig.admit_wait_steps  # the engine's admission policy, as the server's
     admit_ratio: float = EngineConfig.admit_ratio
+    packed_encoder: bool = EngineConfig.packed_encoder
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
@@ -226,6 +227,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         short_window_frames=frames,
         admit_wait_steps=plan.admit_wait_steps,
         admit_ratio=plan.admit_ratio,
+        packed_encoder=plan.packed_encoder,
     )
     engine = make_engine(whisper.model, whisper.tokenizer, config)
     try:

@@ -61,6 +61,7 @@ class ServerContext:
             cross_kv=settings.engine_cross_kv,
             admit_wait_steps=settings.engine_admit_wait_steps,
             admit_ratio=settings.engine_admit_ratio,
+            packed_encoder=settings.engine_packed_encoder,
         )
         registry = ModelRegistry(
             settings.models,

@@ -56,6 +56,9 @@ class ServerSettings(BaseSettings):
     # default admits at every step. Raise it where admissions are costly (long prompts, large admission batches).
     engine_admit_wait_steps: int = Field(default=0, ge=0)
     engine_admit_ratio: float = Field(default=2.0, gt=0)
+    # live short windows of an admission encoded in one packed pass instead of one batch per length
+    # (EngineConfig.packed_encoder: off by default, see there)
+    engine_packed_encoder: bool = False
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
     # audio longer than this is cut at pauses (VAD) and its pieces decoded as one batch
