@@ -173,9 +173,11 @@ def test_engine_step_logits_large_v3(large_v3_fp32, dtype, fused_step, cross_kv)
     assert err_engine < bound, (err_engine, err_eager)
 
 
-def test_mixed_short_windows_with_graphs_equal_the_reference_fp32(tokenizer) -> None:
-    """Windows of several lengths admitted together on CUDA (encoder graphs per batch bucket and length, one
-    prefill reading each slot's cross K/V at its own length) decode as the reference does, window by window."""
+@pytest.mark.parametrize("packed_encoder", [False, True], ids=["per-length", "packed"])
+def test_mixed_short_windows_with_graphs_equal_the_reference_fp32(tokenizer, packed_encoder) -> None:
+    """Windows of several lengths admitted together on CUDA (encoder graphs per batch bucket and length, or one
+    packed pass: eager in fp32, where FlashAttention does not run; one prefill reading each slot's cross K/V at its
+    own length) decode as the reference does, window by window."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
     speech = read_wav(AUDIO / "samples" / "jfk.wav")
@@ -185,9 +187,12 @@ def test_mixed_short_windows_with_graphs_equal_the_reference_fp32(tokenizer) -> 
         mels.append(mel[:, : min(mel.shape[-1] // 2 * 2, 3000)].cuda())
     options = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
     expected = [decode_windows(model, tokenizer, m[None], options)[0].tokens for m in mels]
-    eng = make_engine(model, tokenizer, EngineConfig(max_slots=6, max_admit=6, short_window_frames=(100,)))
+    config = EngineConfig(max_slots=6, max_admit=6, short_window_frames=(100,), packed_encoder=packed_encoder)
+    eng = make_engine(model, tokenizer, config)
     try:
-        assert ("encoder 100", 4) in eng.runner.warmup()
+        ran = eng.runner.warmup()
+        assert (("encoder 100", 4) in ran) is not packed_encoder
+        assert (("packed encoder", 50) in ran) is packed_encoder and not eng.runner._packed_graphed
         batch = BatchDecoder(eng, model, tokenizer)
         pending = [batch.submit(m, options) for m in mels]
         got = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
@@ -195,7 +200,8 @@ def test_mixed_short_windows_with_graphs_equal_the_reference_fp32(tokenizer) -> 
     finally:
         eng.close()
     assert got == expected
-    assert {100, 250, 400, 700} <= lengths  # the short windows ran as graphs too
+    if not packed_encoder:
+        assert {100, 250, 400, 700} <= lengths  # the short windows ran as graphs too
 
 
 @pytest.mark.parametrize("cross_kv", ["model", "int8"])
@@ -282,30 +288,6 @@ def test_packed_encoder_passes_equal_each_window_encoded_alone_fp16(tokenizer, c
                 start += n
         size = packed.pass_size(sum(frames) // 2, TINY.n_audio_ctx)
         assert (size in runner._packed_graphs) is graphed
-
-
-def test_packed_encoder_fp32_engine_equals_the_reference(tokenizer) -> None:
-    """Packing asked for in fp32 on CUDA (eager passes: no FlashAttention in fp32) decodes mixed short windows
-    exactly as the reference does, window by window."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
-    speech = read_wav(AUDIO / "samples" / "jfk.wav")
-    mels = []
-    for seconds in (1, 2.5, 2.5, 4, 7, 30):
-        mel = log_mel_spectrogram(speech[: int(16000 * seconds)], 80)
-        mels.append(mel[:, : min(mel.shape[-1] // 2 * 2, 3000)].cuda())
-    options = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
-    expected = [decode_windows(model, tokenizer, m[None], options)[0].tokens for m in mels]
-    config = EngineConfig(max_slots=6, max_admit=6, short_window_frames=(100,), packed_encoder=True)
-    eng = make_engine(model, tokenizer, config)
-    try:
-        assert eng.runner.packed_encoder and not eng.runner._packed_graphed
-        batch = BatchDecoder(eng, model, tokenizer)
-        pending = [batch.submit(m, options) for m in mels]
-        got = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
-    finally:
-        eng.close()
-    assert got == expected
 
 
 def test_packed_encoder_fp16_engine_decodes_as_per_length_batches(tokenizer) -> None:

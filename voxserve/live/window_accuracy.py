@@ -43,8 +43,15 @@ def sentences(
 
 
 def measure(
-    model: str, n: int, device: str | None, text_path: Path, ids: tuple[str, ...] = ()
+    model: str,
+    n: int,
+    device: str | None,
+    text_path: Path,
+    ids: tuple[str, ...] = (),
+    bucket_sets: tuple[tuple[float, ...], ...] = (),
 ) -> dict[str, Any]:
+    """Rows "full" (30 s windows) and "short" (LiveOptions' window lengths), plus one "short <lengths>" row for
+    each of ``bucket_sets`` (e.g. windows every second, which a packed encoder pass makes as cheap as a few)."""
     from ..api import load_model
     from ..decoding.batched import make_engine
     from ..metrics.wer import item_errors
@@ -58,8 +65,19 @@ def measure(
     audio = [speak(t) for t in texts]
     rows: dict[str, Any] = {}
     try:
-        for short in (False, True):
-            service = LiveService(whisper, engine, None, LiveOptions(short_windows=short))
+        variants: list[tuple[str, LiveOptions]] = [
+            ("full", LiveOptions(short_windows=False)),
+            ("short", LiveOptions(short_windows=True)),
+        ]
+        variants += [
+            (
+                f"short {','.join(f'{b:g}' for b in buckets)}",
+                LiveOptions(short_windows=True, window_buckets_s=buckets),
+            )
+            for buckets in bucket_sets
+        ]
+        for name, live_options in variants:
+            service = LiveService(whisper, engine, None, live_options)
 
             async def decode_all(service: LiveService = service) -> list[list[str]]:
                 # finals (no deadline): the measurement is accuracy, not whether an overloaded CPU keeps up
@@ -74,7 +92,7 @@ def measure(
             counts = sum(
                 (item_errors(t, h) for t, h in zip(texts, whole, strict=True)), start=item_errors("", "")
             )
-            rows["short" if short else "full"] = {
+            rows[name] = {
                 "wer_whole": round(counts.errors / max(counts.reference_length, 1), 4),
                 "wall_s": round(wall, 2),
                 "examples": [
@@ -87,12 +105,16 @@ def measure(
     finally:
         engine.close()
     # Partials see cut audio, which has no reference text: score short-window halves against full-window ones.
-    full_half, short_half = rows["full"].pop("_half"), rows["short"].pop("_half")
-    agree = sum(
-        (item_errors(f, s) for f, s in zip(full_half, short_half, strict=True)), start=item_errors("", "")
-    )
-    rows["short"]["half_wer_vs_full"] = round(agree.errors / max(agree.reference_length, 1), 4)
+    full_half = rows["full"].pop("_half")
     rows["full"]["half_wer_vs_full"] = 0.0
+    for name, row in rows.items():
+        if name != "full":
+            short_half = row.pop("_half")
+            agree = sum(
+                (item_errors(f, s) for f, s in zip(full_half, short_half, strict=True)),
+                start=item_errors("", ""),
+            )
+            row["half_wer_vs_full"] = round(agree.errors / max(agree.reference_length, 1), 4)
     return {
         "model": whisper.checkpoint.source,
         "random_weights": whisper.is_random,
@@ -101,6 +123,9 @@ def measure(
         "device": str(whisper.device),
         "results": rows,
         "cost_wer_points": round(100 * (rows["short"]["wer_whole"] - rows["full"]["wer_whole"]), 2),
+        "cost_wer_points_by_row": {
+            name: round(100 * (row["wer_whole"] - rows["full"]["wer_whole"]), 2) for name, row in rows.items()
+        },
     }
 
 
@@ -113,18 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ids", default="", help="only sentences whose ids start so (comma-separated, e.g. LJ044,LJ045)"
     )
+    p.add_argument(
+        "--buckets",
+        action="append",
+        default=[],
+        type=lambda t: tuple(float(x) for x in t.split(",")),
+        help="another set of short-window lengths in seconds, comma-separated (repeatable; scored as one more row)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     np.random.seed(0)
     ids = tuple(i.strip() for i in args.ids.split(",") if i.strip())
-    doc = measure(args.model, args.n, args.device, args.text, ids)
+    doc = measure(args.model, args.n, args.device, args.text, ids, tuple(args.buckets))
     doc["sentence_ids"] = list(ids) or "first of the file"
     doc["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["command"] = ["python", "-m", "voxserve.live.window_accuracy", *(argv or sys.argv[1:])]
     path = write_new(doc, args.out, f"{doc['created_utc'][:16].replace(':', '')}_window-accuracy.json")
     for name, row in doc["results"].items():
-        print(f"{name:>5} windows: WER {row['wer_whole']:.3f}, halves differ from full windows' by "
+        print(f"{name:>12} windows: WER {row['wer_whole']:.3f}, halves differ from full windows' by "
               f"WER {row['half_wer_vs_full']:.3f}, {row['wall_s']} s")  # fmt: skip
     print(f"short windows cost {doc['cost_wer_points']:+.2f} WER points; wrote {path}", file=sys.stderr)
     return 0
