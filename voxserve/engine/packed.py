@@ -5,7 +5,8 @@ Why: live partials encode many short windows of many lengths. Batched per length
 passes of ~4 rows each, every row padded to its window bucket and every batch to a power of two (100 streams,
 large-v3 fp16, H100, bench/profile_streams.py, stop 18): small, partly padded matrix products. Packed, the
 encoder's linear layers (~95% of its work) see every row's positions at once, one pass whatever the mix of
-lengths, with no padding but the tail up to the pass's size.
+lengths, with no padding but the tail up to the pass's size. Measured against per-length batches in
+bench/README.md ("Packed encoder passes"): less device time a row, the same throughput within noise so far.
 
 What keeps each row exactly its own window's encoding: the two convolutions read a row's neighbouring frames
 through gather indices that stop at the row's ends (a zero frame beyond them, as the convolutions' zero padding),

@@ -92,7 +92,8 @@ class EngineConfig:
     cpu_step_threads: int | None = 1
     cpu_step_threads_rows: int = 2
     # window lengths in mel frames, shorter than the model's 30 s, that requests will use (live short windows):
-    # warm-up captures the encoder's graphs for them too (other lengths are captured at first use)
+    # warm-up captures the encoder's graphs for them too (other lengths are captured at first use), or with
+    # packed_encoder every packed pass size
     short_window_frames: tuple[int, ...] = ()
     # the CUDA step's fused kernels: the policy's select in three kernels (select_kernel.py) and, at most
     # fused.MAX_ROWS rows, each decoder projection one kernel with its layer norm, bias, GELU and residual add
