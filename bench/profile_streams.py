@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 from voxserve.engine.engine import Engine
 from voxserve.engine.packed import pass_size
 from voxserve.engine.runner import Runner
-from voxserve.engine.types import EngineConfig
+from voxserve.engine.types import EngineConfig, WindowOutput, WindowRequest
 from voxserve.live import streambench
 from voxserve.live.service import LiveService
 from voxserve.live.streambench import StreamBenchPlan, run_streams
@@ -272,6 +272,45 @@ class StackSampler:
 sampler: StackSampler | None = None
 
 
+class HostOnlyEngine:
+    """An engine that does no device work: every request returns its ``sample_len`` tokens after ``delay_s``.
+    With it the run measures what the host alone (sessions, event loop, log-mels, results) sustains."""
+
+    class _Ticket:
+        def __init__(self, tokens: tuple[int, ...], delay_s: float) -> None:
+            self.token_events, self.tokens, self.delay_s = True, tokens, delay_s
+
+        def cancel(self) -> None:
+            pass
+
+        async def wait(self) -> WindowOutput:
+            await asyncio.sleep(self.delay_s)
+            return WindowOutput(self.tokens, -1.0, 0.0, "length")
+
+    def __init__(self, token: int, delay_s: float) -> None:
+        self.token, self.delay_s = token, delay_s
+        self.n_slots, self.steps = 1024, 0
+        self.config = EngineConfig()
+        self.runner = type("HostRunner", (), {"device": torch.device("cpu"), "warmup": lambda self: []})()
+
+    def submit(self, request: WindowRequest) -> HostOnlyEngine._Ticket:
+        self.steps += 1
+        return self._Ticket((self.token,) * request.spec.sample_len, self.delay_s)
+
+    def close(self) -> None:
+        pass
+
+
+def host_only(delay_s: float) -> None:
+    """Make the stream bench build a ``HostOnlyEngine`` instead of the real one."""
+
+    def make(model: Any, tokenizer: Any, config: EngineConfig) -> HostOnlyEngine:
+        state["on"] = True  # nothing to warm up: time from the start
+        return HostOnlyEngine(tokenizer.encode(" the")[0], delay_s)
+
+    streambench.make_engine = make  # type: ignore[assignment]
+
+
 def report() -> None:
     if sampler is not None:
         sampler.report()
@@ -332,6 +371,13 @@ def main() -> None:
     p.add_argument("--partial-interval", type=float, default=0.2)
     p.add_argument("--stacks", action="store_true", help="sample every thread's Python stack every 5 ms")
     p.add_argument(
+        "--host-only",
+        type=float,
+        metavar="MS",
+        help="no device work: every decode returns its tokens after MS milliseconds (what the host alone "
+        "sustains; use --device cpu --dims tiny)",
+    )
+    p.add_argument(
         "--threads", type=int, help="torch's intra-op threads for the whole process (as bench --threads)"
     )
     p.add_argument("--max-admit", type=int, default=64)
@@ -363,6 +409,8 @@ def main() -> None:
     if args.profile is not None:
         state["profile_at"] = args.profile
     instrument()
+    if args.host_only is not None:
+        host_only(args.host_only / 1e3)
     if args.stacks:
         global sampler
         sampler = StackSampler()
