@@ -45,6 +45,8 @@ recorded: list[profile] = []
 # device time of steps and admissions, from CUDA events around the call (read once the run is over)
 device_events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = collections.defaultdict(list)
 loop_lag: list[float] = []  # how late a 10 ms timer of the callers' event loop fired, seconds
+# the event loop thread's CPU time and the wall time over which it was measured (seconds), per run
+loop_cpu: list[tuple[float, float]] = []
 state = {"on": False, "profile_at": -1}
 
 
@@ -103,18 +105,24 @@ def watch_loop(simulate: Callable[..., Any]) -> Callable[..., Any]:
     long the loop (sessions, VAD, results) keeps a ready callback waiting."""
 
     async def watched(*args: Any) -> Any:
+        since: list[float] = []  # the loop thread's CPU clock and the wall clock when timing began
+
         async def tick() -> None:
             while True:
                 due = time.perf_counter() + 0.01
                 await asyncio.sleep(0.01)
                 if state["on"]:
                     loop_lag.append(time.perf_counter() - due)
+                    if not since:
+                        since.extend((time.thread_time(), time.perf_counter()))
 
         ticker = asyncio.create_task(tick())
         try:
             return await simulate(*args)
         finally:
             ticker.cancel()
+            if since:
+                loop_cpu.append((time.thread_time() - since[0], time.perf_counter() - since[1]))
 
     return watched
 
@@ -173,6 +181,7 @@ def clear() -> None:
     for store in (calls, shapes, device_events):
         store.clear()
     loop_lag.clear()
+    loop_cpu.clear()
 
 
 def instrument() -> None:
@@ -329,6 +338,8 @@ def report() -> None:
         print(
             f"{name:8s} device time: mean {statistics.mean(ms):7.1f} ms, median {statistics.median(ms):7.1f} ms"
         )
+    for cpu, wall in loop_cpu:
+        print(f"event loop thread CPU: {cpu:.2f} s in {wall:.1f} s ({100 * cpu / wall:.0f}% of a core)")
     if loop_lag:
         lag = sorted(loop_lag)
         print(
