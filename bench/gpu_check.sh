@@ -10,6 +10,8 @@
 #   bash bench/gpu_check.sh streams [ASSETS] the prefill's and packed encoder's GPU tests, the live stream profile
 #                                           at 200 callers (per-length vs packed encoder passes, alternating),
 #                                           then `voxserve bench --streams 100,200` without and with packing
+#   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
+#                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
 #   VOXSERVE_SHARED_DATA is set to it for the tests). Made here, before the device call, from the repository root:
 #     mkdir -p .devdata/audio && cp -r ../shared/data/whisper-assets .devdata/ \
@@ -17,7 +19,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -61,7 +63,16 @@ elif [ "$MODE" = streams ]; then
             --max-admit 64 --vad oracle $packing --audio "$ASSETS/audio/hifitts-6097" \
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     done
+elif [ "$MODE" = host ]; then
+    part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
+    # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
+    for streams in 100 200; do
+        part 270 "profile-streams-threads-$streams" python3 bench/profile_streams.py --streams $streams \
+            --seconds 10 --audio "$ASSETS/audio/hifitts-6097" \
+            --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --variant torchthreads=16 \
+            --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
+    done
 else
-    echo "unknown mode $MODE (tests, perf or streams)" >&2
+    echo "unknown mode $MODE (tests, perf, streams or host)" >&2
     exit 2
 fi

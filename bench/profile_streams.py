@@ -127,7 +127,15 @@ def watch_loop(simulate: Callable[..., Any]) -> Callable[..., Any]:
     return watched
 
 
-VARIANT_KEYS = {"wait": int, "ratio": float, "switch": float, "gpumels": int, "packed": int, "every": float}
+VARIANT_KEYS = {
+    "wait": int,
+    "ratio": float,
+    "switch": float,
+    "gpumels": int,
+    "packed": int,
+    "every": float,
+    "torchthreads": int,
+}
 
 
 def parse_variant(text: str) -> dict[str, float]:
@@ -163,6 +171,8 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             admit_ratio=float(current.get("ratio", EngineConfig.admit_ratio)),
         )
         sys.setswitchinterval(current.get("switch", 0.005))
+        if "torchthreads" in current:  # process-wide: the log-mel workers' count too
+            torch.set_num_threads(int(current["torchthreads"]))
         if "packed" in current:
             engine.runner.packed_encoder = bool(current["packed"])
         init(self, whisper, engine, *args, **kwargs)
@@ -410,7 +420,8 @@ def main() -> None:
         help="one run per variant, on one warmed engine: comma-separated wait=N (EngineConfig.admit_wait_steps), "
         "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), gpumels=1 (log-mels on the GPU), "
         "packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), every=S (short windows every "
-        "S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length); "
+        "S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length), torchthreads=N "
+        "(torch.set_num_threads for the process from this variant on); "
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()
