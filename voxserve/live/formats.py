@@ -63,7 +63,9 @@ class ChunkDecoder:
         if fmt.name == "pcm16":
             if len(data) % 2:
                 raise FormatError(f"pcm16 audio must be whole 16-bit samples; got {len(data)} bytes")
-            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) * np.float32(1 / 32768)
+            # one pass (int16 times a float32 scalar is float32): a chunk's every numpy call on the event loop
+            # may wait to retake the GIL from the log-mel threads (bench/README.md, "Live streams")
+            samples = np.frombuffer(data, dtype="<i2") * np.float32(1 / 32768)
         else:
             samples = expand(data, "mulaw" if fmt.name == "g711_ulaw" else "alaw").astype(np.float32)
             samples *= np.float32(1 / 32768)
