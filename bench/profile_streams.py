@@ -5,12 +5,14 @@ encoder passes, prefill and decode steps timed: host time (until the call return
 device has finished too, by a synchronisation after each call, which the real engine does not make). With
 ``--profile`` one admission is also recorded by torch.profiler (top CPU and device operations). Not a benchmark:
 the synchronisations change the run; use the figures to find the cost, and ``voxserve bench --streams`` to
-measure it.
+measure it. ``--stacks`` samples every thread's Python stack; the event loop thread's own CPU time is printed
+per run; ``--host-only MS`` swaps the engine for one that does no device work (what the host alone sustains, e.g.
+``--dims tiny --device cpu --host-only 20``).
 
 python3 bench/profile_streams.py --streams 100 --dims large-v3 --device cuda --precision fp16 \\
     --audio .devdata/audio/hifitts-6097 \\
-    --tiktoken .devdata/whisper-assets/multilingual.tiktoken [--profile] \\
-    [--variant wait=16,ratio=2 --variant wait=16,ratio=2,switch=0.0005 ...]
+    --tiktoken .devdata/whisper-assets/multilingual.tiktoken [--profile N] [--stacks] \\
+    [--variant packed=0 --variant packed=1 --variant torchthreads=1 ...]
 """
 
 from __future__ import annotations
