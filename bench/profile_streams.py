@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from voxserve.cli.bench import seconds_list
 from voxserve.engine.engine import Engine
 from voxserve.engine.packed import pass_size
 from voxserve.engine.runner import Runner
@@ -238,15 +239,15 @@ class StackSampler:
         self.leaf: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.stack: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.samples = 0
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def reset(self) -> None:
+        self.leaf.clear()
+        self.stack.clear()
+        self.samples = 0
 
     @staticmethod
     def _kind(name: str) -> str:
@@ -257,7 +258,8 @@ class StackSampler:
     def _run(self) -> None:
         names = {}
         me = threading.get_ident()
-        while not self._stop.wait(self.interval):
+        while True:
+            time.sleep(self.interval)
             if not state["on"]:
                 continue
             self.samples += 1
@@ -335,8 +337,7 @@ def host_only(delay_s: float) -> None:
 def report() -> None:
     if sampler is not None:
         sampler.report()
-        sampler.leaf.clear(), sampler.stack.clear()
-        sampler.samples = 0
+        sampler.reset()
     for name in ("admit", "encode", "packed", "prefill", "step", "mel"):
         timed_calls = [c for c in calls[name] if c[0] == c[0]]  # without the profiled one
         if timed_calls:
@@ -406,7 +407,7 @@ def main() -> None:
     p.add_argument("--max-admit", type=int, default=64)
     p.add_argument(
         "--window-buckets",
-        type=lambda t: tuple(float(x) for x in t.split(",")),
+        type=seconds_list,
         help="short windows' lengths in seconds, comma-separated (default: LiveOptions', 1,2,4,8,16)",
     )
     p.add_argument(

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def _seconds_list(text: str) -> tuple[float, ...]:
+def seconds_list(text: str) -> tuple[float, ...]:
     """ "1,2,4" -> (1.0, 2.0, 4.0), for argparse (a clear error on anything else)."""
     try:
         return tuple(float(x) for x in text.split(","))
@@ -145,7 +145,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     live.add_argument(
         "--window-buckets",
-        type=_seconds_list,
+        type=seconds_list,
         help="with --short-windows: the window lengths in seconds an utterance is padded up to, comma-separated "
         "(default 1,2,4,8,16; fewer lengths mean fewer encoder passes per admission, more padding)",
     )

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..bench.results import write_new
+from ..cli.bench import seconds_list
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "--buckets",
         action="append",
         default=[],
-        type=lambda t: tuple(float(x) for x in t.split(",")),
+        type=seconds_list,
         help="another set of short-window lengths in seconds, comma-separated (repeatable; scored as one more row)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
