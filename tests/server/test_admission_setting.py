@@ -1,5 +1,6 @@
-"""The server's engine settings for live streams (the admission policy, the short windows' lengths): validated, admitting at every step by default, and passed to the
-engines it builds (``voxserve serve --admit-wait-steps/--admit-ratio/--packed-encoder``)."""
+"""The server's engine settings for live streams (the admission policy, the short windows' lengths, the packed
+encoder): validated, admitting at every step by default, and passed to the engines it builds (``voxserve serve
+--admit-wait-steps/--admit-ratio/--packed-encoder``)."""
 
 from __future__ import annotations
 
