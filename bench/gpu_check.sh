@@ -7,9 +7,11 @@
 #   bash bench/gpu_check.sh tests [ASSETS]  the GPU tests: engine, quantization and parity, then the fused kernels
 #   bash bench/gpu_check.sh perf [ASSETS]   the step profile (fused, with and without dependent launch), then
 #                                           `voxserve bench` of the default engine against the unfused one
-#   bash bench/gpu_check.sh streams [ASSETS] the prefill's and packed encoder's GPU tests, the live stream profile
-#                                           at 200 callers (per-length vs packed encoder passes, alternating),
-#                                           then `voxserve bench --streams 100,200` without and with packing
+#   bash bench/gpu_check.sh streams [ASSETS] the live GPU tests (prefill, packed encoder, audio windows), the
+#                                           stream profile at 200 callers (log-mels on the host vs made by the
+#                                           engine, alternating), then `voxserve bench --streams 100,200,300`
+#                                           with packing and engine log-mels
+#   bash bench/gpu_check.sh streams-ab [ASSETS] that bench with host log-mels, then engine log-mels unpacked
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -19,7 +21,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -51,16 +53,23 @@ elif [ "$MODE" = perf ]; then
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
         --cache /tmp/vb --out "$OUT"
 elif [ "$MODE" = streams ]; then
-    part 120 tests-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
-        -k "reference_fp32 or by_length or packed" -p no:cacheprovider --durations=5 -rfE
-    # short windows one batch per length against one packed pass, alternating, on one warmed engine
+    part 150 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "reference_fp32 or by_length or packed or audio_windows" -p no:cacheprovider --durations=5 -rfE
+    # log-mels on the host against made by the engine from audio, packed passes, alternating, one warmed engine
     part 150 profile-streams python3 bench/profile_streams.py --streams 200 --seconds 10 \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" \
-        --variant packed=0 --variant packed=1 --variant packed=0 --variant packed=1
-    for packing in "" --packed-encoder; do
-        part 150 "bench-streams$packing" python3 -m voxserve bench --streams 100,200 --dims large-v3 \
+        --variant packed=1,enginemels=0 --variant packed=1,enginemels=1 --variant packed=1,enginemels=0 \
+        --variant packed=1,enginemels=1
+    part 230 bench-streams-engine-mels python3 -m voxserve bench --streams 100,200,300 --dims large-v3 \
+        --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 \
+        --max-admit 64 --vad oracle --packed-encoder --mels engine --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+elif [ "$MODE" = streams-ab ]; then
+    # the same stream bench with log-mels on the host, and with engine log-mels but per-length encoder passes
+    for variant in "--packed-encoder --mels host" "--mels engine"; do
+        part 270 "bench-streams${variant// /}" python3 -m voxserve bench --streams 100,200,300 --dims large-v3 \
             --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 \
-            --max-admit 64 --vad oracle $packing --audio "$ASSETS/audio/hifitts-6097" \
+            --max-admit 64 --vad oracle $variant --audio "$ASSETS/audio/hifitts-6097" \
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     done
 elif [ "$MODE" = host ]; then
@@ -73,6 +82,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab or host)" >&2
     exit 2
 fi

@@ -134,7 +134,7 @@ VARIANT_KEYS = {
     "wait": int,
     "ratio": float,
     "switch": float,
-    "gpumels": int,
+    "enginemels": int,
     "packed": int,
     "every": float,
     "torchthreads": int,
@@ -142,7 +142,7 @@ VARIANT_KEYS = {
 
 
 def parse_variant(text: str) -> dict[str, float]:
-    """ "wait=16,ratio=1,switch=0.0005,gpumels=1" -> its settings (an empty text: the defaults)."""
+    """ "wait=16,ratio=1,switch=0.0005,enginemels=1" -> its settings (an empty text: the defaults)."""
     out: dict[str, float] = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -181,10 +181,14 @@ def run_variants(variants: list[dict[str, float]]) -> None:
         init(self, whisper, engine, *args, **kwargs)
 
     def variant_options(**kw: Any) -> Any:
-        if "every" in current:  # short windows every S seconds up to the model's 30 s
-            step = current["every"]
+        # Built before the service whose __init__ starts the next variant: the options are that variant's.
+        upcoming = pending[0] if pending else current
+        if "every" in upcoming:  # short windows every S seconds up to the model's 30 s
+            step = upcoming["every"]
             kw["window_buckets_s"] = tuple(step * k for k in range(1, int(30 / step)) if step * k < 30)
-        return options(**{**kw, "device_mels": bool(current.get("gpumels"))})
+        if "enginemels" in upcoming:
+            kw["mels"] = "engine" if upcoming["enginemels"] else "host"
+        return options(**kw)
 
     LiveService.__init__ = next_variant  # type: ignore[method-assign]
     streambench.LiveOptions = variant_options  # type: ignore[misc]
@@ -421,8 +425,8 @@ def main() -> None:
         action="append",
         type=parse_variant,
         help="one run per variant, on one warmed engine: comma-separated wait=N (EngineConfig.admit_wait_steps), "
-        "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), gpumels=1 (log-mels on the GPU), "
-        "packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), every=S (short windows every "
+        "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), enginemels=0|1 (log-mels made by the "
+        "engine from audio, LiveOptions.mels), packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), every=S (short windows every "
         "S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length), torchthreads=N "
         "(torch.set_num_threads for the process from this variant on); "
         "repeat for more runs (default: one run with the defaults)",

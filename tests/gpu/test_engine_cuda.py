@@ -19,7 +19,8 @@ from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions
 from voxserve.engine import kv8, packed
 from voxserve.engine.attention import decode_attention, reference_decode_attention
-from voxserve.engine.types import EngineConfig
+from voxserve.engine.mels import window_mels
+from voxserve.engine.types import AudioWindow, EngineConfig
 from voxserve.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.gpu
@@ -316,3 +317,41 @@ def test_packed_encoder_fp16_engine_decodes_as_per_length_batches(tokenizer) -> 
             eng.close()
     assert results[True] == results[False]
     assert any(len(t) > 3 for t in results[True])
+
+
+@pytest.mark.parametrize("packed_encoder", [False, True], ids=["per-length", "packed"])
+def test_audio_windows_on_cuda_decode_as_host_log_mels_fp16(tokenizer, packed_encoder) -> None:
+    """Windows sent as audio: the engine makes their log-mels on the GPU (cuFFT, one batch per length, padded
+    rows; engine/mels.py), copied into the packed graphs' inputs on the device. They equal the host's log-mels
+    and the fp16 engine decodes them to the same tokens."""
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    clips = [speech[: int(16000 * s)] for s in (0.7, 1.9, 2.5, 2.7, 7.0, 10.9)]
+    frames = [100, 200, 400, 400, 800, 1600]
+    host = [
+        log_mel_spectrogram(np.pad(c, (0, 160 * f - len(c))), 80)[:, :f]
+        for c, f in zip(clips, frames, strict=True)
+    ]
+    windows = [AudioWindow(c, f) for c, f in zip(clips, frames, strict=True)]
+    for made, ref in zip(window_mels(windows, 80, torch.device("cuda")), host, strict=True):
+        torch.testing.assert_close(made.cpu(), ref, atol=1e-4, rtol=0)
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
+    config = EngineConfig(
+        max_slots=6,
+        max_admit=6,
+        short_window_frames=(100, 200, 400, 800, 1600),
+        packed_encoder=packed_encoder,
+    )
+    eng = make_engine(model, tokenizer, config)
+    try:
+        ran = eng.runner.warmup()
+        assert ("log-mel 400", 4) in ran and (("packed encoder", 256) in ran) is packed_encoder
+        batch = BatchDecoder(eng, model, tokenizer)
+        results = []
+        for inputs in ([m.half().cuda() for m in host], windows):
+            pending = [batch.submit(x, options) for x in inputs]
+            results.append([d.result_from(t.result(timeout=120)).tokens for d, t in pending])
+    finally:
+        eng.close()
+    assert results[1] == results[0]
+    assert any(len(t) > 3 for t in results[0])

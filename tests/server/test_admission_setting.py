@@ -39,6 +39,15 @@ def test_the_engines_get_the_policy(tmp_path):
         ctx.pool.shutdown(wait=False)
 
 
+def test_where_live_log_mels_are_made_is_a_setting():
+    from voxserve.server.realtime import live_options
+
+    assert live_options(ServerSettings()).mels == "host"
+    assert live_options(ServerSettings(realtime_mels="engine")).mels == "engine"
+    with pytest.raises(ValidationError):
+        ServerSettings(realtime_mels="gpu")
+
+
 def test_short_window_lengths_reach_the_engine_warm_up(tmp_path):
     settings = ServerSettings(
         realtime_short_windows=True,

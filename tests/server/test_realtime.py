@@ -98,8 +98,10 @@ def offline_text(service: LiveService, x: np.ndarray) -> str:
     return service.window_decoder(None, None).decode(mel[None])[0].text
 
 
-def test_manual_commit_gives_the_offline_transcript(whisper, engine, vad_model, speech):
-    client, service = client_for(whisper, engine, vad_model)
+@pytest.mark.parametrize("mels", ["host", "engine"])
+def test_manual_commit_gives_the_offline_transcript(whisper, engine, vad_model, speech, mels):
+    """Log-mels made on the host or by the engine from the window's audio (LiveOptions.mels)."""
+    client, service = client_for(whisper, engine, vad_model, mels=mels)
     x = speech[: 3 * SR]
     with client, client.websocket_connect(URL) as ws:
         session = configure(

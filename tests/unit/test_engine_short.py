@@ -13,7 +13,7 @@ from voxserve.audio.features import log_mel_spectrogram
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import WindowDecoder
 from voxserve.decoding.options import DecodingOptions
-from voxserve.engine.types import EngineConfig, Priority, WindowRequest
+from voxserve.engine.types import AudioWindow, EngineConfig, Priority, WindowRequest
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +49,53 @@ def test_mixed_lengths_match_the_reference(model, tokenizer, packed, language):
     assert any(len(t) > 0 for t in got)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["per-length", "packed"])
+def test_audio_windows_decode_as_their_log_mels(model, tokenizer, packed):
+    """Windows sent as audio (the engine makes their log-mels, batched per length, engine/mels.py) decode to the
+    very tokens of the same windows sent as the host's log-mels, mixed with mel windows in one admission."""
+    torch.set_num_threads(1)
+    opts = DecodingOptions(language="en", without_timestamps=True, sample_len=12)
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    clips = [speech[: int(16000 * s)] for s in (0.6, 1.0, 2.5, 2.7, 7.0)]
+    frames = [100, 100, 400, 400, 800]
+    mels = [
+        log_mel_spectrogram(np.pad(c, (0, 160 * f - len(c))), 80)[:, :f]
+        for c, f in zip(clips, frames, strict=True)
+    ]
+    config = EngineConfig(max_slots=8, max_admit=8, packed_encoder=packed)
+    with make_engine(model, tokenizer, config) as engine:
+        batch = BatchDecoder(engine, model, tokenizer)
+        expected = [
+            d.result_from(t.result(timeout=60)).tokens for d, t in [batch.submit(m, opts) for m in mels]
+        ]
+        windows = [
+            AudioWindow(c, f) if i % 2 == 0 else m
+            for i, (c, f, m) in enumerate(zip(clips, frames, mels, strict=True))
+        ]
+        got = [
+            d.result_from(t.result(timeout=60)).tokens for d, t in [batch.submit(w, opts) for w in windows]
+        ]
+    assert got == expected
+    assert any(len(t) > 0 for t in got)
+
+
 def test_bad_window_shapes_are_refused_and_the_engine_lives_on(model, tokenizer):
     opts = DecodingOptions(language="en", without_timestamps=True, sample_len=4)
     spec = WindowDecoder(model, tokenizer, opts).row_spec()
     with make_engine(model, tokenizer, EngineConfig(max_slots=2)) as engine:
         for mel in (torch.zeros(80, 101), torch.zeros(80, 3002), torch.zeros(64, 200), torch.zeros(80)):
-            with pytest.raises(ValueError, match="window mel must be"):
+            with pytest.raises(ValueError, match="a window must be"):
                 engine.submit(WindowRequest(mel=mel, spec=spec))
+        x = np.zeros(16000, np.float32)
+        for window in (
+            AudioWindow(x, 99),  # 101 frames hold 16,000 samples, 99 do not
+            AudioWindow(x, 101),  # odd
+            AudioWindow(np.zeros(480160, np.float32), 3002),  # past the model's window
+            AudioWindow(x.astype(np.float64), 100),
+            AudioWindow(x[None], 100),
+        ):
+            with pytest.raises(ValueError, match="a window must be|1-D float32"):
+                engine.submit(WindowRequest(mel=window, spec=spec))
         out = engine.submit(WindowRequest(mel=_short_mels()[0], spec=spec)).result(timeout=60)
         assert out.finish_reason in ("stop", "length")
 

@@ -173,6 +173,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="encode an admission's short windows in one packed pass (EngineConfig.packed_encoder; default: one "
         "batch per window length, as `voxserve serve`)",
     )
+    live.add_argument(
+        "--mels",
+        choices=("host", "engine"),
+        default="host",
+        help="where each window's log-mel is made: host (worker threads, as `voxserve serve` by default) or engine "
+        "(from the window's audio on the engine's device, batched per admission; VOXSERVE_REALTIME_MELS)",
+    )
     live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")
     live.add_argument(
         "--vad-model", type=Path, default=SHARED / "vad" / "silero_vad.onnx", help="Silero VAD ONNX file"
@@ -302,6 +309,7 @@ def run_streams(args: argparse.Namespace) -> int:
             admit_wait_steps=args.admit_wait_steps,
             admit_ratio=args.admit_ratio,
             packed_encoder=args.packed_encoder,
+            mels=args.mels,
             target_ms=args.target_ms,
             vad_model=args.vad_model,
             vad=args.vad,

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..engine.engine import Engine, Ticket
-from ..engine.types import EngineConfig, Priority, WindowRequest
+from ..engine.types import AudioWindow, EngineConfig, Priority, WindowRequest
 from ..model.whisper import Whisper
 from ..tokenizer import Tokenizer
 from .decode import DecodingResult, WindowDecoder
@@ -39,13 +39,14 @@ class BatchDecoder:
 
     def submit(
         self,
-        mel: Tensor,
+        mel: Tensor | AudioWindow,
         options: DecodingOptions,
         *,
         priority: Priority = Priority.INTERACTIVE,
         timeout: float | None = None,
     ) -> tuple[WindowDecoder, Ticket]:
-        """Queue one window mel [n_mels, 3000]; ``timeout`` seconds from now becomes its deadline."""
+        """Queue one window: a mel [n_mels, frames] (3000 for 30 s) or its audio; ``timeout`` seconds from now
+        becomes its deadline."""
         decoder = WindowDecoder(self.model, self.tokenizer, options)
         deadline = None if timeout is None else time.monotonic() + timeout
         request = WindowRequest(mel=mel, spec=decoder.row_spec(), priority=priority, deadline=deadline)

@@ -17,12 +17,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from ..config import HOP_LENGTH
 from ..model.whisper import Whisper
 from . import threads
 from .runner import Launched, Runner, slot_bytes
-from .types import EngineConfig, TokenEvent, WindowOutput, WindowRequest
+from .types import AudioWindow, EngineConfig, TokenEvent, WindowOutput, WindowRequest
 
 
 class EngineError(RuntimeError):
@@ -209,17 +211,20 @@ class Engine:
     def _check_mel(self, request: WindowRequest) -> None:
         # Checked here, in the caller's thread: a bad shape inside the worker would fail every request it holds.
         d, mel = self.model.dims, request.mel
-        frames = mel.shape[-1] if mel.dim() == 2 else -1
-        if (
-            mel.dim() != 2
-            or mel.shape[0] != d.n_mels
-            or frames < 2
-            or frames % 2
-            or frames > 2 * d.n_audio_ctx
-        ):
+        if isinstance(mel, AudioWindow):
+            x, frames = mel.samples, mel.frames
+            if not (isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype == np.float32):
+                raise ValueError("an audio window's samples must be a 1-D float32 numpy array")
+            shape = f"{len(x)} samples for {frames} frames"
+            fits = len(x) <= frames * HOP_LENGTH
+        else:
+            frames = mel.shape[-1] if mel.dim() == 2 else -1
+            shape = str(tuple(mel.shape))
+            fits = mel.dim() == 2 and mel.shape[0] == d.n_mels
+        if not fits or frames < 2 or frames % 2 or frames > 2 * d.n_audio_ctx:
             raise ValueError(
-                f"a window mel must be [{d.n_mels}, frames] with an even number of frames up to "
-                f"{2 * d.n_audio_ctx}, got {tuple(mel.shape)}"
+                f"a window must be a mel [{d.n_mels}, frames] or at most frames * {HOP_LENGTH} samples, with an "
+                f"even number of frames up to {2 * d.n_audio_ctx}; got {shape}"
             )
 
     @property

@@ -131,16 +131,17 @@ class PackedInputs:
     their log-mel threads, and every torch call releases and then waits to take back the GIL; sending the
     index and mels tensor by tensor (pinning each, then copying each into the graph's inputs) took ~50 ms of
     host time per packed admission at 200 streams (large-v3 fp16, H100, bench/profile_streams.py) against
-    ~15 ms of device time."""
+    ~15 ms of device time. Mels already on the device (made there from audio, engine/mels.py) are copied there
+    instead, and only the index travels: the mel region comes last."""
 
     def __init__(self, size: int, rows: int, n_mels: int, device: torch.device) -> None:
         self.shapes = {
-            "mel": (n_mels, 2 * size + 1),  # float32 bits; frames side by side, as log-mels come
             "conv1": (2 * size, 3),
             "conv2": (size, 3),
             "position": (size,),
             "slot": (size,),
             "cu": (rows + 2,),
+            "mel": (n_mels, 2 * size + 1),  # float32 bits; frames side by side, as log-mels come
         }
         self.regions: dict[str, tuple[int, int]] = {}
         offset = 0
@@ -164,17 +165,26 @@ class PackedInputs:
 
     def send(self, mels: Sequence[Tensor], index: PackedIndex) -> None:
         """Fill the host buffer with ``mels`` [n_mels, frames] side by side (zeros after them) and ``index``, and
-        queue its copy to the device buffer on the current stream."""
+        queue its copy to the device buffer on the current stream; mels on the buffer's (CUDA) device are
+        copied on the device after the index's copy."""
         if self._sent is not None and not self._sent.query():
             self._sent.synchronize()  # the previous copy may still be reading the host buffer
-        frames = sum(m.shape[-1] for m in mels)
-        mel = self._region("mel").view(np.float32)
-        if mels:  # a capture's pass may be all tail
-            np.concatenate([_host_array(m) for m in mels], axis=1, out=mel[:, :frames])
-        mel[:, frames:] = 0
         for name in ("conv1", "conv2", "position", "slot", "cu"):
             self._region(name)[...] = getattr(index, name).numpy()
-        self.device.copy_(self.host, non_blocking=True)
+        frames = sum(m.shape[-1] for m in mels)
+        on_device = self.device.is_cuda and any(m.is_cuda for m in mels)
+        if on_device:
+            end = self.regions["mel"][0]
+            self.device[:end].copy_(self.host[:end], non_blocking=True)
+            mel = self.on_device()["mel"]
+            mel[:, :frames] = torch.cat([m.float() for m in mels], dim=1)
+            mel[:, frames:] = 0
+        else:
+            host_mel = self._region("mel").view(np.float32)
+            if mels:  # a capture's pass may be all tail
+                np.concatenate([_host_array(m) for m in mels], axis=1, out=host_mel[:, :frames])
+            host_mel[:, frames:] = 0
+            self.device.copy_(self.host, non_blocking=True)
         if self._sent is not None:
             self._sent.record()
 

@@ -27,9 +27,10 @@ from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features
 from ..model.whisper import Whisper
 from . import fused, kv8, packed
 from .attention import choose_splits, decode_attention, decode_self_attention
+from .mels import batched_log_mels, window_mels
 from .policy import PolicyState
 from .transfer import upload, upload_together
-from .types import RowSpec
+from .types import AudioWindow, RowSpec
 
 # Attention kernels for the prefill, whose shapes change with every admission (rows, prompt length, encoder
 # length). Not cuDNN's: it plans each new shape on the host (profiled on an H200 in the live stream bench:
@@ -292,12 +293,16 @@ class Runner:
         return self._encoder_graphs[key]
 
     @torch.no_grad()
-    def admit(self, slots: list[int], specs: list[RowSpec], mels: list[Tensor]) -> list[Admitted]:
-        """Start requests in ``slots`` from their window mels [n_mels, frames]: encode them (one pass per window
-        length) writing each slot's cross K/V, detect languages where asked, then run all their prompts in one
-        prefill and pick each first token under its spec's policy. Host data reaches the device in non-blocking
-        copies; the only wait is for the first tokens at the end (and for languages, when asked)."""
+    def admit(
+        self, slots: list[int], specs: list[RowSpec], windows: list[Tensor | AudioWindow]
+    ) -> list[Admitted]:
+        """Start requests in ``slots`` from their windows, mels [n_mels, frames] or audio (made into mels here,
+        on the device, one batch per length): encode them (one pass per window length, or packed) writing each
+        slot's cross K/V, detect languages where asked, then run all their prompts in one prefill and pick each
+        first token under its spec's policy. Host data reaches the device in non-blocking copies; the only wait
+        is for the first tokens at the end (and for languages, when asked)."""
         n = len(slots)
+        mels = window_mels(windows, self.model.dims.n_mels, self.device)
         full = 2 * self.model.dims.n_audio_ctx
         if self.packed_encoder and any(mel.shape[-1] != full for mel in mels):
             languages, cross_len = self._encode_admitted_packed(slots, specs, mels)
@@ -744,6 +749,11 @@ class Runner:
         pairs: "step", "sample", "encoder <frames>", "packed encoder" (positions), "prefill <tokens>[ masked]"."""
         ran = []
         graphs = self.use_graphs
+        if self.device.type == "cuda":  # log-mels of audio windows: each FFT plan their admissions will use
+            for frames in self.window_frames:
+                for b in self.encoder_buckets:
+                    batched_log_mels([], frames, self.model.dims.n_mels, self.device, rows=b)
+                    ran.append((f"log-mel {frames}", b))
         for b in self.buckets if graphs else (1,):
             for sample in (False, True):
                 rows = self._rows[:b]

@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import numpy as np
 from torch import Tensor
 
 
@@ -37,9 +38,20 @@ class RowSpec:
 _ids = itertools.count()
 
 
+@dataclass(frozen=True)
+class AudioWindow:
+    """A window given as its audio: the engine makes the log-mel on its device at admission, batched with the
+    other windows admitted (engine/mels.py). Equal to the log-mel of ``samples`` followed by silence up to
+    ``frames`` mel frames."""
+
+    samples: np.ndarray  # float32 16 kHz samples, at most frames * HOP_LENGTH of them
+    frames: int  # the window's length in mel frames (even; the model's window at most)
+
+
 @dataclass
 class WindowRequest:
-    mel: Tensor  # [n_mels, 3000] log-mel window, on any device
+    # the window: a log-mel [n_mels, frames] (frames even, 3000 for a whole 30 s window) on any device, or its audio
+    mel: Tensor | AudioWindow
     spec: RowSpec
     priority: Priority = Priority.INTERACTIVE
     deadline: float | None = None  # time.monotonic() after which the request ends with what it has

@@ -26,7 +26,7 @@ from ..config import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from ..decoding.decode import DecodingResult, WindowDecoder
 from ..decoding.options import DecodingOptions
 from ..engine.engine import Engine, EngineError, Ticket
-from ..engine.types import Priority, RowSpec, WindowRequest
+from ..engine.types import AudioWindow, Priority, RowSpec, WindowRequest
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,10 @@ class LiveOptions:
     # window_buckets_s (few lengths, so the engine encodes many streams' windows in few batches)
     short_windows: bool = False
     window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
-    # compute log-mels on the engine's device (GPU) instead of the CPU; safe only once every CUDA graph is
-    # captured (Runner.warmup at start-up, with the engine's short_window_frames set from short_window_frames()):
-    # a capture while another thread launches device work can fail. Slower under load: their small kernels and
-    # synchronous copies queue between the engine's on its stream (measured in stop 18, see streambench.py); and
-    # on the CPU an utterance's frames are kept between its decodes (audio/streaming_mel.py)
-    device_mels: bool = False
+    # where a window's log-mel is made: "host", in the event loop's worker threads (an utterance's frames kept
+    # between its decodes, audio/streaming_mel.py), or "engine", from the window's audio on the engine's device,
+    # batched over each admission (engine/mels.py): no log-mel work on the host at all
+    mels: str = "host"
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
     fixed_tokens_per_second: float | None = None
@@ -91,6 +89,8 @@ class LiveOptions:
             raise ValueError("fixed_tokens_per_second must be > 0")
         if self.max_tokens_per_second <= 0:
             raise ValueError("max_tokens_per_second must be > 0")
+        if self.mels not in ("host", "engine"):
+            raise ValueError(f"mels must be 'host' or 'engine', got {self.mels!r}")
 
     def short_window_lengths(self, most: int) -> list[int]:
         """The short windows' lengths in samples, ascending, up to ``most`` (the model's window): whole mel
@@ -300,28 +300,34 @@ class LiveService:
             sample_len = min(spec.sample_len, math.ceil(self.options.max_tokens_per_second * seconds) + 10)
         return decoder, replace(spec, initial_tokens=initial, sample_len=sample_len)
 
-    def mel(self, samples: np.ndarray, streaming: StreamingLogMel | None = None) -> torch.Tensor:
-        """The window mel for an utterance: padded to the model's window (30 s), or with short_windows to the
-        smallest of window_buckets_s that holds it (the whole window above them). ``streaming``: the utterance's
-        kept frames, when ``samples`` start at its first sample (log-mels on the CPU only)."""
-        n = len(samples)
-        if n > self.window_samples:
-            samples, n, streaming = samples[-self.window_samples :], self.window_samples, None
+    def window_frames(self, n: int) -> int:
+        """The mel frames of the window an utterance of ``n`` samples is decoded in: the model's window (30 s),
+        or with short_windows the smallest of window_buckets_s that holds it (the whole window above them)."""
         target = self.window_samples
         if self.options.short_windows:
             fits = self.options.short_window_lengths(self.window_samples)
             target = min([f for f in fits if f >= n] or [self.window_samples])
-        device = self.engine.runner.device if self.options.device_mels else torch.device("cpu")
+        return target // HOP_LENGTH
+
+    def audio_window(self, samples: np.ndarray) -> AudioWindow:
+        """An utterance's window (its last 30 s at most) as audio, for the engine to make its log-mel."""
+        samples = samples[-self.window_samples :]
+        return AudioWindow(np.ascontiguousarray(samples, dtype=np.float32), self.window_frames(len(samples)))
+
+    def mel(self, samples: np.ndarray, streaming: StreamingLogMel | None = None) -> torch.Tensor:
+        """The window mel for an utterance (CPU, float32; ``window_frames`` long). ``streaming``: the utterance's
+        kept frames, when ``samples`` start at its first sample."""
+        n = len(samples)
+        if n > self.window_samples:
+            samples, n, streaming = samples[-self.window_samples :], self.window_samples, None
+        frames = self.window_frames(n)
         # Only the audio and one FFT window of the silence after it are transformed: every later frame sees
         # silence only, so its value (silence_level) is filled in. The same values as the whole window's log-mel.
-        frames, m = target // HOP_LENGTH, min(target, n + N_FFT)
-        x = torch.zeros(m, dtype=torch.float32, device=device)
-        x[:n] = torch.as_tensor(samples, dtype=torch.float32).to(device)
+        m = min(frames * HOP_LENGTH, n + N_FFT)
+        x = torch.zeros(m, dtype=torch.float32)
+        x[:n] = torch.as_tensor(samples, dtype=torch.float32)
         n_mels = self.whisper.model.dims.n_mels
-        if streaming is not None and device.type == "cpu":
-            power = streaming.log_power(x, n, n_mels)
-        else:
-            power = log_mel_power(x, n_mels)
+        power = streaming.log_power(x, n, n_mels) if streaming is not None else log_mel_power(x, n_mels)
         head = normalize_log_mel(power[:, :frames])
         if head.shape[1] == frames:
             return head
@@ -355,8 +361,12 @@ class LiveService:
                     self.whisper, self.engine = whisper, engine
                     self._decoders.clear()  # built for the other model object
             decoder, spec = self.request_spec(language, prompt, prefix, len(samples))
-            if mel is None:
-                mel = await asyncio.to_thread(self.mel, samples, streaming)
+            if mel is None:  # audio for the engine needs no worker thread
+                mel = (
+                    self.audio_window(samples)
+                    if self.options.mels == "engine"
+                    else await asyncio.to_thread(self.mel, samples, streaming)
+                )
             engine = self.engine
             try:
                 deadline = time.monotonic() + self.options.decode_timeout_s if partial else None

@@ -64,6 +64,7 @@ class StreamBenchPlan:
     admit_wait_steps: int = EngineConfig.admit_wait_steps  # the engine's admission policy, as the server's
     admit_ratio: float = EngineConfig.admit_ratio
     packed_encoder: bool = EngineConfig.packed_encoder
+    mels: str = "host"  # LiveOptions.mels: log-mels made on the host or by the engine, from audio
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
@@ -85,6 +86,8 @@ class StreamBenchPlan:
             raise BenchError(f"--transport must be inproc or ws, got {self.transport!r}")
         if self.vad not in ("silero", "oracle"):
             raise BenchError(f"--vad must be silero or oracle, got {self.vad!r}")
+        if self.mels not in ("host", "engine"):
+            raise BenchError(f"--mels must be host or engine, got {self.mels!r}")
         if self.window_buckets_s is not None and (
             not self.window_buckets_s or any(not 0 < b <= 30 for b in self.window_buckets_s)
         ):
@@ -247,9 +250,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
             max_streams_per_key=n,
             max_ahead_s=5.0,
             idle_timeout_s=3600.0,
-            # Log-mels on the CPU, as a server makes them by default: on the GPU (device_mels) they queued between
-            # the engine's graphs on its stream (100 streams, large-v3 fp16, H100, bench/profile_streams.py:
-            # admissions 98 -> 64 ms of device time, p99 1.71 -> 1.31 s with them on the CPU)
+            mels=plan.mels,
         )
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}

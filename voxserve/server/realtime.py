@@ -75,19 +75,24 @@ def realtime_router(
     return router
 
 
-def _from_context(
-    ctx: Any, options: LiveOptions | None, api_keys: list[str] | None
-) -> tuple[ServiceFor, list, float]:
-    from ..audio.vad import SileroVAD, VADError
-
-    settings = ctx.settings
-    options = options or LiveOptions(
+def live_options(settings: Any) -> LiveOptions:
+    """The live options a server's settings give: each ``realtime_<name>`` setting as LiveOptions' ``<name>``."""
+    return LiveOptions(
         **{
             name: getattr(settings, f"realtime_{name}")
             for name in LiveOptions.__dataclass_fields__
             if hasattr(settings, f"realtime_{name}")
         }
     )
+
+
+def _from_context(
+    ctx: Any, options: LiveOptions | None, api_keys: list[str] | None
+) -> tuple[ServiceFor, list, float]:
+    from ..audio.vad import SileroVAD, VADError
+
+    settings = ctx.settings
+    options = options or live_options(settings)
     services: dict[str, LiveService] = ctx.extras.setdefault("live", {})
     observe = _live_metrics(ctx, services)
     vad_holder: list = []

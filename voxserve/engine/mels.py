@@ -1,0 +1,57 @@
+"""Window log-mels made by the engine from audio, on its device, batched over an admission's windows.
+
+Why: a live stream's partials each need their window's log-mel. Made on the host, in the event loop's worker
+threads, they took most of the process's CPU and every one of their ~15 torch calls gives up and takes back
+the GIL beside the event loop and the engine's thread (host-only runs on 2 cores, bench/profile_streams.py
+--host-only 20: at 200 streams the event loop's 10 ms timer was p99 122 ms late with log-mels made, 1.7 ms
+without). A request may instead carry its audio (``AudioWindow``): the engine transforms every admitted
+window of one length in one batched pass, rows padded to a power of two so that few FFT plans serve every
+admission and warm-up can make them all.
+
+The values are ``log_mel_spectrogram``'s for the window: the audio followed by silence up to ``frames``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..audio.features import log_mel_power, normalize_log_mel
+from ..config import HOP_LENGTH
+from .types import AudioWindow
+
+
+def window_mels(windows: Sequence[Tensor | AudioWindow], n_mels: int, device: torch.device) -> list[Tensor]:
+    """Each window's log-mel [n_mels, frames]: tensors as they are, ``AudioWindow``s made on ``device`` (float32),
+    one batched transform per window length."""
+    out: list[Tensor | AudioWindow] = list(windows)
+    by_frames: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        if isinstance(w, AudioWindow):
+            by_frames.setdefault(w.frames, []).append(i)
+    for frames, rows in by_frames.items():
+        mels = batched_log_mels([windows[i].samples for i in rows], frames, n_mels, device)  # type: ignore[union-attr]
+        for j, i in enumerate(rows):
+            out[i] = mels[j]
+    return out  # type: ignore[return-value]
+
+
+def batched_log_mels(
+    samples: Sequence[np.ndarray], frames: int, n_mels: int, device: torch.device, *, rows: int = 0
+) -> Tensor:
+    """Signals (float32, each at most ``frames`` hops long) -> their windows' log-mels [len(samples), n_mels,
+    frames], in one transform of their count (or ``rows``, if more) rounded up to a power of two, the padding
+    rows silence."""
+    rows = 1 << (max(len(samples), rows, 1) - 1).bit_length()
+    x = torch.zeros(rows, frames * HOP_LENGTH, device=device)
+    if samples:
+        host = torch.empty(len(samples), x.shape[1], pin_memory=device.type == "cuda")
+        block = host.numpy()
+        for j, signal in enumerate(samples):
+            block[j, : len(signal)] = signal
+            block[j, len(signal) :] = 0.0
+        x[: len(samples)].copy_(host, non_blocking=True)  # queued: the caching host allocator keeps ``host``
+    return normalize_log_mel(log_mel_power(x, n_mels))[: len(samples)]
