@@ -109,6 +109,23 @@ def test_packed_inputs_send_mels_side_by_side_and_the_index() -> None:
     assert views["cu"].tolist() == [0, 100, 1600, 2048] + [2048] * 6
 
 
+def test_pass_sizes_share_one_pair_of_buffers() -> None:
+    """A smaller pass size's inputs live in the largest size's buffers (graphs replay one at a time), each
+    size's views at its own offsets; a larger size cannot borrow a smaller one's."""
+    large = packed.PackedInputs(2048, 8, TINY.n_mels, torch.device("cpu"))
+    small = packed.PackedInputs(512, 8, TINY.n_mels, torch.device("cpu"), share=large)
+    assert small.device is large.device and small.host is large.host
+    mels = _mels()[2:4]
+    small.send(mels, packed.pack_index(FRAMES[2:4], [3, 4], size=512, rows=8, scratch=9, n_ctx=1500))
+    views = small.on_device()
+    assert views["mel"].shape == (TINY.n_mels, 1025)
+    torch.testing.assert_close(views["mel"][:, :864], torch.cat(mels, dim=1), rtol=0, atol=0)
+    assert not views["mel"][:, 864:].any() and views["slot"][0] == 3
+    assert views["cu"].tolist() == [0, 32, 432, 512] + [512] * 6
+    with pytest.raises(ValueError, match="larger pass size"):
+        packed.PackedInputs(4096, 8, TINY.n_mels, torch.device("cpu"), share=large)
+
+
 def _attention_from_cu(q, k, v, n_head, index, cu):
     """Per-sequence attention read from ``cu`` itself (a mask, no host bounds), as a replay must: what the
     CUDA graphs get from FlashAttention, for a CPU stand-in."""

@@ -132,9 +132,15 @@ class PackedInputs:
     index and mels tensor by tensor (pinning each, then copying each into the graph's inputs) took ~50 ms of
     host time per packed admission at 200 streams (large-v3 fp16, H100, bench/profile_streams.py) against
     ~15 ms of device time. Mels already on the device (made there from audio, engine/mels.py) are copied there
-    instead, and only the index travels: the mel region comes last."""
+    instead, and only the index travels: the mel region comes last.
 
-    def __init__(self, size: int, rows: int, n_mels: int, device: torch.device) -> None:
+    Every pass size's inputs may share one pair of buffers (``share``: inputs of a pass size at least as large),
+    since passes replay one at a time on one stream: each size's own buffers took ~176 MB of device and of pinned
+    memory for large-v3's 28 sizes (by arithmetic), shared they take the largest size's ~18 MB."""
+
+    def __init__(
+        self, size: int, rows: int, n_mels: int, device: torch.device, share: PackedInputs | None = None
+    ) -> None:
         self.shapes = {
             "conv1": (2 * size, 3),
             "conv2": (size, 3),
@@ -149,6 +155,16 @@ class PackedInputs:
             n = int(np.prod(shape))
             self.regions[name] = (offset, offset + n)
             offset += n
+        if share is not None:
+            if share.device.numel() < offset or share.device.device != torch.device(device):
+                raise ValueError("inputs can share only the buffers of a larger pass size on the same device")
+            self.device, self.host, self._host, self._sent = (
+                share.device,
+                share.host,
+                share._host,
+                share._sent,
+            )
+            return
         cuda = device.type == "cuda"
         self.device = torch.zeros(offset, dtype=torch.int32, device=device)
         self.host = torch.zeros(offset, dtype=torch.int32, pin_memory=cuda)
@@ -173,18 +189,17 @@ class PackedInputs:
             self._region(name)[...] = getattr(index, name).numpy()
         frames = sum(m.shape[-1] for m in mels)
         on_device = self.device.is_cuda and any(m.is_cuda for m in mels)
-        if on_device:
-            end = self.regions["mel"][0]
-            self.device[:end].copy_(self.host[:end], non_blocking=True)
-            mel = self.on_device()["mel"]
-            mel[:, :frames] = torch.cat([m.float() for m in mels], dim=1)
-            mel[:, frames:] = 0
-        else:
+        end = self.regions["mel"][0 if on_device else 1]  # this size's regions only (buffers may be shared)
+        if not on_device:
             host_mel = self._region("mel").view(np.float32)
             if mels:  # a capture's pass may be all tail
                 np.concatenate([_host_array(m) for m in mels], axis=1, out=host_mel[:, :frames])
             host_mel[:, frames:] = 0
-            self.device.copy_(self.host, non_blocking=True)
+        self.device[:end].copy_(self.host[:end], non_blocking=True)
+        if on_device:
+            mel = self.on_device()["mel"]
+            mel[:, :frames] = torch.cat([m.float() for m in mels], dim=1)
+            mel[:, frames:] = 0
         if self._sent is not None:
             self._sent.record()
 

@@ -224,6 +224,7 @@ class Runner:
         self._stem: tuple[Tensor, Tensor] | None = None
         # pass size (positions) -> (graph, its static inputs, its output features)
         self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]] = {}
+        self._packed_buffers: packed.PackedInputs | None = None  # the buffers every pass size's inputs share
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
         self._pool = None
         n_sm = (
@@ -455,7 +456,10 @@ class Runner:
             )  # fmt: skip
             # FlashAttention's grid is fixed at capture: long enough for any sequence a replay may hold
             index = replace(index, longest=min(size, d.n_audio_ctx))
-            inputs = packed.PackedInputs(size, self.max_encode, d.n_mels, dev)
+            if not self._packed_graphs:  # every size's inputs share the buffers of the largest size's
+                largest = max(x for x in packed.pass_sizes(d.n_audio_ctx) if self._packed_capturable(x))
+                self._packed_buffers = packed.PackedInputs(largest, self.max_encode, d.n_mels, dev)
+            inputs = packed.PackedInputs(size, self.max_encode, d.n_mels, dev, share=self._packed_buffers)
             inputs.send([torch.zeros(d.n_mels, f) for f in frames], index)
             views = inputs.on_device()
 
