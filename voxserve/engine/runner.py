@@ -750,12 +750,14 @@ class Runner:
         Elsewhere nothing is captured and the step runs exactly its rows: one step of each kind and one encoder
         pass per window length. Short windows are encoded packed where ``packed_encoder`` (every packed pass size
         with a graph instead of each batch bucket at each short length). Returns what ran, as (kind, batch)
-        pairs: "step", "sample", "encoder <frames>", "packed encoder" (positions), "prefill <tokens>[ masked]"."""
+        pairs: "step", "sample", "encoder <frames>", "packed encoder" (positions), "prefill <tokens>[ masked]", and
+        on CUDA "log-mel <frames>" (rows: the FFT plans of log-mels made from audio windows, engine/mels.py)."""
         ran = []
         graphs = self.use_graphs
         if self.device.type == "cuda":  # log-mels of audio windows: each FFT plan their admissions will use
+            most = 1 << (self.max_encode - 1).bit_length()  # rows are padded to a power of two
             for frames in self.window_frames:
-                for b in self.encoder_buckets:
+                for b in (1 << i for i in range(most.bit_length())):
                     batched_log_mels([], frames, self.model.dims.n_mels, self.device, rows=b)
                     ran.append((f"log-mel {frames}", b))
         for b in self.buckets if graphs else (1,):
