@@ -11,7 +11,8 @@
 #                                           stream profile at 200 callers (log-mels on the host vs made by the
 #                                           engine, alternating), then `voxserve bench --streams 100,200,300`
 #                                           with packing and engine log-mels
-#   bash bench/gpu_check.sh streams-ab [ASSETS] that bench with host log-mels, then engine log-mels unpacked
+#   bash bench/gpu_check.sh streams-ab [ASSETS] the live GPU tests, then that bench with engine log-mels
+#                                           unpacked, with host log-mels packed, and at 400,500 streams
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -65,11 +66,14 @@ elif [ "$MODE" = streams ]; then
         --max-admit 64 --vad oracle --packed-encoder --mels engine --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
 elif [ "$MODE" = streams-ab ]; then
-    # the same stream bench with log-mels on the host, and with engine log-mels but per-length encoder passes
-    for variant in "--packed-encoder --mels host" "--mels engine"; do
-        part 270 "bench-streams${variant// /}" python3 -m voxserve bench --streams 100,200,300 --dims large-v3 \
+    part 150 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "packed or audio_windows" -p no:cacheprovider --durations=5 -rfE
+    # engine log-mels with per-length encoder passes, host log-mels packed (the baseline), then more streams
+    for variant in "100,200,300 --mels engine" "100,200,300 --packed-encoder --mels host" \
+        "400,500 --packed-encoder --mels engine"; do
+        part 150 "bench-streams-${variant// /}" python3 -m voxserve bench --streams $variant --dims large-v3 \
             --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 \
-            --max-admit 64 --vad oracle $variant --audio "$ASSETS/audio/hifitts-6097" \
+            --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     done
 elif [ "$MODE" = host ]; then
