@@ -385,3 +385,21 @@ def test_packed_graphs_take_device_log_mels_as_host_ones_fp16(tokenizer) -> None
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_scatter_kernel_equals_index_put(dtype) -> None:
+    """The packed pass's cross K/V write (one Triton kernel for keys and values, engine/scatter.py) puts every row
+    where index_put does, bit for bit, with a width that is no multiple of its block and a ragged last block."""
+    from voxserve.engine.scatter import scatter_rows
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    p, c, n = 1003, 1280, 4 * 1500
+    k = torch.randn(p, c, generator=g, device="cuda").to(dtype)
+    v = torch.randn(p, c, generator=g, device="cuda").to(dtype)
+    to = torch.randperm(n, generator=g, device="cuda")[:p]
+    got = (torch.zeros(n, c, dtype=dtype, device="cuda"), torch.zeros(n, c, dtype=dtype, device="cuda"))
+    want = (torch.zeros_like(got[0]), torch.zeros_like(got[1]))
+    scatter_rows((k, v), to, got)
+    want[0][to], want[1][to] = k, v
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

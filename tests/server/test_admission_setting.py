@@ -42,8 +42,8 @@ def test_the_engines_get_the_policy(tmp_path):
 def test_where_live_log_mels_are_made_is_a_setting():
     from voxserve.server.realtime import live_options
 
-    assert live_options(ServerSettings()).mels == "host"
-    assert live_options(ServerSettings(realtime_mels="engine")).mels == "engine"
+    assert live_options(ServerSettings()).mels == "engine"
+    assert live_options(ServerSettings(realtime_mels="host")).mels == "host"
     with pytest.raises(ValidationError):
         ServerSettings(realtime_mels="gpu")
 

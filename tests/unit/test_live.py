@@ -301,7 +301,7 @@ def test_window_mel_from_kept_frames_equals_the_whole_transform(short_windows):
 
 @pytest.mark.parametrize("short_windows", [True, False])
 def test_audio_windows_make_the_hosts_window_mels(short_windows):
-    """With mels="engine" a decode sends its window's audio: made into a log-mel by the engine (one batch per
+    """With mels="engine" (the default) a decode sends its window's audio: made into a log-mel by the engine (one batch per
     window length, engine/mels.py), it equals the host's window mel, also past the model's window."""
     import torch
 
@@ -311,8 +311,8 @@ def test_audio_windows_make_the_hosts_window_mels(short_windows):
 
     whisper = SimpleNamespace(model=SimpleNamespace(dims=SimpleNamespace(n_audio_ctx=1500, n_mels=80)))
     engine = SimpleNamespace(runner=SimpleNamespace(device=torch.device("cpu")))
-    host = LiveService(whisper, engine, None, LiveOptions(short_windows=short_windows))
-    audio = LiveService(whisper, engine, None, LiveOptions(short_windows=short_windows, mels="engine"))
+    host = LiveService(whisper, engine, None, LiveOptions(short_windows=short_windows, mels="host"))
+    audio = LiveService(whisper, engine, None, LiveOptions(short_windows=short_windows))
     x = np.random.default_rng(2).standard_normal(16000 * 32).astype(np.float32) * 0.1
     clips = [x[: int(16000 * s)] for s in (0.01, 0.3, 0.9, 1.0, 1.9, 2.1, 4.3, 4.1, 16.0, 29.99, 31.0)]
     windows = [audio.audio_window(y) for y in clips]

@@ -172,3 +172,21 @@ def test_the_graphed_path_reads_every_input_from_its_buffers(model, tokenizer, m
                 )
                 start += n
         assert sorted(runner._packed_graphs) == [256, 512]
+
+
+def test_scatter_rows_writes_each_row_where_its_index_says() -> None:
+    """The cross K/V write of packed positions (engine/scatter.py; the CPU form here, the CUDA kernel in
+    tests/gpu/test_engine_cuda.py): rows land at their indices of each cache, the other rows untouched."""
+    from voxserve.engine.scatter import scatter_rows
+
+    g = torch.Generator().manual_seed(3)
+    k, v = torch.randn(37, 20, generator=g), torch.randn(37, 20, generator=g)
+    to = torch.randperm(90, generator=g)[:37]
+    caches = (torch.zeros(90, 20), torch.full((90, 20), 7.0))
+    scatter_rows((k, v), to, caches)
+    assert torch.equal(caches[0][to], k) and torch.equal(caches[1][to], v)
+    rest = torch.ones(90, dtype=torch.bool)
+    rest[to] = False
+    assert not caches[0][rest].any() and bool((caches[1][rest] == 7).all())
+    with pytest.raises(ValueError, match="one cache per rows"):
+        scatter_rows((k, v), to, caches[:1])

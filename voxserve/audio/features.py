@@ -121,10 +121,11 @@ def normalize_log_mel(log_spec: Tensor) -> Tensor:
 
 
 def silence_level(mel: Tensor) -> Tensor:
-    """The value ``log_mel_spectrogram`` gives a frame of pure silence in a signal whose log-mel is ``mel`` [n_mels,
-    frames]: silence's power sits at the ``MIN_POWER`` clamp, floored like every frame at ``DYNAMIC_RANGE`` below
-    the signal's peak. A window's silent tail can be filled with it instead of transformed."""
-    peak = mel.amax() * 4.0 - 4.0  # undo the scaling above
+    """The value ``log_mel_spectrogram`` gives a frame of pure silence in a signal whose log-mel is ``mel`` [...,
+    n_mels, frames] (one per signal, shaped [..., 1, 1]): silence's power sits at the ``MIN_POWER`` clamp, floored
+    like every frame at ``DYNAMIC_RANGE`` below the signal's peak. A window's silent tail can be filled with it
+    instead of transformed."""
+    peak = mel.amax(dim=(-2, -1), keepdim=True) * 4.0 - 4.0  # undo the scaling above
     return (torch.clamp(peak - DYNAMIC_RANGE, min=math.log10(MIN_POWER)) + 4.0) / 4.0
 
 

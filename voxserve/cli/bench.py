@@ -176,9 +176,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     live.add_argument(
         "--mels",
         choices=("host", "engine"),
-        default="host",
-        help="where each window's log-mel is made: host (worker threads, as `voxserve serve` by default) or engine "
-        "(from the window's audio on the engine's device, batched per admission; VOXSERVE_REALTIME_MELS)",
+        default="engine",
+        help="where each window's log-mel is made: engine (from the window's audio on the engine's device, batched "
+        "per admission; the default, as `voxserve serve`'s VOXSERVE_REALTIME_MELS) or host (worker threads)",
     )
     live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")
     live.add_argument(

@@ -39,10 +39,13 @@ class LiveOptions:
     # window_buckets_s (few lengths, so the engine encodes many streams' windows in few batches)
     short_windows: bool = False
     window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
-    # where a window's log-mel is made: "host", in the event loop's worker threads (an utterance's frames kept
-    # between its decodes, audio/streaming_mel.py), or "engine", from the window's audio on the engine's device,
-    # batched over each admission (engine/mels.py): no log-mel work on the host at all
-    mels: str = "host"
+    # where a window's log-mel is made: "engine", from the window's audio on the engine's device, batched over each
+    # admission (engine/mels.py), so the host makes none; or "host", in the event loop's worker threads (an
+    # utterance's frames kept between its decodes, audio/streaming_mel.py). Measured (large-v3 fp16, H100,
+    # `voxserve bench --streams 100,200,300 --packed-encoder --mels ...`, stop 20): p99 243 ms / 1.40 s / 1.93 s
+    # and 368 / 683 / 747 decodes/s with "engine", 260 ms / 2.66 s / 3.15 s and 367 / 462 / 414 with "host"; on
+    # the 2-core CPU (tiny, 8 and 16 streams) the two were within a run's noise
+    mels: str = "engine"
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
     fixed_tokens_per_second: float | None = None

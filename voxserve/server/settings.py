@@ -85,9 +85,9 @@ class ServerSettings(BaseSettings):
     realtime_window_buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     realtime_idle_timeout_s: float = 60.0
     realtime_max_ahead_s: float = 10.0
-    # where live windows' log-mels are made: "host" (worker threads) or "engine" (its device, batched per
-    # admission); see LiveOptions.mels
-    realtime_mels: Literal["host", "engine"] = "host"
+    # where live windows' log-mels are made: "engine" (its device, batched per admission) or "host" (worker
+    # threads); see LiveOptions.mels
+    realtime_mels: Literal["host", "engine"] = "engine"
 
     @field_validator("queue_limits")
     @classmethod
