@@ -66,12 +66,12 @@ elif [ "$MODE" = streams ]; then
         --max-admit 64 --vad oracle --packed-encoder --mels engine --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
 elif [ "$MODE" = streams-ab ]; then
-    part 150 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
-        -k "packed or audio_windows" -p no:cacheprovider --durations=5 -rfE
+    part 100 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "packed or audio_windows or scatter" -p no:cacheprovider --durations=5 -rfE
     # engine log-mels with per-length encoder passes, host log-mels packed (the baseline), then more streams
     for variant in "100,200,300 --mels engine" "100,200,300 --packed-encoder --mels host" \
         "400,500 --packed-encoder --mels engine"; do
-        part 150 "bench-streams-${variant// /}" python3 -m voxserve bench --streams $variant --dims large-v3 \
+        part 140 "bench-streams-${variant// /}" python3 -m voxserve bench --streams $variant --dims large-v3 \
             --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 \
             --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"

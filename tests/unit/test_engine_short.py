@@ -93,8 +93,9 @@ def test_bad_window_shapes_are_refused_and_the_engine_lives_on(model, tokenizer)
             AudioWindow(np.zeros(480160, np.float32), 3002),  # past the model's window
             AudioWindow(x.astype(np.float64), 100),
             AudioWindow(x[None], 100),
+            AudioWindow(x, 100.0),  # a float frame count would fail inside the engine's worker
         ):
-            with pytest.raises(ValueError, match="a window must be|1-D float32"):
+            with pytest.raises(ValueError, match="a window must be|1-D float32|must be an integer"):
                 engine.submit(WindowRequest(mel=window, spec=spec))
         out = engine.submit(WindowRequest(mel=_short_mels()[0], spec=spec)).result(timeout=60)
         assert out.finish_reason in ("stop", "length")
@@ -143,3 +144,21 @@ def test_warm_up_prepares_every_window_length_a_live_service_encodes(model, toke
         }
     assert ran == [("step", 1), ("sample", 1)] + [(f"encoder {f}", 1) for f in (*frames, 3000)]
     assert seen == {100, 200, 400, 3000}
+
+
+def test_a_failure_during_admission_reaches_the_requests_being_admitted(model, tokenizer):
+    """Requests taken off the queue but not yet decoding learn of an engine failure in their admission (they
+    waited forever: neither queued nor active when the engine failed them all)."""
+    from voxserve.engine.engine import EngineError
+
+    opts = DecodingOptions(language="en", without_timestamps=True, sample_len=4)
+    spec = WindowDecoder(model, tokenizer, opts).row_spec()
+    with make_engine(model, tokenizer, EngineConfig(max_slots=2)) as engine:
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("injected admission fault")
+
+        engine.runner.admit = fail
+        ticket = engine.submit(WindowRequest(mel=_short_mels()[0], spec=spec))
+        with pytest.raises(EngineError, match="injected admission fault"):
+            ticket.result(timeout=60)

@@ -161,6 +161,9 @@ class Engine:
         self._cv = threading.Condition()
         self._free = list(range(self.n_slots - 1, -1, -1))  # a stack: the lowest slot is reused first
         self._active: dict[int, _Active] = {}
+        self._admitting: list[
+            Ticket
+        ] = []  # taken off the queue, not yet active: a failure must reach them too
         self._closed = False
         self.failure: BaseException | None = None
         self.steps = 0
@@ -215,6 +218,8 @@ class Engine:
             x, frames = mel.samples, mel.frames
             if not (isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype == np.float32):
                 raise ValueError("an audio window's samples must be a 1-D float32 numpy array")
+            if isinstance(frames, bool) or not isinstance(frames, int | np.integer):
+                raise ValueError(f"an audio window's frames must be an integer, got {frames!r}")
             shape = f"{len(x)} samples for {frames} frames"
             fits = len(x) <= frames * HOP_LENGTH
         else:
@@ -266,7 +271,9 @@ class Engine:
                         break
                     admit = self._take_admissions() if self._admission_due(self.steps) else []
                 if admit:
+                    self._admitting = admit
                     self._admit(admit)
+                    self._admitting = []
                     self._admitted_at = self.steps
                 if self._active:
                     self._step()
@@ -377,6 +384,9 @@ class Engine:
         with self._cv:
             queued = [t for _, _, t in self._queue]
             self._queue.clear()
-        for ticket in queued + [s.ticket for s in self._active.values()]:
-            ticket._finish(None, error)
+        held = {id(t): t for t in queued + self._admitting + [s.ticket for s in self._active.values()]}
+        for ticket in held.values():
+            if not ticket._done.is_set():
+                ticket._finish(None, error)
         self._active.clear()
+        self._admitting = []

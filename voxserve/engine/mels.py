@@ -43,23 +43,27 @@ def batched_log_mels(
     samples: Sequence[np.ndarray], frames: int, n_mels: int, device: torch.device, *, rows: int = 0
 ) -> Tensor:
     """Signals (float32, each at most ``frames`` hops long) -> their windows' log-mels [len(samples), n_mels,
-    frames], in one transform of their count (or ``rows``, if more) rounded up to a power of two, the padding
-    rows silence."""
-    rows = 1 << (max(len(samples), rows, 1) - 1).bit_length()
-    # On the CPU only the audio and one FFT window after the longest signal are transformed, the later frames
-    # (silence in every row) filled in as silence_level, as LiveService.mel does: full 30 s windows of a few
-    # seconds of speech made each admission of 4 streams ~40 ms slower on one thread. On CUDA the whole window
-    # is transformed: one FFT plan per (rows, window), all made at warm-up, and the work is small there.
+    frames], in one transform; on CUDA of their count (or ``rows``, if more) rounded up to a power of two, the
+    padding rows silence."""
+    cuda = device.type == "cuda"
+    # On CUDA the rows are padded to a power of two and the whole window is transformed: few FFT plans (rows,
+    # window), all made at warm-up, for work that is small there. On the CPU only the rows given, and only the
+    # audio and one FFT window after the longest signal (the later frames, silence in every row, filled in as
+    # silence_level, as LiveService.mel does): full 30 s windows of a few seconds of speech made each admission
+    # of 4 streams ~40 ms slower on one thread.
+    rows = 1 << (max(len(samples), rows, 1) - 1).bit_length() if cuda else max(len(samples), 1)
     longest = max((len(s) for s in samples), default=0)
-    n = frames * HOP_LENGTH if device.type != "cpu" else min(frames * HOP_LENGTH, longest + N_FFT)
+    n = frames * HOP_LENGTH if cuda else min(frames * HOP_LENGTH, longest + N_FFT)
     x = torch.zeros(rows, n, device=device)
-    if samples:
-        host = torch.empty(len(samples), x.shape[1], pin_memory=device.type == "cuda")
+    if longest:  # only the samples up to the longest travel; the zeros after them are already there
+        host = torch.empty(len(samples), longest, pin_memory=cuda)
         block = host.numpy()
         for j, signal in enumerate(samples):
             block[j, : len(signal)] = signal
             block[j, len(signal) :] = 0.0
-        x[: len(samples)].copy_(host, non_blocking=True)  # queued: the caching host allocator keeps ``host``
+        x[: len(samples), :longest].copy_(
+            host, non_blocking=True
+        )  # the caching host allocator keeps ``host``
     head = normalize_log_mel(log_mel_power(x, n_mels)[..., :frames])[: len(samples)]
     if head.shape[-1] == frames:
         return head

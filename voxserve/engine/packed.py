@@ -188,7 +188,7 @@ class PackedInputs:
         for name in ("conv1", "conv2", "position", "slot", "cu"):
             self._region(name)[...] = getattr(index, name).numpy()
         frames = sum(m.shape[-1] for m in mels)
-        on_device = self.device.is_cuda and any(m.is_cuda for m in mels)
+        on_device = self.device.is_cuda and bool(mels) and all(m.is_cuda for m in mels)
         end = self.regions["mel"][0 if on_device else 1]  # this size's regions only (buffers may be shared)
         if not on_device:
             host_mel = self._region("mel").view(np.float32)

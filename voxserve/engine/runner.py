@@ -304,6 +304,8 @@ class Runner:
         is for the first tokens at the end (and for languages, when asked)."""
         n = len(slots)
         mels = window_mels(windows, self.model.dims.n_mels, self.device)
+        if len({m.device.type for m in mels}) > 1:  # host mels beside device-made ones: all on the device
+            mels = [m if m.device.type == self.device.type else upload(m, self.device) for m in mels]
         full = 2 * self.model.dims.n_audio_ctx
         if self.packed_encoder and any(mel.shape[-1] != full for mel in mels):
             languages, cross_len = self._encode_admitted_packed(slots, specs, mels)

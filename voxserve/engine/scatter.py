@@ -31,10 +31,10 @@ def scatter_rows(rows: tuple[Tensor, ...], to: Tensor, caches: tuple[Tensor, ...
     if len(rows) != len(caches) or not rows:
         raise ValueError("scatter_rows needs one cache per rows tensor")
     p, c = rows[0].shape
-    fast = rows[0].is_cuda and triton is not None and len(rows) == 2
+    fast = rows[0].is_cuda and triton is not None and len(rows) == 2 and to.is_cuda and to.is_contiguous()
     if (
         fast
-        and all(x.shape == (p, c) and x.stride(1) == 1 for x in rows)
+        and all(x.shape == (p, c) and x.stride(1) == 1 and x.dtype == rows[0].dtype for x in rows)
         and all(
             y.dim() == 2 and y.shape[1] == c and y.stride(1) == 1 and y.dtype == rows[0].dtype for y in caches
         )

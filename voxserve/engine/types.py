@@ -38,11 +38,11 @@ class RowSpec:
 _ids = itertools.count()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AudioWindow:
     """A window given as its audio: the engine makes the log-mel on its device at admission, batched with the
     other windows admitted (engine/mels.py). Equal to the log-mel of ``samples`` followed by silence up to
-    ``frames`` mel frames."""
+    ``frames`` mel frames. ``samples`` is read at admission: do not change it after submitting."""
 
     samples: np.ndarray  # float32 16 kHz samples, at most frames * HOP_LENGTH of them
     frames: int  # the window's length in mel frames (even; the model's window at most)

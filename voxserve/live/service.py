@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class LiveOptions:
     # `voxserve bench --streams 100,200,300 --packed-encoder --mels ...`, stop 20): p99 243 ms / 1.40 s / 1.93 s
     # and 368 / 683 / 747 decodes/s with "engine", 260 ms / 2.66 s / 3.15 s and 367 / 462 / 414 with "host"; on
     # the 2-core CPU (tiny, 8 and 16 streams) the two were within a run's noise
-    mels: str = "engine"
+    mels: Literal["host", "engine"] = "engine"
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
     fixed_tokens_per_second: float | None = None
@@ -354,7 +355,7 @@ class LiveService:
         result has finish_reason "deadline" and what was decoded by then. ``prefix`` is text forced at the start
         of the transcript (a partial's committed words, which never change): only the rest is decoded, and the
         result's text is the rest only. ``streaming`` keeps the utterance's log-mel frames between its decodes
-        (``samples`` must then start at the utterance's first sample)."""
+        with ``mels="host"`` (``samples`` must then start at the utterance's first sample)."""
         started = time.monotonic()
         mel = None
         for attempt in range(2):

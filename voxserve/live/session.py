@@ -70,7 +70,8 @@ class _Item:
     tickets: list[Ticket] = field(default_factory=list)
     last_partial_at: float = float("-inf")
     covered: int = 0  # audio end the latest partial covered
-    # log-mel frames of the item's audio from its start, kept between its partials and its final
+    # log-mel frames of the item's audio from its start, kept between its partials and its final (log-mels made
+    # on the host, LiveOptions.mels="host")
     mels: StreamingLogMel = field(default_factory=StreamingLogMel)
 
 
