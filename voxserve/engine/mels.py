@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..audio.features import log_mel_power, normalize_log_mel, silence_level
 from ..config import HOP_LENGTH, N_FFT
+from .transfer import upload
 from .types import AudioWindow
 
 
@@ -61,9 +62,9 @@ def batched_log_mels(
         for j, signal in enumerate(samples):
             block[j, : len(signal)] = signal
             block[j, len(signal) :] = 0.0
-        x[: len(samples), :longest].copy_(
-            host, non_blocking=True
-        )  # the caching host allocator keeps ``host``
+        # one contiguous pinned copy (queued; the caching host allocator keeps ``host`` until it is done), then
+        # into the rows on the device
+        x[: len(samples), :longest] = upload(host, device)
     head = normalize_log_mel(log_mel_power(x, n_mels)[..., :frames])[: len(samples)]
     if head.shape[-1] == frames:
         return head
