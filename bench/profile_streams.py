@@ -91,8 +91,12 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             shapes["encoder (batch, frames)"].append((args[0].shape[0], args[0].shape[-1]))
         elif name == "packed":
             used = sum(m.shape[-1] for m in args[0]) // 2
+            size = pass_size(used, self.model.dims.n_audio_ctx)
+            graphed = (
+                self._packed_graphed and self._packed_capturable(size) and len(args[0]) <= self.max_encode
+            )
             shapes["packed encoder positions (rows, used, pass)"].append(
-                (len(args[0]), used, pass_size(used, self.model.dims.n_audio_ctx))
+                (len(args[0]), used, size if graphed else used)  # an eager pass runs at its exact size
             )
         elif name == "prefill":
             shapes["prefill (rows, tokens)"].append(tuple(args[1].shape))
