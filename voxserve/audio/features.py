@@ -121,12 +121,22 @@ def normalize_log_mel(log_spec: Tensor) -> Tensor:
 
 
 def silence_level(mel: Tensor) -> Tensor:
-    """The value ``log_mel_spectrogram`` gives a frame of pure silence in a signal whose log-mel is ``mel`` [...,
-    n_mels, frames] (one per signal, shaped [..., 1, 1]): silence's power sits at the ``MIN_POWER`` clamp, floored
-    like every frame at ``DYNAMIC_RANGE`` below the signal's peak. A window's silent tail can be filled with it
-    instead of transformed."""
+    """The value ``log_mel_spectrogram`` gives a frame of pure silence in a signal whose log-mel is ``mel``
+    [..., n_mels, frames] (one per signal, shaped [..., 1, 1]): silence's power sits at the ``MIN_POWER``
+    clamp, floored like every frame at ``DYNAMIC_RANGE`` below the signal's peak. A window's silent tail can be
+    filled with it instead of transformed."""
     peak = mel.amax(dim=(-2, -1), keepdim=True) * 4.0 - 4.0  # undo the scaling above
     return (torch.clamp(peak - DYNAMIC_RANGE, min=math.log10(MIN_POWER)) + 4.0) / 4.0
+
+
+def fill_silence(head: Tensor, frames: int) -> Tensor:
+    """A window's normalised log-mel [..., n_mels, frames] from ``head``, the frames of its audio (and one FFT
+    window after it), the rest filled with ``silence_level``: the values the whole zero-padded window has."""
+    if head.shape[-1] == frames:
+        return head
+    mel = silence_level(head).expand(*head.shape[:-1], frames).clone()
+    mel[..., : head.shape[-1]] = head
+    return mel
 
 
 def pad_or_trim(x: Tensor, length: int = N_FRAMES, *, axis: int = -1) -> Tensor:

@@ -161,9 +161,8 @@ class Engine:
         self._cv = threading.Condition()
         self._free = list(range(self.n_slots - 1, -1, -1))  # a stack: the lowest slot is reused first
         self._active: dict[int, _Active] = {}
-        self._admitting: list[
-            Ticket
-        ] = []  # taken off the queue, not yet active: a failure must reach them too
+        # taken off the queue, not yet active: a failure must reach them too
+        self._admitting: list[Ticket] = []
         self._closed = False
         self.failure: BaseException | None = None
         self.steps = 0

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..audio.features import log_mel_power, normalize_log_mel, silence_level
+from ..audio.features import fill_silence, log_mel_power, normalize_log_mel
 from ..config import HOP_LENGTH, N_FFT
 from .transfer import upload
 from .types import AudioWindow
@@ -65,9 +65,4 @@ def batched_log_mels(
         # one contiguous pinned copy (queued; the caching host allocator keeps ``host`` until it is done), then
         # into the rows on the device
         x[: len(samples), :longest] = upload(host, device)
-    head = normalize_log_mel(log_mel_power(x, n_mels)[..., :frames])[: len(samples)]
-    if head.shape[-1] == frames:
-        return head
-    mel = silence_level(head).expand(*head.shape[:-1], frames).clone()
-    mel[..., : head.shape[-1]] = head
-    return mel
+    return fill_silence(normalize_log_mel(log_mel_power(x, n_mels)[..., :frames])[: len(samples)], frames)

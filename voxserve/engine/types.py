@@ -141,8 +141,8 @@ class EngineConfig:
     # padded batch per window length. Captured as CUDA graphs where FlashAttention's variable-length form runs
     # (CUDA, fp16/bf16), eager elsewhere. Off by default: at 100 live streams (large-v3 fp16, H100, one run,
     # bench/profile_streams.py) it measured p50 263 vs 304 ms, p99 1.33 vs 1.45 s and 339 decodes/s both ways; at
-    # 200 the difference was within run-to-run noise; and the form now in the code (one staging copy) has not yet
-    # run on a GPU (stop 19)
+    # 200 the difference was within run-to-run noise (stop 19); with engine log-mels (stop 20, H100, one run each)
+    # p99 1.40 / 1.93 s packed against 1.66 / 2.27 s per length at 200 / 300 streams, inside the same spread
     packed_encoder: bool = False
 
     def __post_init__(self) -> None:

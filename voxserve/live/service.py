@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..api import WhisperModel
-from ..audio.features import log_mel_power, normalize_log_mel, silence_level
+from ..audio.features import fill_silence, log_mel_power, normalize_log_mel
 from ..audio.streaming_mel import StreamingLogMel
 from ..audio.vad import SileroVAD, StreamingVAD, VADEvent, VADOptions, feed_many
 from ..config import HOP_LENGTH, N_FFT, SAMPLE_RATE
@@ -332,12 +332,7 @@ class LiveService:
         x[:n] = torch.as_tensor(samples, dtype=torch.float32)
         n_mels = self.whisper.model.dims.n_mels
         power = streaming.log_power(x, n, n_mels) if streaming is not None else log_mel_power(x, n_mels)
-        head = normalize_log_mel(power[:, :frames])
-        if head.shape[1] == frames:
-            return head
-        mel = silence_level(head).expand(head.shape[0], frames).clone()
-        mel[:, : head.shape[1]] = head
-        return mel
+        return fill_silence(normalize_log_mel(power[:, :frames]), frames)
 
     async def decode(
         self,

@@ -64,7 +64,7 @@ class StreamBenchPlan:
     admit_wait_steps: int = EngineConfig.admit_wait_steps  # the engine's admission policy, as the server's
     admit_ratio: float = EngineConfig.admit_ratio
     packed_encoder: bool = EngineConfig.packed_encoder
-    mels: str = "engine"  # LiveOptions.mels: log-mels made by the engine from audio, or on the host
+    mels: str = LiveOptions.mels  # log-mels made by the engine from audio ("engine"), or on the host
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
