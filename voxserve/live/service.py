@@ -45,7 +45,7 @@ class LiveOptions:
     # utterance's frames kept between its decodes, audio/streaming_mel.py). Measured (large-v3 fp16, H100,
     # `voxserve bench --streams 100,200,300 --packed-encoder --mels ...`, stop 20): p99 243 ms / 1.40 s / 1.93 s
     # and 368 / 683 / 747 decodes/s with "engine", 260 ms / 2.66 s / 3.15 s and 367 / 462 / 414 with "host"; on
-    # the 2-core CPU (tiny, 8 and 16 streams) the two were within a run's noise
+    # the 2-core CPU (demo int8, 1-4 streams, bench/README.md "Log-mels made by the engine") 2 streams held both ways
     mels: Literal["host", "engine"] = "engine"
     # random-weight benchmarking: every decode yields exactly this many tokens per second of audio (end-of-text
     # suppressed), the length of real speech's transcripts; None decodes normally
