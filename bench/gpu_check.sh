@@ -13,6 +13,8 @@
 #                                           with packing and engine log-mels
 #   bash bench/gpu_check.sh streams-ab [ASSETS] the live GPU tests, then that bench with engine log-mels
 #                                           unpacked, with host log-mels packed, and at 400,500 streams
+#   bash bench/gpu_check.sh phases [ASSETS]  the live GPU tests, then where the device's time goes at 400 streams
+#                                           (bench/profile_streams.py --phases) and the packed bench at 200-400
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -22,7 +24,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -76,6 +78,16 @@ elif [ "$MODE" = streams-ab ]; then
             --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     done
+elif [ "$MODE" = phases ]; then
+    part 100 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "packed or audio_windows or scatter" -p no:cacheprovider --durations=5 -rfE
+    part 150 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 10 --phases \
+        --variant packed=1 --variant packed=1 --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    part 150 bench-streams-packed python3 -m voxserve bench --streams 200,300,400 --packed-encoder --mels engine \
+        --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 \
+        --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine

@@ -107,6 +107,70 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# --phases: (name, start event, end event, host seconds) per call, in call order, without synchronisations
+marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, float]] = []
+
+
+def marked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with CUDA events recorded before and after it and its host time kept, nothing synchronised: what
+    an engine call and each part of an admission take on the device as the real engine runs them (a part's
+    device time includes any wait for the host's launches inside it)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not state["on"]:
+            return fn(*args, **kwargs)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        dt = time.perf_counter() - t0
+        end.record()
+        marks.append((name, start, end, dt))
+        return out
+
+    return wrapper
+
+
+def instrument_phases() -> None:
+    """Mark the engine's calls and an admission's parts (log-mels, encoder, prefill, token choice) for
+    ``report_phases``."""
+    from voxserve.engine import runner
+    from voxserve.engine.policy import PolicyState
+
+    Engine._admit = marked("admit", Engine._admit)
+    Engine._step = marked("step", Engine._step)
+    runner.window_mels = marked("  mels", runner.window_mels)
+    Runner.encode = marked("  encode", Runner.encode)
+    Runner.encode_packed = marked("  packed", Runner.encode_packed)
+    Runner._run_prefill = marked("  prefill", Runner._run_prefill)
+    PolicyState.select_packed = marked("  select", PolicyState.select_packed)
+
+
+def report_phases() -> None:
+    """Mean host and device time of each marked call, and how much of the run's device time lay between the
+    engine's calls (the device idle, waiting for the engine thread)."""
+    if not marks:
+        return
+    torch.cuda.synchronize()
+    by_name: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    for name, start, end, host in marks:
+        by_name[name].append((1e3 * host, start.elapsed_time(end)))
+    for name, pairs in by_name.items():
+        print(
+            f"{name:10s} {len(pairs):5d} calls, host mean {statistics.mean(p[0] for p in pairs):6.2f} ms, device "
+            f"mean {statistics.mean(p[1] for p in pairs):6.2f} ms, median {statistics.median(p[1] for p in pairs):6.2f}"
+            f" ms, total {sum(p[1] for p in pairs) / 1e3:6.2f} s"
+        )
+    top = [m for m in marks if not m[0].startswith(" ")]
+    span = top[0][1].elapsed_time(top[-1][2])
+    inside = sum(s.elapsed_time(e) for _, s, e, _ in top)
+    print(
+        f"engine calls: {span / 1e3:.2f} s from the first to the last on the device, {inside / 1e3:.2f} s inside "
+        f"calls ({100 * inside / span:.0f}%), {100 * (span - inside) / span:.0f}% between them"
+    )
+    marks.clear()
+
+
 def watch_loop(simulate: Callable[..., Any]) -> Callable[..., Any]:
     """``streambench._simulate`` with a 10 ms timer on the callers' event loop beside it, its lateness kept: how
     long the loop (sessions, VAD, results) keeps a ready callback waiting."""
@@ -166,7 +230,7 @@ def run_variants(variants: list[dict[str, float]]) -> None:
     init = LiveService.__init__
 
     def next_variant(self: LiveService, whisper: Any, engine: Engine, *args: Any, **kwargs: Any) -> None:
-        if calls:
+        if calls or marks:
             report()
             clear()
         current.clear()
@@ -201,6 +265,7 @@ def run_variants(variants: list[dict[str, float]]) -> None:
 def clear() -> None:
     for store in (calls, shapes, device_events):
         store.clear()
+    marks.clear()
     loop_lag.clear()
     loop_cpu.clear()
 
@@ -213,7 +278,14 @@ def instrument() -> None:
     Runner.encode = timed("encode", Runner.encode)
     Runner.encode_packed = timed("packed", Runner.encode_packed)
     Runner._run_prefill = timed("prefill", Runner._run_prefill)
-    warmup = Runner.warmup
+    Runner.warmup = timed_warmup(Runner.warmup)
+
+
+def timed_warmup(
+    warmup: Callable[[Runner], list[tuple[str, int]]],
+) -> Callable[[Runner], list[tuple[str, int]]]:
+    """``Runner.warmup`` that reports its time and graphs, warms the other encoder form too where a variant may
+    switch to it, and starts the timing once done."""
 
     def warm_then_time(self: Runner) -> list[tuple[str, int]]:
         t0 = time.perf_counter()
@@ -233,7 +305,7 @@ def instrument() -> None:
         state["on"] = True  # time the run, not the warm-up
         return ran
 
-    Runner.warmup = warm_then_time
+    return warm_then_time
 
 
 class StackSampler:
@@ -343,6 +415,7 @@ def host_only(delay_s: float) -> None:
 
 
 def report() -> None:
+    report_phases()
     if sampler is not None:
         sampler.report()
         sampler.reset()
@@ -425,6 +498,12 @@ def main() -> None:
         help="record the first variant's N-th admission with torch.profiler (top CPU and device operations)",
     )
     p.add_argument(
+        "--phases",
+        action="store_true",
+        help="nothing synchronised: CUDA events around the engine's calls and an admission's parts, as the real "
+        "engine runs them (instead of the per-call host and wall times)",
+    )
+    p.add_argument(
         "--variant",
         action="append",
         type=parse_variant,
@@ -441,7 +520,14 @@ def main() -> None:
     variants = args.variant or [{}]
     if args.profile is not None:
         state["profile_at"] = args.profile
-    instrument()
+    if args.phases:
+        if args.profile is not None or args.host_only is not None or args.device != "cuda":
+            raise SystemExit("--phases times a CUDA engine's calls, without --profile or --host-only")
+        instrument_phases()
+        streambench._simulate = watch_loop(streambench._simulate)
+        Runner.warmup = timed_warmup(Runner.warmup)
+    else:
+        instrument()
     if args.host_only is not None:
         host_only(args.host_only / 1e3)
     if args.stacks:

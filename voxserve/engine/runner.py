@@ -29,6 +29,7 @@ from . import fused, kv8, packed
 from .attention import choose_splits, decode_attention, decode_self_attention
 from .mels import batched_log_mels, window_mels
 from .policy import PolicyState
+from .scatter import scatter_rows
 from .transfer import upload, upload_together
 from .types import AudioWindow, RowSpec
 
@@ -482,8 +483,8 @@ class Runner:
 
     def _write_cross_at(self, layer: int, slot: Tensor, position: Tensor, ck: Tensor, cv: Tensor) -> None:
         """Write cross K/V [P, C] of decoder layer ``layer``, position p into slot ``slot[p]`` at ``position[p]``
-        (``_write_cross`` for packed rows). On CUDA the index_put below measured ~11% of an admission's device
-        time at 400 streams; engine/scatter.py has a kernel for it, not used until its GPU test has run."""
+        (``_write_cross`` for packed rows). On CUDA the model layout's rows go through one kernel for keys and
+        values (engine/scatter.py): index_put measured ~11% of an admission's device time at 400 streams."""
         p = ck.shape[0]
         if self.cross_scales is not None:
             for cache, scales, x in zip(
@@ -497,8 +498,9 @@ class Runner:
             self.cross_k[layer].transpose(1, 2)[slot, position] = ck.view(heads)
             self.cross_v[layer].transpose(1, 2)[slot, position] = cv.view(heads)
         else:
-            self.cross_k[layer][slot, position] = ck
-            self.cross_v[layer][slot, position] = cv
+            n_ctx, c = self.cross_k.shape[2], self.cross_k.shape[3]
+            caches = (self.cross_k[layer].view(-1, c), self.cross_v[layer].view(-1, c))
+            scatter_rows((ck, cv), slot * n_ctx + position, caches)
 
     def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int, int, bool]:
         """(rows, prompt tokens, encoder positions, masked) the prefill of ``n`` rows with prompts up to ``t``

@@ -6,9 +6,8 @@ runs one element per thread, reading both indices for every element: at 400 live
 bench/profile_streams.py --profile, stop 20) its 128 launches took 3.4 of an admission's 29 ms of device time,
 ~450 GB/s. Here each program copies whole rows, keys and values of a layer in one launch.
 
-Not yet used by the engine: its GPU test (tests/gpu/test_engine_cuda.py, ``-k scatter``) has not run, since stop 20
-ran out of device time. Once it passes, ``Runner._write_cross_at`` (model layout) calls
-``scatter_rows((ck, cv), slot * n_audio_ctx + position, (cross_k[layer].view(-1, C), cross_v[layer].view(-1, C)))``.
+Used by ``Runner._write_cross_at`` for the model layout of the cross K/V (the int8 and per-head layouts keep
+index_put); tested bit for bit against index_put in tests/gpu/test_engine_cuda.py (``-k scatter``).
 """
 
 from __future__ import annotations
