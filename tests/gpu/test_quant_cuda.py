@@ -72,6 +72,30 @@ def test_fp8_linear_vs_bf16(rows, k, n):
 
 
 @needs_fp8
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(("rows", "k"), [(1, 1280), (37, 5120), (4703, 1280), (5, 384)])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_fp8_row_quantize_kernel_equals_torch(dtype, rows, k, static):
+    """The one-pass Triton quantization of fp8 activations (model/fp8rows.py) gives the torch path's bytes and
+    scales bit for bit: dynamic per-row amax and static (with values past the scale saturating), a zero row
+    among them, widths below and past a power of two."""
+    from voxserve.model import fp8rows
+
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    x = (torch.randn(rows, k, generator=g, device=CUDA) * 3).to(dtype)
+    x[rows // 2] = 0
+    scale = torch.tensor([[1.5 / FP8_MAX]], device=CUDA) if static else None
+    got_q, got_s = fp8rows.quantize_rows(x, scale)
+    saved, fp8rows.triton = fp8rows.triton, None  # the torch path
+    try:
+        want_q, want_s = fp8rows.quantize_rows(x, scale)
+    finally:
+        fp8rows.triton = saved
+    assert torch.equal(got_s, want_s)
+    assert torch.equal(got_q.view(torch.uint8), want_q.view(torch.uint8))
+
+
+@needs_fp8
 def test_fp8_linear_fp16_and_fp32_outputs():
     for dtype in (torch.float16, torch.float32):
         lin = _linear(1280, 1280, dtype)

@@ -40,6 +40,8 @@ def test_plan_is_checked(tmp_path):
         ({"window_buckets_s": ()}, "window-buckets"),
         ({"window_buckets_s": (2.0, 0.0)}, "window-buckets"),
         ({"window_buckets_s": (45.0,)}, "window-buckets"),
+        ({"encoder_precision": "int4"}, "encoder-precision must be fp8"),
+        ({"encoder_precision": "fp8"}, "half-precision model"),
     ]:
         with pytest.raises(BenchError, match=match):
             _plan(tmp_path, **bad)

@@ -174,6 +174,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "batch per window length, as `voxserve serve`)",
     )
     live.add_argument(
+        "--encoder-precision",
+        choices=("fp8",),
+        help="the encoder's block Linears in this precision (fp8: E4M3 with per-token scales, compute capability "
+        ">= 8.9), the rest of the model in --precision; default: the whole model in --precision",
+    )
+    live.add_argument(
         "--mels",
         choices=("host", "engine"),
         default="engine",
@@ -309,6 +315,7 @@ def run_streams(args: argparse.Namespace) -> int:
             admit_wait_steps=args.admit_wait_steps,
             admit_ratio=args.admit_ratio,
             packed_encoder=args.packed_encoder,
+            encoder_precision=args.encoder_precision,
             mels=args.mels,
             target_ms=args.target_ms,
             vad_model=args.vad_model,

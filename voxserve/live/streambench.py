@@ -34,6 +34,7 @@ from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
 from ..engine.types import EngineConfig
 from ..model.load import CheckpointInfo, init_random
+from ..model.quant import QuantizationError, quantize_model
 from .callers import Track, caller_audio, chunk_payloads, pcm16, session_update, use_oracle
 from .service import LiveOptions, LiveService
 from .session import LiveSession
@@ -65,6 +66,8 @@ class StreamBenchPlan:
     admit_ratio: float = EngineConfig.admit_ratio
     packed_encoder: bool = EngineConfig.packed_encoder
     mels: str = LiveOptions.mels  # log-mels made by the engine from audio ("engine"), or on the host
+    # the encoder's block Linears in this quantized precision ("fp8"), the rest in ``precision``; None: all
+    encoder_precision: str | None = None
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
@@ -94,6 +97,12 @@ class StreamBenchPlan:
             raise BenchError(f"--window-buckets must be seconds in (0, 30], got {self.window_buckets_s}")
         if self.precision not in PRECISIONS:
             raise BenchError(f"--precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.encoder_precision not in (None, "fp8"):
+            raise BenchError(f"--encoder-precision must be fp8, got {self.encoder_precision!r}")
+        if self.encoder_precision is not None and self.precision == "fp32":
+            raise BenchError(
+                "--encoder-precision fp8 runs beside a half-precision model: --precision fp16 or bf16"
+            )
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -219,6 +228,12 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         )
         fixed = plan.tokens_per_second
         log(f"random {plan.dims} weights, {fixed:g} tokens per second of audio")
+    if plan.encoder_precision is not None:
+        try:  # per-token (dynamic) activation scales: random weights have no audio to calibrate on
+            quantize_model(whisper.model, plan.encoder_precision, skip=["decoder.*"])
+        except QuantizationError as e:
+            raise BenchError(f"--encoder-precision {plan.encoder_precision}: {e}") from None
+        log(f"encoder Linears in {plan.encoder_precision}, the rest in {plan.precision}")
     language = "en" if whisper.tokenizer.is_multilingual else None
     buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
     frames = LiveOptions(short_windows=plan.short_windows, **buckets).short_window_frames(

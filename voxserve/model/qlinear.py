@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8).max)  # 448
+from .fp8rows import FP8, FP8_MAX, quantize_rows
+from .fp8rows import TINY as _TINY  # floor for an all-zero row's / token's amax
+
 INT8_MAX = 127  # symmetric: -127..127, so negating a weight never overflows
-_TINY = 1e-12  # floor for an all-zero row's / token's amax, so its scale never divides by zero
 
 
 def cpu_has(feature: str) -> bool:
@@ -208,12 +208,7 @@ class Fp8Linear(_QuantLinear):
         self.register_buffer("input_scale", static)  # [1, 1] or None (dynamic)
 
     def forward(self, x: Tensor) -> Tensor:
-        x2 = x.reshape(-1, self.in_features).float()
-        if self.input_scale is not None:
-            xs = self.input_scale.expand(x2.shape[0], 1).contiguous()
-        else:
-            xs = x2.abs().amax(dim=1, keepdim=True).clamp(min=_TINY) / FP8_MAX
-        xq = (x2 / xs).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        xq, xs = quantize_rows(x.reshape(-1, self.in_features), self.input_scale)
         out_dtype = x.dtype
         fused_bias = self.bias is not None and out_dtype in (torch.bfloat16, torch.float16)
         y = torch._scaled_mm(
