@@ -403,3 +403,90 @@ def test_scatter_kernel_equals_index_put(dtype) -> None:
     scatter_rows((k, v), to, got)
     want[0][to], want[1][to] = k, v
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def _prompted_specs(tokenizer: Tokenizer, lengths: list[int]) -> list:
+    from voxserve.engine.types import RowSpec
+
+    g = torch.Generator().manual_seed(3)
+    head = (tokenizer.sot, tokenizer.sot + 1, tokenizer.no_timestamps)
+    return [
+        RowSpec(
+            initial_tokens=(head + tuple(torch.randint(100, 5000, (max(n - 3, 0),), generator=g).tolist()))[
+                :n
+            ],
+            sot_index=0,
+            suppress=(tokenizer.eot,),
+            suppress_blank=True,
+            timestamps=False,
+            max_initial_timestamp_index=None,
+            sample_len=6,
+            temperature=0.0,
+        )
+        for n in lengths
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_packed_prefill_gives_each_row_what_the_padded_one_gives(tokenizer, dtype) -> None:
+    """The packed prefill (engine/packed_prefill.py): in fp16 replayed from its graphs (two admissions of one pass
+    size, so stale inputs would show; FlashAttention's causal variable-length form), in fp32 eagerly: each row's
+    first-token logits, no-speech probability and self K/V as the padded prefill gives them."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().to(dtype)
+    g = torch.Generator().manual_seed(0)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    runners = {}
+    for on in (False, True):
+        eng = make_engine(model, tokenizer, EngineConfig(max_slots=6, max_admit=8, packed_prefill=on))
+        eng.close()
+        runners[on] = eng.runner
+    padded, packed_runner = runners[False], runners[True]
+    for frames, lengths in (([3000, 200, 64, 800], [3, 20, 7, 11]), ([400, 100, 3000], [12, 4, 33])):
+        mels = [torch.randn(TINY.n_mels, f, generator=g).clamp(-1, 1).to(dtype).cuda() for f in frames]
+        slots = [3, 0, 5, 1][: len(frames)]
+        specs = _prompted_specs(tokenizer, lengths)
+        with torch.inference_mode():
+            want = padded.admit(slots, specs, mels)
+            got = packed_runner.admit(slots, specs, mels)
+        assert sorted(packed_runner._packed_prefill_graphs) == ([64] if dtype == torch.float16 else [])
+        for a, b in zip(got, want, strict=True):
+            assert abs(a.no_speech_prob - b.no_speech_prob) < tol
+        if dtype == torch.float32:
+            assert [a.token for a in got] == [a.token for a in want]
+        for slot, n in zip(slots, lengths, strict=True):
+            for cache in ("self_k", "self_v"):
+                a = getattr(packed_runner, cache)[:, slot, :n].float()
+                b = getattr(padded, cache)[:, slot, :n].float()
+                assert _rel_err(a, b) < tol, (cache, slot)
+
+
+def test_packed_prefill_fp16_engine_decodes_as_the_padded_prefill(tokenizer) -> None:
+    """The fp16 engine with packed, graphed prefills (after warm-up) decodes prompted short windows to the
+    tokens of the same engine with padded prefills."""
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    mels = []
+    for seconds in (1, 2.5, 4, 7, 11):
+        mel = log_mel_spectrogram(speech[: int(16000 * seconds)], 80)
+        mels.append(mel[:, : mel.shape[-1] // 2 * 2].half().cuda())
+    results = {}
+    for on in (False, True):
+        config = EngineConfig(max_slots=6, max_admit=6, short_window_frames=(100, 400), packed_prefill=on)
+        eng = make_engine(model, tokenizer, config)
+        try:
+            ran = eng.runner.warmup()
+            assert (("packed prefill", 64) in ran) is on
+            batch = BatchDecoder(eng, model, tokenizer)
+            pending = [
+                batch.submit(
+                    m, DecodingOptions(language="en", without_timestamps=True, sample_len=12, prompt=p)
+                )
+                for m in mels
+                for p in ("", "and so my fellow Americans ask not")
+            ]
+            results[on] = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
+        finally:
+            eng.close()
+    assert results[True] == results[False]
+    assert any(len(t) > 3 for t in results[True])

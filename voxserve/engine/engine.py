@@ -153,6 +153,7 @@ class Engine:
             prefill_graphs=self.config.prefill_graphs,
             cross_kv=self.config.cross_kv,
             packed_encoder=self.config.packed_encoder,
+            packed_prefill=self.config.packed_prefill,
         )
         lookahead = self.config.lookahead
         self.lookahead = model.device.type == "cuda" if lookahead is None else lookahead

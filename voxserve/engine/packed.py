@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -229,9 +230,19 @@ def flash_varlen(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
-def varlen_attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, index: PackedIndex, cu: Tensor) -> Tensor:
-    """Self-attention of each packed sequence over itself: q, k, v [P, C] -> [P, C]. On CUDA in fp16/bf16 one
-    FlashAttention variable-length call over ``cu`` (device, int32); elsewhere one SDPA per sequence."""
+class Sequences(Protocol):
+    """Where a packed pass's sequences lie: ``bounds`` (start, end) of each, ``longest`` the longest's length."""
+
+    bounds: tuple[tuple[int, int], ...]
+    longest: int
+
+
+def varlen_attention(
+    q: Tensor, k: Tensor, v: Tensor, n_head: int, index: Sequences, cu: Tensor, *, causal: bool = False
+) -> Tensor:
+    """Self-attention of each packed sequence over itself (``causal``: each position over itself and the ones
+    before it): q, k, v [P, C] -> [P, C]. On CUDA in fp16/bf16 one FlashAttention variable-length call over
+    ``cu`` (device, int32); elsewhere one SDPA per sequence."""
     p, c = q.shape
     d = c // n_head
     if flash_varlen(q.device, q.dtype):
@@ -244,14 +255,14 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, index: Packed
             index.longest,
             index.longest,
             0.0,
-            False,
+            causal,
             False,
         )[0]
         return out.reshape(p, c)
     out = torch.empty_like(q)
     for a, b in index.bounds:
-        heads = [x[a:b].view(b - a, n_head, d).transpose(0, 1) for x in (q, k, v)]
-        out[a:b] = F.scaled_dot_product_attention(*heads).transpose(0, 1).reshape(b - a, c)
+        heads = [x[a:b].reshape(b - a, n_head, d).transpose(0, 1) for x in (q, k, v)]
+        out[a:b] = F.scaled_dot_product_attention(*heads, is_causal=causal).transpose(0, 1).reshape(b - a, c)
     return out
 
 

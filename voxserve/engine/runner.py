@@ -25,7 +25,7 @@ from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features
 from ..model.whisper import Whisper
-from . import fused, kv8, packed
+from . import fused, kv8, packed, packed_prefill
 from .attention import choose_splits, decode_attention, decode_self_attention
 from .mels import batched_log_mels, window_mels
 from .policy import PolicyState
@@ -116,6 +116,7 @@ class Runner:
         prefill_graphs: bool = True,
         cross_kv: str = "model",
         packed_encoder: bool = False,
+        packed_prefill: bool = False,
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -226,6 +227,12 @@ class Runner:
         # pass size (positions) -> (graph, its static inputs, its output features)
         self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]] = {}
         self._packed_buffers: packed.PackedInputs | None = None  # the buffers every pass size's inputs share
+        # Admissions' prompts prefilled end to end (engine/packed_prefill.py): pass size (tokens) -> (graph, its
+        # flat index buffer, its outputs), captured where the cross-attention reads by length (below)
+        self.packed_prefill = packed_prefill
+        self._packed_prefill_graphs: dict[
+            int, tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]
+        ] = {}
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
         self._pool = None
         n_sm = (
@@ -316,6 +323,12 @@ class Runner:
             spec if lang is None else _with_language(spec, lang[0])
             for spec, lang in zip(specs, languages, strict=True)
         ]
+        if self.packed_prefill:
+            slot_t, len_t = upload_together(self.device, torch.tensor(slots), torch.tensor(cross_len))
+            self.cross_len[slot_t] = len_t
+            self.policy.reset(slots, specs)
+            logits, no_speech = self._run_prefill_packed(slots, specs, cross_len)
+            return self._first_tokens(slots, specs, languages, logits, no_speech, slot_t)
         lengths = [len(s.initial_tokens) for s in specs]
         s, t = max(cross_len), max(lengths)
         masked = min(cross_len) != s
@@ -339,7 +352,21 @@ class Runner:
         self.cross_len[facts[0, :n]] = facts[1, :n]
         self.policy.reset(slots, specs)
         logits, no_speech = self._run_prefill(facts, tokens, s, masked)
-        picked = self.policy.select_packed(logits[:n], facts[0, :n], self._noise(n, specs))
+        return self._first_tokens(slots, specs, languages, logits, no_speech, facts[0, :n])
+
+    def _first_tokens(
+        self,
+        slots: list[int],
+        specs: list[RowSpec],
+        languages: list[tuple[int, tuple[float, ...]] | None],
+        logits: Tensor,
+        no_speech: Tensor,
+        slot_t: Tensor,
+    ) -> list[Admitted]:
+        """Each admitted row's first token, picked under its spec's policy from its prefill's ``logits`` (the
+        first len(slots) rows), with its no-speech probability: the admission's one wait for the device."""
+        n = len(slots)
+        picked = self.policy.select_packed(logits[:n], slot_t, self._noise(n, specs))
         out = torch.cat([picked, no_speech[:n].double()[None]]).cpu()
         return [
             Admitted(
@@ -501,6 +528,104 @@ class Runner:
             n_ctx, c = self.cross_k.shape[2], self.cross_k.shape[3]
             caches = (self.cross_k[layer].view(-1, c), self.cross_v[layer].view(-1, c))
             scatter_rows((ck, cv), slot * n_ctx + position, caches)
+
+    def _run_prefill_packed(
+        self, slots: list[int], specs: list[RowSpec], cross_len: list[int]
+    ) -> tuple[Tensor, Tensor]:
+        """The admission's prompts in one packed prefill (engine/packed_prefill.py): float32 logits at each row's
+        last prompt token and its no-speech probability, the first len(slots) rows of each. A captured pass's
+        replay where the shapes allow (the results are then views of its outputs, valid until its next
+        replay), else an eager pass of exactly the prompts' tokens."""
+        prompts = [spec.initial_tokens for spec in specs]
+        size = packed_prefill.pass_size(sum(map(len, prompts)))
+        graphed = (
+            self._packed_prefill_capturable(size)
+            and len(prompts) <= self.max_encode
+            and max(map(len, prompts)) <= PREFILL_GRAPH_TOKENS[-1]
+        )
+        if not graphed:
+            size = sum(map(len, prompts))
+        rows = self.max_encode if graphed else len(prompts)
+        index = packed_prefill.pack_prompts(
+            prompts, slots, cross_len, [spec.sot_index for spec in specs], size=size, rows=rows,
+            scratch=self.scratch,
+        )  # fmt: skip
+        flat = upload(torch.from_numpy(index.flat()), self.device)
+        if not graphed:
+            return self._prefill_packed(packed_prefill.split_flat(flat, size, rows), index)
+        graph, static, outputs = self._packed_prefill_graph(size)
+        static.copy_(flat)
+        graph.replay()
+        return outputs
+
+    def _packed_prefill_capturable(self, size: int) -> bool:
+        """Whether a packed prefill of ``size`` tokens has a graph: captured prefills, the cross-attention read by
+        length (the eager path's is a host loop), a captured size whose capture's prompts fit the rows."""
+        return (
+            self.prefill_graphs
+            and self.cross_by_length
+            and packed.flash_varlen(self.device, self.dtype)
+            and size <= min(packed_prefill.GRAPH_TOKENS, packed_prefill.GRAPH_LONGEST * self.max_encode)
+        )
+
+    def _packed_prefill_graph(self, size: int) -> tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]:
+        """The captured packed prefill of ``size`` tokens (captured with prompts bound for the scratch slot), its
+        flat index buffer and its outputs."""
+        if size not in self._packed_prefill_graphs:
+            rows = self.max_encode
+            per = max(PREFILL_GRAPH_TOKENS[-1], -(-size // rows))
+            prompts = [[0] * per] * (size // per)  # the rest of the pass is its tail
+            index = packed_prefill.pack_prompts(
+                prompts, [self.scratch] * len(prompts), [1] * len(prompts), [0] * len(prompts), size=size,
+                rows=rows, scratch=self.scratch,
+            )  # fmt: skip
+            static = torch.from_numpy(index.flat()).to(self.device)
+            views = packed_prefill.split_flat(static, size, rows)
+            # FlashAttention's grid is fixed at capture: long enough for any sequence a replay may hold
+            sequences = replace(index, longest=min(size, packed_prefill.GRAPH_LONGEST))
+            graph, out = self._capture(lambda: self._prefill_packed(views, sequences))
+            self._packed_prefill_graphs[size] = (graph, static, out)
+        return self._packed_prefill_graphs[size]
+
+    def _prefill_packed(self, views: dict[str, Tensor], index: packed.Sequences) -> tuple[Tensor, Tensor]:
+        """``_prefill_logits`` for packed prompts: ``views`` of the index on the device (packed_prefill.split_flat),
+        ``index`` where its sequences lie. Each token's self K/V goes to its row's slot at its position."""
+        dec, h = self.model.decoder, self.n_head
+        token, position, slot, cross_len = (views[name] for name in packed_prefill.TOKEN_FIELDS)
+        cu = views["cu"].int()
+        x = (dec.token_embedding(token) + dec.positional_embedding[position]).to(self.dtype)  # [T, C]
+        to = slot * self.self_k.shape[2] + position  # each token's row of a layer's self K/V, flattened
+        splits = choose_splits(token.shape[0], h, self.model.dims.n_audio_ctx, self._n_sm)
+        for i, layer in enumerate(dec.layers):
+            q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
+            c = k.shape[-1]
+            scatter_rows((k, v), to, (self.self_k[i].view(-1, c), self.self_v[i].view(-1, c)))
+            x = x + layer.attn.out(packed.varlen_attention(q, k, v, h, index, cu, causal=True))
+            q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
+            if self.cross_by_length:
+                a = self._cross_by_length(i, q[None], slot, cross_len, splits)[0]
+            else:
+                a = self._cross_by_sequence(i, q, index, slot, cross_len)
+            x = x + layer.cross_attn.out(a)
+            x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
+        logits = dec.logits(x[views["last"]])
+        no_speech = dec.logits(x[views["sot"]]).softmax(dim=-1)[:, self.no_speech]
+        return logits, no_speech
+
+    def _cross_by_sequence(
+        self, layer: int, q: Tensor, index: packed.Sequences, slot: Tensor, cross_len: Tensor
+    ) -> Tensor:
+        """Cross-attention of packed queries q [T, C], one SDPA per sequence over its row's slot up to its
+        encoder length (the eager form, where the decode kernel is missing; the tail's outputs stay zero)."""
+        out = torch.zeros_like(q)
+        for a, b in index.bounds:
+            row, length = slot[a : a + 1], int(cross_len[a])
+            if row.item() == self.scratch:
+                continue
+            ck, cv = self._read_cross(layer, row, length)
+            heads = split_heads(q[None, a:b], self.n_head)
+            out[a:b] = merge_heads(F.scaled_dot_product_attention(heads, ck, cv))[0]
+        return out
 
     def _prefill_shape(self, n: int, t: int, s: int, masked: bool) -> tuple[int, int, int, bool]:
         """(rows, prompt tokens, encoder positions, masked) the prefill of ``n`` rows with prompts up to ``t``
@@ -797,7 +922,14 @@ class Runner:
                 else:
                     self.encode_packed([torch.zeros(n_mels, 2 * size, dtype=self.dtype)], [self.scratch])
                 ran.append(("packed encoder", size))
-        if self.prefill_graphs:  # masked too where short windows will come (unless reads stop at each length)
+        if self.packed_prefill:  # every packed prefill size with a graph (admissions never use the others)
+            for size in packed_prefill.pass_sizes():
+                if self._packed_prefill_capturable(size):
+                    self._packed_prefill_graph(size)[0].replay()
+                    ran.append(("packed prefill", size))
+        elif (
+            self.prefill_graphs
+        ):  # masked too where short windows will come (unless reads stop at each length)
             short = len(self.window_frames) > 1 and not self.cross_by_length
             for masked in (False, True) if short else (False,):
                 for b in self.encoder_buckets:

@@ -144,6 +144,11 @@ class EngineConfig:
     # 200 the difference was within run-to-run noise (stop 19); with engine log-mels (stop 20, H100, one run each)
     # p99 1.40 / 1.93 s packed against 1.66 / 2.27 s per length at 200 / 300 streams, inside the same spread
     packed_encoder: bool = False
+    # run an admission's prompts end to end in one prefill pass (engine/packed_prefill.py) instead of a [rows,
+    # tokens] batch padded to a graph's bucket. Captured per pass size where the prefill's cross-attention reads by
+    # length (CUDA with Triton) and FlashAttention's variable-length form runs (fp16/bf16); eager elsewhere. Off by
+    # default until measured on a GPU.
+    packed_prefill: bool = False
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:
