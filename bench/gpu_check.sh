@@ -14,8 +14,9 @@
 #   bash bench/gpu_check.sh streams-ab [ASSETS] the live GPU tests, then that bench with engine log-mels
 #                                           unpacked, with host log-mels packed, and at 400,500 streams
 #   bash bench/gpu_check.sh phases [ASSETS]  the live GPU tests, then where the device's time goes at 400 streams
-#                                           (bench/profile_streams.py --phases), and the packed bench at 200 and
-#                                           400 streams with the encoder in fp16, then fp8
+#                                           (bench/profile_streams.py --phases) with padded and packed prefills,
+#                                           and the bench at 200 and 400 streams with packed prefills and the
+#                                           encoder in fp16, then fp8
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -82,14 +83,16 @@ elif [ "$MODE" = streams-ab ]; then
 elif [ "$MODE" = phases ]; then
     part 150 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
         -k "packed or audio_windows or scatter or row_quantize" -p no:cacheprovider --durations=5 -rfE
-    part 150 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 10 --phases \
-        --variant packed=1 --variant packed=1 --audio "$ASSETS/audio/hifitts-6097" \
+    # padded and packed prefills alternating on one engine at 400 streams, device time by part (no syncs)
+    part 170 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 10 --phases \
+        --variant packed=1,prefill=0 --variant packed=1,prefill=1 --variant packed=1,prefill=0 \
+        --variant packed=1,prefill=1 --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    # the packed bench with the encoder in fp16, then in fp8 (per-token scales)
+    # the bench with packed prefills, the encoder in fp16, then in fp8 (per-token scales)
     for variant in "" "--encoder-precision fp8"; do
-        part 130 "bench-streams-packed${variant// /}" python3 -m voxserve bench --streams 200,400 --packed-encoder \
-            --mels engine $variant --dims large-v3 --device cuda --precision fp16 --short-windows \
-            --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
+        part 130 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 200,400 \
+            --packed-encoder --packed-prefill --mels engine $variant --dims large-v3 --device cuda \
+            --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
             --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     done
 elif [ "$MODE" = host ]; then

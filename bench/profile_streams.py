@@ -204,6 +204,7 @@ VARIANT_KEYS = {
     "switch": float,
     "enginemels": int,
     "packed": int,
+    "prefill": int,
     "every": float,
     "torchthreads": int,
 }
@@ -246,6 +247,8 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             torch.set_num_threads(int(current["torchthreads"]))
         if "packed" in current:
             engine.runner.packed_encoder = bool(current["packed"])
+        if "prefill" in current:
+            engine.runner.packed_prefill = bool(current["prefill"])
         init(self, whisper, engine, *args, **kwargs)
 
     def variant_options(**kw: Any) -> Any:
@@ -296,12 +299,15 @@ def timed_warmup(
             f"warm-up {time.perf_counter() - t0:.1f} s: {graphs} graphs ({len(self._prefill_graphs)} prefill, "
             f"{len(self._packed_graphs)} packed encoder), {memory:.1f} GiB reserved"
         )
-        if len(self.window_frames) > 1:  # a variant may switch packing: the other form's encoder graphs too
+        if len(self.window_frames) > 1:  # a variant may switch packing: the other forms' graphs too
             t0 = time.perf_counter()
-            self.packed_encoder = not self.packed_encoder
-            warmup(self)
-            self.packed_encoder = not self.packed_encoder
-            print(f"the other encoder form's graphs as well: {time.perf_counter() - t0:.1f} s more")
+            for name in ("packed_encoder", "packed_prefill"):
+                setattr(self, name, not getattr(self, name))
+                warmup(self)
+                setattr(self, name, not getattr(self, name))
+            print(
+                f"the other encoder and prefill forms' graphs as well: {time.perf_counter() - t0:.1f} s more"
+            )
         state["on"] = True  # time the run, not the warm-up
         return ran
 
@@ -509,7 +515,8 @@ def main() -> None:
         type=parse_variant,
         help="one run per variant, on one warmed engine: comma-separated wait=N (EngineConfig.admit_wait_steps), "
         "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), enginemels=0|1 (log-mels made by the "
-        "engine from audio, LiveOptions.mels), packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), every=S (short windows every "
+        "engine from audio, LiveOptions.mels), packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), "
+        "prefill=0|1 (prompts prefilled end to end, Runner.packed_prefill), every=S (short windows every "
         "S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length), torchthreads=N "
         "(torch.set_num_threads for the process from this variant on); "
         "repeat for more runs (default: one run with the defaults)",

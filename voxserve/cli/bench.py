@@ -174,6 +174,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "batch per window length, as `voxserve serve`)",
     )
     live.add_argument(
+        "--packed-prefill",
+        action="store_true",
+        help="prefill an admission's prompts end to end in one pass (EngineConfig.packed_prefill; default: a "
+        "batch padded to a captured shape, as `voxserve serve`)",
+    )
+    live.add_argument(
         "--encoder-precision",
         choices=("fp8",),
         help="the encoder's block Linears in this precision (fp8: E4M3 with per-token scales, compute capability "
@@ -316,6 +322,7 @@ def run_streams(args: argparse.Namespace) -> int:
             admit_ratio=args.admit_ratio,
             packed_encoder=args.packed_encoder,
             encoder_precision=args.encoder_precision,
+            packed_prefill=args.packed_prefill,
             mels=args.mels,
             target_ms=args.target_ms,
             vad_model=args.vad_model,

@@ -52,6 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="encode the short windows of live partials admitted together in one packed encoder pass instead of "
         "one batch per window length (default: off; VOXSERVE_ENGINE_PACKED_ENCODER)",
     )
+    p.add_argument(
+        "--packed-prefill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the prompts of requests admitted together end to end in one prefill pass instead of a batch "
+        "padded to a captured shape (default: off; VOXSERVE_ENGINE_PACKED_PREFILL)",
+    )
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -92,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["engine_admit_ratio"] = args.admit_ratio
     if args.packed_encoder is not None:
         overrides["engine_packed_encoder"] = args.packed_encoder
+    if args.packed_prefill is not None:
+        overrides["engine_packed_prefill"] = args.packed_prefill
     if args.preload is not None:
         overrides["preload"] = args.preload
     try:

@@ -65,6 +65,7 @@ class StreamBenchPlan:
     admit_wait_steps: int = EngineConfig.admit_wait_steps  # the engine's admission policy, as the server's
     admit_ratio: float = EngineConfig.admit_ratio
     packed_encoder: bool = EngineConfig.packed_encoder
+    packed_prefill: bool = EngineConfig.packed_prefill
     mels: str = LiveOptions.mels  # log-mels made by the engine from audio ("engine"), or on the host
     # the encoder's block Linears in this quantized precision ("fp8"), the rest in ``precision``; None: all
     encoder_precision: str | None = None
@@ -246,6 +247,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         admit_wait_steps=plan.admit_wait_steps,
         admit_ratio=plan.admit_ratio,
         packed_encoder=plan.packed_encoder,
+        packed_prefill=plan.packed_prefill,
     )
     engine = make_engine(whisper.model, whisper.tokenizer, config)
     try:

@@ -62,6 +62,7 @@ class ServerContext:
             admit_wait_steps=settings.engine_admit_wait_steps,
             admit_ratio=settings.engine_admit_ratio,
             packed_encoder=settings.engine_packed_encoder,
+            packed_prefill=settings.engine_packed_prefill,
         )
         registry = ModelRegistry(
             settings.models,

@@ -59,6 +59,8 @@ class ServerSettings(BaseSettings):
     # live short windows of an admission encoded in one packed pass instead of one batch per length
     # (EngineConfig.packed_encoder: off by default, see there)
     engine_packed_encoder: bool = False
+    # an admission's prompts prefilled end to end in one pass (EngineConfig.packed_prefill: off by default)
+    engine_packed_prefill: bool = False
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
     # audio longer than this is cut at pauses (VAD) and its pieces decoded as one batch
