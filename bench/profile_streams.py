@@ -143,6 +143,7 @@ def instrument_phases() -> None:
     Runner.encode = marked("  encode", Runner.encode)
     Runner.encode_packed = marked("  packed", Runner.encode_packed)
     Runner._run_prefill = marked("  prefill", Runner._run_prefill)
+    Runner._run_prefill_packed = marked("  prefill", Runner._run_prefill_packed)
     PolicyState.select_packed = marked("  select", PolicyState.select_packed)
 
 
