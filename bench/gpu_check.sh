@@ -84,7 +84,7 @@ elif [ "$MODE" = phases ]; then
     part 150 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
         -k "packed or audio_windows or scatter or row_quantize" -p no:cacheprovider --durations=5 -rfE
     # padded and packed prefills alternating on one engine at 400 streams, device time by part (no syncs)
-    part 170 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 10 --phases \
+    part 170 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
         --variant packed=1,prefill=0 --variant packed=1,prefill=1 --variant packed=1,prefill=0 \
         --variant packed=1,prefill=1 --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
