@@ -15,7 +15,7 @@
 #                                           unpacked, with host log-mels packed, and at 400,500 streams
 #   bash bench/gpu_check.sh phases [ASSETS]  the live GPU tests, then where the device's time goes at 400 streams
 #                                           (bench/profile_streams.py --phases) with padded and packed prefills,
-#                                           and the bench at 200 and 400 streams with packed prefills and the
+#                                           and the bench at 400 streams with packed prefills and the
 #                                           encoder in fp16, then fp8
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
@@ -90,7 +90,7 @@ elif [ "$MODE" = phases ]; then
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     # the bench with packed prefills, the encoder in fp16, then in fp8 (per-token scales)
     for variant in "" "--encoder-precision fp8"; do
-        part 130 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 200,400 \
+        part 110 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 400 \
             --packed-encoder --packed-prefill --mels engine $variant --dims large-v3 --device cuda \
             --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
             --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
