@@ -15,9 +15,45 @@ import numpy as np
 import torch
 
 from voxserve.config import ModelDims
+from voxserve.engine.types import RowSpec
 from voxserve.model.load import init_random
 from voxserve.model.whisper import Whisper
 from voxserve.tokenizer import Tokenizer
+
+
+def prompted_specs(tokenizer: Tokenizer, lengths: list[int], sample_len: int = 6) -> list[RowSpec]:
+    """Greedy row specs with prompts of ``lengths`` tokens: <|startoftranscript|>, a language, no-timestamps,
+    then random text tokens (a live partial's forced prefix)."""
+    g = torch.Generator().manual_seed(3)
+    head = (tokenizer.sot, tokenizer.sot + 1, tokenizer.no_timestamps)
+    return [
+        RowSpec(
+            initial_tokens=(head + tuple(torch.randint(100, 5000, (max(n - 3, 0),), generator=g).tolist()))[
+                :n
+            ],
+            sot_index=0,
+            suppress=(tokenizer.eot,),
+            suppress_blank=True,
+            timestamps=False,
+            max_initial_timestamp_index=None,
+            sample_len=sample_len,
+            temperature=0.0,
+        )
+        for n in lengths
+    ]
+
+
+def attention_from_cu(q, k, v, n_head, index, cu, *, causal=False):  # noqa: ANN001, ANN201
+    """packed.varlen_attention's stand-in that reads the sequences from ``cu`` itself (a mask, no host bounds),
+    as a CUDA graph's replay must: what the captured passes get from FlashAttention, on the CPU."""
+    p, c = q.shape
+    seq = torch.searchsorted(cu[1:].long(), torch.arange(p), right=True)  # each position's sequence
+    mask = seq[:, None] == seq[None, :]
+    if causal:
+        mask &= torch.ones(p, p, dtype=torch.bool).tril()
+    heads = [x.reshape(p, n_head, c // n_head).transpose(0, 1) for x in (q, k, v)]
+    out = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=mask)
+    return out.transpose(0, 1).reshape(p, c)
 
 
 def read_wav(path: Path) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import ASSETS, AUDIO, TINY
-from tests.support import decisive_model, read_wav
+from tests.support import decisive_model, prompted_specs, read_wav
 from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import decode_windows
@@ -405,28 +405,6 @@ def test_scatter_kernel_equals_index_put(dtype) -> None:
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def _prompted_specs(tokenizer: Tokenizer, lengths: list[int]) -> list:
-    from voxserve.engine.types import RowSpec
-
-    g = torch.Generator().manual_seed(3)
-    head = (tokenizer.sot, tokenizer.sot + 1, tokenizer.no_timestamps)
-    return [
-        RowSpec(
-            initial_tokens=(head + tuple(torch.randint(100, 5000, (max(n - 3, 0),), generator=g).tolist()))[
-                :n
-            ],
-            sot_index=0,
-            suppress=(tokenizer.eot,),
-            suppress_blank=True,
-            timestamps=False,
-            max_initial_timestamp_index=None,
-            sample_len=6,
-            temperature=0.0,
-        )
-        for n in lengths
-    ]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_packed_prefill_gives_each_row_what_the_padded_one_gives(tokenizer, dtype) -> None:
     """The packed prefill (engine/packed_prefill.py): in fp16 replayed from its graphs (two admissions of one pass
@@ -445,7 +423,7 @@ def test_packed_prefill_gives_each_row_what_the_padded_one_gives(tokenizer, dtyp
     for frames, lengths in (([3000, 200, 64, 800], [3, 20, 7, 11]), ([400, 100, 3000], [12, 4, 33])):
         mels = [torch.randn(TINY.n_mels, f, generator=g).clamp(-1, 1).to(dtype).cuda() for f in frames]
         slots = [3, 0, 5, 1][: len(frames)]
-        specs = _prompted_specs(tokenizer, lengths)
+        specs = prompted_specs(tokenizer, lengths)
         with torch.inference_mode():
             want = padded.admit(slots, specs, mels)
             got = packed_runner.admit(slots, specs, mels)

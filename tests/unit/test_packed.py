@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY
+from tests.support import attention_from_cu
 from voxserve.decoding.batched import make_engine
 from voxserve.engine import packed
 from voxserve.engine.types import EngineConfig
@@ -126,17 +127,6 @@ def test_pass_sizes_share_one_pair_of_buffers() -> None:
         packed.PackedInputs(4096, 8, TINY.n_mels, torch.device("cpu"), share=large)
 
 
-def _attention_from_cu(q, k, v, n_head, index, cu):
-    """Per-sequence attention read from ``cu`` itself (a mask, no host bounds), as a replay must: what the
-    CUDA graphs get from FlashAttention, for a CPU stand-in."""
-    p, c = q.shape
-    seq = torch.searchsorted(cu[1:].long(), torch.arange(p), right=True)  # each position's sequence
-    mask = seq[:, None] == seq[None, :]
-    heads = [x.view(p, n_head, c // n_head).transpose(0, 1) for x in (q, k, v)]
-    out = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=mask)
-    return out.transpose(0, 1).reshape(p, c)
-
-
 class _ReplayedCapture:
     """A CPU stand-in for a CUDA graph: replay runs the captured function again into the captured output."""
 
@@ -151,7 +141,7 @@ def test_the_graphed_path_reads_every_input_from_its_buffers(model, tokenizer, m
     """The captured form of a packed pass (inputs sent into one buffer, read through views, padded to the pass
     size with a tail) on the CPU with a stand-in graph: two replays of one pass size with other windows each
     give every row what it encodes alone, and its cross K/V in its slot."""
-    monkeypatch.setattr(packed, "varlen_attention", _attention_from_cu)
+    monkeypatch.setattr(packed, "varlen_attention", attention_from_cu)
     with make_engine(model, tokenizer, EngineConfig(max_slots=5, max_admit=4, packed_encoder=True)) as engine:
         runner = engine.runner
         runner._packed_graphed = True

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import TINY
+from tests.support import attention_from_cu, prompted_specs
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.options import DecodingOptions
 from voxserve.engine import packed, packed_prefill
-from voxserve.engine.types import EngineConfig, RowSpec
+from voxserve.engine.types import EngineConfig
 from voxserve.model.layers import merge_heads, split_heads
 from voxserve.model.load import init_random
 
@@ -48,28 +49,6 @@ def test_pass_sizes_and_the_index() -> None:
         packed_prefill.pack_prompts([()], [0], [1], [0], size=4, rows=4, scratch=9)
 
 
-def _specs(tokenizer, lengths: list[int]) -> list[RowSpec]:
-    """Prompts of the given lengths: <|startoftranscript|>, a language, no-timestamps, then forced text."""
-    g = torch.Generator().manual_seed(3)
-    head = (tokenizer.sot, tokenizer.sot + 1, tokenizer.no_timestamps)
-    out = []
-    for n in lengths:
-        text = tuple(torch.randint(100, 5000, (max(n - len(head), 0),), generator=g).tolist())
-        out.append(
-            RowSpec(
-                initial_tokens=(head + text)[:n],
-                sot_index=0,
-                suppress=(tokenizer.eot,),
-                suppress_blank=True,
-                timestamps=False,
-                max_initial_timestamp_index=None,
-                sample_len=6,
-                temperature=0.0,
-            )
-        )
-    return out
-
-
 def _admit(model, tokenizer, packed_prefill_on: bool, slots, specs, mels):
     config = EngineConfig(max_slots=6, max_admit=8, packed_prefill=packed_prefill_on)
     engine = make_engine(model, tokenizer, config)
@@ -85,7 +64,7 @@ def test_packed_prefill_gives_each_row_what_the_padded_one_gives(model, tokenize
     g = torch.Generator().manual_seed(0)
     mels = [torch.randn(TINY.n_mels, f, generator=g) for f in (3000, 200, 64, 800)]
     slots, lengths = [3, 0, 5, 1], [3, 20, 7, 11]
-    specs = _specs(tokenizer, lengths)
+    specs = prompted_specs(tokenizer, lengths)
     want, padded = _admit(model, tokenizer, False, slots, specs, mels)
     got, packed_runner = _admit(model, tokenizer, True, slots, specs, mels)
     assert [a.token for a in got] == [a.token for a in want]
@@ -100,19 +79,6 @@ def test_packed_prefill_gives_each_row_what_the_padded_one_gives(model, tokenize
                 atol=1e-5,
             )
         assert packed_runner.cross_len[slot] == padded.cross_len[slot]
-
-
-def _attention_from_cu(q, k, v, n_head, index, cu, *, causal=False):
-    """Per-sequence attention read from ``cu`` itself (a mask, no host bounds), as a replay must: what the
-    CUDA graphs get from FlashAttention, for a CPU stand-in."""
-    p, c = q.shape
-    seq = torch.searchsorted(cu[1:].long(), torch.arange(p), right=True)  # each position's sequence
-    mask = seq[:, None] == seq[None, :]
-    if causal:
-        mask &= torch.ones(p, p, dtype=torch.bool).tril()
-    heads = [x.reshape(p, n_head, c // n_head).transpose(0, 1) for x in (q, k, v)]
-    out = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=mask)
-    return out.transpose(0, 1).reshape(p, c)
 
 
 class _ReplayedCapture:
@@ -130,12 +96,12 @@ def test_the_graphed_path_reads_every_input_from_its_buffer(model, tokenizer, mo
     """The captured form (the index in one buffer, read through views, a tail up to the pass size, rows the
     admission leaves empty) on the CPU with a stand-in graph and cross-attention read from the buffer's
     per-token slots and lengths: two admissions of one pass size each give the padded prefill's tokens."""
-    monkeypatch.setattr(packed, "varlen_attention", _attention_from_cu)
+    monkeypatch.setattr(packed, "varlen_attention", attention_from_cu)
     g = torch.Generator().manual_seed(1)
     for lengths, frames in (([3, 9], [400, 100]), ([12, 4, 5], [64, 3000, 800])):
         mels = [torch.randn(TINY.n_mels, f, generator=g) for f in frames]
         slots = [4, 0, 2][: len(frames)]
-        specs = _specs(tokenizer, lengths)
+        specs = prompted_specs(tokenizer, lengths)
         want, _ = _admit(model, tokenizer, False, slots, specs, mels)
         config = EngineConfig(max_slots=6, max_admit=4, packed_prefill=True)
         engine = make_engine(model, tokenizer, config)

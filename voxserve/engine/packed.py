@@ -112,18 +112,27 @@ def pack_index(
         i = 2 * local + shift  # the stride-2 convolution's output j reads frames 2j - 1, 2j, 2j + 1
         conv2[:used, k] = np.where((i >= 0) & (i < 2 * lengths[row]), 2 * starts[row] + i, zero)
 
-    cu = [0, *np.cumsum(lengths).tolist()] + ([size] if tail else [])
-    cu += [size] * (rows + 2 - len(cu))
-    bounds = tuple((a, b) for a, b in zip(cu, cu[1:], strict=False) if b > a)
+    cu, bounds, longest = sequences(lengths, size, rows)
     return PackedIndex(
         conv1=torch.from_numpy(conv1),
         conv2=torch.from_numpy(conv2),
         position=torch.from_numpy(position),
         slot=torch.from_numpy(slot),
-        cu=torch.tensor(cu, dtype=torch.int32),
+        cu=cu,
         bounds=bounds,
-        longest=max(b - a for a, b in bounds),
+        longest=longest,
     )
+
+
+def sequences(lengths: np.ndarray, size: int, rows: int) -> tuple[Tensor, tuple[tuple[int, int], ...], int]:
+    """Where sequences of ``lengths`` laid end to end in a pass of ``size`` lie: cu [rows + 2] (int32) of
+    cumulative starts, the rest of the pass (the tail) a sequence of its own, then empty sequences up to the
+    fixed count; the (start, end) of every sequence that has positions; the longest one's length."""
+    cu = [0, *np.cumsum(lengths).tolist()]
+    cu += [size] if size > cu[-1] else []
+    cu += [size] * (rows + 2 - len(cu))
+    bounds = tuple((a, b) for a, b in zip(cu, cu[1:], strict=False) if b > a)
+    return torch.tensor(cu, dtype=torch.int32), bounds, max(b - a for a, b in bounds)
 
 
 class PackedInputs:

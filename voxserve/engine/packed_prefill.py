@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .packed import sequences
+
 # Pass sizes (prompt tokens) captured as CUDA graphs: multiples of _FINE_STEP up to _FINE_UNTIL, then of
 # _COARSE_STEP up to GRAPH_TOKENS (64 rows of 64-token prompts); past it a pass runs eagerly at its exact size.
 _FINE_STEP, _FINE_UNTIL, _COARSE_STEP = 64, 1024, 256
@@ -110,9 +112,7 @@ def pack_prompts(
     last[:n] = starts + lengths - 1
     first = np.zeros(rows, dtype=np.int64)
     first[:n] = starts + np.asarray(sot, dtype=np.int64)
-    cu = [0, *np.cumsum(lengths).tolist()] + ([size] if tail else [])
-    cu += [size] * (rows + 2 - len(cu))
-    bounds = tuple((a, b) for a, b in zip(cu, cu[1:], strict=False) if b > a)
+    cu, bounds, longest = sequences(lengths, size, rows)
     return PrefillIndex(
         token=torch.from_numpy(token),
         position=torch.from_numpy(position),
@@ -120,9 +120,9 @@ def pack_prompts(
         cross_len=torch.from_numpy(cross),
         last=torch.from_numpy(last),
         sot=torch.from_numpy(first),
-        cu=torch.tensor(cu, dtype=torch.int32),
+        cu=cu,
         bounds=bounds,
-        longest=max(b - a for a, b in bounds),
+        longest=longest,
     )
 
 
