@@ -98,8 +98,12 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             shapes["packed encoder positions (rows, used, pass)"].append(
                 (len(args[0]), used, size if graphed else used)  # an eager pass runs at its exact size
             )
-        elif name == "prefill":
+        elif name == "prefill" and isinstance(args[1], torch.Tensor):
             shapes["prefill (rows, tokens)"].append(tuple(args[1].shape))
+        elif name == "prefill":  # packed: (rows, prompt tokens in all)
+            shapes["packed prefill (rows, tokens)"].append(
+                (len(args[0]), sum(len(s.initial_tokens) for s in args[1]))
+            )
         elif name == "step":
             shapes["step rows"].append(len(self._active))
         return out
@@ -163,12 +167,13 @@ def report_phases() -> None:
             f" ms, total {sum(p[1] for p in pairs) / 1e3:6.2f} s"
         )
     top = [m for m in marks if not m[0].startswith(" ")]
-    span = top[0][1].elapsed_time(top[-1][2])
-    inside = sum(s.elapsed_time(e) for _, s, e, _ in top)
-    print(
-        f"engine calls: {span / 1e3:.2f} s from the first to the last on the device, {inside / 1e3:.2f} s inside "
-        f"calls ({100 * inside / span:.0f}%), {100 * (span - inside) / span:.0f}% between them"
-    )
+    span = top[0][1].elapsed_time(top[-1][2]) if top else 0.0
+    if span > 0:
+        inside = sum(s.elapsed_time(e) for _, s, e, _ in top)
+        print(
+            f"engine calls: {span / 1e3:.2f} s from the first to the last on the device, {inside / 1e3:.2f} s "
+            f"inside calls ({100 * inside / span:.0f}%), {100 * (span - inside) / span:.0f}% between them"
+        )
     marks.clear()
 
 
@@ -282,6 +287,7 @@ def instrument() -> None:
     Runner.encode = timed("encode", Runner.encode)
     Runner.encode_packed = timed("packed", Runner.encode_packed)
     Runner._run_prefill = timed("prefill", Runner._run_prefill)
+    Runner._run_prefill_packed = timed("prefill", Runner._run_prefill_packed)
     Runner.warmup = timed_warmup(Runner.warmup)
 
 
@@ -294,7 +300,9 @@ def timed_warmup(
     def warm_then_time(self: Runner) -> list[tuple[str, int]]:
         t0 = time.perf_counter()
         ran = warmup(self)
-        graphs = len(self._graphs) + len(self._encoder_graphs) + len(self._prefill_graphs)
+        graphs = sum(
+            map(len, (self._graphs, self._encoder_graphs, self._prefill_graphs, self._packed_prefill_graphs))
+        )
         memory = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
         print(
             f"warm-up {time.perf_counter() - t0:.1f} s: {graphs} graphs ({len(self._prefill_graphs)} prefill, "
@@ -448,7 +456,7 @@ def report() -> None:
             f"p99 {1e3 * lag[int(0.99 * (len(lag) - 1))]:.1f} ms, max {1e3 * lag[-1]:.1f} ms ({len(lag)} ticks)"
         )
     for name, values in shapes.items():
-        if name == "prefill (rows, tokens)":
+        if name.endswith("prefill (rows, tokens)"):
             print(f"{name}: {sorted(collections.Counter(values).items())}")
         elif name == "encoder (batch, frames)":
             frames = collections.Counter(v[1] for v in values)

@@ -93,6 +93,12 @@ def test_fp8_row_quantize_kernel_equals_torch(dtype, rows, k, static):
         fp8rows.triton = saved
     assert torch.equal(got_s, want_s)
     assert torch.equal(got_q.view(torch.uint8), want_q.view(torch.uint8))
+    if not static:  # a NaN makes its row NaN on both paths
+        x[0, 3] = float("nan")
+        got_q, got_s = fp8rows.quantize_rows(x, scale)
+        assert (
+            got_s[0].isnan().all() and got_q[0].float().isnan().all() and not got_q[1:].float().isnan().any()
+        )
 
 
 @needs_fp8

@@ -95,25 +95,34 @@ class _ReplayedCapture:
 def test_the_graphed_path_reads_every_input_from_its_buffer(model, tokenizer, monkeypatch) -> None:
     """The captured form (the index in one buffer, read through views, a tail up to the pass size, rows the
     admission leaves empty) on the CPU with a stand-in graph and cross-attention read from the buffer's
-    per-token slots and lengths: two admissions of one pass size each give the padded prefill's tokens."""
+    per-token slots and lengths: two admissions replayed from one pass size's graph each give the padded
+    prefill's first tokens, no-speech probabilities and self K/V."""
     monkeypatch.setattr(packed, "varlen_attention", attention_from_cu)
+    engine = make_engine(model, tokenizer, EngineConfig(max_slots=6, max_admit=4, packed_prefill=True))
+    engine.close()
+    runner = engine.runner
+    runner._packed_prefill_capturable = lambda size: size <= 256
+    runner._capture = lambda fn: (lambda out: (_ReplayedCapture(fn, out), out))(fn())
+    runner._cross_by_sequence = _cross_per_token(runner)
     g = torch.Generator().manual_seed(1)
     for lengths, frames in (([3, 9], [400, 100]), ([12, 4, 5], [64, 3000, 800])):
         mels = [torch.randn(TINY.n_mels, f, generator=g) for f in frames]
         slots = [4, 0, 2][: len(frames)]
         specs = prompted_specs(tokenizer, lengths)
-        want, _ = _admit(model, tokenizer, False, slots, specs, mels)
-        config = EngineConfig(max_slots=6, max_admit=4, packed_prefill=True)
-        engine = make_engine(model, tokenizer, config)
-        engine.close()
-        runner = engine.runner
-        runner._packed_prefill_capturable = lambda size: size <= 256
-        runner._capture = lambda fn: (lambda out: (_ReplayedCapture(fn, out), out))(fn())
-        runner._cross_by_sequence = _cross_per_token(runner)
+        want, padded = _admit(model, tokenizer, False, slots, specs, mels)
         with torch.inference_mode():
             got = runner.admit(slots, specs, mels)
         assert sorted(runner._packed_prefill_graphs) == [64]
         assert [a.token for a in got] == [a.token for a in want]
+        for a, b in zip(got, want, strict=True):
+            assert a.no_speech_prob == pytest.approx(b.no_speech_prob, rel=1e-4, abs=1e-6)
+        for slot, n in zip(slots, lengths, strict=True):
+            torch.testing.assert_close(
+                runner.self_k[:, slot, :n], padded.self_k[:, slot, :n], rtol=1e-4, atol=1e-4
+            )
+            torch.testing.assert_close(
+                runner.self_v[:, slot, :n], padded.self_v[:, slot, :n], rtol=1e-4, atol=1e-4
+            )
 
 
 def _cross_per_token(runner):

@@ -560,12 +560,18 @@ class Runner:
 
     def _packed_prefill_capturable(self, size: int) -> bool:
         """Whether a packed prefill of ``size`` tokens has a graph: captured prefills, the cross-attention read by
-        length (the eager path's is a host loop), a captured size whose capture's prompts fit the rows."""
+        length (the eager path's is a host loop), a captured size no larger than ``max_encode`` prompts of
+        PREFILL_GRAPH_TOKENS' largest length can fill (nothing larger is ever replayed)."""
+        most = packed_prefill.pass_size(
+            PREFILL_GRAPH_TOKENS[-1] * self.max_encode
+        )  # the largest a replay holds
         return (
             self.prefill_graphs
             and self.cross_by_length
             and packed.flash_varlen(self.device, self.dtype)
-            and size <= min(packed_prefill.GRAPH_TOKENS, packed_prefill.GRAPH_LONGEST * self.max_encode)
+            and packed_prefill.GRAPH_LONGEST
+            <= self.model.dims.n_text_ctx  # a capture's positions stay inside
+            and size <= min(packed_prefill.GRAPH_TOKENS, most)
         )
 
     def _packed_prefill_graph(self, size: int) -> tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]:
@@ -879,9 +885,11 @@ class Runner:
         compilation or kernel selection, and no graph is captured later while other threads launch device work.
         Elsewhere nothing is captured and the step runs exactly its rows: one step of each kind and one encoder
         pass per window length. Short windows are encoded packed where ``packed_encoder`` (every packed pass size
-        with a graph instead of each batch bucket at each short length). Returns what ran, as (kind, batch)
-        pairs: "step", "sample", "encoder <frames>", "packed encoder" (positions), "prefill <tokens>[ masked]", and
-        on CUDA "log-mel <frames>" (rows: the FFT plans of log-mels made from audio windows, engine/mels.py)."""
+        with a graph instead of each batch bucket at each short length), and prompts prefilled packed where
+        ``packed_prefill`` (every packed prefill size with a graph instead of the padded prefill's). Returns what
+        ran, as (kind, batch) pairs: "step", "sample", "encoder <frames>", "packed encoder" (positions), "prefill
+        <tokens>[ masked]", "packed prefill" (tokens), and on CUDA "log-mel <frames>" (rows: the FFT plans of
+        log-mels made from audio windows, engine/mels.py)."""
         ran = []
         graphs = self.use_graphs
         if self.device.type == "cuda":  # log-mels of audio windows: each FFT plan their admissions will use

@@ -1,4 +1,5 @@
-"""Rows written to scattered places of a cache: a packed encoder pass's cross-attention K/V into their slots.
+"""Rows written to scattered places of a cache: a packed encoder pass's cross-attention K/V into their slots, and
+a packed prefill's self-attention K/V (engine/packed_prefill.py).
 
 Why a kernel: a packed pass (engine/packed.py) writes every decoder layer's keys and values for each of its
 positions into (slot, position) of the cross K/V caches. As ``cache[slot, position] = x`` PyTorch's index_put
@@ -7,7 +8,8 @@ bench/profile_streams.py --profile, stop 20) its 128 launches took 3.4 of an adm
 ~450 GB/s. Here each program copies whole rows, keys and values of a layer in one launch.
 
 Used by ``Runner._write_cross_at`` for the model layout of the cross K/V (the int8 and per-head layouts keep
-index_put); tested bit for bit against index_put in tests/gpu/test_engine_cuda.py (``-k scatter``).
+index_put) and by ``Runner._prefill_packed``; its GPU test (tests/gpu/test_engine_cuda.py, ``-k scatter``: bit
+for bit against index_put) is written, and has not run yet (stop 21 found no GPU machine).
 """
 
 from __future__ import annotations

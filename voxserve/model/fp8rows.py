@@ -6,9 +6,11 @@ the activations per Linear, which for the encoder's [positions, 1280] and [posit
 much memory traffic as fp8 saves in the matrix products. Here one Triton program per row loads it once (in the
 model's dtype), takes its amax (or the static scale), and stores the E4M3 row and its float32 scale.
 
-The values are the torch path's bit for bit: the same float32 amax, an IEEE division (``div_rn``), the clamp to
-+-448 and a round-to-nearest-even cast (tested on a GPU in tests/gpu/test_quant_cuda.py). The torch path stays
-for the CPU, for inputs that are not row-contiguous and where Triton is missing.
+The values are the torch path's on CUDA bit for bit: the same float32 amax; its scale as torch's CUDA kernel
+divides by a number (a product with float32(1 / 448), not a division); an IEEE division of the row by it
+(``div_rn``, as torch divides a tensor by a tensor); the clamp to +-448 and a round-to-nearest-even cast; NaN
+carried through as torch carries it (tests/gpu/test_quant_cuda.py). The torch path stays for the CPU, for
+inputs that are not row-contiguous and where Triton is missing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 TINY = 1e-12  # floor for an all-zero row's amax, so its scale never divides by zero
 _MAX_BLOCK = 16384  # one program holds a whole row: widths up to this (large-v3's widest input is 5,120)
+_INV_MAX = float(
+    torch.tensor(1 / FP8_MAX, dtype=torch.float32)
+)  # what torch's CUDA division by 448 multiplies by
 
 
 def quantize_rows(x: Tensor, static_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -40,7 +45,7 @@ def quantize_rows(x: Tensor, static_scale: Tensor | None = None) -> tuple[Tensor
             scales = torch.empty(m, 1, dtype=torch.float32, device=x.device)
         block = triton.next_power_of_2(k)
         _quantize_rows_kernel[(m,)](
-            x, q, scales, k, x.stride(0),
+            x, q, scales, k, x.stride(0), _INV_MAX,
             STATIC=static_scale is not None, BLOCK=block, num_warps=min(16, max(1, block // 512)),
         )  # fmt: skip
         return q, scales
@@ -55,7 +60,11 @@ def quantize_rows(x: Tensor, static_scale: Tensor | None = None) -> tuple[Tensor
 if triton is not None:
 
     @triton.jit
-    def _quantize_rows_kernel(X, Q, S, K, stride_x, STATIC: tl.constexpr, BLOCK: tl.constexpr):
+    def _max_keeping_nan(a, b):  # noqa: ANN202
+        return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+    @triton.jit
+    def _quantize_rows_kernel(X, Q, S, K, stride_x, inv_max, STATIC: tl.constexpr, BLOCK: tl.constexpr):
         """Row ``program_id`` of X to E4M3 in Q; its scale read from S (STATIC) or written there."""
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
@@ -64,7 +73,11 @@ if triton is not None:
         if STATIC:
             scale = tl.load(S + row)
         else:
-            scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12), 448.0)
+            amax = tl.reduce(tl.abs(x), 0, _max_keeping_nan)  # as torch's amax: a NaN makes the row NaN
+            scale = tl.maximum(amax, 1e-12, propagate_nan=tl.PropagateNan.ALL) * inv_max
             tl.store(S + row, scale)
-        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        y = tl.math.div_rn(x, scale)
+        y = tl.minimum(
+            tl.maximum(y, -448.0, propagate_nan=tl.PropagateNan.ALL), 448.0, propagate_nan=tl.PropagateNan.ALL
+        )
         tl.store(Q + row * K + cols, y.to(tl.float8e4nv), mask=inside)
