@@ -90,9 +90,9 @@ elif [ "$MODE" = phases ]; then
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     # the bench with packed prefills, the encoder in fp16, then in fp8 (per-token scales)
     for variant in "" "--encoder-precision fp8"; do
-        part 110 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 400 \
+        part 95 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 400 \
             --packed-encoder --packed-prefill --mels engine $variant --dims large-v3 --device cuda \
-            --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 15 --max-admit 64 --vad oracle \
+            --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle \
             --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     done
 elif [ "$MODE" = host ]; then
