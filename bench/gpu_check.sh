@@ -88,8 +88,8 @@ elif [ "$MODE" = phases ]; then
         --variant packed=1,prefill=0 --variant packed=1,prefill=1 --variant packed=1,prefill=0 \
         --variant packed=1,prefill=1 --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    # the bench with packed prefills, the encoder in fp16, then in fp8 (per-token scales)
-    for variant in "" "--encoder-precision fp8"; do
+    # the bench with packed prefills, the encoder in fp16, then in fp8 (per-token scales); PHASES_BENCH=0 skips it
+    [ "${PHASES_BENCH:-1}" = 1 ] && for variant in "" "--encoder-precision fp8"; do
         part 95 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 400 \
             --packed-encoder --packed-prefill --mels engine $variant --dims large-v3 --device cuda \
             --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle \
