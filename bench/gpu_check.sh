@@ -83,11 +83,12 @@ elif [ "$MODE" = streams-ab ]; then
 elif [ "$MODE" = phases ]; then
     part 150 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
         -k "packed or audio_windows or scatter or row_quantize" -p no:cacheprovider --durations=5 -rfE
-    # padded and packed prefills alternating on one engine at 400 streams, device time by part (no syncs)
-    part 170 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
-        --variant packed=1,prefill=0 --variant packed=1,prefill=1 --variant packed=1,prefill=0 \
-        --variant packed=1,prefill=1 --audio "$ASSETS/audio/hifitts-6097" \
-        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    # padded and packed prefills alternating on one engine at 400 streams, device time by part (no syncs);
+    # PHASES_RUNS=2 for one run of each
+    variants="--variant packed=1,prefill=0 --variant packed=1,prefill=1"
+    [ "${PHASES_RUNS:-4}" = 4 ] && variants="$variants $variants"
+    part 170 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases $variants \
+        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     # the bench with packed prefills, the encoder in fp16, then in fp8 (per-token scales); PHASES_BENCH=0 skips it
     [ "${PHASES_BENCH:-1}" = 1 ] && for variant in "" "--encoder-precision fp8"; do
         part 95 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 400 \
