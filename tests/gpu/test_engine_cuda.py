@@ -400,7 +400,7 @@ def test_scatter_kernel_equals_index_put(dtype) -> None:
     to = torch.randperm(n, generator=g, device="cuda")[:p]
     got = (torch.zeros(n, c, dtype=dtype, device="cuda"), torch.zeros(n, c, dtype=dtype, device="cuda"))
     want = (torch.zeros_like(got[0]), torch.zeros_like(got[1]))
-    scatter_rows((k, v), to, got)
+    scatter_rows((k, v), to, got, kernel=True)
     want[0][to], want[1][to] = k, v
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 

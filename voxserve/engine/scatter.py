@@ -8,8 +8,9 @@ bench/profile_streams.py --profile, stop 20) its 128 launches took 3.4 of an adm
 ~450 GB/s. Here each program copies whole rows, keys and values of a layer in one launch.
 
 Used by ``Runner._write_cross_at`` for the model layout of the cross K/V (the int8 and per-head layouts keep
-index_put) and by ``Runner._prefill_packed``; its GPU test (tests/gpu/test_engine_cuda.py, ``-k scatter``: bit
-for bit against index_put) is written, and has not run yet (stop 21 found no GPU machine).
+their own writes) and by ``Runner._prefill_packed``. The kernel stays off (``KERNEL``; the writes are then
+index_put, as before it) until its GPU test (tests/gpu/test_engine_cuda.py, ``-k scatter``: bit for bit against
+index_put) has passed: stop 20 ran out of device time and stop 21 found no GPU machine.
 """
 
 from __future__ import annotations
@@ -23,16 +24,27 @@ except ImportError:  # the CPU build needs no Triton
     triton = None
 
 _BLOCK_P, _BLOCK_C = 16, 256
+KERNEL = False  # the Triton kernel by default: on once its GPU test has passed
 
 
-def scatter_rows(rows: tuple[Tensor, ...], to: Tensor, caches: tuple[Tensor, ...]) -> None:
+def scatter_rows(
+    rows: tuple[Tensor, ...], to: Tensor, caches: tuple[Tensor, ...], *, kernel: bool | None = None
+) -> None:
     """``cache[to[p]] = x[p]`` for each ``x`` [P, C] in ``rows`` and its ``cache`` [N, C] (a view of rows of a
-    contiguous cache), ``to`` [P] int64 on the same device. One Triton kernel for every pair on CUDA;
-    ``index_copy_`` elsewhere."""
+    contiguous cache), ``to`` [P] int64 on the same device. With ``kernel`` (None: ``KERNEL``) one Triton kernel
+    for every pair on CUDA; index_put elsewhere."""
     if len(rows) != len(caches) or not rows:
         raise ValueError("scatter_rows needs one cache per rows tensor")
     p, c = rows[0].shape
-    fast = rows[0].is_cuda and triton is not None and len(rows) == 2 and to.is_cuda and to.is_contiguous()
+    use = KERNEL if kernel is None else kernel
+    fast = (
+        use
+        and rows[0].is_cuda
+        and triton is not None
+        and len(rows) == 2
+        and to.is_cuda
+        and to.is_contiguous()
+    )
     if (
         fast
         and all(x.shape == (p, c) and x.stride(1) == 1 and x.dtype == rows[0].dtype for x in rows)
@@ -48,7 +60,7 @@ def scatter_rows(rows: tuple[Tensor, ...], to: Tensor, caches: tuple[Tensor, ...
         )  # fmt: skip
         return
     for x, cache in zip(rows, caches, strict=True):
-        cache.index_copy_(0, to, x.to(cache.dtype))
+        cache[to] = x.to(cache.dtype)
 
 
 if triton is not None:

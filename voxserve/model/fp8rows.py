@@ -6,7 +6,8 @@ the activations per Linear, which for the encoder's [positions, 1280] and [posit
 much memory traffic as fp8 saves in the matrix products. Here one Triton program per row loads it once (in the
 model's dtype), takes its amax (or the static scale), and stores the E4M3 row and its float32 scale.
 
-The values are the torch path's on CUDA bit for bit: the same float32 amax; its scale as torch's CUDA kernel
+Off by default (``KERNEL``) until its GPU test (tests/gpu/test_quant_cuda.py, ``-k row_quantize``) has passed:
+stop 21 found no GPU machine. Its values are meant to be the torch path's on CUDA bit for bit: the same float32 amax; its scale as torch's CUDA kernel
 divides by a number (a product with float32(1 / 448), not a division); an IEEE division of the row by it
 (``div_rn``, as torch divides a tensor by a tensor); the clamp to +-448 and a round-to-nearest-even cast; NaN
 carried through as torch carries it (tests/gpu/test_quant_cuda.py). The torch path stays for the CPU, for
@@ -28,16 +29,27 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 TINY = 1e-12  # floor for an all-zero row's amax, so its scale never divides by zero
 _MAX_BLOCK = 16384  # one program holds a whole row: widths up to this (large-v3's widest input is 5,120)
+KERNEL = False  # the Triton kernel by default: on once its GPU test has passed
 _INV_MAX = float(
     torch.tensor(1 / FP8_MAX, dtype=torch.float32)
 )  # what torch's CUDA division by 448 multiplies by
 
 
-def quantize_rows(x: Tensor, static_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def quantize_rows(
+    x: Tensor, static_scale: Tensor | None = None, *, kernel: bool | None = None
+) -> tuple[Tensor, Tensor]:
     """Activations [M, K] (any float dtype) -> (E4M3 [M, K], float32 scales [M, 1]): each row scaled by its own
-    amax / 448, or all by ``static_scale`` ([1, 1] float32), then clamped to +-448 and cast."""
+    amax / 448, or all by ``static_scale`` ([1, 1] float32), then clamped to +-448 and cast. With ``kernel``
+    (None: ``KERNEL``) one Triton program a row on CUDA; torch operations elsewhere."""
     m, k = x.shape
-    if x.is_cuda and triton is not None and x.stride(1) == 1 and k <= _MAX_BLOCK and m > 0:
+    if (
+        (KERNEL if kernel is None else kernel)
+        and x.is_cuda
+        and triton is not None
+        and x.stride(1) == 1
+        and k <= _MAX_BLOCK
+        and m > 0
+    ):
         q = torch.empty(m, k, dtype=FP8, device=x.device)
         if static_scale is not None:
             scales = static_scale.expand(m, 1).contiguous()
