@@ -7,7 +7,9 @@ device has finished too, by a synchronisation after each call, which the real en
 the synchronisations change the run; use the figures to find the cost, and ``voxserve bench --streams`` to
 measure it. ``--stacks`` samples every thread's Python stack; the event loop thread's own CPU time is printed
 per run; ``--host-only MS`` swaps the engine for one that does no device work (what the host alone sustains, e.g.
-``--dims tiny --device cpu --host-only 20``).
+``--dims tiny --device cpu --host-only 20``). ``--phases`` times instead without any synchronisation: CUDA events
+around the engine's calls and each part of an admission, read once the run is over (the device time of each, and
+how much of the run's device time lay between the engine's calls).
 
 python3 bench/profile_streams.py --streams 100 --dims large-v3 --device cuda --precision fp16 \\
     --audio .devdata/audio/hifitts-6097 \\
