@@ -92,11 +92,8 @@ def pack_index(
     tail = size - used
     if tail > n_ctx:
         raise ValueError(f"a pass of {size} positions leaves a tail of {tail} > {n_ctx} positions")
-    starts = np.cumsum(lengths) - lengths
-    row = np.repeat(np.arange(len(frames)), lengths)
-    local = np.arange(used) - starts[row]  # each position's index within its row
-    position = np.concatenate([local, np.arange(tail)])
-    slot = np.concatenate([np.asarray(slots, dtype=np.int64)[row], np.full(tail, scratch)])
+    starts, row, local = rows_laid_end_to_end(lengths)
+    position, slot = positions_and_slots(local, row, slots, tail, scratch)
     zero = 2 * size  # the zero frame / zero row past the last
 
     # frame i of a row sits at 2 * start + i; its neighbours exist within [0, 2 * length)
@@ -122,6 +119,23 @@ def pack_index(
         bounds=bounds,
         longest=longest,
     )
+
+
+def rows_laid_end_to_end(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``lengths`` positions end to end: each row's start, each position's row and its index within it."""
+    starts = np.cumsum(lengths) - lengths
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    return starts, row, np.arange(int(lengths.sum())) - starts[row]
+
+
+def positions_and_slots(
+    local: np.ndarray, row: np.ndarray, slots: Sequence[int], tail: int, scratch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each position's index within its row and its row's slot, then the tail's (positions from 0, the scratch
+    slot)."""
+    position = np.concatenate([local, np.arange(tail)])
+    slot = np.concatenate([np.asarray(slots, dtype=np.int64)[row], np.full(tail, scratch)])
+    return position, slot
 
 
 def sequences(lengths: np.ndarray, size: int, rows: int) -> tuple[Tensor, tuple[tuple[int, int], ...], int]:

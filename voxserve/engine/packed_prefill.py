@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .packed import sequences
+from .packed import positions_and_slots, rows_laid_end_to_end, sequences
 
 # Pass sizes (prompt tokens) captured as CUDA graphs: multiples of _FINE_STEP up to _FINE_UNTIL, then of
 # _COARSE_STEP up to GRAPH_TOKENS (64 rows of 64-token prompts); past it a pass runs eagerly at its exact size.
@@ -99,14 +99,12 @@ def pack_prompts(
             f"cannot pack prompts of {lengths.tolist()} tokens into {size} tokens and {rows} rows"
         )
     tail = size - used
-    starts = np.cumsum(lengths) - lengths
-    row = np.repeat(np.arange(len(prompts)), lengths)
+    starts, row, local = rows_laid_end_to_end(lengths)
+    position, slot = positions_and_slots(local, row, slots, tail, scratch)
     n = len(prompts)
     token = np.zeros(size, dtype=np.int64)
     if used:
         token[:used] = np.concatenate([np.asarray(p, dtype=np.int64) for p in prompts])
-    position = np.concatenate([np.arange(used) - starts[row], np.arange(tail)])
-    slot = np.concatenate([np.asarray(slots, dtype=np.int64)[row], np.full(tail, scratch)])
     cross = np.concatenate([np.asarray(cross_len, dtype=np.int64)[row], np.ones(tail, dtype=np.int64)])
     last = np.zeros(rows, dtype=np.int64)
     last[:n] = starts + lengths - 1
