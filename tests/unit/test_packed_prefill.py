@@ -42,7 +42,7 @@ def test_pass_sizes_and_the_index() -> None:
     views = packed_prefill.split_flat(torch.from_numpy(index.flat()), 8, 4)
     for name in (*packed_prefill.TOKEN_FIELDS, *packed_prefill.ROW_FIELDS, "cu"):
         assert views[name].tolist() == getattr(index, name).tolist(), name
-    assert len(index.flat()) == packed_prefill.flat_length(8, 4)
+    assert len(index.flat()) == 4 * 8 + 2 * 4 + (4 + 2)  # four token fields, two row fields, cu
     with pytest.raises(ValueError, match="cannot pack"):
         packed_prefill.pack_prompts([(1, 2), (3,)], [0, 1], [1, 1], [0, 0], size=2, rows=4, scratch=9)
     with pytest.raises(ValueError, match="cannot pack"):

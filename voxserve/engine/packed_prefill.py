@@ -133,7 +133,3 @@ def split_flat(flat: Tensor, size: int, rows: int) -> dict[str, Tensor]:
         out[name], offset = flat[offset : offset + rows], offset + rows
     out["cu"] = flat[offset : offset + rows + 2]
     return out
-
-
-def flat_length(size: int, rows: int) -> int:
-    return len(TOKEN_FIELDS) * size + len(ROW_FIELDS) * rows + rows + 2

@@ -537,14 +537,15 @@ class Runner:
         replay where the shapes allow (the results are then views of its outputs, valid until its next
         replay), else an eager pass of exactly the prompts' tokens."""
         prompts = [spec.initial_tokens for spec in specs]
-        size = packed_prefill.pass_size(sum(map(len, prompts)))
+        used = sum(map(len, prompts))
+        size = packed_prefill.pass_size(used)
         graphed = (
             self._packed_prefill_capturable(size)
             and len(prompts) <= self.max_encode
             and max(map(len, prompts)) <= PREFILL_GRAPH_TOKENS[-1]
         )
         if not graphed:
-            size = sum(map(len, prompts))
+            size = used
         rows = self.max_encode if graphed else len(prompts)
         index = packed_prefill.pack_prompts(
             prompts, slots, cross_len, [spec.sot_index for spec in specs], size=size, rows=rows,
@@ -562,15 +563,14 @@ class Runner:
         """Whether a packed prefill of ``size`` tokens has a graph: captured prefills, the cross-attention read by
         length (the eager path's is a host loop), a captured size no larger than ``max_encode`` prompts of
         PREFILL_GRAPH_TOKENS' largest length can fill (nothing larger is ever replayed)."""
-        most = packed_prefill.pass_size(
-            PREFILL_GRAPH_TOKENS[-1] * self.max_encode
-        )  # the largest a replay holds
+        # the largest a replay holds; a capture's positions must stay inside the text context
+        most = packed_prefill.pass_size(PREFILL_GRAPH_TOKENS[-1] * self.max_encode)
+        fits = packed_prefill.GRAPH_LONGEST <= self.model.dims.n_text_ctx
         return (
             self.prefill_graphs
             and self.cross_by_length
             and packed.flash_varlen(self.device, self.dtype)
-            and packed_prefill.GRAPH_LONGEST
-            <= self.model.dims.n_text_ctx  # a capture's positions stay inside
+            and fits
             and size <= min(packed_prefill.GRAPH_TOKENS, most)
         )
 
@@ -935,9 +935,8 @@ class Runner:
                 if self._packed_prefill_capturable(size):
                     self._packed_prefill_graph(size)[0].replay()
                     ran.append(("packed prefill", size))
-        elif (
-            self.prefill_graphs
-        ):  # masked too where short windows will come (unless reads stop at each length)
+        elif self.prefill_graphs:
+            # masked too where short windows will come (unless reads stop at each length)
             short = len(self.window_frames) > 1 and not self.cross_by_length
             for masked in (False, True) if short else (False,):
                 for b in self.encoder_buckets:

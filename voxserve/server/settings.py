@@ -53,7 +53,8 @@ class ServerSettings(BaseSettings):
     # gained much from waiting (100 streams, large-v3 fp16, H100, stop 18: p99 2.1 s at every step in a run with
     # GPU log-mels, 0.41 s with 16 steps / ratio 2); after the prefill's by-length cross-attention (~24 ms) the
     # two measured alike (331 vs 324 ms), and on a 2-core CPU (demo int8, 4 streams) waiting was worse (p99
-    # 690-728 vs 560-602 ms), so the default admits at every step. Raise it where admissions are costly (long prompts, large admission batches).
+    # 690-728 vs 560-602 ms), so the default admits at every step. Raise it where admissions are costly (long
+    # prompts, large admission batches).
     engine_admit_wait_steps: int = Field(default=0, ge=0)
     engine_admit_ratio: float = Field(default=2.0, gt=0)
     # live short windows of an admission encoded in one packed pass instead of one batch per length
