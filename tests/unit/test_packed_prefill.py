@@ -37,12 +37,13 @@ def test_pass_sizes_and_the_index() -> None:
     assert index.slot.tolist() == [4, 4, 4, 0, 2, 2, 9, 9]
     assert index.cross_len.tolist() == [100, 100, 100, 1500, 7, 7, 1, 1]
     assert index.last.tolist() == [2, 3, 5, 0] and index.sot.tolist() == [0, 3, 5, 0]
+    assert index.row_slot.tolist() == [4, 0, 2, 0] and index.row_cross_len.tolist() == [100, 1500, 7, 0]
     assert index.cu.tolist() == [0, 3, 4, 6, 8, 8] and index.bounds == ((0, 3), (3, 4), (4, 6), (6, 8))
     assert index.longest == 3
     views = packed_prefill.split_flat(torch.from_numpy(index.flat()), 8, 4)
     for name in (*packed_prefill.TOKEN_FIELDS, *packed_prefill.ROW_FIELDS, "cu"):
         assert views[name].tolist() == getattr(index, name).tolist(), name
-    assert len(index.flat()) == 4 * 8 + 2 * 4 + (4 + 2)  # four token fields, two row fields, cu
+    assert len(index.flat()) == 4 * 8 + 4 * 4 + (4 + 2)  # four token fields, four row fields, cu
     with pytest.raises(ValueError, match="cannot pack"):
         packed_prefill.pack_prompts([(1, 2), (3,)], [0, 1], [1, 1], [0, 0], size=2, rows=4, scratch=9)
     with pytest.raises(ValueError, match="cannot pack"):

@@ -50,7 +50,7 @@ def pass_sizes() -> tuple[int, ...]:
 
 # The index's parts, in the order they lie in one int64 buffer: per token, then per row, then cu.
 TOKEN_FIELDS = ("token", "position", "slot", "cross_len")
-ROW_FIELDS = ("last", "sot")
+ROW_FIELDS = ("last", "sot", "row_slot", "row_cross_len")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class PrefillIndex:
     cross_len: Tensor
     last: Tensor
     sot: Tensor
+    row_slot: Tensor
+    row_cross_len: Tensor
     cu: Tensor
     bounds: tuple[tuple[int, int], ...]  # (start, end) of every sequence with tokens, the tail included
     longest: int  # the longest sequence (FlashAttention's grid)
@@ -110,6 +112,8 @@ def pack_prompts(
     last[:n] = starts + lengths - 1
     first = np.zeros(rows, dtype=np.int64)
     first[:n] = starts + np.asarray(sot, dtype=np.int64)
+    row_slot, row_cross = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+    row_slot[:n], row_cross[:n] = slots, cross_len
     cu, bounds, longest = sequences(lengths, size, rows)
     return PrefillIndex(
         token=torch.from_numpy(token),
@@ -118,6 +122,8 @@ def pack_prompts(
         cross_len=torch.from_numpy(cross),
         last=torch.from_numpy(last),
         sot=torch.from_numpy(first),
+        row_slot=torch.from_numpy(row_slot),
+        row_cross_len=torch.from_numpy(row_cross),
         cu=cu,
         bounds=bounds,
         longest=longest,

@@ -324,10 +324,8 @@ class Runner:
             for spec, lang in zip(specs, languages, strict=True)
         ]
         if self.packed_prefill:
-            slot_t, len_t = upload_together(self.device, torch.tensor(slots), torch.tensor(cross_len))
-            self.cross_len[slot_t] = len_t
             self.policy.reset(slots, specs)
-            logits, no_speech = self._run_prefill_packed(slots, specs, cross_len)
+            logits, no_speech, slot_t = self._run_prefill_packed(slots, specs, cross_len)
             return self._first_tokens(slots, specs, languages, logits, no_speech, slot_t)
         lengths = [len(s.initial_tokens) for s in specs]
         s, t = max(cross_len), max(lengths)
@@ -531,11 +529,12 @@ class Runner:
 
     def _run_prefill_packed(
         self, slots: list[int], specs: list[RowSpec], cross_len: list[int]
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The admission's prompts in one packed prefill (engine/packed_prefill.py): float32 logits at each row's
-        last prompt token and its no-speech probability, the first len(slots) rows of each. A captured pass's
-        replay where the shapes allow (the results are then views of its outputs, valid until its next
-        replay), else an eager pass of exactly the prompts' tokens."""
+        last prompt token and its no-speech probability, the first len(slots) rows of each, and the slots on the
+        device. Sets the slots' encoder lengths. A captured pass's replay where the shapes allow (the results are
+        then views of its outputs, valid until its next replay), else an eager pass of exactly the prompts'
+        tokens. Its index reaches the device in one copy."""
         prompts = [spec.initial_tokens for spec in specs]
         used = sum(map(len, prompts))
         size = packed_prefill.pass_size(used)
@@ -552,12 +551,16 @@ class Runner:
             scratch=self.scratch,
         )  # fmt: skip
         flat = upload(torch.from_numpy(index.flat()), self.device)
+        views = packed_prefill.split_flat(flat, size, rows)
+        n = len(slots)
+        slot_t = views["row_slot"][:n]
+        self.cross_len[slot_t] = views["row_cross_len"][:n]
         if not graphed:
-            return self._prefill_packed(packed_prefill.split_flat(flat, size, rows), index)
+            return *self._prefill_packed(views, index), slot_t
         graph, static, outputs = self._packed_prefill_graph(size)
         static.copy_(flat)
         graph.replay()
-        return outputs
+        return *outputs, slot_t
 
     def _packed_prefill_capturable(self, size: int) -> bool:
         """Whether a packed prefill of ``size`` tokens has a graph: captured prefills, the cross-attention read by
