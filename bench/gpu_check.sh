@@ -13,10 +13,11 @@
 #                                           with packing and engine log-mels
 #   bash bench/gpu_check.sh streams-ab [ASSETS] the live GPU tests, then that bench with engine log-mels
 #                                           unpacked, with host log-mels packed, and at 400,500 streams
-#   bash bench/gpu_check.sh phases [ASSETS]  the live GPU tests, then where the device's time goes at 400 streams
-#                                           (bench/profile_streams.py --phases) with padded and packed prefills,
-#                                           and the bench at 400 streams with packed prefills and the
-#                                           encoder in fp16, then fp8
+#   bash bench/gpu_check.sh phases [ASSETS]  the live GPU tests and the off-by-default kernels' tests (the
+#                                           kernels on for the rest where those pass), then where the device's
+#                                           time goes at 400 streams (bench/profile_streams.py --phases) with
+#                                           padded and packed prefills, and the bench at 400 streams: stop 20's
+#                                           engine, then packed prefills with the encoder in fp16 and in fp8
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -41,8 +42,10 @@ part() {  # part LIMIT_S NAME COMMAND...: run, keep the whole log under $OUT, pr
     shift 2
     echo "=== [$((SECONDS - T0)) s] $name (limit $limit s)"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-    echo "=== $name: exit $? after $((SECONDS - T0)) s"
+    local rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - T0)) s"
     tail -n 25 "$OUT/$name.log"
+    return $rc
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if [ "$MODE" = tests ]; then
@@ -81,21 +84,34 @@ elif [ "$MODE" = streams-ab ]; then
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     done
 elif [ "$MODE" = phases ]; then
-    part 150 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
-        -k "packed or audio_windows or scatter or row_quantize" -p no:cacheprovider --durations=5 -rfE
+    part 120 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "packed or audio_windows" -p no:cacheprovider --durations=5 -rfE
+    # the Triton kernels that are off by default: on for what follows only where their tests pass here
+    part 70 tests-kernels python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
+        -k "scatter or row_quantize" -p no:cacheprovider --durations=5 -rfE \
+        && export VOXSERVE_SCATTER_KERNEL=1 VOXSERVE_FP8ROWS_KERNEL=1
+    echo "kernels: scatter ${VOXSERVE_SCATTER_KERNEL:-0}, fp8 rows ${VOXSERVE_FP8ROWS_KERNEL:-0}"
+    # the bench at 400 streams: stop 20's engine with the kernels off (the baseline on this card), then packed
+    # prefills with the kernels as tested, the encoder in fp16 and in fp8; PHASES_BENCH=0 skips it
+    bench400() {  # bench400 NAME [FLAGS...]
+        local name=$1
+        shift
+        part 90 "bench-streams-400-$name" python3 -m voxserve bench --streams 400 --packed-encoder --mels engine \
+            "$@" --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 \
+            --stream-seconds 12 --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
+            --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    }
+    if [ "${PHASES_BENCH:-1}" = 1 ]; then
+        VOXSERVE_SCATTER_KERNEL=0 VOXSERVE_FP8ROWS_KERNEL=0 bench400 baseline
+        bench400 packed-prefill --packed-prefill
+        bench400 packed-prefill-fp8-encoder --packed-prefill --encoder-precision fp8
+    fi
     # padded and packed prefills alternating on one engine at 400 streams, device time by part (no syncs);
-    # PHASES_RUNS=2 for one run of each
+    # PHASES_RUNS=4 for two runs of each
     variants="--variant packed=1,prefill=0 --variant packed=1,prefill=1"
-    [ "${PHASES_RUNS:-4}" = 4 ] && variants="$variants $variants"
-    part 170 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases $variants \
+    [ "${PHASES_RUNS:-2}" = 4 ] && variants="$variants $variants"
+    part 140 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases $variants \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    # the bench with packed prefills, the encoder in fp16, then in fp8 (per-token scales); PHASES_BENCH=0 skips it
-    [ "${PHASES_BENCH:-1}" = 1 ] && for variant in "" "--encoder-precision fp8"; do
-        part 95 "bench-streams-prefill${variant// /}" python3 -m voxserve bench --streams 400 \
-            --packed-encoder --packed-prefill --mels engine $variant --dims large-v3 --device cuda \
-            --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle \
-            --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
-    done
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine

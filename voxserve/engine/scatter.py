@@ -15,6 +15,8 @@ index_put) has passed: stop 20 ran out of device time and stop 21 found no GPU m
 
 from __future__ import annotations
 
+import os
+
 from torch import Tensor
 
 try:
@@ -24,7 +26,9 @@ except ImportError:  # the CPU build needs no Triton
     triton = None
 
 _BLOCK_P, _BLOCK_C = 16, 256
-KERNEL = False  # the Triton kernel by default: on once its GPU test has passed
+# The Triton kernel by default: on once its GPU test has passed; VOXSERVE_SCATTER_KERNEL=1 turns it on before then
+# (bench/gpu_check.sh does, for its measurements, once the test has passed in the same run).
+KERNEL = os.environ.get("VOXSERVE_SCATTER_KERNEL") == "1"
 
 
 def scatter_rows(

@@ -32,7 +32,9 @@ from ..bench.inputs import speech_clips
 from ..bench.weights import BenchError, bench_tokenizer, resolve_dims
 from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
+from ..engine import scatter
 from ..engine.types import EngineConfig
+from ..model import fp8rows
 from ..model.load import CheckpointInfo, init_random
 from ..model.quant import QuantizationError, quantize_model
 from .callers import Track, caller_audio, chunk_payloads, pcm16, session_update, use_oracle
@@ -274,6 +276,9 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     settings.update(
         model_dims=whisper.model.dims.to_dict(),
         engine_slots=engine.n_slots,
+        # Triton kernels off by default until their GPU tests pass (VOXSERVE_SCATTER_KERNEL, ..._FP8ROWS_KERNEL)
+        scatter_kernel=scatter.KERNEL,
+        fp8rows_kernel=fp8rows.KERNEL,
         decoding="greedy, no timestamps, language en"
         + (f"; exactly {fixed:g} tokens per second of audio (end-of-text suppressed)" if fixed else ""),
     )

@@ -16,6 +16,8 @@ inputs that are not row-contiguous and where Triton is missing.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -29,7 +31,9 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 TINY = 1e-12  # floor for an all-zero row's amax, so its scale never divides by zero
 _MAX_BLOCK = 16384  # one program holds a whole row: widths up to this (large-v3's widest input is 5,120)
-KERNEL = False  # the Triton kernel by default: on once its GPU test has passed
+# The Triton kernel by default: on once its GPU test has passed; VOXSERVE_FP8ROWS_KERNEL=1 turns it on before then
+# (bench/gpu_check.sh does, for its measurements, once the test has passed in the same run).
+KERNEL = os.environ.get("VOXSERVE_FP8ROWS_KERNEL") == "1"
 _INV_MAX = float(
     torch.tensor(1 / FP8_MAX, dtype=torch.float32)
 )  # what torch's CUDA division by 448 multiplies by
