@@ -87,9 +87,10 @@ elif [ "$MODE" = phases ]; then
     part 120 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
         -k "packed or audio_windows" -p no:cacheprovider --durations=5 -rfE
     # the Triton kernels that are off by default: on for what follows only where their tests pass here
-    part 70 tests-kernels python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py tests/gpu/test_quant_cuda.py \
-        -k "scatter or row_quantize" -p no:cacheprovider --durations=5 -rfE \
-        && export VOXSERVE_SCATTER_KERNEL=1 VOXSERVE_FP8ROWS_KERNEL=1
+    part 50 tests-scatter python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py -k scatter \
+        -p no:cacheprovider -rfE && export VOXSERVE_SCATTER_KERNEL=1
+    part 50 tests-fp8rows python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py -k row_quantize \
+        -p no:cacheprovider -rfE && export VOXSERVE_FP8ROWS_KERNEL=1
     echo "kernels: scatter ${VOXSERVE_SCATTER_KERNEL:-0}, fp8 rows ${VOXSERVE_FP8ROWS_KERNEL:-0}"
     # the bench at 400 streams: stop 20's engine with the kernels off (the baseline on this card), then packed
     # prefills with the kernels as tested, the encoder in fp16 and in fp8; PHASES_BENCH=0 skips it
