@@ -111,7 +111,7 @@ elif [ "$MODE" = phases ]; then
     # PHASES_RUNS=4 for two runs of each
     variants="--variant packed=1,prefill=0 --variant packed=1,prefill=1"
     [ "${PHASES_RUNS:-2}" = 4 ] && variants="$variants $variants"
-    part 140 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases $variants \
+    part 120 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases $variants \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
