@@ -1,0 +1,79 @@
+"""The off-by-default Triton kernels (engine/scatter.py, model/fp8rows.py) run on the CPU in Triton's interpreter.
+
+Their GPU tests (tests/gpu) are the word on whether they can be on; this checks their index and arithmetic logic
+wherever Triton is installed (the GPU machine's torch brings it; the CPU build and CI lack it, so the test skips
+there: ``pip install triton`` to run it). The interpreter must be chosen before the kernels are defined, so the
+checks run in a child process with TRITON_INTERPRET=1. Its fp8 cast rounds wrongly where a mantissa carries into
+the exponent (124.3 became 64, not 128), so the fp8 kernel is checked up to its cast (``STORE_F32``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+
+def check_scatter() -> None:
+    from voxserve.engine import scatter
+
+    torch.manual_seed(0)
+    for p, c, n in [(5, 300, 9), (33, 1280, 40), (1, 7, 3)]:
+        for dtype in (torch.float16, torch.float32):
+            a, b = torch.randn(p, c).to(dtype), torch.randn(p, c).to(dtype)
+            to = torch.randperm(n)[:p].contiguous()
+            got_a, got_b = torch.zeros(n, c, dtype=dtype), torch.zeros(n, c, dtype=dtype)
+            want_a, want_b = got_a.clone(), got_b.clone()
+            want_a[to], want_b[to] = a, b
+            grid = (scatter.triton.cdiv(p, scatter._BLOCK_P), scatter.triton.cdiv(c, scatter._BLOCK_C))
+            scatter._scatter_pair_kernel[grid](
+                a, b, to, got_a, got_b, p, c, a.stride(0), b.stride(0), got_a.stride(0), got_b.stride(0),
+                BLOCK_P=scatter._BLOCK_P, BLOCK_C=scatter._BLOCK_C,
+            )  # fmt: skip
+            assert torch.equal(got_a, want_a) and torch.equal(got_b, want_b), (p, c, dtype)
+
+
+def check_fp8rows() -> None:
+    from voxserve.model import fp8rows
+
+    torch.manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for m, k in [(3, 1280), (5, 1000), (4, 5120)]:
+            for static in (False, True):
+                x = (torch.randn(m, k) * 3).to(dtype)
+                x[m // 2] = 0
+                if not static:
+                    x[0, 3] = float("nan")  # a NaN makes its row's scale and values NaN, as torch's amax
+                fixed = torch.tensor([[1.5 / fp8rows.FP8_MAX]]) if static else None
+                got = torch.empty(m, k)
+                scales = fixed.expand(m, 1).contiguous() if static else torch.empty(m, 1)
+                fp8rows._quantize_rows_kernel[(m,)](
+                    x, got, scales, k, x.stride(0), fp8rows._INV_MAX, STATIC=static, STORE_F32=True,
+                    BLOCK=fp8rows.triton.next_power_of_2(k),
+                )  # fmt: skip
+                # torch's CUDA path: scale = amax * float32(1 / 448), an IEEE division, the clamp
+                xf = x.float()
+                want_s = fixed.expand(m, 1) if static else xf.abs().amax(1, keepdim=True).clamp(min=fp8rows.TINY)
+                if not static:
+                    want_s = want_s * torch.tensor(fp8rows._INV_MAX)
+                want = (xf / want_s).clamp(-fp8rows.FP8_MAX, fp8rows.FP8_MAX)
+                assert torch.equal(scales.nan_to_num(-1), want_s.nan_to_num(-1)), (dtype, m, k, static)
+                assert torch.equal(got.nan_to_num(-1), want.nan_to_num(-1)), (dtype, m, k, static)
+                assert got[0].isnan().all() != static
+
+
+@pytest.mark.parametrize("check", ["check_scatter", "check_fp8rows"])
+def test_kernel_in_triton_interpreter(check: str) -> None:
+    code = f"from tests.unit.test_triton_interpreted import {check}; {check}()"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
