@@ -59,7 +59,9 @@ def check_fp8rows() -> None:
                 )  # fmt: skip
                 # torch's CUDA path: scale = amax * float32(1 / 448), an IEEE division, the clamp
                 xf = x.float()
-                want_s = fixed.expand(m, 1) if static else xf.abs().amax(1, keepdim=True).clamp(min=fp8rows.TINY)
+                want_s = (
+                    fixed.expand(m, 1) if static else xf.abs().amax(1, keepdim=True).clamp(min=fp8rows.TINY)
+                )
                 if not static:
                     want_s = want_s * torch.tensor(fp8rows._INV_MAX)
                 want = (xf / want_s).clamp(-fp8rows.FP8_MAX, fp8rows.FP8_MAX)
