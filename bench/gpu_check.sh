@@ -17,7 +17,7 @@
 #                                           kernels on for the rest where those pass), then where the device's
 #                                           time goes at 400 streams (bench/profile_streams.py --phases) with
 #                                           padded and packed prefills, and the bench at 400 streams: stop 20's
-#                                           engine, then packed prefills with the encoder in fp16 and in fp8
+#                                           engine and packed prefills before the profile, the fp8 encoder after
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -93,7 +93,8 @@ elif [ "$MODE" = phases ]; then
         -p no:cacheprovider -rfE && export VOXSERVE_FP8ROWS_KERNEL=1
     echo "kernels: scatter ${VOXSERVE_SCATTER_KERNEL:-0}, fp8 rows ${VOXSERVE_FP8ROWS_KERNEL:-0}"
     # the bench at 400 streams: stop 20's engine with the kernels off (the baseline on this card), then packed
-    # prefills with the kernels as tested, the encoder in fp16 and in fp8; PHASES_BENCH=0 skips it
+    # prefills with the kernels as tested, the encoder in fp16 (and in fp8, after the profile); PHASES_BENCH=0
+    # skips them
     bench400() {  # bench400 NAME [FLAGS...]
         local name=$1
         shift
@@ -105,7 +106,6 @@ elif [ "$MODE" = phases ]; then
     if [ "${PHASES_BENCH:-1}" = 1 ]; then
         VOXSERVE_SCATTER_KERNEL=0 VOXSERVE_FP8ROWS_KERNEL=0 bench400 baseline
         bench400 packed-prefill --packed-prefill
-        bench400 packed-prefill-fp8-encoder --packed-prefill --encoder-precision fp8
     fi
     # padded and packed prefills alternating on one engine at 400 streams, device time by part (no syncs);
     # PHASES_RUNS=4 for two runs of each
@@ -113,6 +113,8 @@ elif [ "$MODE" = phases ]; then
     [ "${PHASES_RUNS:-2}" = 4 ] && variants="$variants $variants"
     part 120 profile-phases-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases $variants \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    # last, so that a call cut short loses it first
+    [ "${PHASES_BENCH:-1}" = 1 ] && bench400 packed-prefill-fp8-encoder --packed-prefill --encoder-precision fp8
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
