@@ -10,7 +10,8 @@ bench/profile_streams.py --profile, stop 20) its 128 launches took 3.4 of an adm
 Used by ``Runner._write_cross_at`` for the model layout of the cross K/V (the int8 and per-head layouts keep
 their own writes) and by ``Runner._prefill_packed``. The kernel stays off (``KERNEL``; the writes are then
 index_put, as before it) until its GPU test (tests/gpu/test_engine_cuda.py, ``-k scatter``: bit for bit against
-index_put) has passed: stop 20 ran out of device time and stop 21 found no GPU machine.
+index_put) has passed: stop 20 ran out of device time, stops 21 and 22 found no GPU machine. Its logic is
+checked on the CPU in Triton's interpreter where Triton is installed (tests/unit/test_triton_interpreted.py).
 """
 
 from __future__ import annotations
