@@ -10,9 +10,9 @@ Off by default (``KERNEL``) until its GPU test (tests/gpu/test_quant_cuda.py, ``
 stops 21 and 22 found no GPU machine (its arithmetic up to the cast is checked in Triton's interpreter,
 tests/unit/test_triton_interpreted.py, where Triton is installed). Its values are meant to be the torch path's
 on CUDA bit for bit: the same float32 amax; its scale as torch's CUDA kernel divides by a number (a product with
-float32(1 / 448), not a division); an IEEE division of the row by it (``div_rn``, as torch divides a tensor by a tensor); the clamp to +-448 and a
-round-to-nearest-even cast; NaN carried through as torch carries it. The torch path stays for the CPU, for
-inputs that are not row-contiguous and where Triton is missing.
+float32(1 / 448), not a division); an IEEE division of the row by it (``div_rn``, as torch divides a tensor by a
+tensor); the clamp to +-448 and a round-to-nearest-even cast; NaN carried through as torch carries it. The torch
+path stays for the CPU, for inputs that are not row-contiguous and where Triton is missing.
 """
 
 from __future__ import annotations
