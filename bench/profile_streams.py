@@ -100,9 +100,9 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             shapes["packed encoder positions (rows, used, pass)"].append(
                 (len(args[0]), used, size if graphed else used)  # an eager pass runs at its exact size
             )
-        elif name == "prefill" and isinstance(args[1], torch.Tensor):
+        elif name == "prefill":
             shapes["prefill (rows, tokens)"].append(tuple(args[1].shape))
-        elif name == "prefill":  # packed: (rows, prompt tokens in all)
+        elif name == "packed prefill":  # (rows, prompt tokens in all)
             shapes["packed prefill (rows, tokens)"].append(
                 (len(args[0]), sum(len(s.initial_tokens) for s in args[1]))
             )
@@ -289,7 +289,7 @@ def instrument() -> None:
     Runner.encode = timed("encode", Runner.encode)
     Runner.encode_packed = timed("packed", Runner.encode_packed)
     Runner._run_prefill = timed("prefill", Runner._run_prefill)
-    Runner._run_prefill_packed = timed("prefill", Runner._run_prefill_packed)
+    Runner._run_prefill_packed = timed("packed prefill", Runner._run_prefill_packed)
     Runner.warmup = timed_warmup(Runner.warmup)
 
 
@@ -436,13 +436,13 @@ def report() -> None:
     if sampler is not None:
         sampler.report()
         sampler.reset()
-    for name in ("admit", "encode", "packed", "prefill", "step", "mel"):
+    for name in ("admit", "encode", "packed", "prefill", "packed prefill", "step", "mel"):
         timed_calls = [c for c in calls[name] if c[0] == c[0]]  # without the profiled one
         if timed_calls:
             host = 1e3 * sum(c[0] for c in timed_calls) / len(timed_calls)
             wall = 1e3 * sum(c[1] for c in timed_calls) / len(timed_calls)
             print(
-                f"{name:8s} {len(timed_calls):5d} calls, mean host {host:7.1f} ms, mean wall {wall:7.1f} ms"
+                f"{name:14s} {len(timed_calls):5d} calls, mean host {host:7.1f} ms, mean wall {wall:7.1f} ms"
             )
     for name, pairs in device_events.items():
         ms = [a.elapsed_time(b) for a, b in pairs]

@@ -103,27 +103,26 @@ def pack_prompts(
     tail = size - used
     starts, row, local = rows_laid_end_to_end(lengths)
     position, slot = positions_and_slots(local, row, slots, tail, scratch)
-    n = len(prompts)
     token = np.zeros(size, dtype=np.int64)
     if used:
         token[:used] = np.concatenate([np.asarray(p, dtype=np.int64) for p in prompts])
     cross = np.concatenate([np.asarray(cross_len, dtype=np.int64)[row], np.ones(tail, dtype=np.int64)])
-    last = np.zeros(rows, dtype=np.int64)
-    last[:n] = starts + lengths - 1
-    first = np.zeros(rows, dtype=np.int64)
-    first[:n] = starts + np.asarray(sot, dtype=np.int64)
-    row_slot, row_cross = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
-    row_slot[:n], row_cross[:n] = slots, cross_len
+
+    def per_row(values: Sequence[int] | np.ndarray) -> Tensor:  # the admitted rows' values, 0 for unused rows
+        out = np.zeros(rows, dtype=np.int64)
+        out[: len(values)] = values
+        return torch.from_numpy(out)
+
     cu, bounds, longest = sequences(lengths, size, rows)
     return PrefillIndex(
         token=torch.from_numpy(token),
         position=torch.from_numpy(position),
         slot=torch.from_numpy(slot),
         cross_len=torch.from_numpy(cross),
-        last=torch.from_numpy(last),
-        sot=torch.from_numpy(first),
-        row_slot=torch.from_numpy(row_slot),
-        row_cross_len=torch.from_numpy(row_cross),
+        last=per_row(starts + lengths - 1),
+        sot=per_row(starts + np.asarray(sot, dtype=np.int64)),
+        row_slot=per_row(slots),
+        row_cross_len=per_row(cross_len),
         cu=cu,
         bounds=bounds,
         longest=longest,
