@@ -58,8 +58,10 @@ class PrefillIndex:
     """Where every token of a packed prefill comes from and goes to (host tensors, int64 unless said):
 
     token, position, slot, cross_len [T]: each token's id, its position in its row's prompt, its row's slot
-    (``scratch`` for the tail) and its row's encoder length (1 for the tail: it reads one position). last, sot
-    [rows]: the index of each row's last prompt token and of its <|startoftranscript|> (0 for unused rows).
+    (``scratch`` for the tail) and its row's encoder length (1 for the tail: it reads one position). last, sot,
+    row_slot, row_cross_len [rows]: the index of each row's last prompt token and of its <|startoftranscript|>,
+    its slot and its encoder length (0 for unused rows; the engine keeps the last two per slot, and they travel
+    here so that an admission uploads one buffer).
     cu [rows + 2] (int32): cumulative sequence starts, the tail a sequence of its own, then empty sequences.
     """
 
