@@ -13,11 +13,14 @@
 #                                           with packing and engine log-mels
 #   bash bench/gpu_check.sh streams-ab [ASSETS] the live GPU tests, then that bench with engine log-mels
 #                                           unpacked, with host log-mels packed, and at 400,500 streams
-#   bash bench/gpu_check.sh phases [ASSETS]  the live GPU tests and the off-by-default kernels' tests (the
-#                                           kernels on for the rest where those pass), then where the device's
-#                                           time goes at 400 streams (bench/profile_streams.py --phases) with
-#                                           padded and packed prefills, and the bench at 400 streams: stop 20's
-#                                           engine and packed prefills before the profile, the fp8 encoder after
+#   bash bench/gpu_check.sh phases [ASSETS]  the live GPU tests and the Triton kernels' tests (a kernel off for the
+#                                           rest where its test fails), then where the device's time goes at 400
+#                                           streams (bench/profile_streams.py --phases) with padded and packed
+#                                           prefills, and the bench at 400 streams: stop 20's engine and packed
+#                                           prefills before the profile, the fp8 encoder after
+#   bash bench/gpu_check.sh kernels-ab [ASSETS] the fp8 and live GPU tests with the kernels on by default, the
+#                                           400-stream profile at GIL switch intervals of 5 and 0.5 ms, then the
+#                                           bench at 400 streams with the scatter kernel off and on
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -27,7 +30,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -46,6 +49,14 @@ part() {  # part LIMIT_S NAME COMMAND...: run, keep the whole log under $OUT, pr
     echo "=== $name: exit $rc after $((SECONDS - T0)) s"
     tail -n 25 "$OUT/$name.log"
     return $rc
+}
+bench400() {  # bench400 NAME [FLAGS...]: the stream bench at 400 streams, packed encoder, engine log-mels
+    local name=$1
+    shift
+    part 90 "bench-streams-400-$name" python3 -m voxserve bench --streams 400 --packed-encoder --mels engine \
+        "$@" --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 \
+        --stream-seconds 12 --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if [ "$MODE" = tests ]; then
@@ -86,23 +97,15 @@ elif [ "$MODE" = streams-ab ]; then
 elif [ "$MODE" = phases ]; then
     part 120 tests-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
         -k "packed or audio_windows" -p no:cacheprovider --durations=5 -rfE
-    # the Triton kernels that are off by default: on for what follows only where their tests pass here
+    # the Triton kernels (on by default since 2026-12-07): off for what follows where their tests fail here
     part 50 tests-scatter python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py -k scatter \
-        -p no:cacheprovider -rfE && export VOXSERVE_SCATTER_KERNEL=1
+        -p no:cacheprovider -rfE || export VOXSERVE_SCATTER_KERNEL=0
     part 50 tests-fp8rows python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py -k row_quantize \
-        -p no:cacheprovider -rfE && export VOXSERVE_FP8ROWS_KERNEL=1
-    echo "kernels: scatter ${VOXSERVE_SCATTER_KERNEL:-0}, fp8 rows ${VOXSERVE_FP8ROWS_KERNEL:-0}"
+        -p no:cacheprovider -rfE || export VOXSERVE_FP8ROWS_KERNEL=0
+    echo "kernels: scatter ${VOXSERVE_SCATTER_KERNEL:-1}, fp8 rows ${VOXSERVE_FP8ROWS_KERNEL:-1}"
     # the bench at 400 streams: stop 20's engine with the kernels off (the baseline on this card), then packed
     # prefills with the kernels as tested, the encoder in fp16 (and in fp8, after the profile); PHASES_BENCH=0
     # skips them
-    bench400() {  # bench400 NAME [FLAGS...]
-        local name=$1
-        shift
-        part 90 "bench-streams-400-$name" python3 -m voxserve bench --streams 400 --packed-encoder --mels engine \
-            "$@" --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 \
-            --stream-seconds 12 --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
-            --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
-    }
     if [ "${PHASES_BENCH:-1}" = 1 ]; then
         VOXSERVE_SCATTER_KERNEL=0 VOXSERVE_FP8ROWS_KERNEL=0 bench400 baseline
         bench400 packed-prefill --packed-prefill
@@ -115,6 +118,17 @@ elif [ "$MODE" = phases ]; then
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     # last, so that a call cut short loses it first
     [ "${PHASES_BENCH:-1}" = 1 ] && bench400 packed-prefill-fp8-encoder --packed-prefill --encoder-precision fp8
+elif [ "$MODE" = kernels-ab ]; then
+    # the GPU tests with the kernels on by default (the fp8 ones whole: compiled and graphed fp8 Linears run the
+    # row kernel now), then what the log-mels' host time is (GIL switch interval 5 ms, Python's default, against
+    # 0.5 ms) and what the scatter kernel is worth at 400 streams (index_put against it, packed prefills)
+    part 170 tests-kernels python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
+        -k "test_quant_cuda or packed or audio_windows or scatter" -p no:cacheprovider --durations=5 -rfE
+    part 110 profile-switch-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
+        --variant packed=1,prefill=1,switch=0.005 --variant packed=1,prefill=1,switch=0.0005 \
+        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    VOXSERVE_SCATTER_KERNEL=0 bench400 packed-prefill-index-put --packed-prefill
+    bench400 packed-prefill-scatter-kernel --packed-prefill
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -125,6 +139,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab or host)" >&2
     exit 2
 fi

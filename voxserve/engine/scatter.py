@@ -8,10 +8,10 @@ bench/profile_streams.py --profile, stop 20) its 128 launches took 3.4 of an adm
 ~450 GB/s. Here each program copies whole rows, keys and values of a layer in one launch.
 
 Used by ``Runner._write_cross_at`` for the model layout of the cross K/V (the int8 and per-head layouts keep
-their own writes) and by ``Runner._prefill_packed``. The kernel stays off (``KERNEL``; the writes are then
-index_put, as before it) until its GPU test (tests/gpu/test_engine_cuda.py, ``-k scatter``: bit for bit against
-index_put) has passed: stop 20 ran out of device time, stops 21 and 22 found no GPU machine. Its logic is
-checked on the CPU in Triton's interpreter where Triton is installed (tests/unit/test_triton_interpreted.py).
+their own writes) and by ``Runner._prefill_packed``. On by default (``KERNEL``; VOXSERVE_SCATTER_KERNEL=0 makes
+the writes index_put, as before it) since its GPU test (tests/gpu/test_engine_cuda.py, ``-k scatter``: bit for
+bit against index_put) passed on an H100 on 2026-12-07. Its logic is checked on the CPU too, in Triton's
+interpreter where Triton is installed (tests/unit/test_triton_interpreted.py).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ except ImportError:  # the CPU build needs no Triton
     triton = None
 
 _BLOCK_P, _BLOCK_C = 16, 256
-# The Triton kernel by default: on once its GPU test has passed; VOXSERVE_SCATTER_KERNEL=1 turns it on before then
-# (bench/gpu_check.sh does, for its measurements, once the test has passed in the same run).
-KERNEL = os.environ.get("VOXSERVE_SCATTER_KERNEL") == "1"
+# The Triton kernel by default; VOXSERVE_SCATTER_KERNEL=0 (read at import) keeps index_put, e.g. for an A/B
+KERNEL = os.environ.get("VOXSERVE_SCATTER_KERNEL", "1") != "0"
 
 
 def scatter_rows(

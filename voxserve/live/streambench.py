@@ -276,7 +276,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     settings.update(
         model_dims=whisper.model.dims.to_dict(),
         engine_slots=engine.n_slots,
-        # Triton kernels off by default until their GPU tests pass (VOXSERVE_SCATTER_KERNEL, ..._FP8ROWS_KERNEL)
+        # the Triton kernels (on by default; VOXSERVE_SCATTER_KERNEL=0, ..._FP8ROWS_KERNEL=0 turn them off)
         scatter_kernel=scatter.KERNEL,
         fp8rows_kernel=fp8rows.KERNEL,
         decoding="greedy, no timestamps, language en"

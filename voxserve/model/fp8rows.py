@@ -6,9 +6,10 @@ the activations per Linear, which for the encoder's [positions, 1280] and [posit
 much memory traffic as fp8 saves in the matrix products. Here one Triton program per row loads it once (in the
 model's dtype), takes its amax (or the static scale), and stores the E4M3 row and its float32 scale.
 
-Off by default (``KERNEL``) until its GPU test (tests/gpu/test_quant_cuda.py, ``-k row_quantize``) has passed:
-stops 21 and 22 found no GPU machine (its arithmetic up to the cast is checked in Triton's interpreter,
-tests/unit/test_triton_interpreted.py, where Triton is installed). Its values are meant to be the torch path's
+On by default (``KERNEL``; VOXSERVE_FP8ROWS_KERNEL=0 keeps the torch operations) since its GPU test
+(tests/gpu/test_quant_cuda.py, ``-k row_quantize``: bytes and scales bit for bit against the torch path, 24
+cases) passed on an H100 on 2026-12-07 (its arithmetic up to the cast is checked on the CPU too, in Triton's
+interpreter, tests/unit/test_triton_interpreted.py, where Triton is installed). Its values are the torch path's
 on CUDA bit for bit: the same float32 amax; its scale as torch's CUDA kernel divides by a number (a product with
 float32(1 / 448), not a division); an IEEE division of the row by it (``div_rn``, as torch divides a tensor by a
 tensor); the clamp to +-448 and a round-to-nearest-even cast; NaN carried through as torch carries it. The torch
@@ -32,9 +33,8 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 TINY = 1e-12  # floor for an all-zero row's amax, so its scale never divides by zero
 _MAX_BLOCK = 16384  # one program holds a whole row: widths up to this (large-v3's widest input is 5,120)
-# The Triton kernel by default: on once its GPU test has passed; VOXSERVE_FP8ROWS_KERNEL=1 turns it on before then
-# (bench/gpu_check.sh does, for its measurements, once the test has passed in the same run).
-KERNEL = os.environ.get("VOXSERVE_FP8ROWS_KERNEL") == "1"
+# The Triton kernel by default; VOXSERVE_FP8ROWS_KERNEL=0 (read at import) keeps the torch operations
+KERNEL = os.environ.get("VOXSERVE_FP8ROWS_KERNEL", "1") != "0"
 _INV_MAX = float(
     torch.tensor(1 / FP8_MAX, dtype=torch.float32)
 )  # what torch's CUDA division by 448 multiplies by
