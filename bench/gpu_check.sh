@@ -127,8 +127,10 @@ elif [ "$MODE" = kernels-ab ]; then
     part 110 profile-switch-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
         --variant packed=1,prefill=1,switch=0.005 --variant packed=1,prefill=1,switch=0.0005 \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    VOXSERVE_SCATTER_KERNEL=0 bench400 packed-prefill-index-put --packed-prefill
-    bench400 packed-prefill-scatter-kernel --packed-prefill
+    if [ "${AB_BENCH:-1}" = 1 ]; then  # AB_BENCH=0: the tests and the profile only
+        VOXSERVE_SCATTER_KERNEL=0 bench400 packed-prefill-index-put --packed-prefill
+        bench400 packed-prefill-scatter-kernel --packed-prefill
+    fi
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
