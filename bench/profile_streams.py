@@ -36,6 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from voxserve.cli.bench import seconds_list
+from voxserve.engine import mels
 from voxserve.engine.engine import Engine
 from voxserve.engine.packed import pass_size
 from voxserve.engine.runner import Runner
@@ -215,6 +216,7 @@ VARIANT_KEYS = {
     "prefill": int,
     "every": float,
     "torchthreads": int,
+    "mergedmels": int,
 }
 
 
@@ -257,6 +259,8 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             engine.runner.packed_encoder = bool(current["packed"])
         if "prefill" in current:
             engine.runner.packed_prefill = bool(current["prefill"])
+        if "mergedmels" in current:
+            mels.MERGE_LENGTHS = bool(current["mergedmels"])
         init(self, whisper, engine, *args, **kwargs)
 
     def variant_options(**kw: Any) -> Any:
@@ -529,7 +533,8 @@ def main() -> None:
         "engine from audio, LiveOptions.mels), packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), "
         "prefill=0|1 (prompts prefilled end to end, Runner.packed_prefill), every=S (short windows every "
         "S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length), torchthreads=N "
-        "(torch.set_num_threads for the process from this variant on); "
+        "(torch.set_num_threads for the process from this variant on), mergedmels=0|1 (an admission's engine log-mels in "
+        "one transform for every window length, or one per length: engine/mels.py MERGE_LENGTHS); "
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()

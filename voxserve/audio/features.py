@@ -112,10 +112,15 @@ def log_mel_power(x: Tensor, n_mels: int, *, center: bool = True) -> Tensor:
     return torch.clamp(mel, min=MIN_POWER).log10()
 
 
-def normalize_log_mel(log_spec: Tensor) -> Tensor:
+def normalize_log_mel(log_spec: Tensor, frames: Tensor | None = None) -> Tensor:
     """``log_mel_power``'s output -> the encoder's input: floored at DYNAMIC_RANGE below the signal's peak, scaled
-    to about [-1, 1]."""
-    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    to about [-1, 1]. ``frames`` [...] (int, optional): each signal's own frame count where signals of different
+    lengths were transformed in one batch, their peaks taken over those frames only."""
+    if frames is None:
+        peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    else:
+        own = torch.arange(log_spec.shape[-1], device=log_spec.device) < frames[..., None]
+        peak = log_spec.masked_fill(~own[..., None, :], -math.inf).amax(dim=(-2, -1), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - DYNAMIC_RANGE)
     return (log_spec + 4.0) / 4.0
 

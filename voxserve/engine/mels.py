@@ -4,11 +4,20 @@ Why: a live stream's partials each need their window's log-mel. Made on the host
 threads, they took most of the process's CPU and every one of their ~15 torch calls gives up and takes back
 the GIL beside the event loop and the engine's thread (host-only runs on 2 cores, bench/profile_streams.py
 --host-only 20: at 200 streams the event loop's 10 ms timer was p99 122 ms late with log-mels made, 1.7 ms
-without). A request may instead carry its audio (``AudioWindow``): the engine transforms every admitted
-window of one length in one batched pass, rows padded to a power of two so that few FFT plans serve every
-admission and warm-up can make them all.
+without). A request may instead carry its audio (``AudioWindow``): the engine transforms the admitted windows
+in batches, rows padded to a power of two so that few FFT plans serve every admission and warm-up can make them
+all.
 
-The values are ``log_mel_spectrogram``'s for the window: the audio followed by silence up to ``frames``.
+On CUDA every window of an admission, whatever its length, goes through one transform at the longest window's
+length. Why: the FFTs are ~0.04 ms of device time there, but at 400 live streams (large-v3 fp16, H100,
+bench/profile_streams.py --phases, stop 23) the log-mels took 10.7 ms of an admission's 53 ms, their host time
+equal to their device time: the engine's thread launching ~20 torch operations per window length (and waiting for
+the GIL at each), not the device, was the cost. The price: every row is transformed at the longest window's length
+(an admission with one 30 s window among short ones: ~1 GB of transient device memory at 64 rows, by arithmetic).
+On the CPU, where the FFT is the cost, one transform per window length, and only as far as its longest signal
+reaches.
+
+The values are ``log_mel_spectrogram``'s for each window: its audio followed by silence up to ``frames``.
 """
 
 from __future__ import annotations
@@ -24,45 +33,83 @@ from ..config import HOP_LENGTH, N_FFT
 from .transfer import upload
 from .types import AudioWindow
 
+# The last frame a window keeps is centred HOP_LENGTH before its end and reaches N_FFT // 2 past its centre:
+# this many samples past the window's end, which the window's own transform takes from its reflection.
+_REFLECTED = N_FFT // 2 - HOP_LENGTH
+# On CUDA, every window length of an admission in one transform (False: one per length, as before stop 23; the
+# profile's variant mergedmels=0|1 switches it on one engine, bench/profile_streams.py)
+MERGE_LENGTHS = True
+
 
 def window_mels(windows: Sequence[Tensor | AudioWindow], n_mels: int, device: torch.device) -> list[Tensor]:
-    """Each window's log-mel [n_mels, frames]: tensors as they are, ``AudioWindow``s made on ``device`` (float32),
-    one batched transform per window length."""
+    """Each window's log-mel [n_mels, frames]: tensors as they are, ``AudioWindow``s made on ``device`` (float32):
+    on CUDA all in one batched transform (``MERGE_LENGTHS``), elsewhere one per window length."""
     out: list[Tensor | AudioWindow] = list(windows)
-    by_frames: dict[int, list[int]] = {}
+    merged = device.type == "cuda" and MERGE_LENGTHS
+    groups: dict[int, list[int]] = {}
     for i, w in enumerate(windows):
         if isinstance(w, AudioWindow):
-            by_frames.setdefault(w.frames, []).append(i)
-    for frames, rows in by_frames.items():
-        mels = batched_log_mels([windows[i].samples for i in rows], frames, n_mels, device)  # type: ignore[union-attr]
-        for j, i in enumerate(rows):
-            out[i] = mels[j]
+            groups.setdefault(0 if merged else w.frames, []).append(i)
+    for rows in groups.values():
+        audio = [windows[i] for i in rows]
+        mels = batched_log_mels([w.samples for w in audio], [w.frames for w in audio], n_mels, device)  # type: ignore[union-attr]
+        for i, mel in zip(rows, mels, strict=True):
+            out[i] = mel
     return out  # type: ignore[return-value]
 
 
 def batched_log_mels(
-    samples: Sequence[np.ndarray], frames: int, n_mels: int, device: torch.device, *, rows: int = 0
-) -> Tensor:
-    """Signals (float32, each at most ``frames`` hops long) -> their windows' log-mels [len(samples), n_mels,
-    frames], in one transform; on CUDA of their count (or ``rows``, if more) rounded up to a power of two, the
-    padding rows silence."""
+    samples: Sequence[np.ndarray],
+    frames: Sequence[int],
+    n_mels: int,
+    device: torch.device,
+    *,
+    rows: int = 0,
+    width: int = 0,
+) -> list[Tensor]:
+    """Signals (float32, signal i at most ``frames[i]`` hops long) -> their windows' log-mels [n_mels, frames[i]]
+    (views of one batch), in one transform at the longest window's length (or ``width`` frames, if more); on CUDA
+    of their count (or ``rows``, if more) rounded up to a power of two, the padding rows silence. ``samples``
+    may be empty: warm-up makes the FFT plan of a shape that way."""
     cuda = device.type == "cuda"
-    # On CUDA the rows are padded to a power of two and the whole window is transformed: few FFT plans (rows,
-    # window), all made at warm-up, for work that is small there. On the CPU only the rows given, and only the
-    # audio and one FFT window after the longest signal (the later frames, silence in every row, filled in as
-    # silence_level, as LiveService.mel does): full 30 s windows of a few seconds of speech made each admission
-    # of 4 streams ~40 ms slower on one thread.
+    width = max([*frames, width])
     rows = 1 << (max(len(samples), rows, 1) - 1).bit_length() if cuda else max(len(samples), 1)
+    n = width * HOP_LENGTH
+    # On the CPU, windows of one length: only the audio and one FFT window after the longest signal are
+    # transformed (the later frames, silence in every row, filled in as silence_level, as LiveService.mel does):
+    # full 30 s windows of a few seconds of speech made each admission of 4 streams ~40 ms slower on one thread.
+    trimmed = not cuda and len(set(frames)) == 1
     longest = max((len(s) for s in samples), default=0)
-    n = frames * HOP_LENGTH if cuda else min(frames * HOP_LENGTH, longest + N_FFT)
+    if trimmed:
+        n = min(n, longest + N_FFT)
+    # A window shorter than the batch whose audio reaches its last samples: its last frame reads past the
+    # window's end, where its own transform has the window's reflection and the batch has zeros; those samples
+    # are written as its reflection.
+    tails = [
+        j
+        for j, (s, f) in enumerate(zip(samples, frames, strict=True))
+        if f * HOP_LENGTH < n and len(s) > f * HOP_LENGTH - _REFLECTED - 1
+    ]
+    reach = max([longest, *(frames[j] * HOP_LENGTH + _REFLECTED for j in tails)])
     x = torch.zeros(rows, n, device=device)
-    if longest:  # only the samples up to the longest travel; the zeros after them are already there
-        host = torch.empty(len(samples), longest, pin_memory=cuda)
+    if reach:  # only the samples up to the furthest reach travel; the zeros after them are already there
+        host = torch.empty(len(samples), reach, pin_memory=cuda)
         block = host.numpy()
         for j, signal in enumerate(samples):
             block[j, : len(signal)] = signal
             block[j, len(signal) :] = 0.0
+        for j in tails:
+            end = frames[j] * HOP_LENGTH
+            # torch's "reflect" padding: sample end - 2 - i lands at end + i (the last sample is not repeated)
+            block[j, end : end + _REFLECTED] = block[j, end - 2 - np.arange(_REFLECTED)]
         # one contiguous pinned copy (queued; the caching host allocator keeps ``host`` until it is done), then
         # into the rows on the device
-        x[: len(samples), :longest] = upload(host, device)
-    return fill_silence(normalize_log_mel(log_mel_power(x, n_mels)[..., :frames])[: len(samples)], frames)
+        x[: len(samples), :reach] = upload(host, device)
+    log_spec = log_mel_power(x, n_mels)[..., :width]
+    own = None
+    if len(set(frames)) > 1:  # peaks over each window's own frames
+        own = upload(torch.tensor([*frames, *[width] * (rows - len(frames))]), device)
+    mel = normalize_log_mel(log_spec, own)[: len(samples)]
+    if trimmed:
+        mel = fill_silence(mel, width)
+    return [mel[j, :, :f] for j, f in enumerate(frames)]

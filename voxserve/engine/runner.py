@@ -899,7 +899,7 @@ class Runner:
             most = 1 << (self.max_encode - 1).bit_length()  # rows are padded to a power of two
             for frames in self.window_frames:
                 for b in (1 << i for i in range(most.bit_length())):
-                    batched_log_mels([], frames, self.model.dims.n_mels, self.device, rows=b)
+                    batched_log_mels([], [], self.model.dims.n_mels, self.device, rows=b, width=frames)
                     ran.append((f"log-mel {frames}", b))
         for b in self.buckets if graphs else (1,):
             for sample in (False, True):

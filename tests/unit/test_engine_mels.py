@@ -1,0 +1,65 @@
+"""The engine's batched log-mels (engine/mels.py) against each window's own transform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from voxserve.audio.features import log_mel_spectrogram
+from voxserve.engine.mels import batched_log_mels
+
+
+def _own(signal: np.ndarray, frames: int) -> torch.Tensor:
+    """A window's log-mel as the host makes it: its audio, silence up to the window, transformed alone."""
+    return log_mel_spectrogram(np.pad(signal, (0, 160 * frames - len(signal))), 80)[:, :frames]
+
+
+def _windows() -> tuple[list[np.ndarray], list[int]]:
+    """Windows of several lengths in one batch, with audio that stops well before a window's end, that reaches
+    its last samples (whose reflection its own transform reads past the end), just short of the reflected span,
+    a lone sample at the span's far edge, and a click on a window's last sample (louder in the frame after the window than in any of its own frames)."""
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal(160 * 800).astype(np.float32) * 0.05
+    click = np.zeros(160 * 100, dtype=np.float32)
+    click[-1] = 1.0
+    edge = np.zeros(
+        160 * 400 - 40, dtype=np.float32
+    )  # its last sample is the farthest its last frame reflects
+    edge[-1] = 1.0
+    signals = [
+        noise[: 160 * 100],  # fills its window
+        noise[: 160 * 200 - 10],  # ends inside the reflected span
+        noise[: 160 * 200 - 41],  # ends just before it
+        noise[: 160 * 400 - 42],
+        noise[: 160 * 300],  # a 4 s window with 3 s of audio
+        click,
+        noise[:1000],
+        edge,
+        noise,  # the longest window, filled
+    ]
+    frames = [100, 200, 200, 400, 400, 100, 200, 400, 800]
+    return signals, frames
+
+
+def test_windows_of_several_lengths_in_one_transform_equal_their_own():
+    """One transform at the longest window's length gives each window its own transform's log-mel: its peak
+    over its own frames, the reflection past its end where its audio reaches there."""
+    signals, frames = _windows()
+    made = batched_log_mels(signals, frames, 80, torch.device("cpu"))
+    for signal, f, mel in zip(signals, frames, made, strict=True):
+        assert mel.shape == (80, f)
+        torch.testing.assert_close(mel, _own(signal, f), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("frames", [100, 400])
+def test_windows_of_one_length_are_trimmed_on_the_cpu_and_equal_their_own(frames):
+    """On the CPU, windows of one length transform only as far as their audio reaches (the rest filled in as
+    silence), with the same values."""
+    rng = np.random.default_rng(4)
+    signals = [
+        rng.standard_normal(n).astype(np.float32) * 0.1 for n in (160 * frames, 3000, 1, 160 * frames - 5)
+    ]
+    made = batched_log_mels(signals, [frames] * len(signals), 80, torch.device("cpu"))
+    for signal, mel in zip(signals, made, strict=True):
+        torch.testing.assert_close(mel, _own(signal, frames), atol=1e-5, rtol=0)
