@@ -21,7 +21,7 @@
 #   bash bench/gpu_check.sh kernels-ab [ASSETS] the fp8 and live GPU tests with the kernels on by default, the
 #                                           400-stream profile with log-mels per window length and merged, and at
 #                                           a GIL switch interval of 0.5 ms, then the bench at 400 streams with the
-#                                           scatter kernel off and on
+#                                           scatter kernel off and on, and with merged log-mels (AB_BENCH=0: none)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -133,6 +133,7 @@ elif [ "$MODE" = kernels-ab ]; then
     if [ "${AB_BENCH:-1}" = 1 ]; then  # AB_BENCH=0: the tests and the profile only
         VOXSERVE_SCATTER_KERNEL=0 bench400 packed-prefill-index-put --packed-prefill
         bench400 packed-prefill-scatter-kernel --packed-prefill
+        VOXSERVE_MERGED_MELS=1 bench400 packed-prefill-merged-mels --packed-prefill
     fi
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1

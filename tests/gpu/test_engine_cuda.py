@@ -18,6 +18,7 @@ from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions
 from voxserve.engine import kv8, packed
+from voxserve.engine import mels as engine_mels
 from voxserve.engine.attention import decode_attention, reference_decode_attention
 from voxserve.engine.mels import window_mels
 from voxserve.engine.types import AudioWindow, EngineConfig
@@ -325,12 +326,16 @@ def _audio_clips() -> tuple[list[np.ndarray], list[int]]:
     return clips, [100, 200, 400, 400, 800, 1600]
 
 
+@pytest.mark.parametrize("merged", [False, True], ids=["mels-per-length", "mels-merged"])
 @pytest.mark.parametrize("packed_encoder", [False, True], ids=["per-length", "packed"])
-def test_audio_windows_on_cuda_decode_as_the_reference_fp32(tokenizer, packed_encoder) -> None:
-    """Windows sent as audio: the engine makes their log-mels on the GPU (cuFFT, one batch per length, padded
-    rows; engine/mels.py). They equal the host's log-mels within 1e-4, and the fp32 engine decodes them to the
-    reference decoder's tokens on the host's log-mels. (In fp16 those ~1e-5 differences can flip a late token of
-    the random model: seen on an H100, stop 20.)"""
+def test_audio_windows_on_cuda_decode_as_the_reference_fp32(
+    tokenizer, packed_encoder, merged, monkeypatch
+) -> None:
+    """Windows sent as audio: the engine makes their log-mels on the GPU (cuFFT, padded rows; one batch per length,
+    or every length in one, engine/mels.py MERGE_LENGTHS). They equal the host's log-mels within 1e-4, and the fp32
+    engine decodes them to the reference decoder's tokens on the host's log-mels. (In fp16 those ~1e-5 differences
+    can flip a late token of the random model: seen on an H100, stop 20.)"""
+    monkeypatch.setattr(engine_mels, "MERGE_LENGTHS", merged)
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
     clips, frames = _audio_clips()

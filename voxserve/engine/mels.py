@@ -8,21 +8,22 @@ without). A request may instead carry its audio (``AudioWindow``): the engine tr
 in batches, rows padded to a power of two so that few FFT plans serve every admission and warm-up can make them
 all.
 
-On CUDA every window of an admission, whatever its length, goes through one transform at the longest window's
-length. Why: the FFTs are ~0.04 ms of device time there, but at 400 live streams (large-v3 fp16, H100,
-bench/profile_streams.py --phases, stop 23) the log-mels took 10.7 ms of an admission's 53 ms with their host time
-equal to their device time: the device waited for the engine's thread, which launched ~20 torch operations per
-window length (each may wait for the GIL). Not yet measured on a GPU: `bash bench/gpu_check.sh kernels-ab` compares
-it with one transform per length (``MERGE_LENGTHS``). The price: every row is transformed at the longest window's
-length (an admission with one 30 s window among short ones: ~1 GB of transient device memory at 64 rows, by
-arithmetic). On the CPU, where the FFT is the cost, one transform per window length, and only as far as its longest
-signal reaches.
+With ``MERGE_LENGTHS`` (off by default) every window of an admission on CUDA, whatever its length, goes through one
+transform at the longest window's length. Why: the FFTs are ~0.04 ms of device time there, but at 400 live streams
+(large-v3 fp16, H100, bench/profile_streams.py --phases, stop 23) the log-mels took 10.7 ms of an admission's 53 ms
+with their host time equal to their device time: the device waited for the engine's thread, which launched ~20
+torch operations per window length (each may wait for the GIL). Not yet measured on a GPU: `bash bench/gpu_check.sh
+kernels-ab` compares it with one transform per length (``MERGE_LENGTHS``). The price: every row is transformed at
+the longest window's length (an admission with one 30 s window among short ones: ~1 GB of transient device memory
+at 64 rows, by arithmetic). On the CPU, where the FFT is the cost, one transform per window length, and only as far
+as its longest signal reaches.
 
 The values are ``log_mel_spectrogram``'s for each window: its audio followed by silence up to ``frames``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,14 +38,15 @@ from .types import AudioWindow
 # The last frame a window keeps is centred HOP_LENGTH before its end and reaches N_FFT // 2 past its centre:
 # this many samples past the window's end, which the window's own transform takes from its reflection.
 _REFLECTED = N_FFT // 2 - HOP_LENGTH
-# On CUDA, every window length of an admission in one transform (False: one per length, as before stop 23; the
-# profile's variant mergedmels=0|1 switches it on one engine, bench/profile_streams.py)
-MERGE_LENGTHS = True
+# On CUDA, every window length of an admission in one transform; off (one per length) until measured on a GPU.
+# VOXSERVE_MERGED_MELS=1 (read at import) turns it on for a process; the profile's variant mergedmels=0|1 switches
+# it on one engine (bench/profile_streams.py)
+MERGE_LENGTHS = os.environ.get("VOXSERVE_MERGED_MELS") == "1"
 
 
 def window_mels(windows: Sequence[Tensor | AudioWindow], n_mels: int, device: torch.device) -> list[Tensor]:
     """Each window's log-mel [n_mels, frames]: tensors as they are, ``AudioWindow``s made on ``device`` (float32):
-    on CUDA all in one batched transform (``MERGE_LENGTHS``), elsewhere one per window length."""
+    one batched transform per window length, or on CUDA with ``MERGE_LENGTHS`` all in one."""
     out: list[Tensor | AudioWindow] = list(windows)
     merged = device.type == "cuda" and MERGE_LENGTHS
     groups: dict[int, list[int]] = {}

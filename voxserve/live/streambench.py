@@ -32,7 +32,7 @@ from ..bench.inputs import speech_clips
 from ..bench.weights import BenchError, bench_tokenizer, resolve_dims
 from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
-from ..engine import scatter
+from ..engine import mels, scatter
 from ..engine.types import EngineConfig
 from ..model import fp8rows
 from ..model.load import CheckpointInfo, init_random
@@ -279,6 +279,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         # the Triton kernels (on by default; VOXSERVE_SCATTER_KERNEL=0, ..._FP8ROWS_KERNEL=0 turn them off)
         scatter_kernel=scatter.KERNEL,
         fp8rows_kernel=fp8rows.KERNEL,
+        merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)
         decoding="greedy, no timestamps, language en"
         + (f"; exactly {fixed:g} tokens per second of audio (end-of-text suppressed)" if fixed else ""),
     )
