@@ -21,7 +21,7 @@
 #   bash bench/gpu_check.sh kernels-ab [ASSETS] the fp8 and live GPU tests with the kernels on by default, the
 #                                           400-stream profile with log-mels per window length and merged, and at
 #                                           a GIL switch interval of 0.5 ms, then the bench at 400 streams with the
-#                                           scatter kernel off and on, and with merged log-mels (AB_BENCH=0: none)
+#                                           scatter kernel off and on (AB_BENCH=0: not)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -124,16 +124,15 @@ elif [ "$MODE" = kernels-ab ]; then
     # row kernel now; audio_windows: the log-mels of every window length in one transform), then the log-mels'
     # host time one transform per window length against one for all (stop 23), and at a GIL switch interval of
     # 0.5 ms instead of Python's 5, and what the scatter kernel is worth at 400 streams (index_put against it)
-    part 170 tests-kernels python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
+    part 200 tests-kernels python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
         -k "test_quant_cuda or packed or audio_windows or scatter" -p no:cacheprovider --durations=5 -rfE
-    part 150 profile-mels-switch-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
+    part 130 profile-mels-switch-400 python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
         --variant packed=1,prefill=1,mergedmels=0 --variant packed=1,prefill=1,mergedmels=1 \
         --variant packed=1,prefill=1,mergedmels=1,switch=0.0005 \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     if [ "${AB_BENCH:-1}" = 1 ]; then  # AB_BENCH=0: the tests and the profile only
         VOXSERVE_SCATTER_KERNEL=0 bench400 packed-prefill-index-put --packed-prefill
         bench400 packed-prefill-scatter-kernel --packed-prefill
-        VOXSERVE_MERGED_MELS=1 bench400 packed-prefill-merged-mels --packed-prefill
     fi
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1

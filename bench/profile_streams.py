@@ -530,11 +530,12 @@ def main() -> None:
         type=parse_variant,
         help="one run per variant, on one warmed engine: comma-separated wait=N (EngineConfig.admit_wait_steps), "
         "ratio=X (admit_ratio), switch=S (sys.setswitchinterval, seconds), enginemels=0|1 (log-mels made by the "
-        "engine from audio, LiveOptions.mels), packed=0|1 (short windows encoded in one packed pass, Runner.packed_encoder), "
-        "prefill=0|1 (prompts prefilled end to end, Runner.packed_prefill), every=S (short windows every "
-        "S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length), torchthreads=N "
-        "(torch.set_num_threads for the process from this variant on), mergedmels=0|1 (an admission's engine log-mels in "
-        "one transform for every window length, or one per length: engine/mels.py MERGE_LENGTHS); "
+        "engine from audio, LiveOptions.mels), packed=0|1 (short windows encoded in one packed pass, "
+        "Runner.packed_encoder), prefill=0|1 (prompts prefilled end to end, Runner.packed_prefill), every=S (short "
+        "windows every S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length), "
+        "torchthreads=N (torch.set_num_threads for the process from this variant on), mergedmels=0|1 (an "
+        "admission's engine log-mels in one transform for every window length, or one per length: engine/mels.py "
+        "MERGE_LENGTHS); "
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()

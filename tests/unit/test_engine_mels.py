@@ -18,7 +18,8 @@ def _own(signal: np.ndarray, frames: int) -> torch.Tensor:
 def _windows() -> tuple[list[np.ndarray], list[int]]:
     """Windows of several lengths in one batch, with audio that stops well before a window's end, that reaches
     its last samples (whose reflection its own transform reads past the end), just short of the reflected span,
-    a lone sample at the span's far edge, and a click on a window's last sample (louder in the frame after the window than in any of its own frames)."""
+    a lone sample at the span's far edge, a click on a window's last sample (louder in the frame after the
+    window than in any of its own frames), and a filled window whose reflection reaches past every signal."""
     rng = np.random.default_rng(3)
     noise = rng.standard_normal(160 * 800).astype(np.float32) * 0.05
     click = np.zeros(160 * 100, dtype=np.float32)
@@ -52,14 +53,33 @@ def test_windows_of_several_lengths_in_one_transform_equal_their_own():
         torch.testing.assert_close(mel, _own(signal, f), atol=1e-5, rtol=0)
 
 
+def test_a_reflection_reaching_past_every_signal_fits_the_batch():
+    """A filled 1 s window beside a 2 s one holding a little more audio: the 1 s window's reflection reaches past
+    the longest signal, so the samples sent must reach that far."""
+    rng = np.random.default_rng(5)
+    signals = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 16010)]
+    made = batched_log_mels(signals, [100, 200], 80, torch.device("cpu"))
+    for signal, f, mel in zip(signals, [100, 200], made, strict=True):
+        torch.testing.assert_close(mel, _own(signal, f), atol=1e-5, rtol=0)
+
+
+def test_windows_of_one_length_in_a_wider_batch_take_their_peaks_over_their_own_frames():
+    """Windows of one length transformed at a larger ``width``: a click on a window's last sample is louder in the
+    frames after the window, which must not set its peak."""
+    click = np.zeros(16000, dtype=np.float32)
+    click[-1] = 1.0
+    (mel,) = batched_log_mels([click], [100], 80, torch.device("cpu"), width=200)
+    torch.testing.assert_close(mel, _own(click, 100), atol=1e-5, rtol=0)
+    assert batched_log_mels([], [], 80, torch.device("cpu")) == []
+
+
 @pytest.mark.parametrize("frames", [100, 400])
 def test_windows_of_one_length_are_trimmed_on_the_cpu_and_equal_their_own(frames):
-    """On the CPU, windows of one length transform only as far as their audio reaches (the rest filled in as
-    silence), with the same values."""
+    """On the CPU, windows of one length whose audio stops short of their end transform only as far as their
+    audio reaches (plus one FFT window), the rest filled in as silence, with the same values."""
     rng = np.random.default_rng(4)
-    signals = [
-        rng.standard_normal(n).astype(np.float32) * 0.1 for n in (160 * frames, 3000, 1, 160 * frames - 5)
-    ]
+    lengths = (160 * frames - 1000, 3000, 1, 160 * frames // 2)
+    signals = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in lengths]
     made = batched_log_mels(signals, [frames] * len(signals), 80, torch.device("cpu"))
     for signal, mel in zip(signals, made, strict=True):
         torch.testing.assert_close(mel, _own(signal, frames), atol=1e-5, rtol=0)

@@ -54,8 +54,8 @@ def window_mels(windows: Sequence[Tensor | AudioWindow], n_mels: int, device: to
         if isinstance(w, AudioWindow):
             groups.setdefault(0 if merged else w.frames, []).append(i)
     for rows in groups.values():
-        audio = [windows[i] for i in rows]
-        mels = batched_log_mels([w.samples for w in audio], [w.frames for w in audio], n_mels, device)  # type: ignore[union-attr]
+        audio: list[AudioWindow] = [windows[i] for i in rows]  # type: ignore[misc]
+        mels = batched_log_mels([w.samples for w in audio], [w.frames for w in audio], n_mels, device)
         for i, mel in zip(rows, mels, strict=True):
             out[i] = mel
     return out  # type: ignore[return-value]
@@ -76,6 +76,8 @@ def batched_log_mels(
     may be empty: warm-up makes the FFT plan of a shape that way."""
     cuda = device.type == "cuda"
     width = max([*frames, width])
+    if not width:
+        return []
     rows = 1 << (max(len(samples), rows, 1) - 1).bit_length() if cuda else max(len(samples), 1)
     n = width * HOP_LENGTH
     # On the CPU, windows of one length: only the audio and one FFT window after the longest signal are
@@ -110,7 +112,7 @@ def batched_log_mels(
         x[: len(samples), :reach] = upload(host, device)
     log_spec = log_mel_power(x, n_mels)[..., :width]
     own = None
-    if len(set(frames)) > 1:  # peaks over each window's own frames
+    if frames and min(frames) < width:  # peaks over each window's own frames
         own = upload(torch.tensor([*frames, *[width] * (rows - len(frames))]), device)
     mel = normalize_log_mel(log_spec, own)[: len(samples)]
     if trimmed:
