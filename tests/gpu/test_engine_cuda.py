@@ -322,7 +322,8 @@ def test_packed_encoder_fp16_engine_decodes_as_per_length_batches(tokenizer) -> 
 
 def _audio_clips() -> tuple[list[np.ndarray], list[int]]:
     speech = read_wav(AUDIO / "samples" / "jfk.wav")
-    clips = [speech[: int(16000 * s)] for s in (0.7, 1.9, 2.5, 2.7, 7.0, 10.9)]
+    # the 2 s clip fills its window: merged into a longer batch, its last frame reads its end's reflection
+    clips = [speech[: int(16000 * s)] for s in (0.7, 2.0, 2.5, 2.7, 7.0, 10.9)]
     return clips, [100, 200, 400, 400, 800, 1600]
 
 
