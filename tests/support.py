@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from voxserve.audio.features import log_mel_spectrogram
 from voxserve.config import ModelDims
 from voxserve.engine.types import RowSpec
 from voxserve.model.load import init_random
@@ -54,6 +55,11 @@ def attention_from_cu(q, k, v, n_head, index, cu, *, causal=False):  # noqa: ANN
     heads = [x.reshape(p, n_head, c // n_head).transpose(0, 1) for x in (q, k, v)]
     out = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=mask)
     return out.transpose(0, 1).reshape(p, c)
+
+
+def window_log_mel(signal: np.ndarray, frames: int, n_mels: int = 80) -> torch.Tensor:
+    """A window's log-mel as the host makes it: its audio, silence up to ``frames`` hops, transformed alone."""
+    return log_mel_spectrogram(np.pad(signal, (0, 160 * frames - len(signal))), n_mels)[:, :frames]
 
 
 def read_wav(path: Path) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import ASSETS, AUDIO, TINY
-from tests.support import decisive_model, prompted_specs, read_wav
+from tests.support import decisive_model, prompted_specs, read_wav, window_log_mel
 from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import decode_windows
@@ -340,10 +340,7 @@ def test_audio_windows_on_cuda_decode_as_the_reference_fp32(
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
     clips, frames = _audio_clips()
-    host = [
-        log_mel_spectrogram(np.pad(c, (0, 160 * f - len(c))), 80)[:, :f]
-        for c, f in zip(clips, frames, strict=True)
-    ]
+    host = [window_log_mel(c, f) for c, f in zip(clips, frames, strict=True)]
     windows = [AudioWindow(c, f) for c, f in zip(clips, frames, strict=True)]
     for made, ref in zip(window_mels(windows, 80, torch.device("cuda")), host, strict=True):
         torch.testing.assert_close(made.cpu(), ref, atol=1e-4, rtol=0)

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from voxserve.audio.features import log_mel_spectrogram
+from tests.support import window_log_mel
 from voxserve.engine.mels import batched_log_mels
-
-
-def _own(signal: np.ndarray, frames: int) -> torch.Tensor:
-    """A window's log-mel as the host makes it: its audio, silence up to the window, transformed alone."""
-    return log_mel_spectrogram(np.pad(signal, (0, 160 * frames - len(signal))), 80)[:, :frames]
 
 
 def _windows() -> tuple[list[np.ndarray], list[int]]:
@@ -24,9 +19,8 @@ def _windows() -> tuple[list[np.ndarray], list[int]]:
     noise = rng.standard_normal(160 * 800).astype(np.float32) * 0.05
     click = np.zeros(160 * 100, dtype=np.float32)
     click[-1] = 1.0
-    edge = np.zeros(
-        160 * 400 - 40, dtype=np.float32
-    )  # its last sample is the farthest its last frame reflects
+    # its last sample is the farthest one its last frame reads from the reflection
+    edge = np.zeros(160 * 400 - 40, dtype=np.float32)
     edge[-1] = 1.0
     signals = [
         noise[: 160 * 100],  # fills its window
@@ -43,14 +37,14 @@ def _windows() -> tuple[list[np.ndarray], list[int]]:
     return signals, frames
 
 
-def test_windows_of_several_lengths_in_one_transform_equal_their_own():
+def test_windows_of_several_lengths_in_one_transform_equal_theirwindow_log_mel():
     """One transform at the longest window's length gives each window its own transform's log-mel: its peak
     over its own frames, the reflection past its end where its audio reaches there."""
     signals, frames = _windows()
     made = batched_log_mels(signals, frames, 80, torch.device("cpu"))
     for signal, f, mel in zip(signals, frames, made, strict=True):
         assert mel.shape == (80, f)
-        torch.testing.assert_close(mel, _own(signal, f), atol=1e-5, rtol=0)
+        torch.testing.assert_close(mel, window_log_mel(signal, f), atol=1e-5, rtol=0)
 
 
 def test_a_reflection_reaching_past_every_signal_fits_the_batch():
@@ -60,7 +54,7 @@ def test_a_reflection_reaching_past_every_signal_fits_the_batch():
     signals = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 16010)]
     made = batched_log_mels(signals, [100, 200], 80, torch.device("cpu"))
     for signal, f, mel in zip(signals, [100, 200], made, strict=True):
-        torch.testing.assert_close(mel, _own(signal, f), atol=1e-5, rtol=0)
+        torch.testing.assert_close(mel, window_log_mel(signal, f), atol=1e-5, rtol=0)
 
 
 def test_windows_of_one_length_in_a_wider_batch_take_their_peaks_over_their_own_frames():
@@ -69,12 +63,12 @@ def test_windows_of_one_length_in_a_wider_batch_take_their_peaks_over_their_own_
     click = np.zeros(16000, dtype=np.float32)
     click[-1] = 1.0
     (mel,) = batched_log_mels([click], [100], 80, torch.device("cpu"), width=200)
-    torch.testing.assert_close(mel, _own(click, 100), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mel, window_log_mel(click, 100), atol=1e-5, rtol=0)
     assert batched_log_mels([], [], 80, torch.device("cpu")) == []
 
 
 @pytest.mark.parametrize("frames", [100, 400])
-def test_windows_of_one_length_are_trimmed_on_the_cpu_and_equal_their_own(frames):
+def test_windows_of_one_length_are_trimmed_on_the_cpu_and_equal_theirwindow_log_mel(frames):
     """On the CPU, windows of one length whose audio stops short of their end transform only as far as their
     audio reaches (plus one FFT window), the rest filled in as silence, with the same values."""
     rng = np.random.default_rng(4)
@@ -82,4 +76,4 @@ def test_windows_of_one_length_are_trimmed_on_the_cpu_and_equal_their_own(frames
     signals = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in lengths]
     made = batched_log_mels(signals, [frames] * len(signals), 80, torch.device("cpu"))
     for signal, mel in zip(signals, made, strict=True):
-        torch.testing.assert_close(mel, _own(signal, frames), atol=1e-5, rtol=0)
+        torch.testing.assert_close(mel, window_log_mel(signal, frames), atol=1e-5, rtol=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import AUDIO, TINY
-from tests.support import decisive_model, read_wav
+from tests.support import decisive_model, read_wav, window_log_mel
 from voxserve.audio.features import log_mel_spectrogram
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import WindowDecoder
@@ -58,10 +58,7 @@ def test_audio_windows_decode_as_their_log_mels(model, tokenizer, packed):
     speech = read_wav(AUDIO / "samples" / "jfk.wav")
     clips = [speech[: int(16000 * s)] for s in (0.6, 1.0, 2.5, 2.7, 7.0)]
     frames = [100, 100, 400, 400, 800]
-    mels = [
-        log_mel_spectrogram(np.pad(c, (0, 160 * f - len(c))), 80)[:, :f]
-        for c, f in zip(clips, frames, strict=True)
-    ]
+    mels = [window_log_mel(c, f) for c, f in zip(clips, frames, strict=True)]
     config = EngineConfig(max_slots=8, max_admit=8, packed_encoder=packed)
     with make_engine(model, tokenizer, config) as engine:
         batch = BatchDecoder(engine, model, tokenizer)

@@ -1,6 +1,6 @@
-"""The off-by-default Triton kernels (engine/scatter.py, model/fp8rows.py) run on the CPU in Triton's interpreter.
+"""The Triton kernels (engine/scatter.py, model/fp8rows.py) run on the CPU in Triton's interpreter.
 
-Their GPU tests (tests/gpu) are the word on whether they can be on; this checks their index and arithmetic logic
+Their GPU tests (tests/gpu) are the word on whether they can be on (they passed on an H100, stop 23); this checks their index and arithmetic logic
 wherever Triton is installed (the GPU machine's torch brings it; the CPU build and CI lack it, so the test skips
 there: ``pip install triton`` to run it). The interpreter must be chosen before the kernels are defined, so the
 checks run in a child process with TRITON_INTERPRET=1. Its fp8 cast rounds wrongly where a mantissa carries into
