@@ -91,7 +91,7 @@ class PolicyState:
         # (slot, id) pairs built by numpy: as a Python list of tuples they took ~0.8 ms of the engine thread's time
         # for 40 rows of Whisper's ~90 suppressed ids (2-core CPU), at every live admission
         owners = np.repeat(np.asarray(slots, dtype=np.int64), [len(ids) for ids in suppressed])
-        every_id = np.concatenate(suppressed) if suppressed else owners
+        every_id = np.concatenate(suppressed) if suppressed else np.zeros(0, dtype=np.int64)
         pairs = torch.from_numpy(np.stack([owners, every_id], axis=1))
         ints, pair = upload_together(device, ints, pairs)
         temperature = upload(torch.tensor([s.temperature for s in specs], dtype=torch.float32), device)
