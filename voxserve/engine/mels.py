@@ -12,7 +12,7 @@ With ``MERGE_LENGTHS`` (off by default) every window of an admission on CUDA, wh
 transform at the longest window's length. Why: the FFTs are ~0.04 ms of device time there, but at 400 live streams
 (large-v3 fp16, H100, bench/profile_streams.py --phases, stop 23) the log-mels took 10.7 ms of an admission's 53 ms
 with their host time equal to their device time: the device waited for the engine's thread, which launched ~20
-torch operations per window length (each may wait for the GIL). Not yet measured on a GPU: `bash bench/gpu_check.sh
+torch operations per window length (counted in the code; each may wait for the GIL). Not yet measured on a GPU: `bash bench/gpu_check.sh
 kernels-ab` compares it with one transform per length (``MERGE_LENGTHS``). The price: every row is transformed at
 the longest window's length (an admission with one 30 s window among short ones: ~1 GB of transient device memory
 at 64 rows, by arithmetic). On the CPU, where the FFT is the cost, one transform per window length, and only as far
