@@ -95,7 +95,9 @@ if triton is not None:
             scale = tl.load(S + row)
         else:
             amax = tl.reduce(tl.abs(x), 0, _max_keeping_nan)  # as torch's amax: a NaN makes the row NaN
-            scale = tl.maximum(amax, 1e-12, propagate_nan=tl.PropagateNan.ALL) * inv_max
+            # inv_max is a float32 value, but Inductor passes a Python float as fp64 (seen under torch.compile
+            # on an H100): cast, or the scale and the division below would be fp64
+            scale = tl.maximum(amax, 1e-12, propagate_nan=tl.PropagateNan.ALL) * tl.cast(inv_max, tl.float32)
             tl.store(S + row, scale)
         y = tl.math.div_rn(x, scale)
         y = tl.minimum(
