@@ -37,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from voxserve.cli.bench import seconds_list
 from voxserve.engine import mels
+from voxserve.engine.audio_cache import AudioCache
 from voxserve.engine.engine import Engine
 from voxserve.engine.packed import pass_size
 from voxserve.engine.runner import Runner
@@ -217,6 +218,7 @@ VARIANT_KEYS = {
     "every": float,
     "torchthreads": int,
     "mergedmels": int,
+    "audiocache": int,
 }
 
 
@@ -261,6 +263,9 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             engine.runner.packed_prefill = bool(current["prefill"])
         if "mergedmels" in current:
             mels.MERGE_LENGTHS = bool(current["mergedmels"])
+        if "audiocache" in current:  # a fresh one, or none: every window's audio sent whole
+            on = current["audiocache"] and engine.runner.device.type == "cuda"
+            engine.runner.audio_cache = AudioCache(engine.runner.device) if on else None
         init(self, whisper, engine, *args, **kwargs)
 
     def variant_options(**kw: Any) -> Any:
@@ -508,6 +513,11 @@ def main() -> None:
     )
     p.add_argument("--max-admit", type=int, default=64)
     p.add_argument(
+        "--encoder-precision",
+        choices=["fp8"],
+        help="the encoder's Linears in fp8 beside a half-precision model (as bench --encoder-precision)",
+    )
+    p.add_argument(
         "--window-buckets",
         type=seconds_list,
         help="short windows' lengths in seconds, comma-separated (default: LiveOptions', 1,2,4,8,16)",
@@ -535,7 +545,8 @@ def main() -> None:
         "windows every S seconds instead of --window-buckets; with packed=1 only, whose graphs cover any length), "
         "torchthreads=N (torch.set_num_threads for the process from this variant on), mergedmels=0|1 (an "
         "admission's engine log-mels in one transform for every window length, or one per length: engine/mels.py "
-        "MERGE_LENGTHS); "
+        "MERGE_LENGTHS), audiocache=0|1 (live utterances' audio kept on the device between partials, or sent whole "
+        "each time: engine/audio_cache.py); "
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()
@@ -572,6 +583,7 @@ def main() -> None:
         short_windows=True,
         window_buckets_s=args.window_buckets,
         max_admit=args.max_admit,
+        encoder_precision=args.encoder_precision,
         vad="oracle",
     )
     doc, _ = run_streams(plan, sys.argv, log=lambda *a: None)

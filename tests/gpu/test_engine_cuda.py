@@ -6,6 +6,7 @@ Run on the GPU machine: ``python3 -m pytest -q -m gpu tests/gpu``.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -359,10 +360,21 @@ def test_audio_windows_on_cuda_decode_as_the_reference_fp32(
         batch = BatchDecoder(eng, model, tokenizer)
         pending = [batch.submit(w, options) for w in windows]
         got = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
+        # keyed (live utterances): their audio is kept on the device; the second time nothing is sent
+        keyed = [replace(w, key=i) for i, w in enumerate(windows)]
+        cache = eng.runner.audio_cache
+        runs = []
+        for _ in range(2):
+            sent = cache.sent
+            pending = [batch.submit(w, options) for w in keyed]
+            runs.append(
+                ([d.result_from(t.result(timeout=120)).tokens for d, t in pending], cache.sent - sent)
+            )
     finally:
         eng.close()
     assert got == expected
     assert any(len(t) > 3 for t in got)
+    assert runs == [(expected, sum(len(c) for c in clips)), (expected, 0)]
 
 
 def test_packed_graphs_take_device_log_mels_as_host_ones_fp16(tokenizer) -> None:

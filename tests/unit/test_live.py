@@ -93,12 +93,22 @@ class ScriptedService:
         self.stats = LiveStats()
         self.window_samples = 16000 * 30
         self.whisper = SimpleNamespace(tokenizer=SimpleNamespace(is_multilingual=False))
-        self.texts, self.decoded, self.prefixes, self.streaming = list(texts), [], [], []
+        self.texts, self.decoded, self.prefixes, self.streaming, self.keys = list(texts), [], [], [], []
 
     async def decode(
-        self, samples, *, language, prompt, on_ticket=None, partial=False, prefix=None, streaming=None
+        self,
+        samples,
+        *,
+        language,
+        prompt,
+        on_ticket=None,
+        partial=False,
+        prefix=None,
+        streaming=None,
+        audio_key=None,
     ):
         self.decoded.append(len(samples))
+        self.keys.append(audio_key)
         self.prefixes.append(prefix)
         self.streaming.append(streaming)
         text = self.texts.pop(0)
@@ -171,6 +181,8 @@ def test_session_partials_then_final_replaces_them():
     assert types.index("input_audio_buffer.committed") + 1 == types.index("conversation.item.created")
     assert service.decoded[-1] == 30 * 1600  # the final decodes the whole item
     assert {d["item_id"] for d in deltas} == {completed["item_id"]}
+    # every decode of the item starts at its first sample: all name the item, for the engine's audio cache
+    assert service.keys == [completed["item_id"]] * 7
     # every chunk's latency is counted once: by a partial, or by the final
     assert len(service.stats.text_latency) == 30
     # the partials and the final share the item's kept log-mel frames (all start at its first sample)

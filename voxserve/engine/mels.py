@@ -29,9 +29,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from ..audio.features import fill_silence, log_mel_power, normalize_log_mel
 from ..config import HOP_LENGTH, N_FFT
+from .audio_cache import AudioCache
 from .transfer import upload
 from .types import AudioWindow
 
@@ -44,25 +46,35 @@ _REFLECTED = N_FFT // 2 - HOP_LENGTH
 MERGE_LENGTHS = os.environ.get("VOXSERVE_MERGED_MELS") == "1"
 
 
-def window_mels(windows: Sequence[Tensor | AudioWindow], n_mels: int, device: torch.device) -> list[Tensor]:
+def window_mels(
+    windows: Sequence[Tensor | AudioWindow],
+    n_mels: int,
+    device: torch.device,
+    cache: AudioCache | None = None,
+) -> list[Tensor]:
     """Each window's log-mel [n_mels, frames]: tensors as they are, ``AudioWindow``s made on ``device`` (float32):
-    one batched transform per window length, or on CUDA with ``MERGE_LENGTHS`` all in one."""
+    one batched transform per window length, or on CUDA with ``MERGE_LENGTHS`` all in one. With ``cache`` the
+    audio reaches the device through it (keyed windows send only what their key gained)."""
     out: list[Tensor | AudioWindow] = list(windows)
+    audio_rows = [i for i, w in enumerate(windows) if isinstance(w, AudioWindow)]
+    audio: list[AudioWindow] = [windows[i] for i in audio_rows]  # type: ignore[misc]
+    sent = cache.signals(audio) if cache is not None else [w.samples for w in audio]
+    signals = dict(zip(audio_rows, sent, strict=True))
     merged = device.type == "cuda" and MERGE_LENGTHS
     groups: dict[int, list[int]] = {}
-    for i, w in enumerate(windows):
-        if isinstance(w, AudioWindow):
-            groups.setdefault(0 if merged else w.frames, []).append(i)
+    for i, w in zip(audio_rows, audio, strict=True):
+        groups.setdefault(0 if merged else w.frames, []).append(i)
     for rows in groups.values():
-        audio: list[AudioWindow] = [windows[i] for i in rows]  # type: ignore[misc]
-        mels = batched_log_mels([w.samples for w in audio], [w.frames for w in audio], n_mels, device)
-        for i, mel in zip(rows, mels, strict=True):
+        frames = [windows[i].frames for i in rows]  # type: ignore[union-attr]
+        for i, mel in zip(
+            rows, batched_log_mels([signals[i] for i in rows], frames, n_mels, device), strict=True
+        ):
             out[i] = mel
     return out  # type: ignore[return-value]
 
 
 def batched_log_mels(
-    samples: Sequence[np.ndarray],
+    samples: Sequence[np.ndarray | Tensor],
     frames: Sequence[int],
     n_mels: int,
     device: torch.device,
@@ -70,10 +82,10 @@ def batched_log_mels(
     rows: int = 0,
     width: int = 0,
 ) -> list[Tensor]:
-    """Signals (float32, signal i at most ``frames[i]`` hops long) -> their windows' log-mels [n_mels, frames[i]]
-    (views of one batch), in one transform at the longest window's length (or ``width`` frames, if more); on CUDA
-    of their count (or ``rows``, if more) rounded up to a power of two, the padding rows silence. ``samples``
-    may be empty: warm-up makes the FFT plan of a shape that way."""
+    """Signals (float32, host arrays or 1-D tensors on ``device``; signal i at most ``frames[i]`` hops long) ->
+    their windows' log-mels [n_mels, frames[i]] (views of one batch), in one transform at the longest window's
+    length (or ``width`` frames, if more); on CUDA of their count (or ``rows``, if more) rounded up to a power of
+    two, the padding rows silence. ``samples`` may be empty: warm-up makes the FFT plan of a shape that way."""
     cuda = device.type == "cuda"
     width = max([*frames, width])
     if not width:
@@ -84,32 +96,17 @@ def batched_log_mels(
     # transformed (the later frames, silence in every row, filled in as silence_level, as LiveService.mel does):
     # full 30 s windows of a few seconds of speech made each admission of 4 streams ~40 ms slower on one thread.
     trimmed = not cuda and len(set(frames)) == 1
-    longest = max((len(s) for s in samples), default=0)
     if trimmed:
-        n = min(n, longest + N_FFT)
-    # A window shorter than the batch whose audio reaches its last samples: its last frame reads past the
-    # window's end, where its own transform has the window's reflection and the batch has zeros; those samples
-    # are written as its reflection.
-    tails = [
-        j
-        for j, (s, f) in enumerate(zip(samples, frames, strict=True))
-        if f * HOP_LENGTH < n and len(s) > f * HOP_LENGTH - _REFLECTED - 1
-    ]
-    reach = max([longest, *(frames[j] * HOP_LENGTH + _REFLECTED for j in tails)])
+        n = min(n, max((len(s) for s in samples), default=0) + N_FFT)
     x = torch.zeros(rows, n, device=device)
-    if reach:  # only the samples up to the furthest reach travel; the zeros after them are already there
-        host = torch.empty(len(samples), reach, pin_memory=cuda)
-        block = host.numpy()
-        for j, signal in enumerate(samples):
-            block[j, : len(signal)] = signal
-            block[j, len(signal) :] = 0.0
-        for j in tails:
-            end = frames[j] * HOP_LENGTH
-            # torch's "reflect" padding: sample end - 2 - i lands at end + i (the last sample is not repeated)
-            block[j, end : end + _REFLECTED] = block[j, end - 2 - np.arange(_REFLECTED)]
-        # one contiguous pinned copy (queued; the caching host allocator keeps ``host`` until it is done), then
-        # into the rows on the device
-        x[: len(samples), :reach] = upload(host, device)
+    _fill_rows(x, samples)
+    for j, (signal, f) in enumerate(zip(samples, frames, strict=True)):
+        end = f * HOP_LENGTH
+        # A window shorter than the batch whose audio reaches its last samples: its last frame reads past the
+        # window's end, where its own transform has the window's reflection and the batch has zeros. torch's
+        # "reflect" padding: sample end - 2 - i lands at end + i (the last sample is not repeated).
+        if end < n and len(signal) > end - _REFLECTED - 1:
+            x[j, end : end + _REFLECTED] = x[j, end - 1 - _REFLECTED : end - 1].flip(0)
     log_spec = log_mel_power(x, n_mels)[..., :width]
     own = None
     if frames and min(frames) < width:  # peaks over each window's own frames
@@ -118,3 +115,23 @@ def batched_log_mels(
     if trimmed:
         mel = fill_silence(mel, width)
     return [mel[j, :, :f] for j, f in enumerate(frames)]
+
+
+def _fill_rows(x: Tensor, samples: Sequence[np.ndarray | Tensor]) -> None:
+    """Each signal at the start of its row of ``x`` (zeros): host arrays in one copy (one pinned block on CUDA,
+    queued), then every row in one padded batch (its copies launched by torch, not by this thread one by one)."""
+    host = [j for j, s in enumerate(samples) if not isinstance(s, Tensor)]
+    parts: list[Tensor] = [s if isinstance(s, Tensor) else torch.empty(0) for s in samples]
+    if host and x.is_cuda:
+        block = torch.empty(sum(len(samples[j]) for j in host), pin_memory=True)
+        if block.numel():
+            np.concatenate([samples[j] for j in host], out=block.numpy())
+        sent = upload(block, x.device).split([len(samples[j]) for j in host])
+        for j, part in zip(host, sent, strict=True):
+            parts[j] = part
+    else:
+        for j in host:
+            parts[j] = torch.from_numpy(np.asarray(samples[j], dtype=np.float32))
+    longest = max((len(p) for p in parts), default=0)
+    if longest:
+        x[: len(parts), :longest] = pad_sequence(parts, batch_first=True)

@@ -27,6 +27,7 @@ from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features
 from ..model.whisper import Whisper
 from . import fused, kv8, packed, packed_prefill
 from .attention import choose_splits, decode_attention, decode_self_attention
+from .audio_cache import AudioCache
 from .mels import batched_log_mels, window_mels
 from .policy import PolicyState
 from .scatter import scatter_rows
@@ -216,6 +217,8 @@ class Runner:
         self.prefill_graphs = prefill_graphs and self.use_graphs
         # the window lengths (mel frames) warm-up prepares the encoder for: the full window and any shorter ones
         self.window_frames = tuple(sorted({2 * d.n_audio_ctx, *short_window_frames}))
+        # live utterances' audio kept on the device between their partials (on CUDA, where sending it costs)
+        self.audio_cache = AudioCache(self.device) if self.device.type == "cuda" else None
         self.encoder_buckets = tuple(1 << i for i in range(max_encode.bit_length()) if 1 << i <= max_encode)
         self.max_encode = max_encode
         # Windows shorter than the model's encoded in one packed pass (engine/packed.py) rather than one padded
@@ -311,7 +314,7 @@ class Runner:
         first token under its spec's policy. Host data reaches the device in non-blocking copies; the only wait
         is for the first tokens at the end (and for languages, when asked)."""
         n = len(slots)
-        mels = window_mels(windows, self.model.dims.n_mels, self.device)
+        mels = window_mels(windows, self.model.dims.n_mels, self.device, self.audio_cache)
         if len({m.device.type for m in mels}) > 1:  # host mels beside device-made ones: all on the device
             mels = [m if m.device.type == self.device.type else upload(m, self.device) for m in mels]
         full = 2 * self.model.dims.n_audio_ctx

@@ -4,6 +4,7 @@ knows token ids and features). The decoding layer above turns options into a Row
 from __future__ import annotations
 
 import itertools
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -46,6 +47,9 @@ class AudioWindow:
 
     samples: np.ndarray  # float32 16 kHz samples, at most frames * HOP_LENGTH of them
     frames: int  # the window's length in mel frames (even; the model's window at most)
+    # Names a growing signal whose every window is a prefix of it (a live utterance from its first sample): the
+    # engine keeps its audio on the device and sends only the samples it gains (engine/audio_cache.py)
+    key: Hashable | None = None
 
 
 @dataclass

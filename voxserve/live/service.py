@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -313,10 +313,15 @@ class LiveService:
             target = min([f for f in fits if f >= n] or [self.window_samples])
         return target // HOP_LENGTH
 
-    def audio_window(self, samples: np.ndarray) -> AudioWindow:
-        """An utterance's window (its last 30 s at most) as audio, for the engine to make its log-mel."""
-        samples = samples[-self.window_samples :]
-        return AudioWindow(np.ascontiguousarray(samples, dtype=np.float32), self.window_frames(len(samples)))
+    def audio_window(self, samples: np.ndarray, key: Hashable | None = None) -> AudioWindow:
+        """An utterance's window (its last 30 s at most) as audio, for the engine to make its log-mel. ``key``:
+        the utterance's, where ``samples`` start at its first sample (the engine keeps its audio on the device
+        and sends only what it gained since; AudioWindow.key)."""
+        if len(samples) > self.window_samples:
+            samples, key = samples[-self.window_samples :], None
+        return AudioWindow(
+            np.ascontiguousarray(samples, dtype=np.float32), self.window_frames(len(samples)), key
+        )
 
     def mel(self, samples: np.ndarray, streaming: StreamingLogMel | None = None) -> torch.Tensor:
         """The window mel for an utterance (CPU, float32; ``window_frames`` long). ``streaming``: the utterance's
@@ -344,13 +349,15 @@ class LiveService:
         partial: bool = False,
         prefix: str | None = None,
         streaming: StreamingLogMel | None = None,
+        audio_key: Hashable | None = None,
     ) -> DecodingResult:
         """Decode one utterance (16 kHz samples) at realtime priority; ``on_ticket`` gets the engine ticket
         (to cancel it when the stream goes away). A partial has a deadline (``decode_timeout_s``): past it, its
         result has finish_reason "deadline" and what was decoded by then. ``prefix`` is text forced at the start
         of the transcript (a partial's committed words, which never change): only the rest is decoded, and the
         result's text is the rest only. ``streaming`` keeps the utterance's log-mel frames between its decodes
-        with ``mels="host"`` (``samples`` must then start at the utterance's first sample)."""
+        with ``mels="host"`` (``samples`` must then start at the utterance's first sample); ``audio_key`` names the
+        utterance for the engine with ``mels="engine"`` (the same condition; ``audio_window``)."""
         started = time.monotonic()
         mel = None
         for attempt in range(2):
@@ -362,7 +369,7 @@ class LiveService:
             decoder, spec = self.request_spec(language, prompt, prefix, len(samples))
             if mel is None:  # audio for the engine needs no worker thread
                 mel = (
-                    self.audio_window(samples)
+                    self.audio_window(samples, audio_key)
                     if self.options.mels == "engine"
                     else await asyncio.to_thread(self.mel, samples, streaming)
                 )

@@ -451,6 +451,7 @@ class LiveSession:
                 partial=not final,
                 prefix=prefix or None,
                 streaming=item.mels if from_start else None,
+                audio_key=item.id if from_start else None,
             )
         except Exception as e:  # noqa: BLE001 - one stream's failure is reported to it, never raised further
             if not isinstance(e, EngineError):

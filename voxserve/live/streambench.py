@@ -279,6 +279,8 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         # the Triton kernels (on by default; VOXSERVE_SCATTER_KERNEL=0, ..._FP8ROWS_KERNEL=0 turn them off)
         scatter_kernel=scatter.KERNEL,
         fp8rows_kernel=fp8rows.KERNEL,
+        # live utterances' audio kept on the device between partials (engine/audio_cache.py; on CUDA)
+        audio_cache=engine.runner.audio_cache is not None,
         merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)
         decoding="greedy, no timestamps, language en"
         + (f"; exactly {fixed:g} tokens per second of audio (end-of-text suppressed)" if fixed else ""),
