@@ -8,15 +8,21 @@ without). A request may instead carry its audio (``AudioWindow``): the engine tr
 in batches, rows padded to a power of two so that few FFT plans serve every admission and warm-up can make them
 all.
 
+The admitted audio reaches the device in one copy from one pinned block of the signals end to end (zeros are
+never sent), or through the runner's ``AudioCache`` (a live utterance's samples sent once, engine/audio_cache.py);
+torch's ``pad_sequence`` lays the signals into the batch's rows, and a window's end is reflected on the device.
+Why: the engine's thread copying every window's audio into a zero-padded pinned block was 7.3 ms of the log-mels'
+host time (64 windows of 0.3-12 s, H100 host, a scratch timing of ``window_mels``'s parts, 2026-12-07), while
+the transform itself is ~0.04 ms of device time.
+
 With ``MERGE_LENGTHS`` (off by default) every window of an admission on CUDA, whatever its length, goes through one
-transform at the longest window's length. Why: the FFTs are ~0.04 ms of device time there, but at 400 live streams
-(large-v3 fp16, H100, bench/profile_streams.py --phases, stop 23) the log-mels took 10.7 ms of an admission's 53 ms
-with their host time equal to their device time: the device waited for the engine's thread, which launched ~20
-torch operations per window length (counted in the code; each may wait for the GIL). Not yet measured on a GPU: `bash bench/gpu_check.sh
-kernels-ab` compares it with one transform per length (``MERGE_LENGTHS``). The price: every row is transformed at
-the longest window's length (an admission with one 30 s window among short ones: ~1 GB of transient device memory
-at 64 rows, by arithmetic). On the CPU, where the FFT is the cost, one transform per window length, and only as far
-as its longest signal reaches.
+transform at the longest window's length, instead of ~20 torch operations per window length (counted in the code).
+Measured (400 live streams, large-v3 fp16, H100, bench/profile_streams.py --phases, 2026-12-07): the log-mels'
+host time 14.0 -> 11.4 ms and the admission 53.8 -> 47.3 ms in one run, but 12.3 ms in the next run's merged
+variant, and 8.0-10.2 ms either way in a scratch timing of ``window_mels`` alone: within the runs' spread, so it
+stays off. The price: every row is transformed at the longest window's length (an admission with one 30 s window
+among short ones: ~1 GB of transient device memory at 64 rows, by arithmetic). On the CPU, where the FFT is the
+cost, one transform per window length, and only as far as its longest signal reaches.
 
 The values are ``log_mel_spectrogram``'s for each window: its audio followed by silence up to ``frames``.
 """
@@ -40,7 +46,7 @@ from .types import AudioWindow
 # The last frame a window keeps is centred HOP_LENGTH before its end and reaches N_FFT // 2 past its centre:
 # this many samples past the window's end, which the window's own transform takes from its reflection.
 _REFLECTED = N_FFT // 2 - HOP_LENGTH
-# On CUDA, every window length of an admission in one transform; off (one per length) until measured on a GPU.
+# On CUDA, every window length of an admission in one transform; off (one per length): no gain beyond noise yet.
 # VOXSERVE_MERGED_MELS=1 (read at import) turns it on for a process; the profile's variant mergedmels=0|1 switches
 # it on one engine (bench/profile_streams.py)
 MERGE_LENGTHS = os.environ.get("VOXSERVE_MERGED_MELS") == "1"
