@@ -52,8 +52,8 @@ def stamped(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def instrument() -> None:
     for cls, names in (
-        (Engine, ("_admit", "_step")),
-        (Runner, ("encode", "_run_prefill", "launch", "collect", "_detect_languages")),
+        (Engine, ("_launch_admission", "_finish_admission", "_step")),
+        (Runner, ("encode", "_run_prefill", "launch", "collect", "_detect_languages", "finish_admission")),
     ):
         for name in names:
             setattr(cls, name, stamped(f"{cls.__name__}.{name}", getattr(cls, name)))

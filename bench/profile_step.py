@@ -71,7 +71,7 @@ def main() -> None:
                 # A fresh pool for the next variant's graphs: capturing into the pool of graphs just freed trips
                 # an internal assert of the caching allocator (seen on torch 2.11).
                 runner._graphs.clear()
-                runner._pool = None
+                runner._pools = dict.fromkeys(runner._pools)
                 graph_timing(runner, label)
             os.environ.pop("VOXSERVE_PDL")
             mel = torch.randn(1, dims.n_mels, 3000, device="cuda", dtype=dtype)

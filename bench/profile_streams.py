@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,7 @@ loop_lag: list[float] = []  # how late a 10 ms timer of the callers' event loop 
 # the event loop thread's CPU time and the wall time over which it was measured (seconds), per run
 loop_cpu: list[tuple[float, float]] = []
 state = {"on": False, "profile_at": -1}
+engines: list[Engine] = []  # the bench's engine, once built (steps beside admissions, per variant)
 
 
 def sync() -> None:
@@ -119,20 +121,26 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, float]] = []
 
 
-def marked(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def marked(
+    name: str, fn: Callable[..., Any], stream: Callable[..., Any] = lambda *args: None
+) -> Callable[..., Any]:
     """``fn`` with CUDA events recorded before and after it and its host time kept, nothing synchronised: what
     an engine call and each part of an admission take on the device as the real engine runs them (a part's
-    device time includes any wait for the host's launches inside it)."""
+    device time includes any wait for the host's launches inside it). ``stream(*args)``: the stream its work
+    goes to, where not the current one (decode steps beside overlapped admissions)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not state["on"]:
             return fn(*args, **kwargs)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        on = stream(*args)
+        with torch.cuda.stream(on) if on is not None else contextlib.nullcontext():
+            start.record()
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         dt = time.perf_counter() - t0
-        end.record()
+        with torch.cuda.stream(on) if on is not None else contextlib.nullcontext():
+            end.record()
         marks.append((name, start, end, dt))
         return out
 
@@ -145,8 +153,11 @@ def instrument_phases() -> None:
     from voxserve.engine import runner
     from voxserve.engine.policy import PolicyState
 
-    Engine._admit = marked("admit", Engine._admit)
-    Engine._step = marked("step", Engine._step)
+    # inside the admission stream's context where admissions overlap steps
+    Runner._launch_admission = marked("admit", Runner._launch_admission)
+    Engine._step = marked(
+        "step", Engine._step, lambda engine: engine.runner.step_stream if engine.runner.overlap else None
+    )
     runner.window_mels = marked("  mels", runner.window_mels)
     Runner.encode = marked("  encode", Runner.encode)
     Runner.encode_packed = marked("  packed", Runner.encode_packed)
@@ -171,13 +182,19 @@ def report_phases() -> None:
             f" ms, total {sum(p[1] for p in pairs) / 1e3:6.2f} s"
         )
     top = [m for m in marks if not m[0].startswith(" ")]
-    span = top[0][1].elapsed_time(top[-1][2]) if top else 0.0
-    if span > 0:
-        inside = sum(s.elapsed_time(e) for _, s, e, _ in top)
-        print(
-            f"engine calls: {span / 1e3:.2f} s from the first to the last on the device, {inside / 1e3:.2f} s "
-            f"inside calls ({100 * inside / span:.0f}%), {100 * (span - inside) / span:.0f}% between them"
-        )
+    if top:  # calls as intervals from the first call's start (admissions and steps may overlap: their union)
+        origin = top[0][1]
+        spans = sorted((origin.elapsed_time(s), origin.elapsed_time(e)) for _, s, e, _ in top)
+        span = max(e for _, e in spans) - spans[0][0]
+        inside, reach = 0.0, spans[0][0]
+        for a, b in spans:
+            inside += max(0.0, b - max(a, reach))
+            reach = max(reach, b)
+        if span > 0:
+            print(
+                f"engine calls: {span / 1e3:.2f} s from the first to the last on the device, {inside / 1e3:.2f} s "
+                f"inside calls ({100 * inside / span:.0f}%), {100 * (span - inside) / span:.0f}% between them"
+            )
     marks.clear()
 
 
@@ -219,6 +236,7 @@ VARIANT_KEYS = {
     "torchthreads": int,
     "mergedmels": int,
     "audiocache": int,
+    "overlap": int,
 }
 
 
@@ -248,6 +266,7 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             clear()
         current.clear()
         current.update(pending.pop(0))
+        engines[:] = [engine]
         print(f"--- variant {current or 'defaults'}")
         engine.config = replace(
             engine.config,
@@ -263,6 +282,10 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             engine.runner.packed_prefill = bool(current["prefill"])
         if "mergedmels" in current:
             mels.MERGE_LENGTHS = bool(current["mergedmels"])
+        if "overlap" in current:  # only where the engine was built with overlapped admissions (its streams)
+            if current["overlap"] and engine.runner.admit_stream is None:
+                raise SystemExit("--variant overlap=1 needs --overlap-admissions (the engine's own streams)")
+            engine.runner.overlap = bool(current["overlap"])
         if "audiocache" in current:  # a fresh one, or none: every window's audio sent whole
             on = current["audiocache"] and engine.runner.device.type == "cuda"
             engine.runner.audio_cache = AudioCache(engine.runner.device) if on else None
@@ -293,7 +316,7 @@ def clear() -> None:
 def instrument() -> None:
     streambench._simulate = watch_loop(streambench._simulate)
     LiveService.mel = timed("mel", LiveService.mel)
-    Engine._admit = timed("admit", Engine._admit)
+    Engine._launch_admission = timed("admit", Engine._launch_admission)
     Engine._step = timed("step", Engine._step)
     Runner.encode = timed("encode", Runner.encode)
     Runner.encode_packed = timed("packed", Runner.encode_packed)
@@ -442,6 +465,10 @@ def host_only(delay_s: float) -> None:
 
 def report() -> None:
     report_phases()
+    if engines:
+        eng = engines[0]
+        print(f"decode steps launched while an admission was on the device: {eng.steps_beside_admissions}")
+        eng.steps_beside_admissions = 0
     if sampler is not None:
         sampler.report()
         sampler.reset()
@@ -518,6 +545,12 @@ def main() -> None:
         help="the encoder's Linears in fp8 beside a half-precision model (as bench --encoder-precision)",
     )
     p.add_argument(
+        "--overlap-admissions",
+        action="store_true",
+        help="build the engine with admissions on their own CUDA stream (as bench --overlap-admissions); "
+        "variant overlap=0 then runs them one after the other on the same engine",
+    )
+    p.add_argument(
         "--window-buckets",
         type=seconds_list,
         help="short windows' lengths in seconds, comma-separated (default: LiveOptions', 1,2,4,8,16)",
@@ -546,7 +579,8 @@ def main() -> None:
         "torchthreads=N (torch.set_num_threads for the process from this variant on), mergedmels=0|1 (an "
         "admission's engine log-mels in one transform for every window length, or one per length: engine/mels.py "
         "MERGE_LENGTHS), audiocache=0|1 (live utterances' audio kept on the device between partials, or sent whole "
-        "each time: engine/audio_cache.py); "
+        "each time: engine/audio_cache.py), overlap=0|1 (admissions beside the decode steps, with "
+        "--overlap-admissions); "
         "repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()
@@ -584,6 +618,7 @@ def main() -> None:
         window_buckets_s=args.window_buckets,
         max_admit=args.max_admit,
         encoder_precision=args.encoder_precision,
+        overlap_admissions=args.overlap_admissions,
         vad="oracle",
     )
     doc, _ = run_streams(plan, sys.argv, log=lambda *a: None)

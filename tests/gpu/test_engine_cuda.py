@@ -6,6 +6,7 @@ Run on the GPU machine: ``python3 -m pytest -q -m gpu tests/gpu``.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -93,15 +94,24 @@ def test_quantize_into_the_cache_equals_the_eager_quantization() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fused_step", "lookahead"),
-    [(False, False), (True, False), (True, True)],
-    ids=["unfused", "fused", "lookahead"],
+    ("fused_step", "lookahead", "overlap"),
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+    ids=["unfused", "fused", "lookahead", "overlap"],
 )
-def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_step, lookahead) -> None:
+def test_engine_tokens_equal_reference_fp32_with_graphs(
+    tokenizer, mels, fused_step, lookahead, overlap
+) -> None:
+    """overlap: admissions on their own stream beside the steps (EngineConfig.overlap_admissions), rows joining
+    once their admission is done: the same tokens, and steps did run while admissions were on the device."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
     config = EngineConfig(
-        max_slots=3, max_admit=2, cuda_graphs=True, fused_step=fused_step, lookahead=lookahead
+        max_slots=3,
+        max_admit=2,
+        cuda_graphs=True,
+        fused_step=fused_step,
+        lookahead=lookahead,
+        overlap_admissions=overlap,
     )
     eng = make_engine(model, tokenizer, config)
     try:
@@ -122,6 +132,7 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(tokenizer, mels, fused_s
         assert (2, 4, model.dims.n_audio_ctx, False) in eng.runner._prefill_graphs
         # The prompted windows' longer prompts (previous text) ran through a longer prompt-length bucket's graph.
         assert any(t > 4 for _, t, _, _ in eng.runner._prefill_graphs), sorted(eng.runner._prefill_graphs)
+        assert (eng.steps_beside_admissions > 0) is overlap
     finally:
         eng.close()
 
@@ -483,3 +494,45 @@ def test_packed_prefill_fp16_engine_decodes_as_the_padded_prefill(tokenizer) -> 
             eng.close()
     assert results[True] == results[False]
     assert any(len(t) > 3 for t in results[True])
+
+
+def test_overlapped_admissions_fp16_live_engine_decodes_as_serial(tokenizer) -> None:
+    """The live engine's form (fp16, audio windows made into log-mels on the device with the audio cache, packed
+    encoder and prefill, graphs after warm-up) with admissions on their own stream decodes growing utterances'
+    partials arriving over time to the tokens of the same engine admitting one after the other; rows stepped
+    while admissions ran."""
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    growth = [(0.7, 100), (1.5, 200), (2.5, 400), (3.5, 400), (6.0, 800), (9.0, 1600)]
+    results, beside = {}, {}
+    for on in (False, True):
+        config = EngineConfig(
+            max_slots=6,
+            max_admit=3,
+            short_window_frames=(100, 200, 400, 800, 1600),
+            packed_encoder=True,
+            packed_prefill=True,
+            overlap_admissions=on,
+        )
+        eng = make_engine(model, tokenizer, config)
+        try:
+            eng.runner.warmup()
+            batch = BatchDecoder(eng, model, tokenizer)
+            pending = []
+            for k, (seconds, frames) in enumerate(growth):
+                for utterance, start in enumerate((0, 16000)):  # two utterances, each keyed: its audio cached
+                    clip = speech[start : start + int(16000 * seconds)]
+                    window = AudioWindow(clip, frames, key=utterance)
+                    for p in ("", "and so my fellow Americans ask not"):
+                        opts = DecodingOptions(
+                            language="en", without_timestamps=True, sample_len=16, prompt=p
+                        )
+                        pending.append(batch.submit(window, opts))
+                time.sleep(0.002 * (k % 3))  # some arrive while others decode
+            results[on] = [d.result_from(t.result(timeout=120)).tokens for d, t in pending]
+            beside[on] = eng.steps_beside_admissions
+        finally:
+            eng.close()
+    assert results[True] == results[False]
+    assert any(len(t) > 3 for t in results[True])
+    assert beside[False] == 0 and beside[True] > 0

@@ -17,7 +17,7 @@ from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.batched import BatchDecoder, make_engine
 from voxserve.decoding.decode import decode_windows
 from voxserve.decoding.options import DecodingOptions, OptionsError
-from voxserve.engine.engine import EngineError
+from voxserve.engine.engine import Engine, EngineError
 from voxserve.engine.types import EngineConfig, Priority, TokenEvent, WindowOutput
 
 
@@ -40,12 +40,34 @@ def mels() -> torch.Tensor:
     return torch.stack([pad_or_trim(log_mel_spectrogram(x, 80)) for x in clips])
 
 
-@pytest.fixture(params=[None, True], ids=["default", "lookahead"])
+def admissions_done_after_steps(eng: Engine, lag: int) -> None:
+    """Make ``eng`` treat each admission as overlapped (EngineConfig.overlap_admissions) and its device work as
+    done only once ``lag`` more decode steps have run: what a slow admission on its own CUDA stream looks like to
+    the engine's turns, on the CPU."""
+    runner = eng.runner
+    launch = runner._launch_admission
+
+    @torch.no_grad()
+    def launch_admission(slots, specs, windows):
+        pending = launch(slots, specs, windows)
+        due = eng.steps + lag
+        pending.done = lambda: eng.steps >= due
+        return pending
+
+    runner.launch_admission = launch_admission
+    runner.overlap = True
+
+
+@pytest.fixture(params=[None, True, "overlap"], ids=["default", "lookahead", "overlap"])
 def engine(model, tokenizer, request):
-    """The engine as configured by default (on the CPU: in order), and with each step launched before the last
-    is read (its bookkeeping: late results of finished or re-used slots are dropped)."""
-    eng = make_engine(model, tokenizer, EngineConfig(max_slots=3, max_admit=2, lookahead=request.param))
-    assert eng.lookahead is bool(request.param)  # None: on with CUDA only, where a launch returns at once
+    """The engine as configured by default (on the CPU: in order), with each step launched before the last
+    is read (its bookkeeping: late results of finished or re-used slots are dropped), and with admissions that
+    finish only after two more steps (overlapped admissions: rows keep stepping while one is pending)."""
+    lookahead = request.param is True
+    eng = make_engine(model, tokenizer, EngineConfig(max_slots=3, max_admit=2, lookahead=lookahead))
+    assert eng.lookahead is lookahead  # None: on with CUDA only, where a launch returns at once
+    if request.param == "overlap":
+        admissions_done_after_steps(eng, 2)
     yield eng
     eng.close()
 
@@ -67,6 +89,7 @@ def test_engine_matches_reference_decoder(engine, model, tokenizer, mels, opts) 
     got = BatchDecoder(engine, model, tokenizer).decode(mels, options)
     assert [g.tokens for g in got] == [r.tokens for r in ref]
     assert len({len(r.tokens) for r in ref}) > 1  # rows finish at different steps: slots are reused mid-batch
+    assert (engine.steps_beside_admissions > 0) is engine.runner.overlap
     for g, r in zip(got, ref, strict=True):
         assert g.text == r.text and g.language == r.language and g.finish_reason == r.finish_reason
         assert g.avg_logprob == pytest.approx(r.avg_logprob, abs=1e-4)
@@ -92,6 +115,8 @@ def test_requests_arriving_at_random_steps(engine, model, tokenizer, mels) -> No
     for key, (decoder, ticket) in pending:
         assert decoder.result_from(ticket.result(timeout=60)).tokens == expected[key]
     assert engine.active == 0 and engine.queued == 0
+    # overlapped: rows stepped while admissions were pending, and joined later, with the same tokens
+    assert (engine.steps_beside_admissions > 0) is engine.runner.overlap
 
 
 def test_token_events_then_output(engine, model, tokenizer, mels) -> None:
@@ -133,13 +158,13 @@ def test_priorities_order_admission(model, tokenizer, mels) -> None:
 def _admission_steps(eng) -> list[tuple[int, int]]:
     """Record (decode steps so far, windows admitted) at each of ``eng``'s admissions."""
     seen: list[tuple[int, int]] = []
-    admit = eng._admit
+    admit = eng._launch_admission
 
     def recording(tickets):
         seen.append((eng.steps, len(tickets)))
         admit(tickets)
 
-    eng._admit = recording
+    eng._launch_admission = recording
     return seen
 
 

@@ -143,9 +143,11 @@ def test_warm_up_prepares_every_window_length_a_live_service_encodes(model, toke
     assert seen == {100, 200, 400, 3000}
 
 
-def test_a_failure_during_admission_reaches_the_requests_being_admitted(model, tokenizer):
-    """Requests taken off the queue but not yet decoding learn of an engine failure in their admission (they
-    waited forever: neither queued nor active when the engine failed them all)."""
+@pytest.mark.parametrize("where", ["launch_admission", "finish_admission"])
+def test_a_failure_during_admission_reaches_the_requests_being_admitted(model, tokenizer, where):
+    """Requests taken off the queue but not yet decoding learn of an engine failure in their admission, as it is
+    launched or when its first tokens are read (they waited forever: neither queued nor active when the engine
+    failed them all)."""
     from voxserve.engine.engine import EngineError
 
     opts = DecodingOptions(language="en", without_timestamps=True, sample_len=4)
@@ -155,7 +157,7 @@ def test_a_failure_during_admission_reaches_the_requests_being_admitted(model, t
         def fail(*args, **kwargs):
             raise RuntimeError("injected admission fault")
 
-        engine.runner.admit = fail
+        setattr(engine.runner, where, fail)
         ticket = engine.submit(WindowRequest(mel=_short_mels()[0], spec=spec))
         with pytest.raises(EngineError, match="injected admission fault"):
             ticket.result(timeout=60)

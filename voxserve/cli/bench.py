@@ -180,6 +180,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "batch padded to a captured shape, as `voxserve serve`)",
     )
     live.add_argument(
+        "--overlap-admissions",
+        action="store_true",
+        help="run admissions on a CUDA stream of their own beside the decode steps (EngineConfig."
+        "overlap_admissions; default: one after the other, as `voxserve serve`)",
+    )
+    live.add_argument(
         "--encoder-precision",
         choices=("fp8",),
         help="the encoder's block Linears in this precision (fp8: E4M3 with per-token scales, compute capability "
@@ -323,6 +329,7 @@ def run_streams(args: argparse.Namespace) -> int:
             packed_encoder=args.packed_encoder,
             encoder_precision=args.encoder_precision,
             packed_prefill=args.packed_prefill,
+            overlap_admissions=args.overlap_admissions,
             mels=args.mels,
             target_ms=args.target_ms,
             vad_model=args.vad_model,

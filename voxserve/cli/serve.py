@@ -59,6 +59,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run the prompts of requests admitted together end to end in one prefill pass instead of a batch "
         "padded to a captured shape (default: off; VOXSERVE_ENGINE_PACKED_PREFILL)",
     )
+    p.add_argument(
+        "--overlap-admissions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run admissions (encoder pass, prefill) on a CUDA stream of their own beside the decode steps, so "
+        "running requests keep decoding meanwhile (default: off; VOXSERVE_ENGINE_OVERLAP_ADMISSIONS)",
+    )
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -101,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["engine_packed_encoder"] = args.packed_encoder
     if args.packed_prefill is not None:
         overrides["engine_packed_prefill"] = args.packed_prefill
+    if args.overlap_admissions is not None:
+        overrides["engine_overlap_admissions"] = args.overlap_admissions
     if args.preload is not None:
         overrides["preload"] = args.preload
     try:

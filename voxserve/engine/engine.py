@@ -2,9 +2,11 @@
 
 One worker thread owns the device. Each turn it admits waiting windows into free slots (highest priority
 first; their encoder pass and prefill run together), then runs one decode step over every active slot, then
-retires the slots whose rows finished, so a freed slot takes a new request on the very next turn. Callers submit
-from any thread or event loop and get a :class:`Ticket`: a blocking ``result()``, or an async iterator of token
-events followed by the :class:`WindowOutput`.
+retires the slots whose rows finished, so a freed slot takes a new request on the very next turn. With
+``overlap_admissions`` (CUDA) an admission runs on a stream of its own while the turns go on stepping the running
+rows; its rows join at the first turn after its device work is done, and the next admission waits for that.
+Callers submit from any thread or event loop and get a :class:`Ticket`: a blocking ``result()``, or an async
+iterator of token events followed by the :class:`WindowOutput`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from ..config import HOP_LENGTH
 from ..model.whisper import Whisper
 from . import threads
-from .runner import Launched, Runner, slot_bytes
+from .runner import Launched, PendingAdmission, Runner, slot_bytes
 from .types import AudioWindow, EngineConfig, TokenEvent, WindowOutput, WindowRequest
 
 
@@ -154,6 +156,7 @@ class Engine:
             cross_kv=self.config.cross_kv,
             packed_encoder=self.config.packed_encoder,
             packed_prefill=self.config.packed_prefill,
+            overlap_admissions=self.config.overlap_admissions,
         )
         lookahead = self.config.lookahead
         self.lookahead = model.device.type == "cuda" if lookahead is None else lookahead
@@ -164,9 +167,11 @@ class Engine:
         self._active: dict[int, _Active] = {}
         # taken off the queue, not yet active: a failure must reach them too
         self._admitting: list[Ticket] = []
+        self._pending: PendingAdmission | None = None  # the admission in flight (at most one)
         self._closed = False
         self.failure: BaseException | None = None
         self.steps = 0
+        self.steps_beside_admissions = 0  # decode steps launched while an admission was on the device
         self._admitted_at = 0  # self.steps at the last admission
         self._ahead: tuple[Launched, list[_Active]] | None = None  # a step launched before the last was read
         self._thread = threading.Thread(target=self._run, name="voxserve-engine", daemon=True)
@@ -265,16 +270,19 @@ class Engine:
         try:
             while True:
                 with self._cv:
-                    while not self._closed and not self._queue and not self._active:
+                    while not (self._closed or self._queue or self._active or self._pending):
                         self._cv.wait()
                     if self._closed:
                         break
-                    admit = self._take_admissions() if self._admission_due(self.steps) else []
+                    due = self._pending is None and self._admission_due(self.steps)
+                    admit = self._take_admissions() if due else []
                 if admit:
-                    self._admitting = admit
-                    self._admit(admit)
-                    self._admitting = []
-                    self._admitted_at = self.steps
+                    self._launch_admission(admit)
+                # Overlapped, an admission's rows join once its device work is done and steps run meanwhile;
+                # otherwise they join at once, as its device work runs before any later step anyway.
+                pending = self._pending
+                if pending is not None and (not self.runner.overlap or not self._active or pending.done()):
+                    self._finish_admission()
                 if self._active:
                     self._step()
         except BaseException as e:  # noqa: BLE001 - every held request must learn about the failure
@@ -309,10 +317,19 @@ class Engine:
             taken.append(ticket)
         return taken
 
-    def _admit(self, tickets: list[Ticket]) -> None:
+    def _launch_admission(self, tickets: list[Ticket]) -> None:
+        self._admitting = tickets
         slots = [self._free.pop() for _ in tickets]
         requests = [t.request for t in tickets]
-        admitted = self.runner.admit(slots, [r.spec for r in requests], [r.mel for r in requests])
+        self._pending = self.runner.launch_admission(
+            slots, [r.spec for r in requests], [r.mel for r in requests]
+        )
+        self._admitted_at = self.steps
+
+    def _finish_admission(self) -> None:
+        assert self._pending is not None
+        admitted = self.runner.finish_admission(self._pending)
+        tickets, self._admitting, self._pending = self._admitting, [], None
         for ticket, a in zip(tickets, admitted, strict=True):
             state = _Active(ticket, [], a.no_speech_prob, a.language_token, a.language_probs)
             self._active[a.slot] = state
@@ -322,6 +339,8 @@ class Engine:
         """Collect one decode step and act on it. With ``lookahead`` the next step of the same rows is launched
         before this one's results are read, so the device works while the host handles them; its results for a
         row that has finished, or whose slot went to another request meanwhile, are dropped."""
+        if self._pending is not None:
+            self.steps_beside_admissions += 1
         launched = self._ahead or self._launch()
         self._ahead = None
         if self.lookahead:

@@ -77,6 +77,21 @@ class Launched:
     ready: torch.cuda.Event | None = None
 
 
+@dataclass
+class PendingAdmission:
+    """An admission queued by ``Runner.launch_admission``: its first tokens are read by ``finish_admission``
+    once ``ready`` completes (CUDA; on the CPU they are there at once)."""
+
+    slots: list[int]
+    languages: list[tuple[int, tuple[float, ...]] | None]
+    picked: Tensor  # [4, n] float64 on the host (pinned on CUDA, filled when ``ready`` completes)
+    ready: torch.cuda.Event | None = None
+
+    def done(self) -> bool:
+        """Whether ``finish_admission`` would return without waiting for the device."""
+        return self.ready is None or self.ready.query()
+
+
 def slot_bytes(model: Whisper, cross_kv: str = "model") -> int:
     """Device memory one slot takes: self and cross K/V for every decoder layer (the cross K/V in one byte an
     element with ``cross_kv="int8"``, plus its scales), plus its policy row."""
@@ -118,6 +133,7 @@ class Runner:
         cross_kv: str = "model",
         packed_encoder: bool = False,
         packed_prefill: bool = False,
+        overlap_admissions: bool = False,
     ) -> None:
         self.model = model
         self.cpu_step_threads, self.cpu_step_threads_rows = cpu_step_threads, cpu_step_threads_rows
@@ -237,7 +253,15 @@ class Runner:
             int, tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]
         ] = {}
         self._rows = torch.full((self.buckets[-1],), self.scratch, dtype=torch.long, device=self.device)
-        self._pool = None
+        # Admissions on a stream of their own beside the decode steps' (EngineConfig.overlap_admissions), the
+        # steps' at a higher priority so that their few blocks go first when an encoder pass holds the device.
+        # Graphs replayed at the same time must not share a memory pool: one pool for each stream's graphs.
+        # ``overlap`` may be turned off later (the streams stay), not on where the runner was built without.
+        cuda = self.device.type == "cuda"
+        self.overlap = overlap_admissions and cuda
+        self.admit_stream = torch.cuda.Stream(self.device) if self.overlap else None
+        self.step_stream = torch.cuda.Stream(self.device, priority=-1) if self.overlap else None
+        self._pools: dict[str, object] = {"step": None, "admit": None}
         n_sm = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
@@ -313,6 +337,49 @@ class Runner:
         slot's cross K/V, detect languages where asked, then run all their prompts in one prefill and pick each
         first token under its spec's policy. Host data reaches the device in non-blocking copies; the only wait
         is for the first tokens at the end (and for languages, when asked)."""
+        return self.finish_admission(self.launch_admission(slots, specs, windows))
+
+    @torch.no_grad()
+    def launch_admission(
+        self, slots: list[int], specs: list[RowSpec], windows: list[Tensor | AudioWindow]
+    ) -> PendingAdmission:
+        """``admit`` up to its wait for the first tokens. With ``overlap`` its device work goes to the admission
+        stream, after every step launched so far (a step launched before a slot was freed may still write the
+        slot's state), so decode steps launched meanwhile run beside it; its rows may join a step only after
+        ``finish_admission``."""
+        if not self.overlap:
+            return self._launch_admission(slots, specs, windows)
+        assert self.admit_stream is not None and self.step_stream is not None
+        self.admit_stream.wait_stream(self.step_stream)
+        self.admit_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.admit_stream):
+            return self._launch_admission(slots, specs, windows)
+
+    def finish_admission(self, pending: PendingAdmission) -> list[Admitted]:
+        """The admitted rows' first tokens (waiting for the device if ``pending`` is not done); from here on steps
+        may run them."""
+        if pending.ready is not None:
+            pending.ready.synchronize()
+            if self.overlap:
+                assert self.step_stream is not None
+                self.step_stream.wait_event(pending.ready)
+        out, languages = pending.picked, pending.languages
+        return [
+            Admitted(
+                slot,
+                int(out[0, i]),
+                bool(out[1, i]),
+                float(out[2, i]),
+                float(out[3, i]),
+                languages[i][0] if languages[i] else None,
+                languages[i][1] if languages[i] else None,
+            )
+            for i, slot in enumerate(pending.slots)
+        ]
+
+    def _launch_admission(
+        self, slots: list[int], specs: list[RowSpec], windows: list[Tensor | AudioWindow]
+    ) -> PendingAdmission:
         n = len(slots)
         mels = window_mels(windows, self.model.dims.n_mels, self.device, self.audio_cache)
         if len({m.device.type for m in mels}) > 1:  # host mels beside device-made ones: all on the device
@@ -363,24 +430,20 @@ class Runner:
         logits: Tensor,
         no_speech: Tensor,
         slot_t: Tensor,
-    ) -> list[Admitted]:
+    ) -> PendingAdmission:
         """Each admitted row's first token, picked under its spec's policy from its prefill's ``logits`` (the
-        first len(slots) rows), with its no-speech probability: the admission's one wait for the device."""
+        first len(slots) rows), with its no-speech probability, queued for the host to read: the admission's one
+        wait for the device, in ``finish_admission``."""
         n = len(slots)
         picked = self.policy.select_packed(logits[:n], slot_t, self._noise(n, specs))
-        out = torch.cat([picked, no_speech[:n].double()[None]]).cpu()
-        return [
-            Admitted(
-                slot,
-                int(out[0, i]),
-                bool(out[1, i]),
-                float(out[2, i]),
-                float(out[3, i]),
-                languages[i][0] if languages[i] else None,
-                languages[i][1] if languages[i] else None,
-            )
-            for i, slot in enumerate(slots)
-        ]
+        out = torch.cat([picked, no_speech[:n].double()[None]])
+        if self.device.type != "cuda":
+            return PendingAdmission(slots, languages, out)
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return PendingAdmission(slots, languages, host, ready)
 
     def _encode_admitted(
         self, slots: list[int], specs: list[RowSpec], mels: list[Tensor]
@@ -821,6 +884,12 @@ class Runner:
         CPU the step runs here."""
         if self.device.type == "cpu":
             return Launched(slots, sample, results=self._step_cpu(slots, sample))
+        if not self.overlap:
+            return self._launch(slots, sample)
+        with torch.cuda.stream(self.step_stream):
+            return self._launch(slots, sample)
+
+    def _launch(self, slots: list[int], sample: bool) -> Launched:
         n = len(slots)
         b = self.bucket_for(n)
         rows = self._rows[:b]
@@ -848,10 +917,17 @@ class Runner:
         return [int(t) for t in out[0]], [bool(d) for d in out[1]], out[2].tolist()
 
     @torch.no_grad()  # warm-up calls it with gradients on: a graph must not keep autograd's saved tensors
-    def _capture(self, fn: Callable[[], _Out]) -> tuple[torch.cuda.CUDAGraph, _Out]:
-        """Capture ``fn`` as a CUDA graph in the runner's shared memory pool: run twice first on a side stream
-        (compiles, autotunes and picks kernels outside the capture), then captured. Returns the graph and the
-        outputs of the captured run, which each replay overwrites."""
+    def _capture(self, fn: Callable[[], _Out], pool: str = "admit") -> tuple[torch.cuda.CUDAGraph, _Out]:
+        """Capture ``fn`` as a CUDA graph in the memory pool its stream's graphs share (``pool``: "step" or
+        "admit"; one pool for all without ``overlap``, since replays then never meet): run twice first on a side
+        stream (compiles, autotunes and picks kernels outside the capture), then captured. Returns the graph and
+        the outputs of the captured run, which each replay overwrites.
+
+        Captured in thread-local mode: only this thread's calls are checked against the capture. In the default
+        global mode an unsafe call from any other thread of the process (a caller's own CUDA work beside an
+        engine warming up) invalidates it, which failed a prefill capture in warm-up in one GPU test run (stop 24,
+        H100) and not when the test ran alone."""
+        key = pool if self.admit_stream is not None else "admit"
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -859,9 +935,9 @@ class Runner:
                 fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pools[key], capture_error_mode="thread_local"):
             out = fn()
-        self._pool = graph.pool()
+        self._pools[key] = graph.pool()
         return graph, out
 
     def _graph(self, b: int, sample: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
@@ -869,7 +945,7 @@ class Runner:
         if key not in self._graphs:
             rows = self._rows[:b]
             rows.fill_(self.scratch)  # warm-up and capture really run the step: on the scratch slot only
-            self._graphs[key] = self._capture(lambda: self._step_fn(rows, sample))
+            self._graphs[key] = self._capture(lambda: self._step_fn(rows, sample), pool="step")
         return self._graphs[key]
 
     @torch.no_grad()

@@ -155,6 +155,12 @@ class EngineConfig:
     # 709 -> 793 decodes/s. Off by default as packed_encoder is (live serving wants both): for one request's short
     # prompt a packed pass runs at least 64 token positions where the padded prefill's graph runs 4, unmeasured.
     packed_prefill: bool = False
+    # run admissions (log-mels, encoder pass, prefill) on a CUDA stream of their own beside the decode steps'
+    # (a higher-priority stream), so running rows keep stepping while an admission is on the device; its rows join
+    # the batch once it is done. Serially, every token of a live partial waited for the admission in front of it:
+    # at 400 streams (large-v3 fp16, H100, bench/profile_streams.py, stop 24) admissions held the device ~85% of
+    # the time, ~48 ms each, against ~7 ms steps. CUDA only (inert elsewhere); off by default until measured.
+    overlap_admissions: bool = False
 
     def __post_init__(self) -> None:
         if self.max_slots is not None and self.max_slots < 1:

@@ -68,6 +68,7 @@ class StreamBenchPlan:
     admit_ratio: float = EngineConfig.admit_ratio
     packed_encoder: bool = EngineConfig.packed_encoder
     packed_prefill: bool = EngineConfig.packed_prefill
+    overlap_admissions: bool = EngineConfig.overlap_admissions
     mels: str = LiveOptions.mels  # log-mels made by the engine from audio ("engine"), or on the host
     # the encoder's block Linears in this quantized precision ("fp8"), the rest in ``precision``; None: all
     encoder_precision: str | None = None
@@ -250,6 +251,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         admit_ratio=plan.admit_ratio,
         packed_encoder=plan.packed_encoder,
         packed_prefill=plan.packed_prefill,
+        overlap_admissions=plan.overlap_admissions,
     )
     engine = make_engine(whisper.model, whisper.tokenizer, config)
     try:

@@ -63,6 +63,7 @@ class ServerContext:
             admit_ratio=settings.engine_admit_ratio,
             packed_encoder=settings.engine_packed_encoder,
             packed_prefill=settings.engine_packed_prefill,
+            overlap_admissions=settings.engine_overlap_admissions,
         )
         registry = ModelRegistry(
             settings.models,

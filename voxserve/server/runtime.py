@@ -232,7 +232,7 @@ def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
     admission are wrapped on this instance only.
     """
     runner = engine.runner
-    encode, launch, admit = runner.encode, runner.launch, engine._admit
+    encode, launch, admit = runner.encode, runner.launch, engine._launch_admission
 
     def timed_encode(mel: Tensor, slots: Tensor | None = None) -> Tensor:
         t0 = time.monotonic()
@@ -250,4 +250,4 @@ def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
             t.admitted_at = now
         admit(tickets)
 
-    runner.encode, runner.launch, engine._admit = timed_encode, counted_launch, stamped_admit
+    runner.encode, runner.launch, engine._launch_admission = timed_encode, counted_launch, stamped_admit

@@ -62,6 +62,8 @@ class ServerSettings(BaseSettings):
     engine_packed_encoder: bool = False
     # an admission's prompts prefilled end to end in one pass (EngineConfig.packed_prefill: off by default)
     engine_packed_prefill: bool = False
+    # admissions on a CUDA stream of their own beside the decode steps (EngineConfig.overlap_admissions: off)
+    engine_overlap_admissions: bool = False
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
     # audio longer than this is cut at pauses (VAD) and its pieces decoded as one batch
