@@ -117,8 +117,9 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-# --phases: (name, start event, end event, host seconds) per call, in call order, without synchronisations
-marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, float]] = []
+# --phases: (name, start event, end event, host seconds, the calling thread's CPU seconds) per call, in call
+# order, without synchronisations
+marks: list[tuple[str, torch.cuda.Event, torch.cuda.Event, float, float]] = []
 
 
 def marked(
@@ -136,12 +137,12 @@ def marked(
         on = stream(*args)
         with torch.cuda.stream(on) if on is not None else contextlib.nullcontext():
             start.record()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = fn(*args, **kwargs)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
         with torch.cuda.stream(on) if on is not None else contextlib.nullcontext():
             end.record()
-        marks.append((name, start, end, dt))
+        marks.append((name, start, end, dt, cpu))
         return out
 
     return wrapper
@@ -159,6 +160,9 @@ def instrument_phases() -> None:
         "step", Engine._step, lambda engine: engine.runner.step_stream if engine.runner.overlap else None
     )
     runner.window_mels = marked("  mels", runner.window_mels)
+    Runner._encode_admitted_packed = marked("  encoded", Runner._encode_admitted_packed)
+    PolicyState.reset = marked("  reset", PolicyState.reset)
+    Runner._first_tokens = marked("  first", Runner._first_tokens)
     Runner.encode = marked("  encode", Runner.encode)
     Runner.encode_packed = marked("  packed", Runner.encode_packed)
     Runner._run_prefill = marked("  prefill", Runner._run_prefill)
@@ -172,19 +176,19 @@ def report_phases() -> None:
     if not marks:
         return
     torch.cuda.synchronize()
-    by_name: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
-    for name, start, end, host in marks:
-        by_name[name].append((1e3 * host, start.elapsed_time(end)))
+    by_name: dict[str, list[tuple[float, float, float]]] = collections.defaultdict(list)
+    for name, start, end, host, cpu in marks:
+        by_name[name].append((1e3 * host, start.elapsed_time(end), 1e3 * cpu))
     for name, pairs in by_name.items():
         print(
-            f"{name:10s} {len(pairs):5d} calls, host mean {statistics.mean(p[0] for p in pairs):6.2f} ms, device "
-            f"mean {statistics.mean(p[1] for p in pairs):6.2f} ms, median {statistics.median(p[1] for p in pairs):6.2f}"
-            f" ms, total {sum(p[1] for p in pairs) / 1e3:6.2f} s"
+            f"{name:10s} {len(pairs):5d} calls, host mean {statistics.mean(p[0] for p in pairs):6.2f} ms (thread CPU "
+            f"{statistics.mean(p[2] for p in pairs):6.2f}), device mean {statistics.mean(p[1] for p in pairs):6.2f} ms, "
+            f"median {statistics.median(p[1] for p in pairs):6.2f} ms, total {sum(p[1] for p in pairs) / 1e3:6.2f} s"
         )
     top = [m for m in marks if not m[0].startswith(" ")]
     if top:  # calls as intervals from the first call's start (admissions and steps may overlap: their union)
         origin = top[0][1]
-        spans = sorted((origin.elapsed_time(s), origin.elapsed_time(e)) for _, s, e, _ in top)
+        spans = sorted((origin.elapsed_time(s), origin.elapsed_time(e)) for _, s, e, _, _ in top)
         span = max(e for _, e in spans) - spans[0][0]
         inside, reach = 0.0, spans[0][0]
         for a, b in spans:

@@ -93,6 +93,19 @@ def test_quantize_into_the_cache_equals_the_eager_quantization() -> None:
     assert (cache[[1, 3]] == 0).all() and (scales[[1, 3]] == 1).all()  # other slots untouched
 
 
+def _admissions_slow_on_the_device(eng, cycles: int = 20_000_000) -> None:
+    """Start every admission of ``eng`` with ~10 ms of device time (a sleep kernel on its stream), so that with
+    overlapped admissions the running rows do step while one is on the device, whatever the host's speed (a
+    tiny model's admission is otherwise done about when its launch returns)."""
+    launch = eng.runner._launch_admission
+
+    def slow(slots, specs, windows):
+        torch.cuda._sleep(cycles)
+        return launch(slots, specs, windows)
+
+    eng.runner._launch_admission = slow
+
+
 @pytest.mark.parametrize(
     ("fused_step", "lookahead", "overlap"),
     [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
@@ -114,6 +127,8 @@ def test_engine_tokens_equal_reference_fp32_with_graphs(
         overlap_admissions=overlap,
     )
     eng = make_engine(model, tokenizer, config)
+    if overlap:
+        _admissions_slow_on_the_device(eng)
     try:
         prompted = {"language": "en", "without_timestamps": True, "prompt": "the quick brown fox jumps over"}
         for opts in [{"language": "en"}, {}, {"language": "en", "without_timestamps": True}, prompted]:
@@ -500,7 +515,7 @@ def test_overlapped_admissions_fp16_live_engine_decodes_as_serial(tokenizer) -> 
     """The live engine's form (fp16, audio windows made into log-mels on the device with the audio cache, packed
     encoder and prefill, graphs after warm-up) with admissions on their own stream decodes growing utterances'
     partials arriving over time to the tokens of the same engine admitting one after the other; rows stepped
-    while admissions ran."""
+    while admissions (slowed on the device) ran."""
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
     speech = read_wav(AUDIO / "samples" / "jfk.wav")
     growth = [(0.7, 100), (1.5, 200), (2.5, 400), (3.5, 400), (6.0, 800), (9.0, 1600)]
@@ -517,6 +532,7 @@ def test_overlapped_admissions_fp16_live_engine_decodes_as_serial(tokenizer) -> 
         eng = make_engine(model, tokenizer, config)
         try:
             eng.runner.warmup()
+            _admissions_slow_on_the_device(eng)
             batch = BatchDecoder(eng, model, tokenizer)
             pending = []
             for k, (seconds, frames) in enumerate(growth):

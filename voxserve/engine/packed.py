@@ -31,8 +31,11 @@ from ..model.whisper import AudioEncoder
 # Pass sizes (encoder positions) up to which packed passes are captured as CUDA graphs: multiples of
 # _FINE_STEP up to _FINE_UNTIL, then of _COARSE_STEP up to GRAPH_POSITIONS; past it a pass runs eagerly at its
 # exact size (its matrix products are then long enough that launches are hidden behind them). Each step is
-# at most a window (1,500 positions), so the tail is one sequence no longer than any row.
-_FINE_STEP, _FINE_UNTIL = 256, 4096
+# at most a window (1,500 positions), so the tail is one sequence no longer than any row. Fine up to 8,192:
+# admissions at 400 live streams pack ~4,000-5,000 positions, where 1,024-position steps left a tail of ~500 on
+# average (a pass of 4,100 positions ran as 5,120, 20% of it tail, in a scratch breakdown on an H100, stop 25,
+# where the matrix products already ran at ~630 TFLOPS: the tail was the pass's largest waste).
+_FINE_STEP, _FINE_UNTIL = 256, 8192
 _COARSE_STEP = 1024
 GRAPH_POSITIONS = 16384
 
@@ -160,7 +163,7 @@ class PackedInputs:
 
     Every pass size's inputs may share one pair of buffers (``share``: inputs of a pass size at least as large),
     since passes replay one at a time on one stream: each size's own buffers took ~176 MB of device and of pinned
-    memory for large-v3's 28 sizes (by arithmetic), shared they take the largest size's ~18 MB."""
+    memory for large-v3's 28 sizes of stop 19 (by arithmetic), shared they take the largest size's ~18 MB."""
 
     def __init__(
         self, size: int, rows: int, n_mels: int, device: torch.device, share: PackedInputs | None = None
