@@ -445,9 +445,10 @@ class HostOnlyEngine:
 
     def __init__(self, token: int, delay_s: float) -> None:
         self.token, self.delay_s = token, delay_s
-        self.n_slots, self.steps = 1024, 0
+        self.n_slots, self.steps, self.steps_beside_admissions = 1024, 0, 0
         self.config = EngineConfig()
-        self.runner = type("HostRunner", (), {"device": torch.device("cpu"), "warmup": lambda self: []})()
+        runner = {"device": torch.device("cpu"), "warmup": lambda self: [], "audio_cache": None}
+        self.runner = type("HostRunner", (), runner)()
 
     def submit(self, request: WindowRequest) -> HostOnlyEngine._Ticket:
         self.steps += 1
