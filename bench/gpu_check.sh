@@ -22,6 +22,11 @@
 #                                           400-stream profile with log-mels per window length and merged, and at
 #                                           a GIL switch interval of 0.5 ms, then the bench at 400 streams with the
 #                                           scatter kernel off and on (AB_BENCH=0: not)
+#   bash bench/gpu_check.sh overlap [ASSETS] the overlapped-admission GPU tests (and the audio-window ones, after
+#                                           the capture-mode change), one admission's host time alone
+#                                           (bench/profile_admission.py), the 400-stream profile with admissions
+#                                           overlapped and not, alternating (--phases --stacks), then the bench at
+#                                           300,400,500 streams with overlapped admissions (OVERLAP_BENCH=0: not)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -31,7 +36,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -134,6 +139,21 @@ elif [ "$MODE" = kernels-ab ]; then
         VOXSERVE_SCATTER_KERNEL=0 bench400 packed-prefill-index-put --packed-prefill
         bench400 packed-prefill-scatter-kernel --packed-prefill
     fi
+elif [ "$MODE" = overlap ]; then
+    part 130 tests-overlap python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "reference_fp32_with_graphs or overlapped or audio_windows" -p no:cacheprovider --durations=5 -rfE
+    # where an admission's ~45 ms of host time goes, without the live load (stop 25: its marked parts ~14 ms)
+    part 120 profile-admission python3 bench/profile_admission.py \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    part 200 profile-phases-400-overlap python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
+        --stacks --overlap-admissions --variant packed=1,prefill=1,overlap=1 \
+        --variant packed=1,prefill=1,overlap=0 --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    [ "${OVERLAP_BENCH:-1}" = 1 ] && part 150 bench-streams-overlap python3 -m voxserve bench \
+        --streams 300,400,500 --dims large-v3 --device cuda --precision fp16 --short-windows \
+        --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle --packed-encoder --packed-prefill \
+        --overlap-admissions --mels engine --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -144,6 +164,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap or host)" >&2
     exit 2
 fi
