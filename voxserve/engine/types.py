@@ -159,7 +159,10 @@ class EngineConfig:
     # (a higher-priority stream), so running rows keep stepping while an admission is on the device; its rows join
     # the batch once it is done. Serially, every token of a live partial waited for the admission in front of it:
     # at 400 streams (large-v3 fp16, H100, bench/profile_streams.py, stop 24) admissions held the device ~85% of
-    # the time, ~48 ms each, against ~7 ms steps. CUDA only (inert elsewhere); off by default until measured.
+    # the time, ~48 ms each, against ~7 ms steps. CUDA only (inert elsewhere). Off by default: measured at 400
+    # streams (H100, stop 25, two runs each) steps did run beside admissions, 16 -> 26 a second, but p99 and
+    # decodes/s stayed within the runs' spread, since the engine thread spends about an admission's device time
+    # launching it (bench/README.md, "Overlapped admissions"): worth it once that host time is cut.
     overlap_admissions: bool = False
 
     def __post_init__(self) -> None:
