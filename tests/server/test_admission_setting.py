@@ -1,6 +1,6 @@
 """The server's engine settings for live streams (the admission policy, the short windows' lengths, the packed
 encoder): validated, admitting at every step by default, and passed to the engines it builds (``voxserve serve
---admit-wait-steps/--admit-ratio/--packed-encoder/--packed-prefill``)."""
+--admit-wait-steps/--admit-ratio/--packed-encoder/--packed-prefill/--overlap-admissions``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from voxserve.server.settings import ServerSettings  # noqa: E402
 def test_defaults_and_validation():
     s = ServerSettings()
     assert (s.engine_admit_wait_steps, s.engine_admit_ratio, s.engine_packed_encoder) == (0, 2.0, False)
-    assert s.engine_packed_prefill is False
+    assert s.engine_packed_prefill is False and s.engine_overlap_admissions is False
     for bad in ({"engine_admit_wait_steps": -1}, {"engine_admit_ratio": 0}):
         with pytest.raises(ValidationError):
             ServerSettings(**bad)
@@ -29,6 +29,7 @@ def test_the_engines_get_the_policy(tmp_path):
         engine_admit_ratio=3.5,
         engine_packed_encoder=True,
         engine_packed_prefill=True,
+        engine_overlap_admissions=True,
         preload=False,
         jobs_db=tmp_path / "jobs.sqlite3",
         jobs_dir=tmp_path / "jobs",
@@ -37,7 +38,7 @@ def test_the_engines_get_the_policy(tmp_path):
     try:
         config = ctx.registry.engine_config
         assert (config.admit_wait_steps, config.admit_ratio, config.packed_encoder) == (24, 3.5, True)
-        assert config.packed_prefill
+        assert config.packed_prefill and config.overlap_admissions
     finally:
         ctx.pool.shutdown(wait=False)
 
