@@ -289,6 +289,7 @@ def run_variants(variants: list[dict[str, float]]) -> None:
         if "overlap" in current:  # only where the engine was built with overlapped admissions (its streams)
             if current["overlap"] and engine.runner.admit_stream is None:
                 raise SystemExit("--variant overlap=1 needs --overlap-admissions (the engine's own streams)")
+            torch.cuda.synchronize()  # nothing of the other mode's streams still running
             engine.runner.overlap = bool(current["overlap"])
         if "audiocache" in current:  # a fresh one, or none: every window's audio sent whole
             on = current["audiocache"] and engine.runner.device.type == "cuda"

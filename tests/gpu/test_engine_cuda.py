@@ -94,28 +94,42 @@ def test_quantize_into_the_cache_equals_the_eager_quantization() -> None:
 
 
 def _admissions_slow_on_the_device(eng, cycles: int = 20_000_000) -> None:
-    """Start every admission of ``eng`` with ~10 ms of device time (a sleep kernel on its stream), so that with
-    overlapped admissions the running rows do step while one is on the device, whatever the host's speed (a
-    tiny model's admission is otherwise done about when its launch returns)."""
-    launch = eng.runner._launch_admission
+    """Start every admission of ``eng`` with ~10 ms of device time and every decode step with ~2 ms (sleep
+    kernels on their streams), so that with overlapped admissions the running rows do step while one is on the
+    device, and a step launched ahead for a row that then finished is still running when its slot's next
+    admission is launched, whatever the host's speed (a tiny model's admission is otherwise done about when its
+    launch returns): what the admission's wait for the steps' stream guards against."""
+    runner = eng.runner
+    launch_admission, launch_step = runner._launch_admission, runner._launch
 
-    def slow(slots, specs, windows):
+    def slow_admission(slots, specs, windows):
         torch.cuda._sleep(cycles)
-        return launch(slots, specs, windows)
+        return launch_admission(slots, specs, windows)
 
-    eng.runner._launch_admission = slow
+    def slow_step(slots, sample):
+        torch.cuda._sleep(cycles // 5)
+        return launch_step(slots, sample)
+
+    runner._launch_admission, runner._launch = slow_admission, slow_step
 
 
 @pytest.mark.parametrize(
     ("fused_step", "lookahead", "overlap"),
-    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
-    ids=["unfused", "fused", "lookahead", "overlap"],
+    [
+        (False, False, False),
+        (True, False, False),
+        (True, True, False),
+        (True, True, True),
+        (False, True, True),
+    ],
+    ids=["unfused", "fused", "lookahead", "overlap", "overlap-unfused"],
 )
 def test_engine_tokens_equal_reference_fp32_with_graphs(
     tokenizer, mels, fused_step, lookahead, overlap
 ) -> None:
     """overlap: admissions on their own stream beside the steps (EngineConfig.overlap_admissions), rows joining
-    once their admission is done: the same tokens, and steps did run while admissions were on the device."""
+    once their admission is done: the same tokens, and steps did run while admissions were on the device (unfused:
+    the steps' matrix products through cuBLAS, whose workspace each stream's graphs must have to themselves)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda()
     config = EngineConfig(

@@ -58,15 +58,19 @@ def admissions_done_after_steps(eng: Engine, lag: int) -> None:
     runner.overlap = True
 
 
-@pytest.fixture(params=[None, True, "overlap"], ids=["default", "lookahead", "overlap"])
+@pytest.fixture(
+    params=[None, True, "overlap", "overlap+lookahead"],
+    ids=["default", "lookahead", "overlap", "overlap-lookahead"],
+)
 def engine(model, tokenizer, request):
     """The engine as configured by default (on the CPU: in order), with each step launched before the last
     is read (its bookkeeping: late results of finished or re-used slots are dropped), and with admissions that
-    finish only after two more steps (overlapped admissions: rows keep stepping while one is pending)."""
-    lookahead = request.param is True
+    finish only after two more steps (overlapped admissions: rows keep stepping while one is pending), also
+    with steps launched ahead."""
+    lookahead = request.param is True or request.param == "overlap+lookahead"
     eng = make_engine(model, tokenizer, EngineConfig(max_slots=3, max_admit=2, lookahead=lookahead))
     assert eng.lookahead is lookahead  # None: on with CUDA only, where a launch returns at once
-    if request.param == "overlap":
+    if str(request.param).startswith("overlap"):
         admissions_done_after_steps(eng, 2)
     yield eng
     eng.close()

@@ -291,6 +291,8 @@ class Engine:
             error.__cause__ = e
             self._fail_all(error)
             return
+        if self._pending is not None and self._pending.ready is not None:
+            self._pending.ready.synchronize()  # closed mid-admission: its inputs stay in use until it is done
         self._fail_all(EngineError("the engine was closed before this request finished"))
 
     def _admission_due(self, steps: int) -> bool:
@@ -329,11 +331,12 @@ class Engine:
     def _finish_admission(self) -> None:
         assert self._pending is not None
         admitted = self.runner.finish_admission(self._pending)
-        tickets, self._admitting, self._pending = self._admitting, [], None
+        tickets, self._pending = self._admitting, None
         for ticket, a in zip(tickets, admitted, strict=True):
             state = _Active(ticket, [], a.no_speech_prob, a.language_token, a.language_probs)
             self._active[a.slot] = state
             self._record(a.slot, state, a.token, a.done, a.sum_logprob)
+        self._admitting = []  # only now: a failure above must still reach every ticket of the admission
 
     def _step(self) -> None:
         """Collect one decode step and act on it. With ``lookahead`` the next step of the same rows is launched
@@ -345,7 +348,8 @@ class Engine:
         self._ahead = None
         if self.lookahead:
             with self._cv:
-                admitting = self._admission_due(self.steps + 1)
+                # (overlapped, an admission does not hold steps back: always launch ahead)
+                admitting = not self.runner.overlap and self._admission_due(self.steps + 1)
             if not admitting:  # a waiting request joins the step after the next instead
                 self._ahead = self._launch()
         step, states = launched

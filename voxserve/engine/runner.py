@@ -262,6 +262,14 @@ class Runner:
         self.admit_stream = torch.cuda.Stream(self.device) if self.overlap else None
         self.step_stream = torch.cuda.Stream(self.device, priority=-1) if self.overlap else None
         self._pools: dict[str, object] = {"step": None, "admit": None}
+        # ... and captured on a stream of their own too: torch keys cuBLAS's workspace by stream, and a captured
+        # matrix product keeps the workspace address it was captured with, so graphs captured on one stream share
+        # a workspace even in separate pools (pytorch/pytorch#193402) and must not run at the same time.
+        self._capture_streams = (
+            {"step": torch.cuda.Stream(self.device), "admit": torch.cuda.Stream(self.device)}
+            if self.overlap
+            else None
+        )
         n_sm = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
@@ -918,16 +926,18 @@ class Runner:
 
     @torch.no_grad()  # warm-up calls it with gradients on: a graph must not keep autograd's saved tensors
     def _capture(self, fn: Callable[[], _Out], pool: str = "admit") -> tuple[torch.cuda.CUDAGraph, _Out]:
-        """Capture ``fn`` as a CUDA graph in the memory pool its stream's graphs share (``pool``: "step" or
-        "admit"; one pool for all without ``overlap``, since replays then never meet): run twice first on a side
-        stream (compiles, autotunes and picks kernels outside the capture), then captured. Returns the graph and
-        the outputs of the captured run, which each replay overwrites.
+        """Capture ``fn`` as a CUDA graph in the memory pool its stream's graphs share, on that pool's capture
+        stream (``pool``: "step" or "admit"; one pool and torch's default capture stream for all without
+        ``overlap``, since replays then never meet): run twice first on a side stream (compiles, autotunes and
+        picks kernels outside the capture), then captured. Returns the graph and the outputs of the captured run,
+        which each replay overwrites.
 
         Captured in thread-local mode: only this thread's calls are checked against the capture. In the default
         global mode an unsafe call from any other thread of the process (a caller's own CUDA work beside an
         engine warming up) invalidates it, which failed a prefill capture in warm-up in one GPU test run (stop 24,
         H100) and not when the test ran alone."""
         key = pool if self.admit_stream is not None else "admit"
+        capture_stream = self._capture_streams[key] if self._capture_streams is not None else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -935,7 +945,9 @@ class Runner:
                 fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pools[key], capture_error_mode="thread_local"):
+        with torch.cuda.graph(
+            graph, pool=self._pools[key], stream=capture_stream, capture_error_mode="thread_local"
+        ):
             out = fn()
         self._pools[key] = graph.pool()
         return graph, out
