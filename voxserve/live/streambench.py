@@ -315,7 +315,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         for n in plan.streams:
             service = LiveService(whisper, engine, vad, options(n))
             snap = machine.load_snapshot()
-            steps0, started = engine.steps, time.monotonic()
+            steps0, beside0, started = engine.steps, engine.steps_beside_admissions, time.monotonic()
             if plan.transport == "ws":
                 lat, missing, lag = _over_websockets(n, tracks, service, plan, language)
             else:
@@ -340,6 +340,8 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
                 "decodes_per_s": round(len(st.decode_seconds) / wall, 1),
                 "decode_p50_ms": _ms(_percentile(st.decode_seconds, 50)),
                 "engine_steps_per_s": round((engine.steps - steps0) / wall, 1),
+                # decode steps launched while an admission was on the device (overlap_admissions)
+                "steps_beside_admissions": engine.steps_beside_admissions - beside0,
                 "sender_lag_p99_ms": _ms(_percentile(lag, 99)),
                 "cpu_contention_pct": machine.contention_pct(snap, machine.load_snapshot()),
             }
