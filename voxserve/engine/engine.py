@@ -270,7 +270,7 @@ class Engine:
         try:
             while True:
                 with self._cv:
-                    while not (self._closed or self._queue or self._active or self._pending):
+                    while not (self._closed or self._queue or self._active or self._pending is not None):
                         self._cv.wait()
                     if self._closed:
                         break
@@ -291,9 +291,11 @@ class Engine:
             error.__cause__ = e
             self._fail_all(error)
             return
-        if self._pending is not None and self._pending.ready is not None:
-            self._pending.ready.synchronize()  # closed mid-admission: its inputs stay in use until it is done
-        self._fail_all(EngineError("the engine was closed before this request finished"))
+        try:
+            if self._pending is not None and self._pending.ready is not None:
+                self._pending.ready.synchronize()  # closed mid-admission: its inputs stay in use until it is done
+        finally:
+            self._fail_all(EngineError("the engine was closed before this request finished"))
 
     def _admission_due(self, steps: int) -> bool:
         """Whether waiting requests join the running batch before decode step number ``steps`` (under _cv):
