@@ -601,6 +601,8 @@ def main() -> None:
         instrument_phases()
         streambench._simulate = watch_loop(streambench._simulate)
         Runner.warmup = timed_warmup(Runner.warmup)
+    elif args.overlap_admissions:
+        raise SystemExit("--overlap-admissions needs --phases (the timed mode synchronises around every call)")
     else:
         instrument()
     if args.host_only is not None:
