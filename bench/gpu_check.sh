@@ -142,7 +142,7 @@ elif [ "$MODE" = kernels-ab ]; then
 elif [ "$MODE" = overlap ]; then
     part 130 tests-overlap python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
         -k "reference_fp32_with_graphs or overlapped or audio_windows" -p no:cacheprovider --durations=5 -rfE
-    # where an admission's ~45 ms of host time goes, without the live load (stop 25: its marked parts ~14 ms)
+    # where an admission's ~45 ms of host time goes, without the live load (stop 25: its marked parts ~19 ms)
     part 120 profile-admission python3 bench/profile_admission.py \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     part 200 profile-phases-400-overlap python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \

@@ -2,12 +2,14 @@
 
 Why: in the live profile at 400 streams (bench/profile_streams.py --phases, large-v3 fp16, H100, stop 25) an
 admission took ~45 ms of the engine thread's time while its marked parts (log-mels, packed encoder pass, prefill,
-token choice) took ~14 ms, so running admissions beside the decode steps (EngineConfig.overlap_admissions) gained
-nothing: the thread spent as long launching an admission as the device spent running it. This runs admissions of
-``--rows`` growing live windows (keyed, as a live session's partials, so the audio cache applies) on a warmed
-engine with nothing else in the process, times ``Runner.launch_admission``'s host time, then records one under
-cProfile (Python functions by cumulative time) and one under torch.profiler (operators by self CPU time). Not a
-benchmark: prints, writes nothing.
+token choice) took ~19 ms, and the parts' device times added up to the admission's: the thread most likely waits
+for the device somewhere after the packed pass's launch, outside those parts. So running admissions beside the
+decode steps (EngineConfig.overlap_admissions) gained nothing: the thread spent as long launching an admission as
+the device spent running it. This runs admissions of ``--rows`` growing live windows (keyed, as a live session's
+partials, so the audio cache applies) on a warmed engine with nothing else in the process, times
+``Runner.launch_admission``'s host time, then records one under cProfile (Python functions by cumulative time) and
+one under torch.profiler (operators and CUDA runtime calls by self CPU time). Not a benchmark: prints, writes
+nothing.
 
     PYTHONPATH=. python3 bench/profile_admission.py --tiktoken .devdata/whisper-assets/multilingual.tiktoken \\
         [--dims large-v3] [--rows 50] [--overlap-admissions]
@@ -112,10 +114,13 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
         windows = live.at(args.turns + 1)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU]) as ops:
+        # with CUDA activity the runtime's calls are listed too, with their host time: a synchronisation
+        # (cudaStreamSynchronize, cudaEventSynchronize, a pageable cudaMemcpy) or a pinned allocation (cudaHostAlloc,
+        # which under load stalled for up to ~12 ms a call in vLLM's measurements, vllm-project/vllm#37006)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as ops:
             pending = runner.launch_admission(slots, specs, windows)
         runner.finish_admission(pending)
-        print(ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=50))
+        print(ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50))
     finally:
         engine.close()
 

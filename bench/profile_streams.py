@@ -602,7 +602,9 @@ def main() -> None:
         streambench._simulate = watch_loop(streambench._simulate)
         Runner.warmup = timed_warmup(Runner.warmup)
     elif args.overlap_admissions:
-        raise SystemExit("--overlap-admissions needs --phases (the timed mode synchronises around every call)")
+        raise SystemExit(
+            "--overlap-admissions needs --phases (the timed mode synchronises around every call)"
+        )
     else:
         instrument()
     if args.host_only is not None:
