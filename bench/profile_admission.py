@@ -101,7 +101,17 @@ def main() -> None:
             runner.finish_admission(pending)
             return host
 
+        stats = torch.cuda.host_memory_stats() if hasattr(torch.cuda, "host_memory_stats") else {}
         host = [admit(turn) for turn in range(args.turns)][5:]
+        if (
+            stats
+        ):  # pinned blocks created while admitting: each a cudaHostAlloc, which may wait for the device
+            after = torch.cuda.host_memory_stats()
+            created = after.get("num_host_alloc", 0) - stats.get("num_host_alloc", 0)
+            spent = after.get("host_alloc_time.total", 0) - stats.get("host_alloc_time.total", 0)
+            print(
+                f"pinned host blocks created over {args.turns} admissions: {created} ({spent / 1e3:.1f} ms)"
+            )
         print(
             f"launch_admission host time, {args.rows} rows: median {1e3 * statistics.median(host):.2f} ms, "
             f"max {1e3 * max(host):.2f} ms ({len(host)} admissions)"

@@ -59,6 +59,18 @@ state = {"on": False, "profile_at": -1}
 engines: list[Engine] = []  # the bench's engine, once built (steps beside admissions, per variant)
 
 
+def pinned_allocations() -> tuple[int, float]:
+    """The pinned host allocator's blocks created so far and the microseconds spent creating them (CUDA; a new
+    block is a cudaHostAlloc, which may wait for the device): (0, 0.0) where torch does not count them."""
+    if not torch.cuda.is_available() or not hasattr(torch.cuda, "host_memory_stats"):
+        return 0, 0.0
+    stats = torch.cuda.host_memory_stats()
+    return int(stats.get("num_host_alloc", 0)), float(stats.get("host_alloc_time.total", 0.0))
+
+
+pinned_at_start: list[tuple[int, float]] = []  # at the start of the current variant
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -271,6 +283,7 @@ def run_variants(variants: list[dict[str, float]]) -> None:
         current.clear()
         current.update(pending.pop(0))
         engines[:] = [engine]
+        pinned_at_start[:] = [pinned_allocations()] if torch.cuda.is_available() else []
         print(f"--- variant {current or 'defaults'}")
         engine.config = replace(
             engine.config,
@@ -475,6 +488,9 @@ def report() -> None:
         eng = engines[0]
         print(f"decode steps launched while an admission was on the device: {eng.steps_beside_admissions}")
         eng.steps_beside_admissions = 0
+    if pinned_at_start:
+        (n0, t0), (n1, t1) = pinned_at_start[0], pinned_allocations()
+        print(f"pinned host blocks created: {n1 - n0} ({(t1 - t0) / 1e3:.1f} ms in cudaHostAlloc)")
     if sampler is not None:
         sampler.report()
         sampler.reset()
