@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -146,14 +145,12 @@ def marked(
         if not state["on"]:
             return fn(*args, **kwargs)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        on = stream(*args)
-        with torch.cuda.stream(on) if on is not None else contextlib.nullcontext():
-            start.record()
+        on = stream(*args)  # None: the current stream
+        start.record(on)
         t0, c0 = time.perf_counter(), time.thread_time()
         out = fn(*args, **kwargs)
         dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
-        with torch.cuda.stream(on) if on is not None else contextlib.nullcontext():
-            end.record()
+        end.record(on)
         marks.append((name, start, end, dt, cpu))
         return out
 

@@ -92,6 +92,16 @@ class PendingAdmission:
         return self.ready is None or self.ready.query()
 
 
+def _queued_to_host(x: Tensor) -> tuple[Tensor, torch.cuda.Event]:
+    """A copy of device tensor ``x`` into pinned host memory, queued on the current stream, and the event after
+    it: the host reads the copy once the event has completed."""
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
 def slot_bytes(model: Whisper, cross_kv: str = "model") -> int:
     """Device memory one slot takes: self and cross K/V for every decoder layer (the cross K/V in one byte an
     element with ``cross_kv="int8"``, plus its scales), plus its policy row."""
@@ -447,11 +457,7 @@ class Runner:
         out = torch.cat([picked, no_speech[:n].double()[None]])
         if self.device.type != "cuda":
             return PendingAdmission(slots, languages, out)
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-        host.copy_(out, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        return PendingAdmission(slots, languages, host, ready)
+        return PendingAdmission(slots, languages, *_queued_to_host(out))
 
     def _encode_admitted(
         self, slots: list[int], specs: list[RowSpec], mels: list[Tensor]
@@ -910,10 +916,8 @@ class Runner:
             graph.replay()
         else:
             packed = self._step(rows, sample)
-        host = torch.empty((3, n), dtype=torch.float64, pin_memory=True)
-        host.copy_(packed[:, :n], non_blocking=True)  # before any later step overwrites the graph's output
-        ready = torch.cuda.Event()
-        ready.record()
+        # queued now, before any later step overwrites the graph's output
+        host, ready = _queued_to_host(packed[:, :n])
         return Launched(slots, sample, packed=host, ready=ready)
 
     def collect(self, launched: Launched) -> tuple[list[int], list[bool], list[float]]:
@@ -936,8 +940,9 @@ class Runner:
         global mode an unsafe call from any other thread of the process (a caller's own CUDA work beside an
         engine warming up) invalidates it, which failed a prefill capture in warm-up in one GPU test run (stop 24,
         H100) and not when the test ran alone."""
-        key = pool if self.admit_stream is not None else "admit"
-        capture_stream = self._capture_streams[key] if self._capture_streams is not None else None
+        streams = self._capture_streams
+        key = pool if streams is not None else "admit"
+        capture_stream = streams[key] if streams is not None else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
