@@ -22,6 +22,8 @@ import cProfile
 import pstats
 import statistics
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,8 @@ from voxserve.config import SAMPLE_RATE
 from voxserve.decoding.batched import make_engine
 from voxserve.decoding.decode import WindowDecoder
 from voxserve.decoding.options import DecodingOptions
-from voxserve.engine.types import AudioWindow, EngineConfig
+from voxserve.engine.runner import Runner
+from voxserve.engine.types import AudioWindow, EngineConfig, RowSpec
 from voxserve.model.load import init_random
 
 BUCKETS = (100, 200, 400, 800, 1600)  # the live default window lengths (1, 2, 4, 8, 16 s), in mel frames
@@ -55,6 +58,32 @@ class LiveWindows:
             frames = next(b for b in BUCKETS if b * 160 >= n)
             out.append(AudioWindow(audio[:n], frames, (i, int(t // 11.7))))
         return out
+
+
+def synchronizing_calls(
+    runner: Runner, slots: list[int], specs: list[RowSpec], windows: list[AudioWindow]
+) -> None:
+    """Print where one admission's launch makes the host wait for the device: torch's sync debug mode warns at
+    each synchronising call (an item(), a pageable copy, a nonzero...), and each warning's stack is printed."""
+    seen: list[str] = []
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        stack = "".join(traceback.format_stack(limit=14)[:-2])
+        seen.append(f"--- {message}\n{stack}")
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            pending = runner.launch_admission(slots, specs, windows)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    runner.finish_admission(pending)
+    print(f"synchronising calls in one admission's launch: {len(seen)}")
+    for text in seen[:12]:
+        print(text)
 
 
 def main() -> None:
@@ -116,6 +145,7 @@ def main() -> None:
             f"launch_admission host time, {args.rows} rows: median {1e3 * statistics.median(host):.2f} ms, "
             f"max {1e3 * max(host):.2f} ms ({len(host)} admissions)"
         )
+        synchronizing_calls(runner, slots, specs, live.at(args.turns + 2))
         windows = live.at(args.turns)
         torch.cuda.synchronize()
         with cProfile.Profile() as prof:
