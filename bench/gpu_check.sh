@@ -22,11 +22,12 @@
 #                                           400-stream profile with log-mels per window length and merged, and at
 #                                           a GIL switch interval of 0.5 ms, then the bench at 400 streams with the
 #                                           scatter kernel off and on (AB_BENCH=0: not)
-#   bash bench/gpu_check.sh overlap [ASSETS] the overlapped-admission GPU tests (and the audio-window ones, after
-#                                           the capture-mode change), one admission's host time alone
-#                                           (bench/profile_admission.py), the 400-stream profile with admissions
-#                                           overlapped and not, alternating (--phases --stacks), then the bench at
-#                                           300,400,500 streams with overlapped admissions (OVERLAP_BENCH=0: not)
+#   bash bench/gpu_check.sh overlap [ASSETS] the overlapped-admission GPU tests (and the audio-window ones, and
+#                                           that a live admission's launch never waits for the device), one
+#                                           admission's host time alone (bench/profile_admission.py), the
+#                                           400-stream profile with admissions overlapped and not (only with
+#                                           OVERLAP_PHASES=1), then the bench at 300-600 streams with overlapped
+#                                           admissions and at 400 without (OVERLAP_BENCH=0: neither)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -140,20 +141,25 @@ elif [ "$MODE" = kernels-ab ]; then
         bench400 packed-prefill-scatter-kernel --packed-prefill
     fi
 elif [ "$MODE" = overlap ]; then
-    part 130 tests-overlap python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
-        -k "reference_fp32_with_graphs or overlapped or audio_windows" -p no:cacheprovider --durations=5 -rfE
-    # where an admission's ~45 ms of host time goes, without the live load (stop 25: its marked parts ~19 ms)
-    part 120 profile-admission python3 bench/profile_admission.py \
+    part 150 tests-overlap python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "reference_fp32_with_graphs or overlapped or audio_windows or never_waits" -p no:cacheprovider \
+        --durations=5 -rfE
+    # one admission's host time alone, and every synchronising call in its launch (stop 26: six in
+    # PolicyState.reset, since replaced)
+    part 110 profile-admission python3 bench/profile_admission.py --turns 25 \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    part 200 profile-phases-400-overlap python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
-        --stacks --overlap-admissions --variant packed=1,prefill=1,overlap=1 \
-        --variant packed=1,prefill=1,overlap=0 --audio "$ASSETS/audio/hifitts-6097" \
-        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    [ "${OVERLAP_BENCH:-1}" = 1 ] && part 150 bench-streams-overlap python3 -m voxserve bench \
-        --streams 300,400,500 --dims large-v3 --device cuda --precision fp16 --short-windows \
+    if [ "${OVERLAP_PHASES:-0}" = 1 ]; then
+        part 200 profile-phases-400-overlap python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
+            --stacks --overlap-admissions --variant packed=1,prefill=1,overlap=1 \
+            --variant packed=1,prefill=1,overlap=0 --audio "$ASSETS/audio/hifitts-6097" \
+            --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    fi
+    [ "${OVERLAP_BENCH:-1}" = 1 ] && part 200 bench-streams-overlap python3 -m voxserve bench \
+        --streams 300,400,500,600 --dims large-v3 --device cuda --precision fp16 --short-windows \
         --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle --packed-encoder --packed-prefill \
         --overlap-admissions --mels engine --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    [ "${OVERLAP_BENCH:-1}" = 1 ] && bench400 serial --packed-prefill
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine

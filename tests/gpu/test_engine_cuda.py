@@ -17,7 +17,7 @@ from tests.conftest import ASSETS, AUDIO, TINY
 from tests.support import decisive_model, prompted_specs, read_wav, window_log_mel
 from voxserve.audio.features import log_mel_spectrogram, pad_or_trim
 from voxserve.decoding.batched import BatchDecoder, make_engine
-from voxserve.decoding.decode import decode_windows
+from voxserve.decoding.decode import WindowDecoder, decode_windows
 from voxserve.decoding.options import DecodingOptions
 from voxserve.engine import kv8, packed
 from voxserve.engine import mels as engine_mels
@@ -566,3 +566,44 @@ def test_overlapped_admissions_fp16_live_engine_decodes_as_serial(tokenizer) -> 
     assert results[True] == results[False]
     assert any(len(t) > 3 for t in results[True])
     assert beside[False] == 0 and beside[True] > 0
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
+def test_live_admission_launch_never_waits_for_the_device(tokenizer, overlap) -> None:
+    """Launching a live admission (audio windows, keyed for the audio cache, packed encoder and prefill, graphs
+    after warm-up) queues its device work without one synchronising call: torch's sync debug mode raises at any.
+    Stop 26 found six in ``PolicyState.reset`` (a constant stored through a tensor index copies it from pageable
+    memory), which made the engine thread wait for the admission's encoder pass and left nothing to overlap."""
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    config = EngineConfig(
+        max_slots=8,
+        max_admit=8,
+        short_window_frames=(100, 200, 400, 800, 1600),
+        packed_encoder=True,
+        packed_prefill=True,
+        overlap_admissions=overlap,
+    )
+    eng = make_engine(model, tokenizer, config)
+    eng.close()  # the runner alone, driven from here
+    runner = eng.runner
+    runner.warmup()
+    options = DecodingOptions(language="en", without_timestamps=True, sample_len=8)
+    specs = [WindowDecoder(model, tokenizer, options).row_spec()] * 4
+    slots = [0, 1, 2, 3]
+    picked = []
+    for seconds in (1.5, 3.0, 7.0):  # the second and third find the first's audio kept on the device
+        windows = [
+            AudioWindow(speech[start : start + int(16000 * seconds)], frames, key=k)
+            for k, (start, frames) in enumerate([(0, 800), (8000, 800), (16000, 1600), (0, 400)])
+        ]
+        windows = [w for w in windows if len(w.samples) <= 160 * w.frames]
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            pending = runner.launch_admission(slots[: len(windows)], specs[: len(windows)], windows)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        picked.append(runner.finish_admission(pending))
+    assert [len(p) for p in picked] == [4, 4, 3]  # the last 7 s window did not fit its 4 s length
+    assert runner.audio_cache.sent == 3 * 7 * 16000  # each utterance's audio sent once, as it grew

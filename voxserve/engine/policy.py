@@ -88,16 +88,19 @@ class PolicyState:
             dtype=torch.long,
         )
         suppressed = [self._suppressed_ids(s) for s in specs]
-        # (slot, id) pairs built by numpy: as a Python list of tuples they took ~0.8 ms of the engine thread's time
-        # for 40 rows of Whisper's ~90 suppressed ids (2-core CPU), at every live admission
+        # each suppressed (slot, id) as its flat index into the bias, built by numpy: as a Python list of tuples
+        # they took ~0.8 ms of the engine thread's time for 40 rows of Whisper's ~90 suppressed ids (2-core CPU)
         owners = np.repeat(np.asarray(slots, dtype=np.int64), [len(ids) for ids in suppressed])
         every_id = np.concatenate(suppressed) if suppressed else np.zeros(0, dtype=np.int64)
-        pairs = torch.from_numpy(np.stack([owners, every_id], axis=1))
-        ints, pair = upload_together(device, ints, pairs)
+        flat = torch.from_numpy(owners * self.n_vocab + every_id)
+        ints, flat = upload_together(device, ints, flat)
         temperature = upload(torch.tensor([s.temperature for s in specs], dtype=torch.float32), device)
         rows, blank, stamps, max_initial, sample_len, length, last, prev = ints.unbind(1)
-        self.bias[rows] = 0.0
-        self.bias[pair[:, 0], pair[:, 1]] = NEG_INF
+        # Constants go in through index_fill_: ``state[rows] = constant`` (index_put_ of a Python number) copies
+        # the number from pageable host memory and so waits for the device: six waits an admission, 40 ms of
+        # cudaStreamSynchronize in one 50-row live admission (bench/profile_admission.py, H100, stop 26).
+        self.bias.index_fill_(0, rows, 0.0)
+        self.bias.view(-1).index_fill_(0, flat, NEG_INF)
         if device.type == "cpu":  # the CPU step's sparse suppression
             for slot, ids in zip(slots, suppressed, strict=True):
                 self.suppressed[slot] = torch.from_numpy(ids)  # read only, as the cache it views
@@ -106,13 +109,13 @@ class PolicyState:
         self.max_initial[rows] = max_initial
         self.temperature[rows] = temperature
         self.sample_len[rows] = sample_len
-        self.n_sampled[rows] = 0
+        self.n_sampled.index_fill_(0, rows, 0)
         self.length[rows] = length
         self.last[rows] = last
         self.prev[rows] = prev
-        self.ts_last[rows] = -1
-        self.sum_logprob[rows] = 0.0
-        self.done[rows] = False
+        self.ts_last.index_fill_(0, rows, -1)
+        self.sum_logprob.index_fill_(0, rows, 0.0)
+        self.done.index_fill_(0, rows, False)
 
     def _suppressed_ids(self, spec: RowSpec) -> np.ndarray:
         """The vocabulary ids ``spec`` suppresses, sorted and unique (negative ids count from the end), int64;
