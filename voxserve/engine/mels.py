@@ -10,7 +10,7 @@ all.
 
 The admitted audio reaches the device in one copy from one pinned block of the signals end to end (zeros are
 never sent), or through the runner's ``AudioCache`` (a live utterance's samples sent once, engine/audio_cache.py);
-torch's ``pad_sequence`` lays the signals into the batch's rows, and a window's end is reflected on the device.
+one ``torch._foreach_copy_`` lays the signals into the batch's rows, and a window's end is reflected on the device.
 Why: the engine's thread copying every window's audio into a zero-padded pinned block was 7.3 ms of the log-mels'
 host time (64 windows of 0.3-12 s, H100 host, a scratch timing of ``window_mels``'s parts, 2026-12-07), while
 the transform itself is ~0.04 ms of device time.
@@ -35,7 +35,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
 from ..audio.features import fill_silence, log_mel_power, normalize_log_mel
 from ..config import HOP_LENGTH, N_FFT
@@ -125,7 +124,7 @@ def batched_log_mels(
 
 def _fill_rows(x: Tensor, samples: Sequence[np.ndarray | Tensor]) -> None:
     """Each signal at the start of its row of ``x`` (zeros): host arrays in one copy (one pinned block on CUDA,
-    queued), then every row in one padded batch (its copies launched by torch, not by this thread one by one)."""
+    queued), then every row's copy in one call (launched by torch, not by this thread one by one)."""
     host = [j for j, s in enumerate(samples) if not isinstance(s, Tensor)]
     parts: list[Tensor] = [s if isinstance(s, Tensor) else torch.empty(0) for s in samples]
     if host and x.is_cuda:
@@ -138,6 +137,6 @@ def _fill_rows(x: Tensor, samples: Sequence[np.ndarray | Tensor]) -> None:
     else:
         for j in host:
             parts[j] = torch.from_numpy(np.asarray(samples[j], dtype=np.float32))
-    longest = max((len(p) for p in parts), default=0)
-    if longest:
-        x[: len(parts), :longest] = pad_sequence(parts, batch_first=True)
+    rows = [(x[j, : len(part)], part) for j, part in enumerate(parts) if len(part)]
+    if rows:  # every row's copy in one call (through a padded batch it was one more pass over the batch)
+        torch._foreach_copy_(*map(list, zip(*rows, strict=True)))
