@@ -159,7 +159,7 @@ elif [ "$MODE" = overlap ]; then
         --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle --packed-encoder --packed-prefill \
         --overlap-admissions --mels engine --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
-    [ "${OVERLAP_BENCH:-1}" = 1 ] && bench400 serial --packed-prefill
+    [ "${OVERLAP_BENCH:-1}" = 1 ] && [ "${OVERLAP_SERIAL:-1}" = 1 ] && bench400 serial --packed-prefill
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
