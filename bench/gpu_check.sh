@@ -142,11 +142,11 @@ elif [ "$MODE" = kernels-ab ]; then
     fi
 elif [ "$MODE" = overlap ]; then
     part 150 tests-overlap python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
-        -k "reference_fp32_with_graphs or overlapped or audio_windows or never_waits" -p no:cacheprovider \
-        --durations=5 -rfE
+        -k "${OVERLAP_TESTS:-reference_fp32_with_graphs or overlapped or audio_windows or never_waits}" \
+        -p no:cacheprovider --durations=5 -rfE
     # one admission's host time alone, and every synchronising call in its launch (stop 26: six in
     # PolicyState.reset, since replaced)
-    part 110 profile-admission python3 bench/profile_admission.py --turns 25 \
+    [ "${OVERLAP_ALONE:-1}" = 1 ] && part 110 profile-admission python3 bench/profile_admission.py --turns 25 \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     if [ "${OVERLAP_PHASES:-0}" = 1 ]; then
         part 200 profile-phases-400-overlap python3 bench/profile_streams.py --streams 400 --seconds 8 --phases \
@@ -155,7 +155,7 @@ elif [ "$MODE" = overlap ]; then
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     fi
     [ "${OVERLAP_BENCH:-1}" = 1 ] && part 200 bench-streams-overlap python3 -m voxserve bench \
-        --streams 300,400,500,600 --dims large-v3 --device cuda --precision fp16 --short-windows \
+        --streams "${OVERLAP_STREAMS:-300,400,500,600}" --dims large-v3 --device cuda --precision fp16 --short-windows \
         --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle --packed-encoder --packed-prefill \
         --overlap-admissions --mels engine --audio "$ASSETS/audio/hifitts-6097" \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
