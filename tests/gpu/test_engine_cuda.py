@@ -525,6 +525,18 @@ def test_packed_prefill_fp16_engine_decodes_as_the_padded_prefill(tokenizer) -> 
     assert any(len(t) > 3 for t in results[True])
 
 
+def _live_config(*, slots: int, admit: int, overlap: bool) -> EngineConfig:
+    """The live engine's form: audio windows of the live lengths, packed encoder and prefill."""
+    return EngineConfig(
+        max_slots=slots,
+        max_admit=admit,
+        short_window_frames=(100, 200, 400, 800, 1600),
+        packed_encoder=True,
+        packed_prefill=True,
+        overlap_admissions=overlap,
+    )
+
+
 def test_overlapped_admissions_fp16_live_engine_decodes_as_serial(tokenizer) -> None:
     """The live engine's form (fp16, audio windows made into log-mels on the device with the audio cache, packed
     encoder and prefill, graphs after warm-up) with admissions on their own stream decodes growing utterances'
@@ -535,15 +547,7 @@ def test_overlapped_admissions_fp16_live_engine_decodes_as_serial(tokenizer) -> 
     growth = [(0.7, 100), (1.5, 200), (2.5, 400), (3.5, 400), (6.0, 800), (9.0, 1600)]
     results, beside = {}, {}
     for on in (False, True):
-        config = EngineConfig(
-            max_slots=6,
-            max_admit=3,
-            short_window_frames=(100, 200, 400, 800, 1600),
-            packed_encoder=True,
-            packed_prefill=True,
-            overlap_admissions=on,
-        )
-        eng = make_engine(model, tokenizer, config)
+        eng = make_engine(model, tokenizer, _live_config(slots=6, admit=3, overlap=on))
         try:
             eng.runner.warmup()
             _admissions_slow_on_the_device(eng)
@@ -576,15 +580,7 @@ def test_live_admission_launch_never_waits_for_the_device(tokenizer, overlap) ->
     memory), which made the engine thread wait for the admission's encoder pass and left nothing to overlap."""
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
     speech = read_wav(AUDIO / "samples" / "jfk.wav")
-    config = EngineConfig(
-        max_slots=8,
-        max_admit=8,
-        short_window_frames=(100, 200, 400, 800, 1600),
-        packed_encoder=True,
-        packed_prefill=True,
-        overlap_admissions=overlap,
-    )
-    eng = make_engine(model, tokenizer, config)
+    eng = make_engine(model, tokenizer, _live_config(slots=8, admit=8, overlap=overlap))
     eng.close()  # the runner alone, driven from here
     runner = eng.runner
     runner.warmup()
