@@ -99,3 +99,21 @@ def test_window_mels_through_the_cache_equal_the_hosts():
             window_mels(windows, 80, CPU, cache), window_mels(windows, 80, CPU), strict=True
         ):
             torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_an_utterances_last_window_frees_its_audio():
+    """A final decode's window (``last``) gets its audio like any other, then its key's buffer is dropped; a late
+    window of that key (a cancelled partial admitted after it) sends its audio again."""
+    x = _signal(6, 40000)
+    cache = AudioCache(CPU)
+    cache.signals([AudioWindow(x[:16000], 200, key="a"), AudioWindow(x[:5000], 200, key="b")])
+    held = cache.bytes
+    windows = [AudioWindow(x[:24000], 200, key="a", last=True)]
+    sent = cache.sent
+    _same(cache.signals(windows), windows)
+    assert cache.sent - sent == 8000
+    assert len(cache) == 1 and cache.bytes < held
+    late = [AudioWindow(x[:20000], 200, key="a")]
+    sent = cache.sent
+    _same(cache.signals(late), late)
+    assert cache.sent - sent == 20000

@@ -161,3 +161,32 @@ def test_a_failure_during_admission_reaches_the_requests_being_admitted(model, t
         ticket = engine.submit(WindowRequest(mel=_short_mels()[0], spec=spec))
         with pytest.raises(EngineError, match="injected admission fault"):
             ticket.result(timeout=60)
+
+
+def test_a_live_utterances_final_decode_frees_its_kept_audio(model, tokenizer):
+    """Through the live service and the engine (an audio cache as on CUDA, here on the CPU): an utterance's
+    partials keep its audio under its key, its final decode drops it (AudioWindow.last)."""
+    import asyncio
+
+    from voxserve.api import WhisperModel
+    from voxserve.engine.audio_cache import AudioCache
+    from voxserve.live.service import LiveOptions, LiveService
+    from voxserve.model.load import CheckpointInfo
+
+    whisper = WhisperModel(model, tokenizer, CheckpointInfo("tiny", "random", None), is_random=True)
+    options = LiveOptions(short_windows=True)
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")
+    config = EngineConfig(max_slots=2, short_window_frames=options.short_window_frames(3000))
+    with make_engine(model, tokenizer, config) as engine:
+        cache = engine.runner.audio_cache = AudioCache(torch.device("cpu"))
+        service = LiveService(whisper, engine, None, options)
+
+        async def utterance() -> list[int]:
+            kept = []
+            for n, partial in ((16000, True), (32000, True), (40000, False)):
+                await service.decode(speech[:n], language="en", prompt=None, partial=partial, audio_key="u1")
+                kept.append(len(cache))
+            return kept
+
+        assert asyncio.run(utterance()) == [1, 1, 0]
+    assert cache.sent == 40000 and cache.bytes == 0

@@ -50,6 +50,8 @@ class AudioWindow:
     # Names a growing signal whose every window is a prefix of it (a live utterance from its first sample): the
     # engine keeps its audio on the device and sends only the samples it gains (engine/audio_cache.py)
     key: Hashable | None = None
+    # The key's last window (a live utterance's final decode): its kept audio is dropped once this one is taken
+    last: bool = False
 
 
 @dataclass

@@ -313,14 +313,17 @@ class LiveService:
             target = min([f for f in fits if f >= n] or [self.window_samples])
         return target // HOP_LENGTH
 
-    def audio_window(self, samples: np.ndarray, key: Hashable | None = None) -> AudioWindow:
+    def audio_window(
+        self, samples: np.ndarray, key: Hashable | None = None, *, last: bool = False
+    ) -> AudioWindow:
         """An utterance's window (its last 30 s at most) as audio, for the engine to make its log-mel. ``key``:
         the utterance's, where ``samples`` start at its first sample (the engine keeps its audio on the device
-        and sends only what it gained since; AudioWindow.key)."""
+        and sends only what it gained since; AudioWindow.key); ``last``: its final decode (the engine then drops
+        that audio)."""
         if len(samples) > self.window_samples:
             samples, key = samples[-self.window_samples :], None
         return AudioWindow(
-            np.ascontiguousarray(samples, dtype=np.float32), self.window_frames(len(samples)), key
+            np.ascontiguousarray(samples, dtype=np.float32), self.window_frames(len(samples)), key, last
         )
 
     def mel(self, samples: np.ndarray, streaming: StreamingLogMel | None = None) -> torch.Tensor:
@@ -369,7 +372,7 @@ class LiveService:
             decoder, spec = self.request_spec(language, prompt, prefix, len(samples))
             if mel is None:  # audio for the engine needs no worker thread
                 mel = (
-                    self.audio_window(samples, audio_key)
+                    self.audio_window(samples, audio_key, last=not partial)
                     if self.options.mels == "engine"
                     else await asyncio.to_thread(self.mel, samples, streaming)
                 )
