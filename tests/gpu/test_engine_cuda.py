@@ -575,7 +575,8 @@ def test_overlapped_admissions_fp16_live_engine_decodes_as_serial(tokenizer) -> 
 @pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
 def test_live_admission_launch_never_waits_for_the_device(tokenizer, overlap) -> None:
     """Launching a live admission (audio windows, keyed for the audio cache, packed encoder and prefill, graphs
-    after warm-up) queues its device work without one synchronising call: torch's sync debug mode raises at any.
+    after warm-up), and then a decode step of its rows, queues the device work without one synchronising call:
+    torch's sync debug mode raises at any.
     Stop 26 found six in ``PolicyState.reset`` (a constant stored through a tensor index copies it from pageable
     memory), which made the engine thread wait for the admission's encoder pass and left nothing to overlap."""
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
@@ -594,12 +595,19 @@ def test_live_admission_launch_never_waits_for_the_device(tokenizer, overlap) ->
             for k, (start, frames) in enumerate([(0, 800), (8000, 800), (16000, 1600), (0, 400)])
         ]
         windows = [w for w in windows if len(w.samples) <= 160 * w.frames]
+        admitted = slots[: len(windows)]
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            pending = runner.launch_admission(slots[: len(windows)], specs[: len(windows)], windows)
+            pending = runner.launch_admission(admitted, specs[: len(windows)], windows)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         picked.append(runner.finish_admission(pending))
+        torch.cuda.set_sync_debug_mode("error")  # a decode step's launch: no wait either
+        try:
+            launched = runner.launch(admitted)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert len(runner.collect(launched)[0]) == len(admitted)
     assert [len(p) for p in picked] == [4, 4, 3]  # the last 7 s window did not fit its 4 s length
     assert runner.audio_cache.sent == 3 * 7 * 16000  # each utterance's audio sent once, as it grew
