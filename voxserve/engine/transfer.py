@@ -3,6 +3,11 @@
 A pageable host-to-device copy synchronises the stream: the engine thread then waits for all queued device work,
 and under load, where it shares the interpreter with the callers' threads, hands them the GIL for up to a switch
 interval. Copies from pinned memory are queued instead, and values sent together travel in one copy.
+
+Hidden copies wait too: a Python number stored through a tensor index (``state[rows] = 0.0``, an ``index_put_``)
+sends the number from pageable memory. Six such stores made every live admission wait for its own encoder pass
+(stop 26; PolicyState.reset now uses ``index_fill_``). tests/gpu launches admissions and steps under torch's sync
+debug mode "error" to catch the next one.
 """
 
 from __future__ import annotations
