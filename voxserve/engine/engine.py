@@ -24,7 +24,7 @@ import torch
 
 from ..config import HOP_LENGTH
 from ..model.whisper import Whisper
-from . import threads
+from . import audio_cache, threads
 from .runner import Launched, PendingAdmission, Runner, slot_bytes
 from .types import AudioWindow, EngineConfig, TokenEvent, WindowOutput, WindowRequest
 
@@ -194,11 +194,14 @@ class Engine:
             return cfg.cpu_slots
         free, _ = torch.cuda.mem_get_info(model.device)
         need = slot_bytes(model, cfg.cross_kv)
-        fit = int(free * cfg.memory_fraction) // need
+        # the runner's audio cache (live utterances' audio, on CUDA) may grow to its capacity: the same budget
+        allowed = int(free * cfg.memory_fraction) - audio_cache.CAPACITY
+        fit = max(allowed, 0) // need
         if fit < 1:
             raise EngineError(
                 f"not enough free GPU memory for one decoding slot ({need / 2**20:.0f} MiB needed, "
-                f"{free * cfg.memory_fraction / 2**20:.0f} MiB allowed)"
+                f"{max(allowed, 0) / 2**20:.0f} MiB allowed: {cfg.memory_fraction:.0%} of "
+                f"{free / 2**20:.0f} MiB free, less {audio_cache.CAPACITY / 2**20:.0f} MiB for the audio cache)"
             )
         return min(fit, max(cfg.buckets))
 
