@@ -610,4 +610,5 @@ def test_live_admission_launch_never_waits_for_the_device(tokenizer, overlap) ->
             torch.cuda.set_sync_debug_mode("default")
         assert len(runner.collect(launched)[0]) == len(admitted)
     assert [len(p) for p in picked] == [4, 4, 3]  # the last 7 s window did not fit its 4 s length
-    assert runner.audio_cache.sent == 3 * 7 * 16000  # each utterance's audio sent once, as it grew
+    # each utterance's audio sent once, as it grew: keys 0-2 up to 7 s, key 3 up to 3 s
+    assert runner.audio_cache.sent == 3 * 7 * 16000 + 3 * 16000
