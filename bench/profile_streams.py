@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import statistics
 import sys
 import tempfile
@@ -68,6 +69,20 @@ def pinned_allocations() -> tuple[int, float]:
 
 
 pinned_at_start: list[tuple[int, float]] = []  # at the start of the current variant
+# Python's cyclic collections during the current variant: (generation, milliseconds). A full (generation 2)
+# collection holds the GIL for all of it, stalling the event loop and the engine's thread alike.
+collections_ms: list[tuple[int, float]] = []
+_gc_started: list[float] = []
+
+
+def _watch_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter()]
+    elif _gc_started:
+        collections_ms.append((info["generation"], 1e3 * (time.perf_counter() - _gc_started[0])))
+
+
+gc.callbacks.append(_watch_gc)
 
 
 def sync() -> None:
@@ -250,6 +265,7 @@ VARIANT_KEYS = {
     "mergedmels": int,
     "audiocache": int,
     "overlap": int,
+    "gcfreeze": int,
 }
 
 
@@ -273,10 +289,13 @@ def run_variants(variants: list[dict[str, float]]) -> None:
     current: dict[str, float] = {}
     init = LiveService.__init__
 
+    begun: list[bool] = []  # whether a variant has run (its figures are reported when the next one starts)
+
     def next_variant(self: LiveService, whisper: Any, engine: Engine, *args: Any, **kwargs: Any) -> None:
-        if calls or marks:
+        if begun or calls or marks:
             report()
             clear()
+        begun[:] = [True]
         current.clear()
         current.update(pending.pop(0))
         engines[:] = [engine]
@@ -301,6 +320,13 @@ def run_variants(variants: list[dict[str, float]]) -> None:
                 raise SystemExit("--variant overlap=1 needs --overlap-admissions (the engine's own streams)")
             torch.cuda.synchronize()  # nothing of the other mode's streams still running
             engine.runner.overlap = bool(current["overlap"])
+        if "gcfreeze" in current:  # everything alive now out of the collector's sight (or back in it)
+            if current["gcfreeze"]:
+                gc.collect()
+                gc.freeze()
+            else:
+                gc.unfreeze()
+        collections_ms.clear()
         if "audiocache" in current:  # a fresh one, or none: every window's audio sent whole
             on = current["audiocache"] and engine.runner.device.type == "cuda"
             engine.runner.audio_cache = AudioCache(engine.runner.device) if on else None
@@ -488,6 +514,14 @@ def report() -> None:
     if pinned_at_start:
         (n0, t0), (n1, t1) = pinned_at_start[0], pinned_allocations()
         print(f"pinned host blocks created: {n1 - n0} ({(t1 - t0) / 1e3:.1f} ms in cudaHostAlloc)")
+    full = [ms for generation, ms in collections_ms if generation == 2]
+    young = [ms for generation, ms in collections_ms if generation < 2]
+    print(
+        f"gc: {len(full)} full collections ({sum(full):.0f} ms, longest {max(full, default=0):.1f} ms), "
+        f"{len(young)} younger ({sum(young):.0f} ms, longest {max(young, default=0):.1f} ms), "
+        f"{gc.get_freeze_count()} objects frozen, {len(gc.get_objects())} tracked"
+    )
+    collections_ms.clear()
     if sampler is not None:
         sampler.report()
         sampler.reset()
@@ -599,8 +633,8 @@ def main() -> None:
         "admission's engine log-mels in one transform for every window length, or one per length: engine/mels.py "
         "MERGE_LENGTHS), audiocache=0|1 (live utterances' audio kept on the device between partials, or sent whole "
         "each time: engine/audio_cache.py), overlap=0|1 (admissions beside the decode steps, with "
-        "--overlap-admissions); "
-        "repeat for more runs (default: one run with the defaults)",
+        "--overlap-admissions), gcfreeze=0|1 (gc.freeze() everything alive at the variant's start, or "
+        "gc.unfreeze()); repeat for more runs (default: one run with the defaults)",
     )
     args = p.parse_args()
     if args.threads:

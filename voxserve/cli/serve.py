@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"voxserve serve: error: {lines}", file=sys.stderr)
         return 2
     _adopt_cpu_thread_policy(settings.device)
-    app = create_app(settings)
+    app = create_app(settings, freeze_heap=True)  # a long-running process: voxserve/heap.py
     # uvicorn handles SIGTERM/SIGINT: it stops accepting, lets in-flight requests finish (up to the grace
     # period), then runs the app's lifespan shutdown, which stops the job workers and the engines.
     uvicorn.run(

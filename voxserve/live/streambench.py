@@ -34,6 +34,7 @@ from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
 from ..engine import mels, scatter
 from ..engine.types import EngineConfig
+from ..heap import frozen_heap
 from ..model import fp8rows
 from ..model.load import CheckpointInfo, init_random
 from ..model.quant import QuantizationError, quantize_model
@@ -287,6 +288,8 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         fp8rows_kernel=fp8rows.KERNEL,
         # live utterances' audio kept on the device between partials (engine/audio_cache.py; on CUDA)
         audio_cache=engine.runner.audio_cache is not None,
+        # objects alive after the warm-up kept out of the cyclic collector, as `voxserve serve` (heap.py; stop 26)
+        heap_frozen=True,
         merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)
         decoding="greedy, no timestamps, language en"
         + (f"; exactly {fixed:g} tokens per second of audio (end-of-text suppressed)" if fixed else ""),
@@ -312,45 +315,46 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     try:
         log(f"warming up the engine ({engine.n_slots} slots)")
         engine.runner.warmup()
-        for n in plan.streams:
-            service = LiveService(whisper, engine, vad, options(n))
-            snap = machine.load_snapshot()
-            steps0, beside0, started = engine.steps, engine.steps_beside_admissions, time.monotonic()
-            if plan.transport == "ws":
-                lat, missing, lag = _over_websockets(n, tracks, service, plan, language)
-            else:
-                counted_from, lag = asyncio.run(_simulate(n, tracks, service, plan, language))
-                lat, missing = [x for t, x in service.stats.text_latency if t >= counted_from], None
-            wall = time.monotonic() - started
-            st = service.stats
-            p99 = _percentile(lat, 99)
-            row = {
-                "streams": n,
-                "chunks_counted": len(lat),
-                "chunks_without_text": missing,
-                "p50_ms": _ms(_percentile(lat, 50)),
-                "p90_ms": _ms(_percentile(lat, 90)),
-                "p99_ms": _ms(p99),
-                "max_ms": _ms(max(lat) if lat else None),
-                "held": p99 is not None and p99 * 1000 <= plan.target_ms,
-                "final_p50_ms": _ms(_percentile(st.final_latency, 50)),
-                "final_p99_ms": _ms(_percentile(st.final_latency, 99)),
-                "partials": st.partials,
-                "finals": st.finals,
-                "decodes_per_s": round(len(st.decode_seconds) / wall, 1),
-                "decode_p50_ms": _ms(_percentile(st.decode_seconds, 50)),
-                "engine_steps_per_s": round((engine.steps - steps0) / wall, 1),
-                # decode steps launched while an admission was on the device (overlap_admissions)
-                "steps_beside_admissions": engine.steps_beside_admissions - beside0,
-                "sender_lag_p99_ms": _ms(_percentile(lag, 99)),
-                "cpu_contention_pct": machine.contention_pct(snap, machine.load_snapshot()),
-            }
-            doc["figures"]["streams"].append(row)
-            log(
-                f"{n} streams: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({'held' if row['held'] else 'NOT held'}), "
-                f"final p50 {row['final_p50_ms']} ms, {row['decodes_per_s']} decodes/s"
-            )
-            gc.collect()
+        with frozen_heap():  # as `voxserve serve` runs (voxserve/heap.py)
+            for n in plan.streams:
+                service = LiveService(whisper, engine, vad, options(n))
+                snap = machine.load_snapshot()
+                steps0, beside0, started = engine.steps, engine.steps_beside_admissions, time.monotonic()
+                if plan.transport == "ws":
+                    lat, missing, lag = _over_websockets(n, tracks, service, plan, language)
+                else:
+                    counted_from, lag = asyncio.run(_simulate(n, tracks, service, plan, language))
+                    lat, missing = [x for t, x in service.stats.text_latency if t >= counted_from], None
+                wall = time.monotonic() - started
+                st = service.stats
+                p99 = _percentile(lat, 99)
+                row = {
+                    "streams": n,
+                    "chunks_counted": len(lat),
+                    "chunks_without_text": missing,
+                    "p50_ms": _ms(_percentile(lat, 50)),
+                    "p90_ms": _ms(_percentile(lat, 90)),
+                    "p99_ms": _ms(p99),
+                    "max_ms": _ms(max(lat) if lat else None),
+                    "held": p99 is not None and p99 * 1000 <= plan.target_ms,
+                    "final_p50_ms": _ms(_percentile(st.final_latency, 50)),
+                    "final_p99_ms": _ms(_percentile(st.final_latency, 99)),
+                    "partials": st.partials,
+                    "finals": st.finals,
+                    "decodes_per_s": round(len(st.decode_seconds) / wall, 1),
+                    "decode_p50_ms": _ms(_percentile(st.decode_seconds, 50)),
+                    "engine_steps_per_s": round((engine.steps - steps0) / wall, 1),
+                    # decode steps launched while an admission was on the device (overlap_admissions)
+                    "steps_beside_admissions": engine.steps_beside_admissions - beside0,
+                    "sender_lag_p99_ms": _ms(_percentile(lag, 99)),
+                    "cpu_contention_pct": machine.contention_pct(snap, machine.load_snapshot()),
+                }
+                doc["figures"]["streams"].append(row)
+                log(
+                    f"{n} streams: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({'held' if row['held'] else 'NOT held'}), "
+                    f"final p50 {row['final_p50_ms']} ms, {row['decodes_per_s']} decodes/s"
+                )
+                gc.collect()
     finally:
         engine.close()
     doc["conditions"]["end"] = machine.load_snapshot()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 from fastapi import APIRouter, FastAPI
 
+from ..heap import frozen_heap
 from .context import ModelLoader, ServerContext
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
@@ -30,11 +31,14 @@ def create_app(
     *,
     routers: Sequence[APIRouter | Callable[[ServerContext], APIRouter]] = (),
     loader: ModelLoader | None = None,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """The voxserve application.
 
     ``routers`` are mounted as given (an APIRouter, or a callable taking the context and returning one);
-    ``loader`` replaces how a model source becomes a WhisperModel (tests inject faults or tiny models).
+    ``loader`` replaces how a model source becomes a WhisperModel (tests inject faults or tiny models);
+    ``freeze_heap``: once started, keep the objects alive then out of the cyclic collector while serving
+    (voxserve/heap.py; ``voxserve serve`` sets it, an embedding process may not want it).
     """
     settings = settings or ServerSettings()
     ctx = ServerContext.build(settings, loader=loader)
@@ -43,7 +47,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.start()
         try:
-            yield
+            with frozen_heap() if freeze_heap else nullcontext():
+                yield
         finally:
             await ctx.stop()
 
