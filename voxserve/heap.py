@@ -7,6 +7,10 @@ machine (`bench/profile_streams.py --dims tiny --device cpu --host-only 20 --sec
 gcfreeze=0|1`, alternating twice, stop 26) three full collections ran in each 30 s run: the longest 157-160 ms
 with everything in the collector's sight, 23-30 ms with start-up's objects frozen; the event loop's 10 ms timer
 at most 160-166 against 24-30 ms late; partial-result p99 285-322 against 224 ms.
+
+The price: frozen objects that become garbage inside reference cycles are not freed. A model and its engine's
+runner are such cycles (a tiny model and engine, deleted, stayed alive until a collection: measured, stop 26), so
+whatever drops start-up objects for good (the registry evicting a model) calls ``release_frozen``.
 """
 
 from __future__ import annotations
@@ -27,3 +31,12 @@ def frozen_heap() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+def release_frozen() -> None:
+    """After dropping objects that may be frozen (an evicted model): put every frozen object back in the
+    collector's sight, collect, and freeze what is still alive. One full collection, as at start-up."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()

@@ -114,3 +114,26 @@ def test_models_load_lazily_and_evict_least_recently_used(make_settings, tiny_mo
         assert listed == {"a": True, "b": False, "c": True}
         assert 'voxserve_model_evictions_total{model="b"} 1.0' in client.get("/metrics").text
         assert _post(client, 1.0, model="b", temperature="0").status_code == 200  # reloaded on demand
+
+
+@pytest.mark.slow
+def test_a_model_evicted_from_a_frozen_heap_is_freed(make_settings, tiny_model_dir):
+    """As `voxserve serve` runs it (create_app(freeze_heap=True)): the preloaded model, frozen with the rest of
+    start-up's objects, lives in reference cycles (model, runner), so its eviction must let a collection free it
+    (voxserve/heap.py release_frozen); the server stays frozen afterwards."""
+    import gc
+    import weakref
+
+    models = {name: str(tiny_model_dir) for name in ("a", "b")}
+    with TestClient(create_app(make_settings(models=models, default_model="a"))) as probe:
+        one = probe.app.state.ctx.registry.loaded["a"].memory_bytes()
+    settings = make_settings(models=models, default_model="a", memory_budget_bytes=int(1.5 * one))
+    with TestClient(create_app(settings, freeze_heap=True)) as client:
+        registry = client.app.state.ctx.registry
+        model = weakref.ref(registry.loaded["a"].whisper.model)
+        assert gc.get_freeze_count() > 0
+        assert _post(client, 1.0, model="b", temperature="0").status_code == 200  # evicts a
+        assert list(registry.loaded) == ["b"]
+        assert model() is None
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

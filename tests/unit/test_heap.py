@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 from fastapi.testclient import TestClient
 
-from voxserve.heap import frozen_heap
+from voxserve.heap import frozen_heap, release_frozen
 from voxserve.server.app import create_app
 from voxserve.server.settings import ServerSettings
 
@@ -34,4 +35,25 @@ def test_the_server_freezes_its_heap_only_when_asked(tmp_path, freeze):
     with TestClient(create_app(settings, freeze_heap=freeze)) as client:
         assert client.get("/health").status_code == 200
         assert (gc.get_freeze_count() > 0) is freeze
+    assert gc.get_freeze_count() == 0
+
+
+class _Node:
+    pass
+
+
+def test_release_frozen_frees_frozen_cycles_dropped_since():
+    gc.unfreeze()
+    with frozen_heap():
+        node = _Node()
+        node.self = node  # a cycle: only the collector frees it
+        gone = weakref.ref(node)
+        gc.freeze()  # frozen as start-up's objects are
+        del node
+        gc.collect()
+        assert gone() is not None  # frozen: a collection does not see it
+        release_frozen()
+        assert gone() is None
+        assert gc.get_freeze_count() > 0  # what is still alive is frozen again
+    release_frozen()  # not frozen: nothing to do
     assert gc.get_freeze_count() == 0

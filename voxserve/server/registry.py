@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..engine.types import EngineConfig
+from ..heap import release_frozen
 from .errors import APIError
 from .metrics import ServerMetrics
 from .runtime import ModelLoader, ModelRuntime
@@ -124,11 +125,14 @@ class ModelRegistry:
                         code="memory_budget",
                         headers={"Retry-After": "1"},
                     )
-                victim = self.loaded.pop(idle[0])
+                alias_evicted = idle[0]
+                victim = self.loaded.pop(alias_evicted)
                 used -= victim.memory_bytes()
                 log.info("evicting model %r (least recently used) to load %r", victim.alias, alias)
                 victim.close()
-                self.metrics.model_evictions.labels(victim.alias).inc()
+                del victim
+                release_frozen()  # a model frozen after start-up is freed only by a collection (heap.py)
+                self.metrics.model_evictions.labels(alias_evicted).inc()
 
     def close(self) -> None:
         with self._guard:
