@@ -43,6 +43,7 @@ from voxserve.engine.engine import Engine
 from voxserve.engine.packed import pass_size
 from voxserve.engine.runner import Runner
 from voxserve.engine.types import EngineConfig, WindowOutput, WindowRequest
+from voxserve.heap import freeze_alive
 from voxserve.live import streambench
 from voxserve.live.service import LiveService
 from voxserve.live.streambench import StreamBenchPlan, run_streams
@@ -322,8 +323,7 @@ def run_variants(variants: list[dict[str, float]]) -> None:
             engine.runner.overlap = bool(current["overlap"])
         if "gcfreeze" in current:  # everything alive now out of the collector's sight (or back in it)
             if current["gcfreeze"]:
-                gc.collect()
-                gc.freeze()
+                freeze_alive()
             else:
                 gc.unfreeze()
         collections_ms.clear()

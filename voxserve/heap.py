@@ -25,12 +25,17 @@ def frozen_heap() -> Iterator[None]:
     """Collect once, then move every object alive now to the collector's permanent generation (``gc.freeze``)
     for the block; put them back after it (``gc.unfreeze``), so an embedding process's later collections see
     them again."""
-    gc.collect()
-    gc.freeze()
+    freeze_alive()
     try:
         yield
     finally:
         gc.unfreeze()
+
+
+def freeze_alive() -> None:
+    """Collect once, then move every object still alive to the collector's permanent generation."""
+    gc.collect()
+    gc.freeze()
 
 
 def release_frozen() -> None:
@@ -38,5 +43,4 @@ def release_frozen() -> None:
     collector's sight, collect, and freeze what is still alive. One full collection, as at start-up."""
     if gc.get_freeze_count():
         gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        freeze_alive()

@@ -195,12 +195,12 @@ class Engine:
         free, _ = torch.cuda.mem_get_info(model.device)
         need = slot_bytes(model, cfg.cross_kv)
         # the runner's audio cache (live utterances' audio, on CUDA) may grow to its capacity: the same budget
-        allowed = int(free * cfg.memory_fraction) - audio_cache.CAPACITY
-        fit = max(allowed, 0) // need
+        allowed = max(int(free * cfg.memory_fraction) - audio_cache.CAPACITY, 0)
+        fit = allowed // need
         if fit < 1:
             raise EngineError(
                 f"not enough free GPU memory for one decoding slot ({need / 2**20:.0f} MiB needed, "
-                f"{max(allowed, 0) / 2**20:.0f} MiB allowed: {cfg.memory_fraction:.0%} of "
+                f"{allowed / 2**20:.0f} MiB allowed: {cfg.memory_fraction:.0%} of "
                 f"{free / 2**20:.0f} MiB free, less {audio_cache.CAPACITY / 2**20:.0f} MiB for the audio cache)"
             )
         return min(fit, max(cfg.buckets))

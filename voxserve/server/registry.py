@@ -113,6 +113,7 @@ class ModelRegistry:
     def _make_room(self, alias: str, needed: int) -> None:
         if self.memory_budget is None:
             return
+        evicted = False
         with self._guard:
             used = sum(r.memory_bytes() for r in self.loaded.values())
             while used + needed > self.memory_budget:
@@ -125,14 +126,19 @@ class ModelRegistry:
                         code="memory_budget",
                         headers={"Retry-After": "1"},
                     )
-                alias_evicted = idle[0]
-                victim = self.loaded.pop(alias_evicted)
-                used -= victim.memory_bytes()
-                log.info("evicting model %r (least recently used) to load %r", victim.alias, alias)
-                victim.close()
-                del victim
-                release_frozen()  # a model frozen after start-up is freed only by a collection (heap.py)
-                self.metrics.model_evictions.labels(alias_evicted).inc()
+                used -= self._evict(idle[0], alias)
+                evicted = True
+        if evicted:
+            release_frozen()  # a model frozen after start-up is freed only by a collection (heap.py)
+
+    def _evict(self, victim: str, alias: str) -> int:
+        """Unload model ``victim`` (under _guard) to make room for ``alias``; returns the memory it held."""
+        runtime = self.loaded.pop(victim)
+        held = runtime.memory_bytes()
+        log.info("evicting model %r (least recently used) to load %r", victim, alias)
+        runtime.close()
+        self.metrics.model_evictions.labels(victim).inc()
+        return held
 
     def close(self) -> None:
         with self._guard:
