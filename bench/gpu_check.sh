@@ -29,6 +29,9 @@
 #                                           OVERLAP_PHASES=1), then the bench at 300-600 streams with overlapped
 #                                           admissions and at 400 without (OVERLAP_BENCH=0: neither), and with
 #                                           OVERLAP_BUCKETS=1 at 400 with windows in whole seconds
+#   bash bench/gpu_check.sh live-step [ASSETS] decode steps at the live bench's shapes (bench/profile_step.py
+#                                           --live), the bench with overlapped admissions at LIVE_STREAMS
+#                                           (150,200,250), then at 400 with windows in whole seconds
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -38,7 +41,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -165,6 +168,15 @@ elif [ "$MODE" = overlap ]; then
     # manifest; demo-model WER 7.2 -> 7.6%), every length's log-mels in one transform
     [ "${OVERLAP_BUCKETS:-0}" = 1 ] && VOXSERVE_MERGED_MELS=1 bench400 buckets-1s --packed-prefill \
         --overlap-admissions --window-buckets 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
+elif [ "$MODE" = live-step ]; then
+    part 150 profile-live-step python3 bench/profile_step.py --live --dims large-v3 \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    part 200 bench-streams-overlap python3 -m voxserve bench --streams "${LIVE_STREAMS:-150,200,250}" \
+        --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 \
+        --max-admit 64 --vad oracle --packed-encoder --packed-prefill --overlap-admissions --mels engine \
+        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    VOXSERVE_MERGED_MELS=1 bench400 buckets-1s --packed-prefill --overlap-admissions \
+        --window-buckets 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -175,6 +187,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step or host)" >&2
     exit 2
 fi

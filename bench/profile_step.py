@@ -1,6 +1,7 @@
 """Development profile of one decode step and one encoder pass: which kernels, how many, how long.
 
 python3 bench/profile_step.py --dims large-v3
+python3 bench/profile_step.py --dims large-v3 --live   # steps at live shapes instead (see live_steps)
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 from probe_engine import DIMS  # noqa: I001 - a sibling script
 from torch.profiler import ProfilerActivity, profile
 
 from voxserve.config import ModelDims
 from voxserve.decoding.batched import make_engine
+from voxserve.engine import fused
 from voxserve.engine.runner import Runner
 from voxserve.engine.types import EngineConfig
 from voxserve.model.load import init_random
@@ -38,11 +41,15 @@ def main() -> None:
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--tiktoken", default=".devdata/whisper-assets/multilingual.tiktoken")
     ap.add_argument("--cross-kv", default="model", choices=("model", "int8"), help="EngineConfig.cross_kv")
+    ap.add_argument("--live", action="store_true", help="decode steps at the live engine's shapes instead")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     dims = ModelDims(n_audio_ctx=1500, n_text_ctx=448, **DIMS[args.dims])
     tok = Tokenizer.from_tiktoken(args.tiktoken, num_languages=dims.num_languages)
     model = init_random(dims, seed=0).to("cuda", dtype)
+    if args.live:
+        live_steps(model, tok)
+        return
     eng = make_engine(
         model, tok, EngineConfig(max_slots=64, cuda_graphs=False, fused_step=True, cross_kv=args.cross_kv)
     )
@@ -81,6 +88,56 @@ def main() -> None:
                 model.encoder(mel)
                 torch.cuda.synchronize()
             table(prof, "encoder b=1")
+    finally:
+        eng.close()
+
+
+def live_steps(model: torch.nn.Module, tok: Tokenizer) -> None:
+    """Decode steps as the live stream bench runs them: the bench's engine (149 slots at large-v3 on an H100),
+    rows whose windows are short (cross K/V of 50-400 positions: the 1, 2, 4 and 8 s buckets, in proportions
+    near the bench's ~2.6 s utterances) and sequences of ~20 tokens, against the same rows at 30 s windows (1,500
+    positions, the offline bench's step). GPU time of a graph replay per batch bucket, and the kernels of one
+    eager step at the largest bucket."""
+    eng = make_engine(model, tok, EngineConfig(max_slots=149))
+    runner = eng.runner
+    rng = np.random.default_rng(0)
+    n = runner.n_slots
+    live = rng.choice([50, 100, 200, 400], p=[0.3, 0.35, 0.25, 0.1], size=n)
+    print(f"live steps: {n} slots, buckets {runner.buckets}, fused up to {fused.MAX_ROWS} rows")
+    try:
+        with torch.no_grad():
+            for label, lengths in (("live windows", live), ("30 s windows", np.full(n, 1500))):
+                runner.cross_len[:n] = torch.from_numpy(lengths).to("cuda")
+                for b in runner.buckets:
+                    if b < 8:
+                        continue
+                    graph = runner._graph(b, False)[0]
+                    rows = runner._rows[:b]
+                    rows.copy_(torch.arange(b, device="cuda"))
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    for timed in (False, True):
+                        if timed:
+                            start.record()
+                        for _ in range(20):
+                            runner.policy.length[:b] = 20  # keep the rows at the same length
+                            runner.policy.sample_len[:b] = 10**6
+                            graph.replay()
+                        if timed:
+                            end.record()
+                    torch.cuda.synchronize()
+                    print(
+                        f"{label}: step b={b}: graph replay {start.elapsed_time(end) / 20:.3f} ms GPU",
+                        flush=True,
+                    )
+            runner.cross_len[:n] = torch.from_numpy(live).to("cuda")
+            rows = torch.arange(n, device="cuda")
+            runner.policy.length[:n] = 20
+            runner._step(rows, False)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                runner._step(rows, False)
+                torch.cuda.synchronize()
+            table(prof, f"eager decode step b={n}, live windows", rows=24)
     finally:
         eng.close()
 
@@ -126,8 +183,6 @@ def projection_sweep() -> None:
     time per call from CUDA-graph replays, at several row counts."""
     import triton.testing
     from torch import nn
-
-    from voxserve.engine import fused
 
     c = 1280
     shapes = {  # name: (N, K, layer norm, GELU, residual)
