@@ -460,18 +460,23 @@ def test_scatter_kernel_equals_index_put(dtype) -> None:
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_packed_prefill_gives_each_row_what_the_padded_one_gives(tokenizer, dtype) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "cross_kv"),
+    [(torch.float32, "model"), (torch.float16, "model"), (torch.float32, "int8"), (torch.float16, "int8")],
+)
+def test_packed_prefill_gives_each_row_what_the_padded_one_gives(tokenizer, dtype, cross_kv) -> None:
     """The packed prefill (engine/packed_prefill.py): in fp16 replayed from its graphs (two admissions of one pass
     size, so stale inputs would show; FlashAttention's causal variable-length form), in fp32 eagerly: each row's
-    first-token logits, no-speech probability and self K/V as the padded prefill gives them."""
+    first-token logits, no-speech probability and self K/V as the padded prefill gives them; with int8 cross K/V
+    both read the same quantized caches (the live bench's --cross-kv int8)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().to(dtype)
     g = torch.Generator().manual_seed(0)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     runners = {}
     for on in (False, True):
-        eng = make_engine(model, tokenizer, EngineConfig(max_slots=6, max_admit=8, packed_prefill=on))
+        config = EngineConfig(max_slots=6, max_admit=8, packed_prefill=on, cross_kv=cross_kv)
+        eng = make_engine(model, tokenizer, config)
         eng.close()
         runners[on] = eng.runner
     padded, packed_runner = runners[False], runners[True]

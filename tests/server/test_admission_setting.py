@@ -17,7 +17,7 @@ from voxserve.server.settings import ServerSettings  # noqa: E402
 def test_defaults_and_validation():
     s = ServerSettings()
     assert (s.engine_admit_wait_steps, s.engine_admit_ratio, s.engine_packed_encoder) == (0, 2.0, False)
-    assert s.engine_packed_prefill is False and s.engine_overlap_admissions is False
+    assert s.engine_packed_prefill is False and s.engine_overlap_admissions is True
     for bad in ({"engine_admit_wait_steps": -1}, {"engine_admit_ratio": 0}):
         with pytest.raises(ValidationError):
             ServerSettings(**bad)

@@ -42,6 +42,8 @@ def test_plan_is_checked(tmp_path):
         ({"window_buckets_s": (45.0,)}, "window-buckets"),
         ({"encoder_precision": "int4"}, "encoder-precision must be fp8"),
         ({"encoder_precision": "fp8"}, "half-precision model"),
+        ({"cross_kv": "int4"}, "cross-kv must be model or int8"),
+        ({"cross_kv": "int8"}, "CUDA only"),
     ]:
         with pytest.raises(BenchError, match=match):
             _plan(tmp_path, **bad)
@@ -146,3 +148,10 @@ def test_window_buckets_flag_parses_and_records_as_typed():
     assert line[line.index("--window-buckets") + 1] == "2,8,16"
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--window-buckets", "2,x"])
+    assert args.cross_kv == "model"
+    assert parser.parse_args(["bench", "--streams", "2", "--cross-kv", "int8"]).cross_kv == "int8"
+    # overlapped admissions are on unless switched off, and the recorded line says which
+    assert args.overlap_admissions and "--overlap-admissions" in line
+    serial = parser.parse_args(["bench", "--streams", "2", "--no-overlap-admissions"])
+    assert not serial.overlap_admissions
+    assert "--no-overlap-admissions" in cli.command_line(serial)

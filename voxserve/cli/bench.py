@@ -181,15 +181,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     live.add_argument(
         "--overlap-admissions",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="run admissions on a CUDA stream of their own beside the decode steps (EngineConfig."
-        "overlap_admissions; default: one after the other, as `voxserve serve`)",
+        "overlap_admissions; default: on, as `voxserve serve`; --no-overlap-admissions: one after the other)",
     )
     live.add_argument(
         "--encoder-precision",
         choices=("fp8",),
         help="the encoder's block Linears in this precision (fp8: E4M3 with per-token scales, compute capability "
         ">= 8.9), the rest of the model in --precision; default: the whole model in --precision",
+    )
+    live.add_argument(
+        "--cross-kv",
+        choices=("model", "int8"),
+        default="model",
+        help="the engine's cross-attention K/V cache: in the model's precision, or int8 with a scale per (position, "
+        "head) (half the bytes each decode step reads; CUDA only; as `voxserve serve --cross-kv`)",
     )
     live.add_argument(
         "--mels",
@@ -218,10 +226,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)  # fmt: skip
 
 
+# switches that are on unless --no-... is given: spelled out when off
+ON_BY_DEFAULT = ("overlap_admissions",)
+
+
 def command_line(args: argparse.Namespace) -> list[str]:
     """The run as one command line with every option spelled out (defaults included), for the result file."""
     parts = ["voxserve", "bench"]
     for key, value in sorted(vars(args).items()):
+        if key in ON_BY_DEFAULT and value is False:
+            parts.append("--no-" + key.replace("_", "-"))
+            continue
         if key in ("func", "command") or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
@@ -328,6 +343,7 @@ def run_streams(args: argparse.Namespace) -> int:
             admit_ratio=args.admit_ratio,
             packed_encoder=args.packed_encoder,
             encoder_precision=args.encoder_precision,
+            cross_kv=args.cross_kv,
             packed_prefill=args.packed_prefill,
             overlap_admissions=args.overlap_admissions,
             mels=args.mels,

@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run admissions (encoder pass, prefill) on a CUDA stream of their own beside the decode steps, so "
-        "running requests keep decoding meanwhile (default: off; VOXSERVE_ENGINE_OVERLAP_ADMISSIONS)",
+        "running requests keep decoding meanwhile (default: on; VOXSERVE_ENGINE_OVERLAP_ADMISSIONS)",
     )
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

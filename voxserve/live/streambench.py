@@ -69,10 +69,12 @@ class StreamBenchPlan:
     admit_ratio: float = EngineConfig.admit_ratio
     packed_encoder: bool = EngineConfig.packed_encoder
     packed_prefill: bool = EngineConfig.packed_prefill
-    overlap_admissions: bool = EngineConfig.overlap_admissions
+    # on, as the server's default (engine_overlap_admissions): it paid at every stream count measured
+    overlap_admissions: bool = True
     mels: str = LiveOptions.mels  # log-mels made by the engine from audio ("engine"), or on the host
     # the encoder's block Linears in this quantized precision ("fp8"), the rest in ``precision``; None: all
     encoder_precision: str | None = None
+    cross_kv: str = EngineConfig.cross_kv  # "int8": the cross K/V cache a byte an element (CUDA only)
     target_ms: float = 300.0
     warmup_s: float = 3.0  # chunks sent before this (per run) are not counted
     vad_model: Path | None = None
@@ -104,6 +106,10 @@ class StreamBenchPlan:
             raise BenchError(f"--precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.encoder_precision not in (None, "fp8"):
             raise BenchError(f"--encoder-precision must be fp8, got {self.encoder_precision!r}")
+        if self.cross_kv not in ("model", "int8"):
+            raise BenchError(f"--cross-kv must be model or int8, got {self.cross_kv!r}")
+        if self.cross_kv == "int8" and not self.device.startswith("cuda"):
+            raise BenchError("--cross-kv int8 runs on CUDA only: --device cuda")
         if self.encoder_precision is not None and self.precision == "fp32":
             raise BenchError(
                 "--encoder-precision fp8 runs beside a half-precision model: --precision fp16 or bf16"
@@ -257,6 +263,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         packed_encoder=plan.packed_encoder,
         packed_prefill=plan.packed_prefill,
         overlap_admissions=plan.overlap_admissions,
+        cross_kv=plan.cross_kv,
     )
     engine = make_engine(whisper.model, whisper.tokenizer, config)
     try:

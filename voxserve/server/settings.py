@@ -62,8 +62,12 @@ class ServerSettings(BaseSettings):
     engine_packed_encoder: bool = False
     # an admission's prompts prefilled end to end in one pass (EngineConfig.packed_prefill: off by default)
     engine_packed_prefill: bool = False
-    # admissions on a CUDA stream of their own beside the decode steps (EngineConfig.overlap_admissions: off)
-    engine_overlap_admissions: bool = False
+    # admissions on a CUDA stream of their own beside the decode steps, so running rows keep stepping meanwhile
+    # (EngineConfig.overlap_admissions, whose own default stays off for embedded engines and the offline bench).
+    # On since stop 27: once an admission's launch stopped waiting for the device (stop 26), live streams gained
+    # at every count measured (large-v3 fp16, H100, `voxserve bench --streams`, bench/README.md: 400 streams p99
+    # 1.39 s against 1.99 s one after the other; 200 streams held at p99 282 ms where 150 was the most before)
+    engine_overlap_admissions: bool = True
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
     # audio longer than this is cut at pauses (VAD) and its pieces decoded as one batch
