@@ -32,10 +32,11 @@
 #   bash bench/gpu_check.sh live-step [ASSETS] decode steps at the live bench's shapes (bench/profile_step.py
 #                                           --live), the bench with overlapped admissions at LIVE_STREAMS
 #                                           (150,200,250), then at 400 with windows in whole seconds
-#   bash bench/gpu_check.sh buckets-ab [ASSETS] the packed-prefill GPU tests (int8 cross K/V too), then at 400
-#                                           streams with overlapped admissions: the default window lengths, 1 s
-#                                           steps with log-mels per length, merged, and merged with int8 cross
-#                                           K/V; then 1 s steps, merged, at BUCKETS_STREAMS (250,300,350)
+#   bash bench/gpu_check.sh mels-kv-ab [ASSETS] the attention kernel's launches at live shapes, the
+#                                           packed-prefill GPU tests (int8 cross K/V too), then at 400 streams
+#                                           with overlapped admissions: log-mels per length and merged, each with
+#                                           the cross K/V in fp16 and int8; with AB_STREAMS (e.g. 250,300) the
+#                                           bench there too, with AB_FLAGS (e.g. --cross-kv int8)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -45,7 +46,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|buckets-ab|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -181,21 +182,20 @@ elif [ "$MODE" = live-step ]; then
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
     VOXSERVE_MERGED_MELS=1 bench400 buckets-1s --packed-prefill --overlap-admissions \
         --window-buckets 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
-elif [ "$MODE" = buckets-ab ]; then
+elif [ "$MODE" = mels-kv-ab ]; then
+    part 90 attention-sweep-live python3 bench/profile_step.py --live-sweep
     part 100 tests-packed-prefill python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py -k packed_prefill \
         -p no:cacheprovider --durations=5 -rfE
-    seconds=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
-    bench400 overlap-default-buckets --packed-prefill --overlap-admissions
-    VOXSERVE_MERGED_MELS=0 bench400 overlap-buckets-1s --packed-prefill --overlap-admissions --window-buckets $seconds
-    VOXSERVE_MERGED_MELS=1 bench400 overlap-buckets-1s-merged --packed-prefill --overlap-admissions \
-        --window-buckets $seconds
-    VOXSERVE_MERGED_MELS=1 bench400 overlap-buckets-1s-merged-int8kv --packed-prefill --overlap-admissions \
-        --window-buckets $seconds --cross-kv int8
-    VOXSERVE_MERGED_MELS=1 part 200 bench-streams-buckets-1s-merged python3 -m voxserve bench \
-        --streams "${BUCKETS_STREAMS:-250,300,350}" --dims large-v3 --device cuda --precision fp16 --short-windows \
-        --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle --packed-encoder --packed-prefill \
-        --overlap-admissions --window-buckets $seconds --mels engine --audio "$ASSETS/audio/hifitts-6097" \
-        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    # the default window lengths (1 s steps cost the demo model twice the WER: bench/README.md)
+    VOXSERVE_MERGED_MELS=0 bench400 overlap --packed-prefill --overlap-admissions
+    VOXSERVE_MERGED_MELS=1 bench400 overlap-merged --packed-prefill --overlap-admissions
+    VOXSERVE_MERGED_MELS=1 bench400 overlap-merged-int8kv --packed-prefill --overlap-admissions --cross-kv int8
+    VOXSERVE_MERGED_MELS=0 bench400 overlap-int8kv --packed-prefill --overlap-admissions --cross-kv int8
+    [ -n "${AB_STREAMS:-}" ] && part 200 bench-streams-overlap python3 -m voxserve bench --streams "$AB_STREAMS" \
+        --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 \
+        --max-admit 64 --vad oracle --packed-encoder --packed-prefill --overlap-admissions --mels engine \
+        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT" \
+        ${AB_FLAGS:-}
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -206,6 +206,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, buckets-ab or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab or host)" >&2
     exit 2
 fi

@@ -2,6 +2,7 @@
 
 python3 bench/profile_step.py --dims large-v3
 python3 bench/profile_step.py --dims large-v3 --live   # steps at live shapes instead (see live_steps)
+python3 bench/profile_step.py --live-sweep              # the attention kernel's launches at live shapes, alone
 """
 
 from __future__ import annotations
@@ -222,49 +223,66 @@ def projection_sweep() -> None:
         )
 
 
-def attention_sweep() -> None:
-    """Time the decode-attention kernel over its launch parameters, for the cross (1500) and self (448) cases."""
+def attention_sweep(live: bool = False) -> None:
+    """Time the decode-attention kernel over its launch parameters, for the cross (1500) and self (448) cases;
+    with ``live`` at the live bench's shapes instead: cross rows of 50-400 positions (as ``live_steps``) and
+    self rows of 20, at 64 and 149 rows. Each case prints its four fastest launches and the engine's own."""
     import triton.testing
 
-    from voxserve.engine.attention import decode_attention
+    from voxserve.engine.attention import choose_splits, decode_attention
 
     h, d = 20, 64
-    for t, length in ((1500, 1500), (448, 40)):
-        for b in (1, 16, 64):
-            k = torch.randn(b + 1, t, h * d, device="cuda", dtype=torch.float16)
-            v = torch.randn_like(k)
-            q = torch.randn(b, h, d, device="cuda", dtype=torch.float16)
-            rows = torch.arange(b, device="cuda")
-            lengths = torch.full((b,), length, device="cuda")
-            best = []
-            for splits in (1, 2, 4, 8, 16, 32):
-                for block_n in (32, 64, 128):
-                    for warps in (2, 4, 8):
-                        ms = triton.testing.do_bench(
-                            functools.partial(
-                                decode_attention,
-                                q,
-                                k,
-                                v,
-                                rows,
-                                lengths,
-                                splits=splits,
-                                block_n=block_n,
-                                num_warps=warps,
-                            ),
-                            warmup=5,
-                            rep=20,
-                        )
-                        best.append((ms, splits, block_n, warps))
-            best.sort()
-            gb = 2 * b * length * h * d * 2 / 1e9
-            top = ", ".join(f"{ms * 1000:.1f}us s{s} n{n} w{w}" for ms, s, n, w in best[:4])
-            print(
-                f"T={t} len={length} b={b}: {top}  (floor {gb / 3.35e3 * 1e6:.1f}us at 3.35 TB/s)", flush=True
-            )
+    rng = np.random.default_rng(0)
+    cases = [(1500, "live", b) for b in (64, 149)] + [(448, 20, b) for b in (64, 149)] if live else [
+        (t, length, b) for t, length in ((1500, 1500), (448, 40)) for b in (1, 16, 64)
+    ]  # fmt: skip
+    for t, length, b in cases:
+        k = torch.randn(b + 1, t, h * d, device="cuda", dtype=torch.float16)
+        v = torch.randn_like(k)
+        q = torch.randn(b, h, d, device="cuda", dtype=torch.float16)
+        rows = torch.arange(b, device="cuda")
+        if length == "live":
+            lengths = torch.from_numpy(rng.choice([50, 100, 200, 400], p=[0.3, 0.35, 0.25, 0.1], size=b))
+        else:
+            lengths = torch.full((b,), length)
+        lengths = lengths.cuda()
+        best = {}
+        for splits in (1, 2) if live else (1, 2, 4, 8, 16, 32):  # (each launch compiles: few where enough)
+            for block_n in (32, 64, 128):
+                for warps in (2, 4, 8):
+                    best[(splits, block_n, warps)] = triton.testing.do_bench(
+                        functools.partial(
+                            decode_attention,
+                            q,
+                            k,
+                            v,
+                            rows,
+                            lengths,
+                            splits=splits,
+                            block_n=block_n,
+                            num_warps=warps,
+                        ),
+                        warmup=5,
+                        rep=20,
+                    )
+        ranked = sorted((ms, key) for key, ms in best.items())
+        gb = 2 * int(lengths.sum()) * h * d * 2 / 1e9
+        top = ", ".join(f"{ms * 1000:.1f}us s{s} n{n} w{w}" for ms, (s, n, w) in ranked[:4])
+        # the engine's launch: its splits for the context, and 128-key tiles of two warps for cross-attention
+        # (runner._logits; self-attention beyond the fused step's rows takes the kernel's defaults, 64 and 4)
+        own = (choose_splits(b, h, t, torch.cuda.get_device_properties(0).multi_processor_count),)
+        own += (128, 2) if t == 1500 else (64, 4)
+        print(
+            f"T={t} len={length} b={b}: {top}; the engine's s{own[0]} n{own[1]} w{own[2]} "
+            f"{best.get(own, float('nan')) * 1000:.1f}us (floor {gb / 3.35e3 * 1e6:.1f}us at 3.35 TB/s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
+    if "--live-sweep" in sys.argv:  # the live shapes' sweep alone
+        attention_sweep(live=True)
+        sys.exit()
     if "--sweep" in sys.argv:
         sys.argv.remove("--sweep")
         attention_sweep()
