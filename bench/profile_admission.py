@@ -73,9 +73,10 @@ def synchronizing_calls(
 
     torch.cuda.synchronize()
     with warnings.catch_warnings():
+        # on before the listing starts: switching it on warns that the mode is a prototype (not a device wait)
+        torch.cuda.set_sync_debug_mode("warn")
         warnings.simplefilter("always")
         warnings.showwarning = show
-        torch.cuda.set_sync_debug_mode("warn")
         try:
             pending = runner.launch_admission(slots, specs, windows)
         finally:
