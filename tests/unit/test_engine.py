@@ -304,3 +304,27 @@ def test_a_finished_row_stepped_again_stays_inside_its_slot(model, tokenizer) ->
         assert int(pol.length[0]) == n_ctx + 1  # a finished row's state does not move
     finally:
         eng.close()
+
+
+def test_collect_reads_a_queued_steps_packed_results() -> None:
+    """``Runner.collect`` on a CUDA-style launch (the packed [3, n] float64 results and their ready event; a
+    stand-in event here): Python ints, bools and floats per row, in the rows' order."""
+    from voxserve.engine.runner import Launched, Runner
+
+    class Ready:
+        waited = False
+
+        def synchronize(self) -> None:
+            self.waited = True
+
+    packed = torch.tensor(
+        [[50257.0, 7.0, 51865.0], [0.0, 1.0, 0.0], [-0.5, -1.25, -3.0]], dtype=torch.float64
+    )
+    ready = Ready()
+    tokens, done, sum_logprob = Runner.collect(None, Launched([4, 0, 2], False, packed=packed, ready=ready))  # type: ignore[arg-type]
+    assert ready.waited
+    assert tokens == [50257, 7, 51865] and all(type(t) is int for t in tokens)
+    assert done == [False, True, False] and all(type(d) is bool for d in done)
+    assert sum_logprob == [-0.5, -1.25, -3.0]
+    empty = Launched([], False, packed=torch.zeros(3, 0, dtype=torch.float64), ready=Ready())
+    assert Runner.collect(None, empty) == ([], [], [])  # type: ignore[arg-type]

@@ -925,8 +925,10 @@ class Runner:
         if launched.results is not None:
             return launched.results
         launched.ready.synchronize()
-        out = launched.packed
-        return [int(t) for t in out[0]], [bool(d) for d in out[1]], out[2].tolist()
+        # one tolist, then Python numbers: iterating the tensor made a tensor per element (0.29 against 0.016 ms
+        # for 128 rows on the CPU machine), on the engine thread that shares the GIL with the event loop
+        tokens, done, sum_logprob = launched.packed.tolist()
+        return [int(t) for t in tokens], [bool(d) for d in done], sum_logprob
 
     @torch.no_grad()  # warm-up calls it with gradients on: a graph must not keep autograd's saved tensors
     def _capture(self, fn: Callable[[], _Out], pool: str = "admit") -> tuple[torch.cuda.CUDAGraph, _Out]:
