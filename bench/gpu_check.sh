@@ -37,6 +37,10 @@
 #                                           with overlapped admissions: log-mels per length and merged, each with
 #                                           the cross K/V in fp16 and int8; with AB_STREAMS (e.g. 250,300) the
 #                                           bench there too, with AB_FLAGS (e.g. --cross-kv int8)
+#   bash bench/gpu_check.sh encoder [ASSETS] the engine's GPU tests of stop 27's changes (steps' and admissions'
+#                                           results read with one tolist), the packed encoder pass by kernel in
+#                                           fp16 and fp8 (bench/profile_encoder.py), then the bench (overlapped
+#                                           admissions, the default now) at ENCODER_STREAMS (150,200,250)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -46,7 +50,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -196,6 +200,15 @@ elif [ "$MODE" = mels-kv-ab ]; then
         --max-admit 64 --vad oracle --packed-encoder --packed-prefill --overlap-admissions --mels engine \
         --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT" \
         ${AB_FLAGS:-}
+elif [ "$MODE" = encoder ]; then
+    part 150 tests-engine-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
+        -k "reference_fp32_with_graphs or overlapped or audio_windows or never_waits or packed_prefill" \
+        -p no:cacheprovider --durations=5 -rfE
+    part 150 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    part 200 bench-streams python3 -m voxserve bench --streams "${ENCODER_STREAMS:-150,200,250}" --dims large-v3 \
+        --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 --max-admit 64 \
+        --vad oracle --packed-encoder --packed-prefill --mels engine --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -206,6 +219,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder or host)" >&2
     exit 2
 fi
