@@ -49,7 +49,7 @@ def main() -> None:
     tok = Tokenizer.from_tiktoken(args.tiktoken, num_languages=dims.num_languages)
     model = init_random(dims, seed=0).to("cuda", dtype)
     if args.live:
-        live_steps(model, tok)
+        live_steps(model, tok, args.cross_kv)
         return
     eng = make_engine(
         model, tok, EngineConfig(max_slots=64, cuda_graphs=False, fused_step=True, cross_kv=args.cross_kv)
@@ -93,13 +93,13 @@ def main() -> None:
         eng.close()
 
 
-def live_steps(model: torch.nn.Module, tok: Tokenizer) -> None:
+def live_steps(model: torch.nn.Module, tok: Tokenizer, cross_kv: str = "model") -> None:
     """Decode steps as the live stream bench runs them: the bench's engine (149 slots at large-v3 on an H100),
     rows whose windows are short (cross K/V of 50-400 positions: the 1, 2, 4 and 8 s buckets, in proportions
     near the bench's ~2.6 s utterances) and sequences of ~20 tokens, against the same rows at 30 s windows (1,500
     positions, the offline bench's step). GPU time of a graph replay per batch bucket, and the kernels of one
     eager step at the largest bucket."""
-    eng = make_engine(model, tok, EngineConfig(max_slots=149))
+    eng = make_engine(model, tok, EngineConfig(max_slots=149, cross_kv=cross_kv))
     runner = eng.runner
     rng = np.random.default_rng(0)
     n = runner.n_slots

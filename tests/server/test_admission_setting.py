@@ -43,6 +43,32 @@ def test_the_engines_get_the_policy(tmp_path):
         ctx.pool.shutdown(wait=False)
 
 
+def test_overlapped_admissions_can_be_turned_off(tmp_path, monkeypatch):
+    """On by default (stop 27); off through the setting (which reaches the engines), its environment variable,
+    or `voxserve serve --no-overlap-admissions`."""
+    import argparse
+
+    from voxserve.cli import serve
+
+    settings = ServerSettings(
+        engine_overlap_admissions=False,
+        preload=False,
+        jobs_db=tmp_path / "jobs.sqlite3",
+        jobs_dir=tmp_path / "jobs",
+    )
+    ctx = ServerContext.build(settings)
+    try:
+        assert ctx.registry.engine_config.overlap_admissions is False
+    finally:
+        ctx.pool.shutdown(wait=False)
+    monkeypatch.setenv("VOXSERVE_ENGINE_OVERLAP_ADMISSIONS", "0")
+    assert ServerSettings().engine_overlap_admissions is False
+    parser = argparse.ArgumentParser()
+    serve.add_parser(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["serve", "--no-overlap-admissions"]).overlap_admissions is False
+    assert parser.parse_args(["serve"]).overlap_admissions is None  # the setting's default applies
+
+
 def test_where_live_log_mels_are_made_is_a_setting():
     from voxserve.server.realtime import live_options
 

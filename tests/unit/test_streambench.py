@@ -88,6 +88,8 @@ def test_short_run_writes_a_result(tmp_path):
     assert row["partials"] + row["finals"] > 0
     assert doc["streams_held"] in (0, 1) and (doc["streams_held"] == 1) == row["held"]
     assert "streams held at p99" in format_streams(doc)
+    # asked for (the plan's default) but inert on the CPU: the record says what ran
+    assert plan.overlap_admissions and doc["settings"]["overlap_admissions"] is False
 
 
 def test_client_side_latencies_over_websockets():
@@ -152,6 +154,8 @@ def test_window_buckets_flag_parses_and_records_as_typed():
     assert parser.parse_args(["bench", "--streams", "2", "--cross-kv", "int8"]).cross_kv == "int8"
     # overlapped admissions are on unless switched off, and the recorded line says which
     assert args.overlap_admissions and "--overlap-admissions" in line
-    serial = parser.parse_args(["bench", "--streams", "2", "--no-overlap-admissions"])
+    serial = parser.parse_args(["bench", "--streams", "2", "--no-overlap-admissions", "--cross-kv", "int8"])
     assert not serial.overlap_admissions
     assert "--no-overlap-admissions" in cli.command_line(serial)
+    for run in (args, serial):  # the recorded line parses back to the same run
+        assert parser.parse_args(cli.command_line(run)[1:]) == run

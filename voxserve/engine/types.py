@@ -164,8 +164,10 @@ class EngineConfig:
     # the time, ~48 ms each, against ~7 ms steps. CUDA only (inert elsewhere). Off by default: measured at 400
     # streams (H100, stop 25, two runs each) steps did run beside admissions, 16 -> 26 a second, but p99 and
     # decodes/s stayed within the runs' spread, since the engine thread spends about an admission's device time
-    # launching it (bench/README.md, "Overlapped admissions"): worth it once that host time is cut. Stop 26 found
-    # that time to be six device waits in PolicyState.reset (now gone; not yet re-measured on a GPU).
+    # launching it (bench/README.md, "Overlapped admissions"). Stop 26 found that time to be six device waits in
+    # PolicyState.reset (now gone), and stop 27 measured the gain (live streams with packed passes: 400 streams
+    # p99 1.39 against 1.99 s, 200 streams held), so `voxserve serve` and the stream bench turn it on by default.
+    # Off here: embedded engines and the offline bench keep what was measured for them (offline unmeasured).
     overlap_admissions: bool = False
 
     def __post_init__(self) -> None:

@@ -295,6 +295,8 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         fp8rows_kernel=fp8rows.KERNEL,
         # live utterances' audio kept on the device between partials (engine/audio_cache.py; on CUDA)
         audio_cache=engine.runner.audio_cache is not None,
+        # as the engine runs: overlapped admissions are CUDA only (inert elsewhere, whatever was asked)
+        overlap_admissions=engine.runner.overlap,
         # objects alive after the warm-up kept out of the cyclic collector, as `voxserve serve` (heap.py; stop 26)
         heap_frozen=True,
         merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)

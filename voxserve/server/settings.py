@@ -65,8 +65,11 @@ class ServerSettings(BaseSettings):
     # admissions on a CUDA stream of their own beside the decode steps, so running rows keep stepping meanwhile
     # (EngineConfig.overlap_admissions, whose own default stays off for embedded engines and the offline bench).
     # On since stop 27: once an admission's launch stopped waiting for the device (stop 26), live streams gained
-    # at every count measured (large-v3 fp16, H100, `voxserve bench --streams`, bench/README.md: 400 streams p99
-    # 1.39 s against 1.99 s one after the other; 200 streams held at p99 282 ms where 150 was the most before)
+    # at every count measured (large-v3 fp16, H100, `voxserve bench --streams` with packed encoder and prefill,
+    # as live serving should run; bench/README.md: 400 streams p99 1.39 s against 1.99 s one after the other; 200
+    # streams held in two runs of three where 150 was the most before). Measured only in that setup: without the
+    # packed passes, for offline requests through the server, and its graphs' extra memory (a pool per stream)
+    # are not; its tokens equal the serial engine's (GPU tests). --no-overlap-admissions turns it off.
     engine_overlap_admissions: bool = True
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
