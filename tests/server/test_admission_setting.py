@@ -23,24 +23,30 @@ def test_defaults_and_validation():
             ServerSettings(**bad)
 
 
+def _engine_config(tmp_path, **settings):
+    """The engine configuration a server built with ``settings`` gives its engines."""
+    ctx = ServerContext.build(
+        ServerSettings(
+            preload=False, jobs_db=tmp_path / "jobs.sqlite3", jobs_dir=tmp_path / "jobs", **settings
+        )
+    )
+    try:
+        return ctx.registry.engine_config
+    finally:
+        ctx.pool.shutdown(wait=False)
+
+
 def test_the_engines_get_the_policy(tmp_path):
-    settings = ServerSettings(
+    config = _engine_config(
+        tmp_path,
         engine_admit_wait_steps=24,
         engine_admit_ratio=3.5,
         engine_packed_encoder=True,
         engine_packed_prefill=True,
         engine_overlap_admissions=True,
-        preload=False,
-        jobs_db=tmp_path / "jobs.sqlite3",
-        jobs_dir=tmp_path / "jobs",
     )
-    ctx = ServerContext.build(settings)
-    try:
-        config = ctx.registry.engine_config
-        assert (config.admit_wait_steps, config.admit_ratio, config.packed_encoder) == (24, 3.5, True)
-        assert config.packed_prefill and config.overlap_admissions
-    finally:
-        ctx.pool.shutdown(wait=False)
+    assert (config.admit_wait_steps, config.admit_ratio, config.packed_encoder) == (24, 3.5, True)
+    assert config.packed_prefill and config.overlap_admissions
 
 
 def test_overlapped_admissions_can_be_turned_off(tmp_path, monkeypatch):
@@ -50,17 +56,7 @@ def test_overlapped_admissions_can_be_turned_off(tmp_path, monkeypatch):
 
     from voxserve.cli import serve
 
-    settings = ServerSettings(
-        engine_overlap_admissions=False,
-        preload=False,
-        jobs_db=tmp_path / "jobs.sqlite3",
-        jobs_dir=tmp_path / "jobs",
-    )
-    ctx = ServerContext.build(settings)
-    try:
-        assert ctx.registry.engine_config.overlap_admissions is False
-    finally:
-        ctx.pool.shutdown(wait=False)
+    assert _engine_config(tmp_path, engine_overlap_admissions=False).overlap_admissions is False
     monkeypatch.setenv("VOXSERVE_ENGINE_OVERLAP_ADMISSIONS", "0")
     assert ServerSettings().engine_overlap_admissions is False
     parser = argparse.ArgumentParser()
@@ -79,15 +75,5 @@ def test_where_live_log_mels_are_made_is_a_setting():
 
 
 def test_short_window_lengths_reach_the_engine_warm_up(tmp_path):
-    settings = ServerSettings(
-        realtime_short_windows=True,
-        realtime_window_buckets_s=(2.0, 8.0),
-        preload=False,
-        jobs_db=tmp_path / "jobs.sqlite3",
-        jobs_dir=tmp_path / "jobs",
-    )
-    ctx = ServerContext.build(settings)
-    try:
-        assert ctx.registry.engine_config.short_window_frames == (200, 800)
-    finally:
-        ctx.pool.shutdown(wait=False)
+    config = _engine_config(tmp_path, realtime_short_windows=True, realtime_window_buckets_s=(2.0, 8.0))
+    assert config.short_window_frames == (200, 800)
