@@ -484,7 +484,12 @@ class HostOnlyEngine:
         self.token, self.delay_s = token, delay_s
         self.n_slots, self.steps, self.steps_beside_admissions = 1024, 0, 0
         self.config = EngineConfig()
-        runner = {"device": torch.device("cpu"), "warmup": lambda self: [], "audio_cache": None}
+        runner = {
+            "device": torch.device("cpu"),
+            "warmup": lambda self: [],
+            "audio_cache": None,
+            "overlap": False,
+        }
         self.runner = type("HostRunner", (), runner)()
 
     def submit(self, request: WindowRequest) -> HostOnlyEngine._Ticket:
