@@ -197,7 +197,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("model", "int8"),
         default="model",
         help="the engine's cross-attention K/V cache: in the model's precision, or int8 with a scale per (position, "
-        "head) (half the bytes each decode step reads; CUDA only; as `voxserve serve --cross-kv`)",
+        "head) (half the bytes each decode step reads; CUDA only; as `voxserve serve --cross-kv`; for live streams it "
+        "measured slower: bench/README.md, stop 27)",
     )
     live.add_argument(
         "--mels",
