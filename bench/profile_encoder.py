@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from profile_step import table  # noqa: I001 - a sibling script
 from torch.profiler import ProfilerActivity, profile
 
 from voxserve.bench.weights import bench_tokenizer, resolve_dims
@@ -64,14 +65,12 @@ def one_precision(model: torch.nn.Module, tok: object, precision: str, rows: int
     print(
         f"== {precision}: {rows} windows, {used} positions: {start.elapsed_time(end) / 20:.2f} ms a pass (graph)"
     )
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
-    total = sum(e.device_time_total for e in events) / 1000
     by_kind: dict[str, float] = {}
-    for e in events:
-        by_kind[kind(e.key)] = by_kind.get(kind(e.key), 0.0) + e.device_time_total / 1000
-    print(f"   kernels {total:.2f} ms: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
-    for e in sorted(events, key=lambda e: -e.device_time_total)[:14]:
-        print(f"   {e.device_time_total / 1000:8.3f} ms {e.count:5d}x  {e.key[:100]}")
+    for e in prof.key_averages():
+        if e.device_type.name == "CUDA":
+            by_kind[kind(e.key)] = by_kind.get(kind(e.key), 0.0) + e.device_time_total / 1000
+    print("   by kind: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
+    table(prof, f"{precision} packed pass", rows=14)
     del eng, runner
 
 

@@ -110,26 +110,9 @@ def live_steps(model: torch.nn.Module, tok: Tokenizer, cross_kv: str = "model") 
             for label, lengths in (("live windows", live), ("30 s windows", np.full(n, 1500))):
                 runner.cross_len[:n] = torch.from_numpy(lengths).to("cuda")
                 for b in runner.buckets:
-                    if b < 8:
-                        continue
-                    graph = runner._graph(b, False)[0]
-                    rows = runner._rows[:b]
-                    rows.copy_(torch.arange(b, device="cuda"))
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    for timed in (False, True):
-                        if timed:
-                            start.record()
-                        for _ in range(20):
-                            runner.policy.length[:b] = 20  # keep the rows at the same length
-                            runner.policy.sample_len[:b] = 10**6
-                            graph.replay()
-                        if timed:
-                            end.record()
-                    torch.cuda.synchronize()
-                    print(
-                        f"{label}: step b={b}: graph replay {start.elapsed_time(end) / 20:.3f} ms GPU",
-                        flush=True,
-                    )
+                    if b >= 8:
+                        ms = replay_ms(runner, b, length=20, replays=20)
+                        print(f"{label}: step b={b}: graph replay {ms:.3f} ms GPU", flush=True)
             runner.cross_len[:n] = torch.from_numpy(live).to("cuda")
             rows = torch.arange(n, device="cuda")
             runner.policy.length[:n] = 20
@@ -143,6 +126,23 @@ def live_steps(model: torch.nn.Module, tok: Tokenizer, cross_kv: str = "model") 
         eng.close()
 
 
+def replay_ms(runner: Runner, b: int, length: int, replays: int) -> float:
+    """GPU time of one replay of bucket ``b``'s step graph over rows 0..b-1 (CUDA events over back-to-back
+    replays, after five untimed), the rows kept at ``length`` tokens and never finishing."""
+    runner.policy.sample_len[:b] = 10**6
+    graph = runner._graph(b, False)[0]
+    runner._rows[:b].copy_(torch.arange(b, device="cuda"))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for i in range(5 + replays):
+        if i == 5:
+            start.record()
+        runner.policy.length[:b] = length  # keep the rows at the same length
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / replays
+
+
 def graph_timing(runner: Runner, label: str) -> None:
     """The step as the engine runs it: GPU time of one graph replay (CUDA events over back-to-back replays) and
     wall time of ``Runner.step`` (upload of the rows, replay, the one read-back), per batch bucket."""
@@ -151,22 +151,7 @@ def graph_timing(runner: Runner, label: str) -> None:
         if b > runner.n_slots:
             continue
         slots = list(range(b))
-        runner.policy.length[:b] = 10
-        runner.policy.sample_len[:b] = 10**6
-        graph = runner._graph(b, False)[0]
-        rows = runner._rows[:b]
-        rows.fill_(runner.scratch)
-        rows[:b] = torch.arange(b, device="cuda")
-        for _ in range(5):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(50):
-            runner.policy.length[:b] = 10  # keep the rows at the same length
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        replay_ms = start.elapsed_time(end) / 50
+        replay = replay_ms(runner, b, length=10, replays=50)
         walls = []
         for _ in range(50):
             runner.policy.length[:b] = 10
@@ -174,7 +159,7 @@ def graph_timing(runner: Runner, label: str) -> None:
             runner.step(slots)
             walls.append((time.perf_counter() - t) * 1000)
         print(
-            f"{label} step b={b}: graph replay {replay_ms:.3f} ms GPU, Runner.step {statistics.median(walls):.3f} ms wall"
+            f"{label} step b={b}: graph replay {replay:.3f} ms GPU, Runner.step {statistics.median(walls):.3f} ms wall"
         )
 
 
