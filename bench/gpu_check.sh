@@ -70,13 +70,18 @@ part() {  # part LIMIT_S NAME COMMAND...: run, keep the whole log under $OUT, pr
     tail -n 25 "$OUT/$name.log"
     return $rc
 }
-bench400() {  # bench400 NAME [FLAGS...]: the stream bench at 400 streams, packed encoder, engine log-mels
+bench_streams() {  # bench_streams LIMIT NAME STREAMS [FLAGS...]: the stream bench, packed encoder, engine log-mels
+    local limit=$1 name=$2 streams=$3
+    shift 3
+    part "$limit" "$name" python3 -m voxserve bench --streams "$streams" --packed-encoder --mels engine "$@" \
+        --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 \
+        --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
+        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+}
+bench400() {  # bench400 NAME [FLAGS...]: at 400 streams, admissions one after the other unless FLAGS say
     local name=$1
     shift
-    part 90 "bench-streams-400-$name" python3 -m voxserve bench --streams 400 --packed-encoder --mels engine \
-        --no-overlap-admissions "$@" --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 \
-        --stream-seconds 12 --max-admit 64 --vad oracle --audio "$ASSETS/audio/hifitts-6097" \
-        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    bench_streams 90 "bench-streams-400-$name" 400 --no-overlap-admissions "$@"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if [ "$MODE" = tests ]; then
@@ -167,11 +172,8 @@ elif [ "$MODE" = overlap ]; then
             --variant packed=1,prefill=1,overlap=0 --audio "$ASSETS/audio/hifitts-6097" \
             --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     fi
-    [ "${OVERLAP_BENCH:-1}" = 1 ] && part 200 bench-streams-overlap python3 -m voxserve bench \
-        --streams "${OVERLAP_STREAMS:-300,400,500,600}" --dims large-v3 --device cuda --precision fp16 --short-windows \
-        --partial-interval 0.2 --stream-seconds 12 --max-admit 64 --vad oracle --packed-encoder --packed-prefill \
-        --overlap-admissions --mels engine --audio "$ASSETS/audio/hifitts-6097" \
-        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    [ "${OVERLAP_BENCH:-1}" = 1 ] && bench_streams 200 bench-streams-overlap "${OVERLAP_STREAMS:-300,400,500,600}" \
+        --packed-prefill --overlap-admissions
     [ "${OVERLAP_BENCH:-1}" = 1 ] && [ "${OVERLAP_SERIAL:-1}" = 1 ] && bench400 serial --packed-prefill
     # windows padded to whole seconds (15% fewer encoder positions than 1,2,4,8,16 s by arithmetic over the
     # manifest; but demo-model WER 7.6 -> 16.4% over 160 utterances, stop 27), every length's log-mels in one transform
@@ -180,10 +182,7 @@ elif [ "$MODE" = overlap ]; then
 elif [ "$MODE" = live-step ]; then
     part 150 profile-live-step python3 bench/profile_step.py --live --dims large-v3 \
         --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    part 200 bench-streams-overlap python3 -m voxserve bench --streams "${LIVE_STREAMS:-150,200,250}" \
-        --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 \
-        --max-admit 64 --vad oracle --packed-encoder --packed-prefill --overlap-admissions --mels engine \
-        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    bench_streams 200 bench-streams-overlap "${LIVE_STREAMS:-150,200,250}" --packed-prefill --overlap-admissions
     VOXSERVE_MERGED_MELS=1 bench400 buckets-1s --packed-prefill --overlap-admissions \
         --window-buckets 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16
 elif [ "$MODE" = mels-kv-ab ]; then
@@ -195,20 +194,15 @@ elif [ "$MODE" = mels-kv-ab ]; then
     VOXSERVE_MERGED_MELS=1 bench400 overlap-merged --packed-prefill --overlap-admissions
     VOXSERVE_MERGED_MELS=1 bench400 overlap-merged-int8kv --packed-prefill --overlap-admissions --cross-kv int8
     VOXSERVE_MERGED_MELS=0 bench400 overlap-int8kv --packed-prefill --overlap-admissions --cross-kv int8
-    [ -z "${AB_STREAMS:-}" ] || part 200 bench-streams-overlap python3 -m voxserve bench --streams "$AB_STREAMS" \
-        --dims large-v3 --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 \
-        --max-admit 64 --vad oracle --packed-encoder --packed-prefill --overlap-admissions --mels engine \
-        --audio "$ASSETS/audio/hifitts-6097" --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT" \
-        ${AB_FLAGS:-}
+    # shellcheck disable=SC2086  # AB_FLAGS: several flags
+    [ -z "${AB_STREAMS:-}" ] || bench_streams 200 bench-streams-overlap "$AB_STREAMS" --packed-prefill \
+        --overlap-admissions ${AB_FLAGS:-}
 elif [ "$MODE" = encoder ]; then
     part 150 tests-engine-live python3 -m pytest -q -m gpu tests/gpu/test_engine_cuda.py \
         -k "reference_fp32_with_graphs or overlapped or audio_windows or never_waits or packed_prefill" \
         -p no:cacheprovider --durations=5 -rfE
     part 150 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    part 200 bench-streams python3 -m voxserve bench --streams "${ENCODER_STREAMS:-150,200,250}" --dims large-v3 \
-        --device cuda --precision fp16 --short-windows --partial-interval 0.2 --stream-seconds 12 --max-admit 64 \
-        --vad oracle --packed-encoder --packed-prefill --mels engine --audio "$ASSETS/audio/hifitts-6097" \
-        --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken" --out "$OUT"
+    bench_streams 200 bench-streams "${ENCODER_STREAMS:-150,200,250}" --packed-prefill
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
