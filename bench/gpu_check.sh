@@ -41,6 +41,11 @@
 #                                           results read with one tolist), the packed encoder pass by kernel in
 #                                           fp16 and fp8 (bench/profile_encoder.py), then the bench (overlapped
 #                                           admissions, the default now) at ENCODER_STREAMS (150,200,250)
+#   bash bench/gpu_check.sh fold [ASSETS]   stop 28's fp8 encoder (norms and GELU inside the activations'
+#                                           quantization, fused query/key/value): the fp8 and packed-encoder GPU
+#                                           tests and bench/profile_encoder.py (FOLD_PART=tests, the default), or
+#                                           (FOLD_PART=bench) the bench at FOLD_STREAMS (200,250) with the fp16
+#                                           and the fp8 encoder, alternating, twice
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -50,7 +55,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -203,6 +208,19 @@ elif [ "$MODE" = encoder ]; then
         -p no:cacheprovider --durations=5 -rfE
     part 150 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     bench_streams 200 bench-streams "${ENCODER_STREAMS:-150,200,250}" --packed-prefill
+elif [ "$MODE" = fold ]; then
+    if [ "${FOLD_PART:-tests}" = tests ]; then
+        part 300 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
+            -k "fp8 or quant or int8 or folds or packed_encoder or packed_graphs" -p no:cacheprovider -s \
+            --durations=8 -rfE
+        part 150 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    else
+        for round in 1 2; do
+            bench_streams 150 "bench-streams-fp16-$round" "${FOLD_STREAMS:-200,250}" --packed-prefill
+            bench_streams 150 "bench-streams-fp8-encoder-$round" "${FOLD_STREAMS:-200,250}" --packed-prefill \
+                --encoder-precision fp8
+        done
+    fi
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -213,6 +231,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder, fold or host)" >&2
     exit 2
 fi

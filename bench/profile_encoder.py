@@ -7,19 +7,23 @@ shorten it (29.0 against 26.0-28.1 ms, stop 24) although the matrix products wer
 times one pass of ``--rows`` live-like windows (the bench's window lengths: 1, 2, 4 and 8 s in proportions near
 its ~2.6 s utterances) as the engine replays it, from its CUDA graph, then lists one pass's kernels under
 torch.profiler, for fp16 and then fp8 (the same weights, quantized as the stream bench does: per-token
-activation scales, no calibration). Prints, writes nothing.
+activation scales, no calibration), and fp8 with the layer norms and GELU as torch operations instead of inside
+the activations' quantization (``fp8-unfolded``). Prints, writes nothing.
 
     PYTHONPATH=. python3 bench/profile_encoder.py --tiktoken .devdata/whisper-assets/multilingual.tiktoken \\
-        [--dims large-v3] [--rows 52] [--precisions fp16,fp8]
+        [--dims large-v3] [--rows 52] [--precisions fp16,fp8,fp8-unfolded]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from profile_step import table  # noqa: I001 - a sibling script
 from torch.profiler import ProfilerActivity, profile
 
@@ -28,6 +32,7 @@ from voxserve.decoding.batched import make_engine
 from voxserve.engine.types import EngineConfig
 from voxserve.live.service import LiveOptions
 from voxserve.model.load import init_random
+from voxserve.model.qlinear import Fp8Linear
 from voxserve.model.quant import quantize_model
 
 KINDS = (("matrix products", ("gemm", "nvjet", "cutlass", "scaled_mm", "sm90")), ("attention", ("flash",)))
@@ -38,9 +43,33 @@ def kind(name: str) -> str:
     return next((label for label, keys in KINDS if any(k in low for k in keys)), "other")
 
 
+@contextmanager
+def unfolded() -> Iterator[None]:
+    """fp8 Linears with their layer norm / GELU as torch operations before them (stop 27's pass, but with the
+    query, key and value projections fused): what folding them into the quantization saves."""
+    forward = Fp8Linear.forward
+
+    def torch_pre(
+        self: Fp8Linear, x: torch.Tensor, *, pre: str | None = None, norm: object = None
+    ) -> torch.Tensor:
+        x = norm(x) if pre == "norm" else F.gelu(x) if pre == "gelu" else x
+        return forward(self, x)
+
+    Fp8Linear.forward = torch_pre
+    try:
+        yield
+    finally:
+        Fp8Linear.forward = forward
+
+
 def one_precision(model: torch.nn.Module, tok: object, precision: str, rows: int, frames: list[int]) -> None:
-    if precision == "fp8":
+    if precision.startswith("fp8") and not any(isinstance(m, Fp8Linear) for m in model.modules()):
         quantize_model(model, "fp8", skip=["decoder.*"])
+    with unfolded() if precision == "fp8-unfolded" else nullcontext():
+        time_pass(model, tok, precision, rows, frames)
+
+
+def time_pass(model: torch.nn.Module, tok: object, precision: str, rows: int, frames: list[int]) -> None:
     lengths = LiveOptions(short_windows=True).short_window_frames(2 * model.dims.n_audio_ctx)
     config = EngineConfig(max_slots=rows, max_admit=rows, short_window_frames=lengths, packed_encoder=True)
     eng = make_engine(model, tok, config)  # (no warm-up: the untimed passes below capture the pass's graph)
@@ -80,7 +109,9 @@ def main() -> None:
     p.add_argument("--tiktoken", type=Path, required=True)
     p.add_argument("--rows", type=int, default=52, help="windows in the pass (default 52, as at 400 streams)")
     p.add_argument(
-        "--precisions", default="fp16,fp8", help="comma-separated, in order (fp8 quantizes in place)"
+        "--precisions",
+        default="fp16,fp8,fp8-unfolded",
+        help="comma-separated, in order (fp8 quantizes in place; fp8-unfolded: norms and GELU outside the quantization)",
     )
     args = p.parse_args()
     dims = resolve_dims(args.dims)

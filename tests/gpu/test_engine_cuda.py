@@ -333,6 +333,44 @@ def test_packed_encoder_passes_equal_each_window_encoded_alone_fp16(tokenizer, c
         assert (size in runner._packed_graphs) is graphed
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9), reason="fp8 needs sm89+"
+)
+def test_packed_encoder_with_fp8_linears_folds_norms_into_quantization(tokenizer, monkeypatch) -> None:
+    """An fp8 encoder's packed pass (one fused query/key/value Linear a layer, the layer norms and GELU folded into
+    the fp8 input quantization) gives each window the features of the same pass with those done as torch
+    operations (fp8rows.KERNEL off), and of the fp16 encoder within what fp8 itself costs."""
+    from voxserve.model import fp8rows
+    from voxserve.model.quant import quantize_model
+
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
+    fp16 = copy.deepcopy(model)
+    quantize_model(model, "fp8", skip=["decoder.*"])
+    g = torch.Generator().manual_seed(0)
+    frames = [400, 100, 2, 300, 200]
+    mels = [torch.randn(TINY.n_mels, f, generator=g).clamp(-1, 1).half().cuda() for f in frames]
+    features = {}
+    for name, m, kernel in [("folded", model, True), ("torch", model, False), ("fp16", fp16, True)]:
+        monkeypatch.setattr(fp8rows, "KERNEL", kernel)
+        config = EngineConfig(max_slots=8, max_admit=8, short_window_frames=(100, 400), packed_encoder=True)
+        eng = make_engine(m, tokenizer, config)
+        eng.close()
+        with torch.inference_mode():
+            features[name] = eng.runner.encode_packed(mels, list(range(len(mels)))).clone()
+        if name == "folded":
+            assert all(f is not None for f in eng.runner._encoder_qkv)
+    vs_torch = _rel_err(features["folded"], features["torch"])
+    vs_fp16, torch_vs_fp16 = (
+        _rel_err(features["folded"], features["fp16"]),
+        _rel_err(features["torch"], features["fp16"]),
+    )
+    print(
+        f"fp8 packed pass: folded vs torch ops {vs_torch:.5f}; against fp16: {vs_fp16:.4f} / {torch_vs_fp16:.4f}"
+    )
+    assert vs_torch < 1e-2
+    assert vs_fp16 < torch_vs_fp16 * 1.1 + 1e-3 and vs_fp16 < 0.1
+
+
 def test_packed_encoder_fp16_engine_decodes_as_per_length_batches(tokenizer) -> None:
     """The fp16 engine with packed, graphed passes decodes mixed short windows to the
     tokens of the same engine encoding one batch per length."""

@@ -98,6 +98,64 @@ def test_fp8_row_quantize_kernel_equals_torch(dtype, rows, k, static):
 
 
 @needs_fp8
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "k"), [(1, 1280), (37, 1280), (9, 1000), (64, 5120), (4703, 1280)])
+@pytest.mark.parametrize("pre", ["norm", "norm-static", "gelu"])
+def test_fp8_row_quantize_with_norm_or_gelu_matches_torch(dtype, rows, k, pre):
+    """The layer norm or GELU computed inside the quantizing pass (model/fp8rows.py ``pre``) gives the scales
+    and bytes of quantizing the torch operation's output, up to that output's rounding to the dtype: scales
+    within two of its steps, a byte at most one E4M3 step off where it differs, and few differing."""
+    from voxserve.model import fp8rows
+
+    g = torch.Generator(device="cuda").manual_seed(rows + k)
+    x = (torch.randn(rows, k, generator=g, device=CUDA) * 3 + 0.5).to(dtype)
+    weight = (torch.randn(k, generator=g, device=CUDA) * 0.5 + 1).to(dtype)
+    bias = (torch.randn(k, generator=g, device=CUDA) * 0.1).to(dtype)
+    norm = (weight, bias, 1e-5) if pre.startswith("norm") else None
+    scale = torch.tensor([[4.0 / FP8_MAX]], device=CUDA) if pre == "norm-static" else None
+    kind = pre.split("-")[0]
+    got_q, got_s = fp8rows.quantize_rows(x, scale, pre=kind, norm=norm, kernel=True)
+    want_q, want_s = fp8rows.quantize_rows(x, scale, pre=kind, norm=norm, kernel=False)
+    step = torch.finfo(dtype).eps
+    assert torch.allclose(got_s, want_s, rtol=2 * step, atol=0)
+    got, want = got_q.float(), want_q.float()
+    differ = (got != want).float().mean().item()
+    print(f"{pre} {dtype} {rows}x{k}: {differ:.2%} of bytes differ")
+    assert differ < 0.01
+    assert bool(((got - want).abs() <= want.abs() * 0.125 + 2**-6).all())  # one E4M3 step (normal or not)
+
+
+@needs_fp8
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fp8_linear_folds_norm_and_gelu(dtype):
+    """``norm_linear`` / ``gelu_linear`` with an fp8 Linear (the norm and GELU inside its input quantization)
+    give what the fp8 Linear gives on the torch operations' output, within the rounding above, and diverge
+    from the float Linear no more than it does."""
+    from voxserve.model.qlinear import gelu_linear, norm_linear
+
+    ln = nn.LayerNorm(1280, device=CUDA).to(dtype)
+    nn.init.normal_(ln.weight, 1.0, 0.3)
+    nn.init.normal_(ln.bias, 0.0, 0.1)
+    fc1, fc2 = _linear(1280, 5120, dtype), _linear(5120, 1280, dtype)
+    q1, q2 = Fp8Linear(fc1), Fp8Linear(fc2)
+    x = torch.randn(3, 50, 1280, device=CUDA, dtype=dtype) * 2
+    h = torch.randn(3, 50, 5120, device=CUDA, dtype=dtype)
+    with torch.no_grad():
+        cases = [
+            ("norm", norm_linear(ln, x, q1), q1(ln(x)), fc1(ln(x))),
+            ("gelu", gelu_linear(h, q2), q2(torch.nn.functional.gelu(h)), fc2(torch.nn.functional.gelu(h))),
+        ]
+    for name, folded, unfolded, exact in cases:
+        print(
+            f"{name} {dtype}: folded vs unfolded {rel_err(folded, unfolded):.5f}; against the float Linear: "
+            f"folded {rel_err(folded, exact):.4f}, unfolded {rel_err(unfolded, exact):.4f}"
+        )
+        assert folded.shape == unfolded.shape and folded.dtype == dtype
+        assert rel_err(folded, unfolded) < 1e-2
+        assert rel_err(folded, exact) < rel_err(unfolded, exact) * 1.1 + 1e-3
+
+
+@needs_fp8
 def test_fp8_linear_fp16_and_fp32_outputs():
     for dtype in (torch.float16, torch.float32):
         lin = _linear(1280, 1280, dtype)

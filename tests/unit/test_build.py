@@ -305,9 +305,24 @@ def test_fp8_projections_with_different_static_scales_stay_separate(tokenizer):
     parts = [Fp8Linear(m, input_scale=s) for m, s in zip(linears, (1.0, 1.0, 2.0), strict=True)]
     assert fuse_output_features(parts) is None
     assert fuse_output_features([Int8WeightOnlyLinear(attn.query), Fp8Linear(attn.key)]) is None
-    assert (
-        fuse_output_features([attn.query, attn.key]) is None
-    )  # float Linears: the runner fuses those itself
+    assert fuse_output_features([attn.query, Fp8Linear(attn.key)]) is None
+
+
+def test_float_projections_fuse_into_one_linear(tokenizer):
+    """Float Linears (the encoder's query, key and value in fp16) fuse into one Linear whose output is the
+    parts' side by side, a missing bias (the key's) zeros, the parts' weights views of the fused one."""
+    model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0)
+    attn = model.encoder.layers[0].attn
+    parts = (attn.query, attn.key, attn.value)
+    x = torch.randn(2, 5, attn.query.in_features)
+    want = torch.cat([m(x) for m in parts], dim=-1)
+    fused = fuse_output_features(parts)
+    assert type(fused) is torch.nn.Linear and fused.bias is not None
+    torch.testing.assert_close(fused(x), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([m(x) for m in parts], dim=-1), want, rtol=0, atol=0)
+    assert all(
+        m.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr() for m in parts
+    )
 
 
 def _assert_engine_decodes_like_reference(engine, loaded, clips, sample_len: int) -> None:

@@ -44,7 +44,7 @@ def check_fp8rows() -> None:
 
     torch.manual_seed(0)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for m, k in [(3, 1280), (5, 1000), (4, 5120)]:
+        for m, k in [(3, 1280), (5, 1000), (4, 5120), (9, 1280)]:  # 9 rows: programs of 4 rows, a tail of 1
             for static in (False, True):
                 x = (torch.randn(m, k) * 3).to(dtype)
                 x[m // 2] = 0
@@ -53,21 +53,39 @@ def check_fp8rows() -> None:
                 fixed = torch.tensor([[1.5 / fp8rows.FP8_MAX]]) if static else None
                 got = torch.empty(m, k)
                 scales = fixed.expand(m, 1).contiguous() if static else torch.empty(m, 1)
-                fp8rows._quantize_rows_kernel[(m,)](
-                    x, got, scales, k, x.stride(0), fp8rows._INV_MAX, STATIC=static, STORE_F32=True,
-                    BLOCK=fp8rows.triton.next_power_of_2(k),
-                )  # fmt: skip
-                # torch's CUDA path: scale = amax * float32(1 / 448), an IEEE division, the clamp
-                xf = x.float()
-                want_s = (
-                    fixed.expand(m, 1) if static else xf.abs().amax(1, keepdim=True).clamp(min=fp8rows.TINY)
-                )
-                if not static:
-                    want_s = want_s * torch.tensor(fp8rows._INV_MAX)
-                want = (xf / want_s).clamp(-fp8rows.FP8_MAX, fp8rows.FP8_MAX)
+                fp8rows.launch(x, got, scales, static=static, store_f32=True)
+                want_s, want = _fp8_rows_as_torch(x.float(), fixed)
                 assert torch.equal(scales.nan_to_num(-1), want_s.nan_to_num(-1)), (dtype, m, k, static)
                 assert torch.equal(got.nan_to_num(-1), want.nan_to_num(-1)), (dtype, m, k, static)
                 assert got[0].isnan().all() != static
+            # the layer norm and GELU computed in the pass: the torch operation's output, rounded to the dtype,
+            # quantized (equal up to that rounding's last bit: the sums' order, Triton's erf against torch's)
+            x = (torch.randn(m, k) * 3 + 0.5).to(dtype)
+            weight, bias = (torch.randn(k) * 0.5 + 1).to(dtype), (torch.randn(k) * 0.1).to(dtype)
+            for pre, norm, before in [
+                ("norm", (weight, bias, 1e-5), torch.nn.functional.layer_norm(x, (k,), weight, bias, 1e-5)),
+                ("norm", (None, None, 1e-5), torch.nn.functional.layer_norm(x, (k,), None, None, 1e-5)),
+                ("gelu", None, torch.nn.functional.gelu(x)),
+            ]:
+                got, scales = torch.empty(m, k), torch.empty(m, 1)
+                fp8rows.launch(x, got, scales, static=False, pre=pre, norm=norm, store_f32=True)
+                want_s, want = _fp8_rows_as_torch(before.float(), None)
+                # one rounding step of the dtype (floored for float32's sums in another order)
+                step = max(torch.finfo(dtype).eps, 1e-5)
+                assert torch.allclose(scales, want_s, rtol=2 * step, atol=0), (dtype, m, k, pre)
+                assert (got - want).abs().max() <= 2 * step * fp8rows.FP8_MAX, (dtype, m, k, pre)
+
+
+def _fp8_rows_as_torch(xf: torch.Tensor, fixed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's CUDA path before the cast: scale = amax * float32(1 / 448), an IEEE division, the clamp."""
+    from voxserve.model import fp8rows
+
+    m = xf.shape[0]
+    if fixed is not None:
+        scales = fixed.expand(m, 1)
+    else:
+        scales = xf.abs().amax(1, keepdim=True).clamp(min=fp8rows.TINY) * torch.tensor(fp8rows._INV_MAX)
+    return scales, (xf / scales).clamp(-fp8rows.FP8_MAX, fp8rows.FP8_MAX)
 
 
 @pytest.mark.parametrize("check", ["check_scatter", "check_fp8rows"])

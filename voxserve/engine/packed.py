@@ -24,8 +24,9 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..model.qlinear import fuse_output_features, gelu_linear, norm_linear
 from ..model.whisper import AudioEncoder
 
 # Pass sizes (encoder positions) up to which packed passes are captured as CUDA graphs: multiples of
@@ -292,26 +293,37 @@ def varlen_attention(
     return out
 
 
+def qkv_projections(encoder: AudioEncoder) -> list[nn.Module | None]:
+    """Each encoder layer's query, key and value projections as one module (qlinear.fuse_output_features: one
+    GEMM, and in fp8 one quantization of the normed input), or None where they do not fuse. The layers' own
+    projections become views of the fused weights."""
+    return [fuse_output_features((a.query, a.key, a.value)) for a in (layer.attn for layer in encoder.layers)]
+
+
 def encode_packed(
     encoder: AudioEncoder,
     stem: tuple[Tensor, Tensor],
     mel: Tensor,
     index: PackedIndex,
     device_index: dict[str, Tensor],
+    qkv: Sequence[nn.Module | None] | None = None,
 ) -> Tensor:
     """The encoder over packed mel frames ``mel`` [2P + 1, n_mels] (row 2P zero) -> features [P, C].
-    ``device_index``: ``index``'s conv1, conv2, position and cu (int32) on the device."""
+    ``device_index``: ``index``'s conv1, conv2, position and cu (int32) on the device. ``qkv``: the layers'
+    fused projections (``qkv_projections``; None: each projection on its own). Layer norms and the GELU go
+    through qlinear's ``norm_linear`` / ``gelu_linear``, which fold them into fp8 Linears' input quantization."""
     w1, w2 = stem
     x = F.gelu(F.linear(mel[device_index["conv1"]].flatten(1), w1, encoder.conv1.bias))
     x = torch.cat([x, x.new_zeros(1, x.shape[1])])  # the zero row past the last frame
     x = F.gelu(F.linear(x[device_index["conv2"]].flatten(1), w2, encoder.conv2.bias))
     x = x + encoder.positional_embedding[device_index["position"]].to(x.dtype)
-    for layer in encoder.layers:
-        h = layer.attn_ln(x)
+    for layer, fused in zip(encoder.layers, qkv or [None] * len(encoder.layers), strict=True):
         attn = layer.attn
-        a = varlen_attention(
-            attn.query(h), attn.key(h), attn.value(h), attn.n_head, index, device_index["cu"]
-        )
-        x = x + attn.out(a)
-        x = x + layer.fc2(F.gelu(layer.fc1(layer.mlp_ln(x))))
+        if fused is None:
+            h = layer.attn_ln(x)
+            q, k, v = attn.query(h), attn.key(h), attn.value(h)
+        else:
+            q, k, v = norm_linear(layer.attn_ln, x, fused).chunk(3, dim=-1)
+        x = x + attn.out(varlen_attention(q, k, v, attn.n_head, index, device_index["cu"]))
+        x = x + gelu_linear(norm_linear(layer.mlp_ln, x, layer.fc1), layer.fc2)
     return encoder.ln_post(x)

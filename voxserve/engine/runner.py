@@ -252,7 +252,8 @@ class Runner:
         # (CUDA, fp16/bf16 activations), eager elsewhere.
         self.packed_encoder = packed_encoder
         self._packed_graphed = packed.flash_varlen(self.device, self.dtype) and self.use_graphs
-        self._stem: tuple[Tensor, Tensor] | None = None
+        self._stem: tuple[Tensor, Tensor] | None = None  # made at the first packed pass, with:
+        self._encoder_qkv: list[nn.Module | None] = []
         # pass size (positions) -> (graph, its static inputs, its output features)
         self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]] = {}
         self._packed_buffers: packed.PackedInputs | None = None  # the buffers every pass size's inputs share
@@ -542,7 +543,10 @@ class Runner:
     ) -> Tensor:
         if self._stem is None:
             self._stem = packed.stem_weights(self.model.encoder)
-        features = packed.encode_packed(self.model.encoder, self._stem, mel, index, on_device)
+            self._encoder_qkv = packed.qkv_projections(self.model.encoder)
+        features = packed.encode_packed(
+            self.model.encoder, self._stem, mel, index, on_device, self._encoder_qkv
+        )
         for i, layer in enumerate(self.model.decoder.layers):
             self._write_cross_at(
                 i, slot, position, layer.cross_attn.key(features), layer.cross_attn.value(features)
@@ -1262,15 +1266,11 @@ def _rows_args(m: nn.Module | None) -> tuple[Tensor, Tensor | None, Tensor | Non
 
 
 def _fuse_qkv(attn: nn.Module) -> tuple[Tensor, Tensor] | None:
-    """One [3C, C] weight for the query, key and value projections (the key has no bias), or None when they
-    are not plain Linear layers (e.g. quantized). The modules' own weights become views of the fused one, so
-    the weights are stored once."""
+    """One [3C, C] weight and [3C] bias for the query, key and value projections (the key has no bias: zeros),
+    or None when they are not plain Linear layers (e.g. quantized). The modules' own weights become views of the
+    fused one, so the weights are stored once."""
     parts = (attn.query, attn.key, attn.value)
     if any(type(m) is not nn.Linear for m in parts):
         return None
-    weight = torch.cat([m.weight.detach() for m in parts])
-    bias = torch.cat([attn.query.bias.detach(), torch.zeros_like(attn.query.bias), attn.value.bias.detach()])
-    c = attn.query.weight.shape[0]
-    for i, m in enumerate(parts):
-        m.weight = nn.Parameter(weight[i * c : (i + 1) * c], requires_grad=False)
-    return weight, bias
+    fused = fuse_output_features(parts)
+    return fused.weight, fused.bias

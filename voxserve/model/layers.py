@@ -1,7 +1,9 @@
 """Building blocks of the Whisper transformer: norms, attention and residual blocks.
 
 Plain PyTorch with no knowledge of tokens, text or caches beyond the tensors handed in (principle 1).
-Layer norm and softmax run in float32 whatever the weight dtype (principle 9).
+Layer norm and softmax run in float32 whatever the weight dtype (principle 9). The MLPs call their Linears
+through qlinear's ``norm_linear`` / ``gelu_linear``: plain ``fc2(gelu(fc1(norm(x))))`` for float Linears, the
+norm and GELU folded into the input quantization of fp8 ones.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .qlinear import gelu_linear, norm_linear
 
 
 class LayerNorm(nn.LayerNorm):
@@ -88,7 +92,7 @@ class EncoderBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.attn_ln(x)
         x = x + self.attn.attend(self.attn.query(h), self.attn.key(h), self.attn.value(h), None)
-        return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
+        return x + gelu_linear(norm_linear(self.mlp_ln, x, self.fc1), self.fc2)
 
 
 class DecoderBlock(nn.Module):
@@ -123,7 +127,7 @@ class DecoderBlock(nn.Module):
         return x + self.attn.attend(self.attn.query(h), self_k[:, :kv_len], self_v[:, :kv_len], mask)
 
     def mlp(self, x: Tensor) -> Tensor:
-        return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
+        return x + gelu_linear(norm_linear(self.mlp_ln, x, self.fc1), self.fc2)
 
     def forward_full(self, x: Tensor, cross_k: Tensor, cross_v: Tensor) -> Tensor:
         """Whole sequences x [B,T,C] at once with causal self-attention and no cache (training, scoring)."""

@@ -207,8 +207,11 @@ class Fp8Linear(_QuantLinear):
         )
         self.register_buffer("input_scale", static)  # [1, 1] or None (dynamic)
 
-    def forward(self, x: Tensor) -> Tensor:
-        xq, xs = quantize_rows(x.reshape(-1, self.in_features), self.input_scale)
+    def forward(self, x: Tensor, *, pre: str | None = None, norm: nn.LayerNorm | None = None) -> Tensor:
+        """``pre``: "norm" applies ``norm`` (the layer norm before this Linear) to x first, "gelu" the exact
+        GELU, both inside the pass that quantizes x (``norm_linear`` and ``gelu_linear`` say when)."""
+        norm_args = None if norm is None else (norm.weight, norm.bias, norm.eps)
+        xq, xs = quantize_rows(x.reshape(-1, self.in_features), self.input_scale, pre=pre, norm=norm_args)
         out_dtype = x.dtype
         fused_bias = self.bias is not None and out_dtype in (torch.bfloat16, torch.float16)
         y = torch._scaled_mm(
@@ -231,14 +234,30 @@ class Fp8Linear(_QuantLinear):
 QUANT_LINEARS = (Int8WeightOnlyLinear, Int8DynamicLinear, Fp8Linear)
 
 
+def norm_linear(norm: nn.LayerNorm, x: Tensor, linear: nn.Module) -> Tensor:
+    """``linear(norm(x))``; an fp8 Linear computes the norm inside its input's quantization (one pass over x
+    instead of the norm's write and the quantization's read back)."""
+    if isinstance(linear, Fp8Linear):
+        return linear(x, pre="norm", norm=norm)
+    return linear(norm(x))
+
+
+def gelu_linear(x: Tensor, linear: nn.Module) -> Tensor:
+    """``linear(gelu(x))`` (the MLP's second half), the GELU inside an fp8 Linear's input quantization."""
+    if isinstance(linear, Fp8Linear):
+        return linear(x, pre="gelu")
+    return linear(F.gelu(x))
+
+
 def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
-    """One quantized module computing the concatenated outputs of ``modules``, which read the same input (the
-    query, key and value projections): a decode step then runs one GEMM, and for fp8 quantizes its input once,
-    instead of three times. Per-output-channel scales concatenate exactly, so each output equals its own
-    module's. The parts' weights become views of the fused weight (stored once). None when the modules are not
-    all of one quantized type over one input width, or (fp8) do not share their static input scale."""
+    """One module computing the concatenated outputs of ``modules``, which read the same input (the query, key
+    and value projections): one GEMM instead of three, and for fp8 one quantization of the input. Plain Linear
+    layers give a Linear; quantized ones a module of their type, whose per-output-channel scales concatenate
+    exactly, so each output equals its own module's. A missing bias is zeros. The parts' weights become views of
+    the fused weight (stored once). None when the modules are not all of one type (Linear or quantized) over one
+    input width, or (fp8) do not share their static input scale."""
     first = modules[0]
-    if type(first) not in QUANT_LINEARS or any(type(m) is not type(first) for m in modules):
+    if type(first) not in (nn.Linear, *QUANT_LINEARS) or any(type(m) is not type(first) for m in modules):
         return None
     if any(m.in_features != first.in_features for m in modules):
         return None
@@ -249,22 +268,33 @@ def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
                 return None
         elif any(s is None or not torch.equal(s, scales[0]) for s in scales):
             return None
+    out_features = sum(m.out_features for m in modules)
+    weight = torch.cat([m.weight.detach() for m in modules])
+    bias = None
+    if any(m.bias is not None for m in modules):
+        like = next(m.bias for m in modules if m.bias is not None).detach()
+        bias = torch.cat(
+            [m.bias.detach() if m.bias is not None else like.new_zeros(m.out_features) for m in modules]
+        )
+    if type(first) is nn.Linear:
+        fused = nn.Linear(first.in_features, out_features, bias=bias is not None, device="meta")
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            fused.bias = nn.Parameter(bias, requires_grad=False)
+        start = 0
+        for m in modules:  # views into the fused weight: held once
+            m.weight = nn.Parameter(weight[start : start + m.out_features], requires_grad=False)
+            start += m.out_features
+        return fused
     fused = copy.copy(first)
     fused._buffers = dict(first._buffers)
-    fused.out_features = sum(m.out_features for m in modules)
-    weight = torch.cat([m.weight for m in modules])
+    fused.out_features = out_features
     fused._buffers["weight"] = weight
     if isinstance(first, Fp8Linear):
         fused._buffers["weight_scale"] = torch.cat([m.weight_scale for m in modules], dim=1).contiguous()
     else:
         fused._buffers["scale"] = torch.cat([m.scale for m in modules])
-    if all(m.bias is None for m in modules):
-        fused._buffers["bias"] = None
-    else:
-        like = next(m.bias for m in modules if m.bias is not None)
-        fused._buffers["bias"] = torch.cat(
-            [m.bias if m.bias is not None else like.new_zeros(m.out_features) for m in modules]
-        )
+    fused._buffers["bias"] = bias
     start = 0
     for m in modules:  # views into the fused weight: the quantized values are held once
         m._buffers["weight"] = weight[start : start + m.out_features]
