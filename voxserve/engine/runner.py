@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
-from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features
+from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features, gelu_linear, norm_linear
 from ..model.whisper import Whisper
 from . import fused, kv8, packed, packed_prefill
 from .attention import choose_splits, decode_attention, decode_self_attention
@@ -702,7 +702,7 @@ class Runner:
             else:
                 a = self._cross_by_sequence(i, q, index, slot, cross_len)
             x = x + layer.cross_attn.out(a)
-            x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
+            x = x + gelu_linear(norm_linear(layer.mlp_ln, x, layer.fc1), layer.fc2)  # (fp8: folded)
         logits = dec.logits(x[views["last"]])
         no_speech = dec.logits(x[views["sot"]]).softmax(dim=-1)[:, self.no_speech]
         return logits, no_speech
@@ -809,7 +809,7 @@ class Runner:
                 ck, cv = self._read_cross(i, slot_t, s)
                 a = merge_heads(F.scaled_dot_product_attention(split_heads(q, h), ck, cv, attn_mask=mask))
             x = x + layer.cross_attn.out(a)
-            x = x + layer.fc2(F.gelu(layer.fc1(_layer_norm(layer.mlp_ln, x))))
+            x = x + gelu_linear(norm_linear(layer.mlp_ln, x, layer.fc1), layer.fc2)  # (fp8: folded)
         return x
 
     def _cross_by_length(self, layer: int, q: Tensor, rows: Tensor, lengths: Tensor, splits: int) -> Tensor:
