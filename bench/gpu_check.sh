@@ -43,9 +43,9 @@
 #                                           admissions, the default now) at ENCODER_STREAMS (150,200,250)
 #   bash bench/gpu_check.sh fold [ASSETS]   stop 28's fp8 encoder (norms and GELU inside the activations'
 #                                           quantization, fused query/key/value): the fp8 and packed-encoder GPU
-#                                           tests and bench/profile_encoder.py (FOLD_PART=tests, the default), or
-#                                           (FOLD_PART=bench) the bench at FOLD_STREAMS (200,250) with the fp16
-#                                           and the fp8 encoder, alternating, twice
+#                                           tests and bench/profile_encoder.py (FOLD_PART=tests), then (FOLD_PART=
+#                                           bench: only) the bench at FOLD_STREAMS (200) with the fp16 and the fp8
+#                                           encoder, alternating, FOLD_ROUNDS (1) times
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -209,15 +209,16 @@ elif [ "$MODE" = encoder ]; then
     part 150 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     bench_streams 200 bench-streams "${ENCODER_STREAMS:-150,200,250}" --packed-prefill
 elif [ "$MODE" = fold ]; then
-    if [ "${FOLD_PART:-tests}" = tests ]; then
-        part 300 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
+    if [ "${FOLD_PART:-all}" != bench ]; then
+        part 240 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
             -k "fp8 or quant or int8 or folds or packed_encoder or packed_graphs" -p no:cacheprovider -s \
             --durations=8 -rfE
-        part 150 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
-    else
-        for round in 1 2; do
-            bench_streams 150 "bench-streams-fp16-$round" "${FOLD_STREAMS:-200,250}" --packed-prefill
-            bench_streams 150 "bench-streams-fp8-encoder-$round" "${FOLD_STREAMS:-200,250}" --packed-prefill \
+        part 120 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+    fi
+    if [ "${FOLD_PART:-all}" != tests ]; then
+        for round in $(seq "${FOLD_ROUNDS:-1}"); do
+            bench_streams 120 "bench-streams-fp16-$round" "${FOLD_STREAMS:-200}" --packed-prefill
+            bench_streams 120 "bench-streams-fp8-encoder-$round" "${FOLD_STREAMS:-200}" --packed-prefill \
                 --encoder-precision fp8
         done
     fi
