@@ -323,6 +323,10 @@ def test_float_projections_fuse_into_one_linear(tokenizer):
     assert all(
         m.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr() for m in parts
     )
+    again = fuse_output_features(parts)  # a second engine on the same model: the same weights, no new copy
+    assert again.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
+    torch.testing.assert_close(again(x), fused(x), rtol=0, atol=0)
+    assert fuse_output_features((attn.query, model.encoder.layers[0].fc2)) is None  # another input width
 
 
 def _assert_engine_decodes_like_reference(engine, loaded, clips, sample_len: int) -> None:

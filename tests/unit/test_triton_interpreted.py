@@ -61,6 +61,7 @@ def check_fp8rows() -> None:
             # the layer norm and GELU computed in the pass: the torch operation's output, rounded to the dtype,
             # quantized (equal up to that rounding's last bit: the sums' order, Triton's erf against torch's)
             x = (torch.randn(m, k) * 3 + 0.5).to(dtype)
+            x[1] = (0.25 + 1e-3 * torch.randn(k)).to(dtype)  # a near-constant row: the norm's eps matters
             weight, bias = (torch.randn(k) * 0.5 + 1).to(dtype), (torch.randn(k) * 0.1).to(dtype)
             for pre, norm, before in [
                 ("norm", (weight, bias, 1e-5), torch.nn.functional.layer_norm(x, (k,), weight, bias, 1e-5)),

@@ -196,7 +196,8 @@ class Runner:
             device=self.device,
         )
         self.policy.length[self.scratch] = 1  # padding rows attend over one (garbage) position
-        self._qkv = [_fuse_qkv(layer.attn) for layer in model.decoder.layers]
+        with torch.inference_mode(False):  # (as the encoder's below)
+            self._qkv = [_fuse_qkv(layer.attn) for layer in model.decoder.layers]
         # Quantized projections (int8, fp8) fuse into one quantized module instead (None: kept separate).
         self._qkv_quant = [
             fuse_output_features((layer.attn.query, layer.attn.key, layer.attn.value))
@@ -252,8 +253,14 @@ class Runner:
         # (CUDA, fp16/bf16 activations), eager elsewhere.
         self.packed_encoder = packed_encoder
         self._packed_graphed = packed.flash_varlen(self.device, self.dtype) and self.use_graphs
-        self._stem: tuple[Tensor, Tensor] | None = None  # made at the first packed pass, with:
-        self._encoder_qkv: list[nn.Module | None] = []
+        self._stem: tuple[Tensor, Tensor] | None = None  # made at the first packed pass
+        # The packed pass's query/key/value projections, one module a layer. Made here, before any graph is
+        # captured: fusing points the model's own projections at new weights (views of the fused ones), and a
+        # full-window encoder graph captured before would go on reading the old, freed ones.
+        with torch.inference_mode(
+            False
+        ):  # a caller's inference mode would make the model's weights inference tensors
+            self._encoder_qkv = packed.qkv_projections(model.encoder) if packed_encoder else []
         # pass size (positions) -> (graph, its static inputs, its output features)
         self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]] = {}
         self._packed_buffers: packed.PackedInputs | None = None  # the buffers every pass size's inputs share
@@ -543,7 +550,6 @@ class Runner:
     ) -> Tensor:
         if self._stem is None:
             self._stem = packed.stem_weights(self.model.encoder)
-            self._encoder_qkv = packed.qkv_projections(self.model.encoder)
         features = packed.encode_packed(
             self.model.encoder, self._stem, mel, index, on_device, self._encoder_qkv
         )

@@ -78,6 +78,7 @@ def quantize_rows(
         and x.stride(1) == 1
         and k <= _MAX_BLOCK
         and m > 0
+        and all(t is None or (t.is_contiguous() and t.device == x.device) for t in (norm or (None, None))[:2])
     ):
         q = torch.empty(m, k, dtype=FP8, device=x.device)
         if static_scale is not None:
@@ -150,10 +151,8 @@ if triton is not None:
         if PRE == 1:  # layer norm over each row, then the rounding of its output to the input's dtype
             mean = tl.sum(x, 1) / K
             centred = tl.where(inside, x - mean[:, None], 0.0)
-            variance = tl.sum(centred * centred, 1) / K + tl.cast(
-                eps, tl.float32
-            )  # (eps: fp64 under Inductor)
-            rstd = 1.0 / tl.sqrt(variance)
+            eps32 = tl.cast(eps, tl.float32)  # (a Python float comes as fp64 under Inductor)
+            rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 1) / K + eps32)
             x = centred * rstd[:, None]
             if AFFINE_W:
                 x = x * tl.load(W + cols, mask=col_in, other=0.0).to(tl.float32)[None, :]

@@ -259,7 +259,12 @@ def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
     first = modules[0]
     if type(first) not in (nn.Linear, *QUANT_LINEARS) or any(type(m) is not type(first) for m in modules):
         return None
-    if any(m.in_features != first.in_features for m in modules):
+    if any(
+        m.in_features != first.in_features
+        or m.weight.dtype != first.weight.dtype
+        or m.weight.device != first.weight.device
+        for m in modules
+    ):
         return None
     if isinstance(first, Fp8Linear):
         scales = [m.input_scale for m in modules]
@@ -269,7 +274,9 @@ def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
         elif any(s is None or not torch.equal(s, scales[0]) for s in scales):
             return None
     out_features = sum(m.out_features for m in modules)
-    weight = torch.cat([m.weight.detach() for m in modules])
+    weight = _adjacent_rows([m.weight.detach() for m in modules])
+    if weight is None:
+        weight = torch.cat([m.weight.detach() for m in modules])
     bias = None
     if any(m.bias is not None for m in modules):
         like = next(m.bias for m in modules if m.bias is not None).detach()
@@ -302,3 +309,20 @@ def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
     if isinstance(fused, Int8DynamicLinear):
         fused._pack()
     return fused
+
+
+def _adjacent_rows(parts: Sequence[Tensor]) -> Tensor | None:
+    """The 2-D tensor whose consecutive row blocks ``parts`` are (parts fused before, by an earlier engine on the
+    same model), or None: fusing them again then reuses those weights instead of holding another copy."""
+    first = parts[0]
+    offset = first.storage_offset()
+    for t in parts:
+        if (
+            not t.is_contiguous()
+            or t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+            or t.storage_offset() != offset
+        ):
+            return None
+        offset += t.numel()
+    rows = sum(t.shape[0] for t in parts)
+    return first.as_strided((rows, first.shape[1]), first.stride(), first.storage_offset())
