@@ -43,7 +43,7 @@
 #                                           admissions, the default now) at ENCODER_STREAMS (150,200,250)
 #   bash bench/gpu_check.sh fold [ASSETS]   stop 28's fp8 encoder (norms and GELU inside the activations'
 #                                           quantization, fused query/key/value): the fp8 and packed-encoder GPU
-#                                           tests and bench/profile_encoder.py (FOLD_PART=tests), then (FOLD_PART=
+#                                           tests after bench/profile_encoder.py (FOLD_PART=tests), then (FOLD_PART=
 #                                           bench: only) the bench at FOLD_STREAMS (200) with the fp16 and the fp8
 #                                           encoder, alternating, FOLD_ROUNDS (1) times
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
@@ -209,11 +209,11 @@ elif [ "$MODE" = encoder ]; then
     part 150 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     bench_streams 200 bench-streams "${ENCODER_STREAMS:-150,200,250}" --packed-prefill
 elif [ "$MODE" = fold ]; then
-    if [ "${FOLD_PART:-all}" != bench ]; then
-        part 240 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
-            -k "fp8 or quant or int8 or folds or packed_encoder or packed_graphs" -p no:cacheprovider -s \
-            --durations=8 -rfE
+    if [ "${FOLD_PART:-all}" != bench ]; then  # the profile first: it is short, and the tests may be cut off
         part 120 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
+        part 240 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
+            -k "row_quantize or folds or packed_encoder or replays or compiles or gate" -p no:cacheprovider -s \
+            --durations=8 -rfE
     fi
     if [ "${FOLD_PART:-all}" != tests ]; then
         for round in $(seq "${FOLD_ROUNDS:-1}"); do
