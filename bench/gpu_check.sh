@@ -46,6 +46,10 @@
 #                                           tests after bench/profile_encoder.py (FOLD_PART=tests), then (FOLD_PART=
 #                                           bench: only) the bench at FOLD_STREAMS (200) with the fp16 and the fp8
 #                                           encoder, alternating, FOLD_ROUNDS (1) times
+#   bash bench/gpu_check.sh trees-ab [ASSETS] the stream bench at AB_STREAMS (200) from this tree and from each
+#                                           other commit's tree in AB_TREES (space-separated tarballs, carried in
+#                                           ASSETS, e.g. `git archive ff354c6 voxserve ':!voxserve/assets'
+#                                           -o .devdata/ff354c6.tar`), alternating, AB_ROUNDS (2) times
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -55,7 +59,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|trees-ab|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -222,6 +226,19 @@ elif [ "$MODE" = fold ]; then
                 --encoder-precision fp8
         done
     fi
+elif [ "$MODE" = trees-ab ]; then
+    for round in $(seq "${AB_ROUNDS:-2}"); do
+        bench_streams 120 "bench-streams-head-$round" "${AB_STREAMS:-200}" --packed-prefill
+        for tree in ${AB_TREES:-}; do
+            name=$(basename "$tree" .tar)
+            dir=/tmp/ab-$name
+            if [ ! -d "$dir" ]; then
+                mkdir -p "$dir" && tar -xf "$tree" -C "$dir" && ln -s "$PWD/$ASSETS" "$dir/$ASSETS" || exit 2
+            fi
+            (cd "$dir" && PYTHONPATH=$dir:$PYTHONPATH bench_streams 120 "bench-streams-$name-$round" \
+                "${AB_STREAMS:-200}" --packed-prefill)
+        done
+    done
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -232,6 +249,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder, fold or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder, fold, trees-ab or host)" >&2
     exit 2
 fi
