@@ -196,7 +196,7 @@ class Runner:
             device=self.device,
         )
         self.policy.length[self.scratch] = 1  # padding rows attend over one (garbage) position
-        with torch.inference_mode(False):  # (as the encoder's below)
+        with torch.inference_mode(False):  # (as the encoder's fusion below)
             self._qkv = [_fuse_qkv(layer.attn) for layer in model.decoder.layers]
         # Quantized projections (int8, fp8) fuse into one quantized module instead (None: kept separate).
         self._qkv_quant = [
@@ -257,9 +257,8 @@ class Runner:
         # The packed pass's query/key/value projections, one module a layer. Made here, before any graph is
         # captured: fusing points the model's own projections at new weights (views of the fused ones), and a
         # full-window encoder graph captured before would go on reading the old, freed ones.
-        with torch.inference_mode(
-            False
-        ):  # a caller's inference mode would make the model's weights inference tensors
+        # (outside a caller's inference mode, which would make the model's weights inference tensors)
+        with torch.inference_mode(False):
             self._encoder_qkv = packed.qkv_projections(model.encoder) if packed_encoder else []
         # pass size (positions) -> (graph, its static inputs, its output features)
         self._packed_graphs: dict[int, tuple[torch.cuda.CUDAGraph, packed.PackedInputs, Tensor]] = {}
