@@ -43,9 +43,14 @@
 #                                           admissions, the default now) at ENCODER_STREAMS (150,200,250)
 #   bash bench/gpu_check.sh fold [ASSETS]   stop 28's fp8 encoder (norms and GELU inside the activations'
 #                                           quantization, fused query/key/value): the fp8 and packed-encoder GPU
-#                                           tests after bench/profile_encoder.py (FOLD_PART=tests), then (FOLD_PART=
-#                                           bench: only) the bench at FOLD_STREAMS (200) with the fp16 and the fp8
-#                                           encoder, alternating, FOLD_ROUNDS (1) times
+#                                           tests after bench/profile_encoder.py, the demo model's live WER with
+#                                           the fp16 and the fp8 encoder where ASSETS has speech-cache/ and text/
+#                                           (FOLD_PART=tests), then (FOLD_PART=bench: only) the bench at
+#                                           FOLD_STREAMS (200) with the fp16 and the fp8 encoder, alternating,
+#                                           FOLD_ROUNDS (1) times. The speech cache, made here (espeak-ng):
+#                                           mkdir -p .devdata/text && cp ../shared/data/text/ljspeech-metadata.csv
+#                                           .devdata/text/ && python -m voxserve.live.window_accuracy --n 160
+#                                           --device cpu --speech-cache .devdata/speech-cache (its WER: the CPU's)
 #   bash bench/gpu_check.sh trees-ab [ASSETS] the stream bench at AB_STREAMS (200) from this tree and from each
 #                                           other commit's tree in AB_TREES (space-separated tarballs, carried in
 #                                           ASSETS, e.g. `git archive ff354c6 voxserve ':!voxserve/assets'
@@ -218,6 +223,13 @@ elif [ "$MODE" = fold ]; then
         part 240 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
             -k "row_quantize or folds or packed_encoder or replays or compiles or gate" -p no:cacheprovider -s \
             --durations=8 -rfE
+        if [ -d "$ASSETS/speech-cache" ]; then  # the demo model's WER with the fp16 and the fp8 encoder
+            for enc in fp16 fp8; do
+                part 150 "window-accuracy-$enc" python3 -m voxserve.live.window_accuracy --n 160 --device cuda \
+                    --speech-cache "$ASSETS/speech-cache" --text "$ASSETS/text/ljspeech-metadata.csv" --out "$OUT" \
+                    $([ $enc = fp8 ] && echo --encoder-precision fp8)
+            done
+        fi
     fi
     if [ "${FOLD_PART:-all}" != tests ]; then
         for round in $(seq "${FOLD_ROUNDS:-1}"); do

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,28 @@ def sentences(
     return out
 
 
+def spoken(texts: list[str], cache: Path | None) -> list[np.ndarray]:
+    """Each text spoken by espeak-ng (train.synth.speak), read from / written to ``cache`` (one .npy a text,
+    named by its hash) when given: the GPU machine has no espeak-ng, so its runs read audio made here. Cached
+    audio is stored in float16 (half the bytes: a device call carries at most 64 MiB) and every run with a
+    cache hears that rounding (11 significant bits), the run that writes it too."""
+    from ..train.synth import speak
+
+    out = []
+    for text in texts:
+        path = None if cache is None else cache / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.npy"
+        if path is not None and path.exists():
+            out.append(np.load(path).astype(np.float32))
+            continue
+        x = speak(text)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            x = x.astype(np.float16)
+            np.save(path, x)
+        out.append(x.astype(np.float32))
+    return out
+
+
 def measure(
     model: str,
     n: int,
@@ -50,20 +73,27 @@ def measure(
     text_path: Path,
     ids: tuple[str, ...] = (),
     bucket_sets: tuple[tuple[float, ...], ...] = (),
+    *,
+    speech_cache: Path | None = None,
+    encoder_precision: str | None = None,
 ) -> dict[str, Any]:
     """Rows "full" (30 s windows) and "short" (LiveOptions' window lengths), plus one "short <lengths>" row for
-    each of ``bucket_sets`` (e.g. windows every second, which a packed encoder pass makes as cheap as a few)."""
+    each of ``bucket_sets`` (e.g. windows every second, which a packed encoder pass makes as cheap as a few).
+    ``encoder_precision`` "fp8": the encoder's Linears in fp8 (CUDA), as ``voxserve bench --streams
+    --encoder-precision fp8`` runs them."""
     from ..api import load_model
     from ..decoding.batched import make_engine
     from ..metrics.wer import item_errors
-    from ..train.synth import speak
+    from ..model.quant import quantize_model
     from .service import LiveOptions, LiveService
 
     whisper = load_model(model, device=device)
+    if encoder_precision is not None:
+        quantize_model(whisper.model, encoder_precision, skip=["decoder.*"])
     engine = make_engine(whisper.model, whisper.tokenizer)
     language = "en" if whisper.tokenizer.is_multilingual else None
     texts = sentences(text_path, n, ids=ids)
-    audio = [speak(t) for t in texts]
+    audio = spoken(texts, speech_cache)
     rows: dict[str, Any] = {}
     try:
         variants: list[tuple[str, LiveOptions]] = [
@@ -122,6 +152,8 @@ def measure(
         "utterances": len(texts),
         "seconds": round(sum(len(x) for x in audio) / 16000, 1),
         "device": str(whisper.device),
+        "dtype": str(whisper.model.dtype).removeprefix("torch."),
+        "encoder_precision": encoder_precision,
         "results": rows,
         "cost_wer_points": round(100 * (rows["short"]["wer_whole"] - rows["full"]["wer_whole"]), 2),
         "cost_wer_points_by_row": {
@@ -146,12 +178,33 @@ def main(argv: list[str] | None = None) -> int:
         type=seconds_list,
         help="another set of short-window lengths in seconds, comma-separated (repeatable; scored as one more row)",
     )
+    p.add_argument(
+        "--speech-cache",
+        type=Path,
+        help="a folder of the sentences' audio: read where a sentence's file is there, else spoken and written",
+    )
+    p.add_argument("--encoder-precision", choices=["fp8"], help="the encoder's Linears in fp8 (CUDA)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     np.random.seed(0)
     ids = tuple(i.strip() for i in args.ids.split(",") if i.strip())
-    doc = measure(args.model, args.n, args.device, args.text, ids, tuple(args.buckets))
+    from ..model.quant import QuantizationError
+
+    try:
+        doc = measure(
+            args.model,
+            args.n,
+            args.device,
+            args.text,
+            ids,
+            tuple(args.buckets),
+            speech_cache=args.speech_cache,
+            encoder_precision=args.encoder_precision,
+        )
+    except QuantizationError as e:  # fp8 off a capable GPU: a message, not a traceback
+        print(f"window_accuracy: {e}", file=sys.stderr)
+        return 2
     doc["sentence_ids"] = list(ids) or "first of the file"
     doc["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["command"] = ["python", "-m", "voxserve.live.window_accuracy", *(argv or sys.argv[1:])]
