@@ -47,7 +47,8 @@
 #                                           the fp16 and the fp8 encoder where ASSETS has speech-cache/ and text/
 #                                           (FOLD_PART=tests), then (FOLD_PART=bench: only) the bench at
 #                                           FOLD_STREAMS (200) with the fp16 and the fp8 encoder, alternating,
-#                                           FOLD_ROUNDS (1) times. The speech cache, made here (espeak-ng):
+#                                           FOLD_ROUNDS (1) times; both parts exceed one 600 s call. The speech
+#                                           cache, made here (espeak-ng):
 #                                           mkdir -p .devdata/text && cp ../shared/data/text/ljspeech-metadata.csv
 #                                           .devdata/text/ && python -m voxserve.live.window_accuracy --n 160
 #                                           --device cpu --speech-cache .devdata/speech-cache (its WER: the CPU's)
