@@ -35,7 +35,11 @@ from voxserve.model.load import init_random
 from voxserve.model.qlinear import Fp8Linear
 from voxserve.model.quant import quantize_model
 
-KINDS = (("matrix products", ("gemm", "nvjet", "cutlass", "scaled_mm", "sm90")), ("attention", ("flash",)))
+KINDS = (
+    ("matrix products", ("gemm", "nvjet", "cutlass", "scaled_mm", "sm90")),
+    ("attention", ("flash",)),
+    ("fp8 quantization", ("_quantize_rows",)),  # (with the folded layer norms and GELU since stop 28)
+)
 
 
 def kind(name: str) -> str:
