@@ -283,15 +283,19 @@ def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
         bias = torch.cat(
             [m.bias.detach() if m.bias is not None else like.new_zeros(m.out_features) for m in modules]
         )
+    start = 0
+    for m in modules:  # the parts' weights become views into the fused one: the values are held once
+        part = weight[start : start + m.out_features]
+        if type(m) is nn.Linear:
+            m.weight = nn.Parameter(part, requires_grad=False)
+        else:
+            m._buffers["weight"] = part
+        start += m.out_features
     if type(first) is nn.Linear:
         fused = nn.Linear(first.in_features, out_features, bias=bias is not None, device="meta")
         fused.weight = nn.Parameter(weight, requires_grad=False)
         if bias is not None:
             fused.bias = nn.Parameter(bias, requires_grad=False)
-        start = 0
-        for m in modules:  # views into the fused weight: held once
-            m.weight = nn.Parameter(weight[start : start + m.out_features], requires_grad=False)
-            start += m.out_features
         return fused
     fused = copy.copy(first)
     fused._buffers = dict(first._buffers)
@@ -302,10 +306,6 @@ def fuse_output_features(modules: Sequence[nn.Module]) -> nn.Module | None:
     else:
         fused._buffers["scale"] = torch.cat([m.scale for m in modules])
     fused._buffers["bias"] = bias
-    start = 0
-    for m in modules:  # views into the fused weight: the quantized values are held once
-        m._buffers["weight"] = weight[start : start + m.out_features]
-        start += m.out_features
     if isinstance(fused, Int8DynamicLinear):
         fused._pack()
     return fused
