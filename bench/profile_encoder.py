@@ -33,7 +33,7 @@ from voxserve.engine.types import EngineConfig
 from voxserve.live.service import LiveOptions
 from voxserve.model.load import init_random
 from voxserve.model.qlinear import Fp8Linear
-from voxserve.model.quant import quantize_model
+from voxserve.model.quant import quantize_encoder
 
 KINDS = (
     ("matrix products", ("gemm", "nvjet", "cutlass", "scaled_mm", "sm90")),
@@ -68,7 +68,7 @@ def unfolded() -> Iterator[None]:
 
 def one_precision(model: torch.nn.Module, tok: object, precision: str, rows: int, frames: list[int]) -> None:
     if precision.startswith("fp8") and not any(isinstance(m, Fp8Linear) for m in model.modules()):
-        quantize_model(model, "fp8", skip=["decoder.*"])
+        quantize_encoder(model, "fp8")
     with unfolded() if precision == "fp8-unfolded" else nullcontext():
         time_pass(model, tok, precision, rows, frames)
 

@@ -341,11 +341,11 @@ def test_packed_encoder_with_fp8_linears_folds_norms_into_quantization(tokenizer
     the fp8 input quantization) gives each window the features of the same pass with those done as torch
     operations (fp8rows.KERNEL off), and of the fp16 encoder within what fp8 itself costs."""
     from voxserve.model import fp8rows
-    from voxserve.model.quant import quantize_model
+    from voxserve.model.quant import quantize_encoder
 
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
     fp16 = copy.deepcopy(model)
-    quantize_model(model, "fp8", skip=["decoder.*"])
+    quantize_encoder(model, "fp8")
     g = torch.Generator().manual_seed(0)
     frames = [400, 100, 2, 300, 200]
     mels = [torch.randn(TINY.n_mels, f, generator=g).clamp(-1, 1).half().cuda() for f in frames]

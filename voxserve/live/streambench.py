@@ -37,7 +37,7 @@ from ..engine.types import EngineConfig
 from ..heap import frozen_heap
 from ..model import fp8rows
 from ..model.load import CheckpointInfo, init_random
-from ..model.quant import QuantizationError, quantize_model
+from ..model.quant import QuantizationError, quantize_encoder
 from .callers import Track, caller_audio, chunk_payloads, pcm16, session_update, use_oracle
 from .service import LiveOptions, LiveService
 from .session import LiveSession
@@ -245,7 +245,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         log(f"random {plan.dims} weights, {fixed:g} tokens per second of audio")
     if plan.encoder_precision is not None:
         try:  # per-token (dynamic) activation scales: random weights have no audio to calibrate on
-            quantize_model(whisper.model, plan.encoder_precision, skip=["decoder.*"])
+            quantize_encoder(whisper.model, plan.encoder_precision)
         except QuantizationError as e:
             raise BenchError(f"--encoder-precision {plan.encoder_precision}: {e}") from None
         log(f"encoder Linears in {plan.encoder_precision}, the rest in {plan.precision}")

@@ -84,12 +84,12 @@ def measure(
     from ..api import load_model
     from ..decoding.batched import make_engine
     from ..metrics.wer import item_errors
-    from ..model.quant import quantize_model
+    from ..model.quant import quantize_encoder
     from .service import LiveOptions, LiveService
 
     whisper = load_model(model, device=device)
     if encoder_precision is not None:
-        quantize_model(whisper.model, encoder_precision, skip=["decoder.*"])
+        quantize_encoder(whisper.model, encoder_precision)
     engine = make_engine(whisper.model, whisper.tokenizer)
     language = "en" if whisper.tokenizer.is_multilingual else None
     texts = sentences(text_path, n, ids=ids)

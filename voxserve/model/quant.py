@@ -280,6 +280,12 @@ LOGITS_BY_DEFAULT = ("int8-dynamic",)
 OUTPUT_PROJECTIONS = ("int8", "int8-dynamic")
 
 
+def quantize_encoder(model: Whisper, precision: str) -> Whisper:
+    """Only the encoder's block Linears in ``precision`` (fp8: per-token activation scales, no calibration), the
+    decoder left in the model dtype: the live path's optional fp8 encoder. In place; raises QuantizationError."""
+    return quantize_model(model, precision, skip=["decoder.*"])
+
+
 def output_projection_module(precision: str, linear: nn.Linear) -> nn.Module:
     """The module that computes the logits in ``precision`` from ``linear`` (the embedding as [V, C])."""
     if precision == "int8-dynamic":
