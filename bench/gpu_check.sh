@@ -226,7 +226,7 @@ elif [ "$MODE" = fold ]; then
             --durations=8 -rfE
         if [ -d "$ASSETS/speech-cache" ]; then  # the demo model's WER with the fp16 and the fp8 encoder
             for enc in fp16 fp8; do
-                part 150 "window-accuracy-$enc" python3 -m voxserve.live.window_accuracy --n 160 --device cuda \
+                part 150 "window-accuracy-$enc" python3 -m voxserve.live.window_accuracy --n "${FOLD_N:-160}" --device cuda \
                     --speech-cache "$ASSETS/speech-cache" --text "$ASSETS/text/ljspeech-metadata.csv" --out "$OUT" \
                     $([ $enc = fp8 ] && echo --encoder-precision fp8)
             done
