@@ -207,6 +207,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where each window's log-mel is made: engine (from the window's audio on the engine's device, batched "
         "per admission; the default, as `voxserve serve`'s VOXSERVE_REALTIME_MELS) or host (worker threads)",
     )
+    live.add_argument(
+        "--engine-process",
+        action="store_true",
+        help="run the engine in a process of its own (engine/remote.py), so that its thread does not share a GIL "
+        "with the event loop serving the streams; default: a thread of this process, as `voxserve serve`",
+    )
     live.add_argument("--target-ms", type=float, default=300.0, help="p99 target for a held stream count")
     live.add_argument(
         "--vad-model", type=Path, default=SHARED / "vad" / "silero_vad.onnx", help="Silero VAD ONNX file"
@@ -352,6 +358,7 @@ def run_streams(args: argparse.Namespace) -> int:
             vad_model=args.vad_model,
             vad=args.vad,
             transport=args.transport,
+            engine_process=args.engine_process,
             seed=args.seed,
         )
         doc, path = measure(

@@ -16,7 +16,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,8 +36,15 @@ class EngineError(RuntimeError):
 class Ticket:
     """A submitted request's handle: its token events and final output, from sync or async code."""
 
-    def __init__(self, request: WindowRequest) -> None:
+    def __init__(
+        self,
+        request: WindowRequest,
+        listener: Callable[[TokenEvent | WindowOutput | BaseException], None] | None = None,
+    ) -> None:
         self.request = request
+        # called (in the engine's thread) with each event, the output or the error, instead of queueing them for
+        # an event loop: how an engine process forwards them to its parent (engine/remote.py)
+        self._listener = listener
         self._done = threading.Event()
         self._output: WindowOutput | None = None
         self._error: BaseException | None = None
@@ -93,7 +100,9 @@ class Ticket:
     def _push(self, item: TokenEvent | WindowOutput | BaseException) -> None:
         if isinstance(item, TokenEvent) and not self.token_events:
             return
-        if self._loop is not None and self._events is not None:
+        if self._listener is not None:
+            self._listener(item)
+        elif self._loop is not None and self._events is not None:
             try:
                 self._loop.call_soon_threadsafe(self._events.put_nowait, item)
             except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
@@ -207,9 +216,18 @@ class Engine:
 
     # ----- public
 
-    def submit(self, request: WindowRequest) -> Ticket:
+    def submit(
+        self,
+        request: WindowRequest,
+        *,
+        token_events: bool = True,
+        listener: Callable[[TokenEvent | WindowOutput | BaseException], None] | None = None,
+    ) -> Ticket:
+        """Queue ``request``; its ticket gives its token events (unless ``token_events`` is False: only the
+        output, as live partials wait for) and output, or hands each to ``listener`` (see Ticket)."""
         self._check_mel(request)
-        ticket = Ticket(request)
+        ticket = Ticket(request, listener)
+        ticket.token_events = token_events
         with self._cv:
             if self._closed or self.failure is not None:
                 raise EngineError(
@@ -239,6 +257,10 @@ class Engine:
                 f"a window must be a mel [{d.n_mels}, frames] or at most frames * {HOP_LENGTH} samples, with an "
                 f"even number of frames up to {2 * d.n_audio_ctx}; got {shape}"
             )
+
+    def counters(self) -> dict[str, int]:
+        """Decode steps run so far, and how many of them ran while an admission was on the device."""
+        return {"steps": self.steps, "steps_beside_admissions": self.steps_beside_admissions}
 
     @property
     def queued(self) -> int:

@@ -380,9 +380,9 @@ class LiveService:
             try:
                 deadline = time.monotonic() + self.options.decode_timeout_s if partial else None
                 ticket = engine.submit(
-                    WindowRequest(mel=mel, spec=spec, priority=Priority.REALTIME, deadline=deadline)
+                    WindowRequest(mel=mel, spec=spec, priority=Priority.REALTIME, deadline=deadline),
+                    token_events=False,  # only the output is awaited: no event-loop wake-up per token
                 )
-                ticket.token_events = False  # only the output is awaited: no event-loop wake-up per token
                 if on_ticket is not None:
                     on_ticket(ticket)
                 output = await ticket.wait()

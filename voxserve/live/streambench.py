@@ -16,6 +16,7 @@ the length of real speech's transcripts; with a real checkpoint (``--model``) de
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from dataclasses import asdict, dataclass
@@ -33,11 +34,15 @@ from ..bench.weights import BenchError, bench_tokenizer, resolve_dims
 from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
 from ..engine import mels, scatter
+from ..engine.engine import Engine, EngineError
+from ..engine.remote import EngineProcess
+from ..engine.threads import engine_owns_cpu_threads, engine_threads
 from ..engine.types import EngineConfig
 from ..heap import frozen_heap
 from ..model import fp8rows
 from ..model.load import CheckpointInfo, init_random
 from ..model.quant import QuantizationError, quantize_encoder
+from ..model.whisper import Whisper
 from .callers import Track, caller_audio, chunk_payloads, pcm16, session_update, use_oracle
 from .service import LiveOptions, LiveService
 from .session import LiveSession
@@ -80,6 +85,8 @@ class StreamBenchPlan:
     vad_model: Path | None = None
     # "silero" (the server's VAD) or "oracle" (events at the known utterance bounds; needs no onnxruntime)
     vad: str = "silero"
+    # the engine in a process of its own (engine/remote.py), so its thread does not share the event loop's GIL
+    engine_process: bool = False
     # "inproc": callers call the sessions directly; "ws": uvicorn and the WebSocket route, callers in client
     # processes (voxserve/live/wsbench.py)
     transport: str = "inproc"
@@ -222,39 +229,40 @@ def _over_websockets(
         thread.join(timeout=60)
 
 
-def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> tuple[dict[str, Any], Path]:
-    """Measure every stream count of ``plan``; returns the result document and the file written."""
-    from ..bench.results import result_filename, write_new
-
-    device = torch.device(plan.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda was asked for, but no CUDA device is available")
+def _load_whisper(
+    plan: StreamBenchPlan, device: torch.device, log: Any = print
+) -> tuple[WhisperModel, float | None]:
+    """The plan's model on ``device`` ("meta": its dims and tokenizer only, for a caller whose engine runs in a
+    process of its own), and the fixed tokens per second of audio (random weights) or None."""
     dtype = resolve_dtype(PRECISIONS[plan.precision])
     if plan.model is not None:
-        whisper = load_model(plan.model, device=device, dtype=dtype)
-        fixed = None
+        whisper = load_model(plan.model, device="cpu" if device.type == "meta" else device, dtype=dtype)
         log(f"model {whisper.checkpoint.source}")
+        return whisper, None
+    dims = resolve_dims(plan.dims)
+    tok = bench_tokenizer(dims, plan.tiktoken)
+    if device.type == "meta":
+        with torch.device("meta"):
+            model = Whisper(dims)
     else:
-        dims = resolve_dims(plan.dims)
-        tok = bench_tokenizer(dims, plan.tiktoken)
         model = init_random(dims, seed=plan.seed).to(device=device, dtype=dtype).eval()
-        whisper = WhisperModel(
-            model, tok, CheckpointInfo(f"random {plan.dims}", "random", None), is_random=True
-        )
-        fixed = plan.tokens_per_second
-        log(f"random {plan.dims} weights, {fixed:g} tokens per second of audio")
-    if plan.encoder_precision is not None:
+    whisper = WhisperModel(model, tok, CheckpointInfo(f"random {plan.dims}", "random", None), is_random=True)
+    log(f"random {plan.dims} weights, {plan.tokens_per_second:g} tokens per second of audio")
+    if plan.encoder_precision is not None and device.type != "meta":
         try:  # per-token (dynamic) activation scales: random weights have no audio to calibrate on
             quantize_encoder(whisper.model, plan.encoder_precision)
         except QuantizationError as e:
             raise BenchError(f"--encoder-precision {plan.encoder_precision}: {e}") from None
         log(f"encoder Linears in {plan.encoder_precision}, the rest in {plan.precision}")
-    language = "en" if whisper.tokenizer.is_multilingual else None
+    return whisper, plan.tokens_per_second
+
+
+def _engine_config(plan: StreamBenchPlan, whisper: WhisperModel) -> EngineConfig:
     buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
     frames = LiveOptions(short_windows=plan.short_windows, **buckets).short_window_frames(
         2 * whisper.model.dims.n_audio_ctx
     )
-    config = EngineConfig(
+    return EngineConfig(
         max_slots=plan.slots,
         max_admit=plan.max_admit,
         short_window_frames=frames,
@@ -265,7 +273,50 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         overlap_admissions=plan.overlap_admissions,
         cross_kv=plan.cross_kv,
     )
-    engine = make_engine(whisper.model, whisper.tokenizer, config)
+
+
+def bench_engine(plan: StreamBenchPlan, threads: int) -> Engine:
+    """The plan's engine, warmed up: what ``--engine-process`` builds in the engine's process, with the caller's
+    CPU threads (on the CPU under engine/threads.py's policy, as the bench's own process)."""
+    if plan.device == "cpu":
+        engine_owns_cpu_threads(threads)
+    else:
+        torch.set_num_threads(threads)
+    whisper, _ = _load_whisper(plan, torch.device(plan.device))
+    engine = make_engine(whisper.model, whisper.tokenizer, _engine_config(plan, whisper))
+    print(f"warming up the engine ({engine.n_slots} slots)", flush=True)
+    engine.runner.warmup()
+    return engine
+
+
+def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> tuple[dict[str, Any], Path]:
+    """Measure every stream count of ``plan``; returns the result document and the file written."""
+    from ..bench.results import result_filename, write_new
+
+    device = torch.device(plan.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for, but no CUDA device is available")
+    if plan.engine_process:
+        whisper, fixed = _load_whisper(
+            plan, torch.device("meta")
+        )  # dims and tokenizer: the engine is elsewhere
+        log("the engine in a process of its own (loading the model there)")
+        try:
+            engine: Engine | EngineProcess = EngineProcess(
+                functools.partial(bench_engine, plan, engine_threads() or torch.get_num_threads())
+            )
+        except EngineError as e:
+            raise BenchError(str(e)) from None
+        engine_info = engine.info
+    else:
+        whisper, fixed = _load_whisper(plan, device, log)
+        engine = make_engine(whisper.model, whisper.tokenizer, _engine_config(plan, whisper))
+        engine_info = {
+            "audio_cache": engine.runner.audio_cache is not None,
+            "overlap_admissions": engine.runner.overlap,
+        }
+    language = "en" if whisper.tokenizer.is_multilingual else None
+    buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
     try:
         vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
     except VADError as e:
@@ -294,9 +345,9 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         scatter_kernel=scatter.KERNEL,
         fp8rows_kernel=fp8rows.KERNEL,
         # live utterances' audio kept on the device between partials (engine/audio_cache.py; on CUDA)
-        audio_cache=engine.runner.audio_cache is not None,
+        audio_cache=engine_info["audio_cache"],
         # as the engine runs: overlapped admissions are CUDA only (inert elsewhere, whatever was asked)
-        overlap_admissions=engine.runner.overlap,
+        overlap_admissions=engine_info["overlap_admissions"],
         # objects alive after the warm-up kept out of the cyclic collector, as `voxserve serve` (heap.py; stop 26)
         heap_frozen=True,
         merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)
@@ -322,19 +373,21 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         },
     }
     try:
-        log(f"warming up the engine ({engine.n_slots} slots)")
-        engine.runner.warmup()
+        if isinstance(engine, Engine):  # (an engine process warmed its engine before it was ready)
+            log(f"warming up the engine ({engine.n_slots} slots)")
+            engine.runner.warmup()
         with frozen_heap():  # as `voxserve serve` runs (voxserve/heap.py)
             for n in plan.streams:
                 service = LiveService(whisper, engine, vad, options(n))
                 snap = machine.load_snapshot()
-                steps0, beside0, started = engine.steps, engine.steps_beside_admissions, time.monotonic()
+                counted0, started = engine.counters(), time.monotonic()
                 if plan.transport == "ws":
                     lat, missing, lag = _over_websockets(n, tracks, service, plan, language)
                 else:
                     counted_from, lag = asyncio.run(_simulate(n, tracks, service, plan, language))
                     lat, missing = [x for t, x in service.stats.text_latency if t >= counted_from], None
                 wall = time.monotonic() - started
+                counted = {k: v - counted0[k] for k, v in engine.counters().items()}
                 st = service.stats
                 p99 = _percentile(lat, 99)
                 row = {
@@ -352,9 +405,9 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
                     "finals": st.finals,
                     "decodes_per_s": round(len(st.decode_seconds) / wall, 1),
                     "decode_p50_ms": _ms(_percentile(st.decode_seconds, 50)),
-                    "engine_steps_per_s": round((engine.steps - steps0) / wall, 1),
+                    "engine_steps_per_s": round(counted["steps"] / wall, 1),
                     # decode steps launched while an admission was on the device (overlap_admissions)
-                    "steps_beside_admissions": engine.steps_beside_admissions - beside0,
+                    "steps_beside_admissions": counted["steps_beside_admissions"],
                     "sender_lag_p99_ms": _ms(_percentile(lag, 99)),
                     "cpu_contention_pct": machine.contention_pct(snap, machine.load_snapshot()),
                 }

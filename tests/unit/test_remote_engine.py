@@ -1,0 +1,172 @@
+"""The engine in a process of its own (engine/remote.py) against the same engine in this process: the same
+outputs for log-mel windows and for growing keyed audio windows (sent as what each window adds), token events,
+cancelling, a bad window's error, the counters, and a dead or failed engine process."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.support import decisive_model
+from voxserve.decoding.batched import make_engine
+from voxserve.engine.engine import Engine, EngineError
+from voxserve.engine.remote import EngineProcess, _KeyedAudio
+from voxserve.engine.types import AudioWindow, EngineConfig, RowSpec, TokenEvent, WindowOutput, WindowRequest
+from voxserve.tokenizer import Tokenizer
+
+
+def tiny_engine(tiktoken: Path) -> Engine:
+    """The engine both sides run (module level: the engine's process imports it)."""
+    torch.set_num_threads(1)
+    tok = Tokenizer.from_tiktoken(tiktoken)
+    return make_engine(decisive_model(TINY, tok, std=0.2, eot_boost=2.0), tok, EngineConfig(max_slots=4))
+
+
+def failing_engine() -> Engine:
+    raise RuntimeError("no weights here")
+
+
+def spec(tok: Tokenizer, sample_len: int = 12, suppress_eot: bool = False) -> RowSpec:
+    return RowSpec(
+        initial_tokens=(tok.sot, tok.no_timestamps),
+        sot_index=0,
+        suppress=(tok.eot,) if suppress_eot else (),
+        suppress_blank=True,
+        timestamps=False,
+        max_initial_timestamp_index=None,
+        sample_len=sample_len,
+        temperature=0.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def engines(multilingual_tiktoken):
+    remote = EngineProcess(_factory(multilingual_tiktoken))
+    local = tiny_engine(multilingual_tiktoken)
+    yield local, remote
+    local.close()
+    remote.close()
+
+
+def _factory(tiktoken: Path) -> functools.partial:
+    return functools.partial(tiny_engine, tiktoken)
+
+
+def _speech(n: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * 0.1).astype(np.float32)
+
+
+def test_log_mel_windows_decode_as_in_process(engines, tokenizer):
+    local, remote = engines
+    g = torch.Generator().manual_seed(1)
+    mels = [torch.randn(TINY.n_mels, 3000, generator=g).clamp(-1, 1) for _ in range(3)]
+    want = [local.submit(WindowRequest(m, spec(tokenizer))).result(60) for m in mels]
+    got = [remote.submit(WindowRequest(m, spec(tokenizer))).result(60) for m in mels]
+    assert got == want
+    assert any(o.tokens for o in want)
+
+
+def test_growing_keyed_windows_send_what_they_add_and_decode_as_in_process(engines, tokenizer):
+    local, remote = engines
+    audio = _speech(48000)
+    lengths = (8000, 20000, 48000)
+    got = []
+    for i, n in enumerate(lengths):
+        window = AudioWindow(audio[:n], 400, key=("utterance", 7), last=i == len(lengths) - 1)
+        got.append(remote.submit(WindowRequest(window, spec(tokenizer))).result(60))
+    want = [
+        local.submit(WindowRequest(AudioWindow(audio[:n], 400), spec(tokenizer))).result(60) for n in lengths
+    ]
+    assert got == want
+    assert ("utterance", 7) not in remote._keys  # its last window dropped the key
+
+
+def test_what_crosses_for_keyed_windows(engines):
+    _, remote = engines
+    audio = _speech(5000)
+    with remote._send_lock:
+        first = remote._window(AudioWindow(audio[:1000], 100, key="k"))
+        second = remote._window(AudioWindow(audio[:3000], 100, key="k"))
+        again = remote._window(
+            AudioWindow(audio[:2000], 100, key="k")
+        )  # shorter: a new utterance under the key
+        last = remote._window(AudioWindow(audio[:2500], 100, key="k", last=True))
+    assert first[:3] == ("keyed", first[1], 0) and len(first[3]) == 1000
+    assert second[1:3] == (first[1], 1000) and np.array_equal(second[3], audio[1000:3000])
+    assert again[1] != first[1] and again[2] == 0 and len(again[3]) == 2000
+    assert last[1:3] == (again[1], 2000) and last[5] is True and "k" not in remote._keys
+
+
+def test_keyed_audio_rebuilds_each_window_and_keeps_earlier_views():
+    keyed = _KeyedAudio()
+    audio = _speech(100_000)
+    first = keyed.window(("keyed", 3, 0, audio[:30000], 400, False))
+    second = keyed.window(("keyed", 3, 30000, audio[30000:90000], 1200, False))  # grows past the first buffer
+    assert np.array_equal(first.samples, audio[:30000]) and np.array_equal(second.samples, audio[:90000])
+    third = keyed.window(("keyed", 3, 90000, audio[90000:], 1400, True))
+    assert np.array_equal(second.samples, audio[:90000]) and np.array_equal(third.samples, audio)
+    assert third.key == 3 and third.last
+    with pytest.raises(EngineError, match="does not follow"):
+        keyed.window(("keyed", 3, 100_000, audio[:10], 1400, False))  # dropped with its last window
+    keyed.window(("keyed", 4, 0, audio[:10], 2, False))
+    with pytest.raises(EngineError, match="does not follow"):
+        keyed.window(("keyed", 4, 20, audio[:10], 2, False))  # a gap
+
+
+def test_token_events_cancel_and_a_bad_window(engines, tokenizer):
+    _, remote = engines
+    mel = torch.zeros(TINY.n_mels, 3000)
+
+    async def run() -> tuple[list, WindowOutput]:
+        ticket = remote.submit(WindowRequest(mel, spec(tokenizer, 8, suppress_eot=True)))
+        items = [item async for item in ticket]
+        return items[:-1], items[-1]
+
+    events, output = asyncio.run(run())
+    assert all(isinstance(e, TokenEvent) for e in events)
+    assert [e.token for e in events] == list(output.tokens) and len(output.tokens) == 8
+
+    quiet = remote.submit(WindowRequest(mel, spec(tokenizer, 8, suppress_eot=True)), token_events=False)
+    assert len(quiet.result(60).tokens) == 8
+
+    long = remote.submit(WindowRequest(mel, spec(tokenizer, 400, suppress_eot=True)))
+    long.cancel()
+    assert long.result(60).finish_reason == "cancelled"
+
+    bad = remote.submit(WindowRequest(torch.zeros(TINY.n_mels, 3001), spec(tokenizer)))
+    with pytest.raises(ValueError, match="even number of frames"):
+        bad.result(60)
+    assert remote.submit(WindowRequest(mel, spec(tokenizer, 4))).result(60).finish_reason in (
+        "stop",
+        "length",
+    )
+    before = remote.counters()["steps"]
+    remote.submit(WindowRequest(mel, spec(tokenizer, 6, suppress_eot=True))).result(60)
+    assert remote.counters()["steps"] >= before + 5
+
+
+def test_a_dead_engine_process_fails_its_requests_and_refuses_more(multilingual_tiktoken, tokenizer):
+    remote = EngineProcess(_factory(multilingual_tiktoken))
+    try:
+        mel = torch.zeros(TINY.n_mels, 3000)
+        held = remote.submit(WindowRequest(mel, spec(tokenizer, 440, suppress_eot=True)))
+        os.kill(remote._process.pid, signal.SIGKILL)
+        with pytest.raises(EngineError, match="exited"):
+            held.result(60)
+        with pytest.raises(EngineError, match="failed"):
+            remote.submit(WindowRequest(mel, spec(tokenizer)))
+    finally:
+        remote.close()
+
+
+def test_an_engine_that_cannot_be_built_says_why():
+    with pytest.raises(EngineError, match="could not start: RuntimeError: no weights here"):
+        EngineProcess(failing_engine)

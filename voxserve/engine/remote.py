@@ -1,0 +1,410 @@
+"""An engine in a process of its own, used through the same calls as an in-process :class:`Engine`.
+
+Why: an in-process engine's worker thread and the event loop that serves the streams (sessions, VAD, base64,
+agreement, JSON) share one GIL. On the GPU machine at 400 live streams the loop was busy 43-48% of a core beside
+an engine thread launching ~15 admissions (21 ms of host time each) and ~50 steps a second, and every
+GIL-releasing call of one hands the GIL to the other for up to the switch interval (bench/README.md, "The GIL
+between the event loop and the engine's thread"). In a process of its own the engine's thread has a GIL to
+itself; the caller pays for pickling each request and result through two pipes.
+
+What crosses: a request's row spec, priority, deadline (``time.monotonic`` is system-wide on Linux) and window.
+A log-mel crosses as a numpy array. A keyed audio window (a live utterance from its first sample, AudioWindow.key)
+sends only the samples its key gained since its last window, as the engine's audio cache does towards the device:
+the engine's process keeps each key's samples, so a partial every 0.2 s sends ~0.2 s of audio, not the utterance.
+Back come token events (only for requests that want them), outputs and errors, several per pipe write.
+
+Use :class:`EngineProcess` (``factory`` builds the engine in the new process; it must be picklable: a
+module-level function, or a functools.partial of one) where an Engine is used: ``submit``, ``counters``,
+``n_slots``, ``close``. The caller's process must not have made the engine's device busy with the same model:
+the factory loads it there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import multiprocessing
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .engine import Engine, EngineError, Ticket
+from .types import AudioWindow, Priority, TokenEvent, WindowOutput, WindowRequest
+
+MAX_KEYS = 4096  # live utterances whose audio the engine's process keeps at once (oldest forgotten past it)
+_PIPE_BYTES = (
+    1 << 20
+)  # each pipe's kernel buffer, where Linux allows: a burst of submits never blocks the loop
+_ERRORS: dict[str, type[Exception]] = {"ValueError": ValueError, "EngineError": EngineError}
+
+
+class EngineProcess:
+    """An engine built by ``factory()`` in a spawned process (see the module). ``info`` holds what the engine
+    reported when it was ready (``n_slots``, ``device``, ``audio_cache``, ``overlap_admissions``)."""
+
+    def __init__(self, factory: Callable[[], Engine], *, start_timeout_s: float = 900.0) -> None:
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        requests_in, self._requests = ctx.Pipe(duplex=False)
+        self._events, events_out = ctx.Pipe(duplex=False)
+        for conn in (self._requests, events_out):
+            _widen(conn)
+        self._process = ctx.Process(
+            target=_serve, args=(factory, requests_in, events_out), name="voxserve-engine", daemon=True
+        )
+        self._process.start()
+        requests_in.close()  # the parent's copies: the child's exit must end the parent's reads
+        events_out.close()
+        self._send_lock = threading.Lock()
+        self._tickets: dict[int, _RemoteTicket] = {}
+        self._calls: dict[int, tuple[threading.Event, list[Any]]] = {}
+        self._call_ids = itertools.count()
+        self._keys: OrderedDict[Hashable, list[int]] = OrderedDict()  # key -> [key id, samples sent]
+        self._key_ids = itertools.count()
+        self.failure: BaseException | None = None
+        self._closed = False
+        self.info = self._wait_ready(start_timeout_s)
+        self.n_slots: int = self.info["n_slots"]
+        self._reader = threading.Thread(target=self._read, name="voxserve-engine-events", daemon=True)
+        self._reader.start()
+
+    def _wait_ready(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while not self._events.poll(0.5):
+            if not self._process.is_alive():
+                raise EngineError(f"the engine process exited while starting (code {self._process.exitcode})")
+            if time.monotonic() > deadline:
+                self._process.kill()
+                raise EngineError(f"the engine process was not ready after {timeout_s:g} s")
+        kind, payload = self._events.recv()
+        if kind != "ready":
+            self._process.join(10)
+            raise EngineError(f"the engine process could not start: {payload}")
+        return payload
+
+    # ----- the Engine's calls
+
+    def submit(
+        self,
+        request: WindowRequest,
+        *,
+        token_events: bool = True,
+        listener: Callable[[Any], None] | None = None,
+    ) -> Ticket:
+        """As Engine.submit; the window's checks run in the engine's process and a bad window's error comes
+        back through the ticket."""
+        if listener is not None:
+            raise ValueError("an engine process takes no listener")
+        mel = request.mel
+        if not isinstance(mel, AudioWindow) and mel.device.type != "cpu":
+            raise ValueError("an engine process takes log-mels on the CPU")
+        ticket = _RemoteTicket(request, self)
+        ticket.token_events = token_events
+        with self._send_lock:  # one lock for the checks, the keys' state and the writes: callers share them
+            if self._closed or self.failure is not None:
+                raise EngineError(
+                    "the engine is closed" if self._closed else f"the engine failed: {self.failure}"
+                )
+            self._tickets[request.id] = ticket
+            try:
+                window = self._window(mel)
+                self._requests.send(
+                    (
+                        "submit",
+                        request.id,
+                        window,
+                        request.spec,
+                        int(request.priority),
+                        request.deadline,
+                        token_events,
+                    )
+                )
+            except OSError as e:
+                del self._tickets[request.id]
+                raise EngineError(f"the engine process is gone: {e}") from e
+        return ticket
+
+    def counters(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """The engine's Engine.counters(), asked of its process."""
+        done, box = threading.Event(), []
+        call = next(self._call_ids)
+        self._calls[call] = (done, box)
+        self._send(("counters", call))
+        if not done.wait(timeout_s):
+            self._calls.pop(call, None)
+            raise EngineError(f"the engine process did not answer within {timeout_s:g} s")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def close(self) -> None:
+        """Close the engine (requests still held end with EngineError) and wait for its process."""
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._requests.send(("close",))
+            except OSError:
+                pass  # already gone
+        self._process.join(60)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(10)
+        self._reader.join(10)
+        self._requests.close()
+
+    def __enter__(self) -> EngineProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- requests out
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            if self.failure is not None or self._closed:
+                raise EngineError(
+                    "the engine is closed" if self._closed else f"the engine failed: {self.failure}"
+                )
+            self._requests.send(message)
+
+    def _cancel(self, request_id: int) -> None:
+        try:
+            self._send(("cancel", request_id))
+        except (EngineError, OSError):
+            pass  # gone: the ticket ends with the failure instead
+
+    def _window(self, mel: torch.Tensor | AudioWindow) -> tuple:
+        """What crosses for a window (under the send lock; see the module): ("mel", array), ("audio", samples,
+        frames), or ("keyed", key id, first sample, new samples, frames, last)."""
+        if not isinstance(mel, AudioWindow):
+            return ("mel", mel.numpy())
+        if mel.key is None:
+            return ("audio", mel.samples, mel.frames)
+        entry = self._keys.get(mel.key)
+        if entry is None or len(mel.samples) < entry[1]:  # a new key (or one that did not grow: sent anew)
+            if entry is not None:
+                self._requests.send(("forget", entry[0]))
+            entry = self._keys[mel.key] = [next(self._key_ids), 0]
+            if len(self._keys) > MAX_KEYS:
+                _, (oldest, _) = self._keys.popitem(last=False)
+                self._requests.send(("forget", oldest))
+        self._keys.move_to_end(mel.key)
+        key_id, start = entry
+        entry[1] = len(mel.samples)
+        if mel.last:
+            del self._keys[mel.key]
+        return ("keyed", key_id, start, mel.samples[start:], mel.frames, mel.last)
+
+    # ----- events in (the reader thread)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                for message in self._events.recv():
+                    self._handle(message)
+        except (EOFError, OSError):
+            pass
+        code = self._process.exitcode
+        self._fail_pending(
+            EngineError("the engine was closed before this request finished")
+            if self._closed
+            else EngineError(f"the engine process exited (code {code})")
+        )
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "event":
+            ticket = self._tickets.get(message[1])
+            if ticket is not None:
+                ticket._push(message[2])
+        elif kind in ("done", "error"):
+            ticket = self._tickets.pop(message[1], None)
+            if ticket is not None:
+                if kind == "done":
+                    ticket._finish(message[2])
+                else:
+                    ticket._finish(None, _error(*message[2]))
+        elif kind == "counters":
+            done, box = self._calls.pop(message[1], (None, None))
+            if done is not None:
+                box.append(message[2])
+                done.set()
+
+    def _fail_pending(self, error: EngineError) -> None:
+        with self._send_lock:
+            if not self._closed:
+                self.failure = error
+            tickets, self._tickets = self._tickets, {}
+            calls, self._calls = self._calls, {}
+        for ticket in tickets.values():
+            if not ticket._done.is_set():
+                ticket._finish(None, error)
+        for done, box in calls.values():
+            box.append(error)
+            done.set()
+
+
+class _RemoteTicket(Ticket):
+    """A request's ticket in the caller's process; cancelling tells the engine's process."""
+
+    def __init__(self, request: WindowRequest, owner: EngineProcess) -> None:
+        super().__init__(request)
+        self._owner = owner
+
+    def cancel(self) -> None:
+        if not self._cancelled and not self._done.is_set():
+            self._owner._cancel(self.id)
+        super().cancel()
+
+
+def _widen(conn: Any) -> None:
+    try:
+        fcntl.fcntl(conn.fileno(), 1031, _PIPE_BYTES)  # F_SETPIPE_SZ (Linux)
+    except OSError:
+        pass  # the kernel's limit: the default buffer then
+
+
+def _error(kind: str, text: str) -> Exception:
+    """An error from the engine's process, as its own type where the caller may tell them apart."""
+    return _ERRORS.get(kind, EngineError)(text if kind in _ERRORS else f"{kind}: {text}")
+
+
+# ----- the engine's process
+
+
+def _serve(factory: Callable[[], Engine], requests: Any, events: Any) -> None:
+    """The engine's process: build the engine, then take requests until "close" or the parent's end."""
+    try:
+        engine = factory()
+    except BaseException as e:  # noqa: BLE001 - the parent reports it
+        events.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    events.send(("ready", _info(engine)))
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    sender = threading.Thread(target=_forward, args=(outbox, events), name="voxserve-engine-out", daemon=True)
+    sender.start()
+    tickets: dict[int, Ticket] = {}
+    audio = _KeyedAudio()
+    try:
+        while True:
+            try:
+                message = requests.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone
+            kind = message[0]
+            if kind == "submit":
+                _submit(engine, message, audio, tickets, outbox)
+            elif kind == "cancel":
+                ticket = tickets.get(message[1])
+                if ticket is not None:
+                    ticket.cancel()
+            elif kind == "forget":
+                audio.forget(message[1])
+            elif kind == "counters":
+                outbox.put(("counters", message[1], engine.counters()))
+            elif kind == "close":
+                break
+    finally:
+        engine.close()  # held requests end with EngineError, forwarded before the sender stops
+        outbox.put(None)
+        sender.join()
+        events.close()
+
+
+def _submit(
+    engine: Engine, message: tuple, audio: _KeyedAudio, tickets: dict[int, Ticket], outbox: Any
+) -> None:
+    _, request_id, window, spec, priority, deadline, token_events = message
+
+    def listener(item: TokenEvent | WindowOutput | BaseException) -> None:
+        if isinstance(item, TokenEvent):
+            outbox.put(("event", request_id, item))
+            return
+        tickets.pop(request_id, None)
+        if isinstance(item, BaseException):
+            outbox.put(("error", request_id, (type(item).__name__, str(item))))
+        else:
+            outbox.put(("done", request_id, item))
+
+    try:
+        request = WindowRequest(audio.window(window), spec, Priority(priority), deadline, request_id)
+        ticket = engine.submit(request, token_events=token_events, listener=listener)
+    except Exception as e:  # noqa: BLE001 - a bad request fails alone
+        outbox.put(("error", request_id, (type(e).__name__, str(e))))
+        return
+    tickets[request_id] = ticket
+    if ticket._done.is_set():  # finished before it was entered (the listener's pop came first)
+        tickets.pop(request_id, None)
+
+
+def _forward(outbox: Any, events: Any) -> None:
+    """Send what the engine's thread put in ``outbox``, everything waiting in one write."""
+    while True:
+        item = outbox.get()
+        batch = []
+        while item is not None:
+            batch.append(item)
+            try:
+                item = outbox.get_nowait()
+            except queue.Empty:
+                break
+        if batch:
+            try:
+                events.send(batch)
+            except (OSError, ValueError):
+                return  # the parent is gone
+        if item is None:
+            return
+
+
+def _info(engine: Engine) -> dict[str, Any]:
+    runner = engine.runner
+    return {
+        "n_slots": engine.n_slots,
+        "device": str(runner.device),
+        "audio_cache": runner.audio_cache is not None,
+        "overlap_admissions": bool(runner.overlap),
+    }
+
+
+class _KeyedAudio:
+    """Each key's samples so far, in the engine's process, rebuilt from the samples each window adds."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, list[Any]] = {}  # key id -> [buffer, samples in it]
+
+    def window(self, window: tuple) -> torch.Tensor | AudioWindow:
+        kind = window[0]
+        if kind == "mel":
+            return torch.from_numpy(window[1])
+        if kind == "audio":
+            return AudioWindow(window[1], window[2])
+        _, key_id, start, new, frames, last = window
+        entry = self._buffers.get(key_id)
+        if start == 0:
+            entry = self._buffers[key_id] = [np.empty(max(len(new), 1 << 15), np.float32), 0]
+        elif entry is None or entry[1] != start:
+            raise EngineError(f"audio for key {key_id} from sample {start} does not follow what was sent")
+        buffer, n = entry
+        end = n + len(new)
+        if end > len(buffer):  # a new buffer: windows already made keep views of the old one
+            grown = np.empty(max(end, 2 * len(buffer)), np.float32)
+            grown[:n] = buffer[:n]
+            buffer = entry[0] = grown
+        buffer[n:end] = new
+        entry[1] = end
+        if last:
+            del self._buffers[key_id]
+        # Later samples are written past ``end`` only, so this view never changes (AudioWindow's contract).
+        return AudioWindow(buffer[:end], frames, key_id, last)
+
+    def forget(self, key_id: int) -> None:
+        self._buffers.pop(key_id, None)
