@@ -56,6 +56,10 @@
 #                                           other commit's tree in AB_TREES (space-separated tarballs, carried in
 #                                           ASSETS, e.g. `git archive ff354c6 voxserve ':!voxserve/assets'
 #                                           -o .devdata/ff354c6.tar`), alternating, AB_ROUNDS (2) times
+#   bash bench/gpu_check.sh process [ASSETS] stop 28's fold's GPU tests (PROC_TESTS=0: none), then the stream bench
+#                                           at PROC_STREAMS (200,300) with the engine in a thread of the bench's
+#                                           process and in a process of its own (--engine-process), alternating,
+#                                           PROC_ROUNDS (1) times, then bench/profile_encoder.py
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -65,7 +69,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|trees-ab|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|process|trees-ab|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -239,6 +243,17 @@ elif [ "$MODE" = fold ]; then
                 --encoder-precision fp8
         done
     fi
+elif [ "$MODE" = process ]; then
+    if [ "${PROC_TESTS:-1}" = 1 ]; then
+        part 240 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
+            -k "row_quantize or folds or packed_encoder or replays or compiles or gate" -p no:cacheprovider \
+            --durations=8 -rfE
+    fi
+    for round in $(seq "${PROC_ROUNDS:-1}"); do
+        bench_streams 150 "bench-streams-thread-$round" "${PROC_STREAMS:-200,300}" --packed-prefill
+        bench_streams 150 "bench-streams-process-$round" "${PROC_STREAMS:-200,300}" --packed-prefill --engine-process
+    done
+    part 120 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
 elif [ "$MODE" = trees-ab ]; then
     for round in $(seq "${AB_ROUNDS:-2}"); do
         bench_streams 120 "bench-streams-head-$round" "${AB_STREAMS:-200}" --packed-prefill
@@ -262,6 +277,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder, fold, trees-ab or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder, fold, process, trees-ab or host)" >&2
     exit 2
 fi
