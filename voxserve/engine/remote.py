@@ -24,7 +24,11 @@ from __future__ import annotations
 import fcntl
 import itertools
 import multiprocessing
+import os
+import pickle
 import queue
+import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -34,19 +38,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from .audio_cache import CAPACITY
 from .engine import Engine, EngineError, Ticket
 from .types import AudioWindow, Priority, TokenEvent, WindowOutput, WindowRequest
 
-MAX_KEYS = 4096  # live utterances whose audio the engine's process keeps at once (oldest forgotten past it)
-_PIPE_BYTES = (
-    1 << 20
-)  # each pipe's kernel buffer, where Linux allows: a burst of submits never blocks the loop
-_ERRORS: dict[str, type[Exception]] = {"ValueError": ValueError, "EngineError": EngineError}
+MAX_KEYS = 4096  # live utterances whose audio the engine's process keeps (oldest forgotten past it)
+KEY_BYTES = (
+    CAPACITY  # and their samples' bytes at most, as the device's audio cache (oldest forgotten past it)
+)
+_PIPE_BYTES = 1 << 20  # each pipe's kernel buffer, where Linux allows (fewer wake-ups of the sender)
+# Errors a request's ticket raises as their own type; any other comes back as a RuntimeError naming it.
+# EngineError means the engine itself failed or closed (callers may fail over), never one bad request.
+_ERRORS: dict[str, type[Exception]] = {
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "EngineError": EngineError,
+}
 
 
 class EngineProcess:
     """An engine built by ``factory()`` in a spawned process (see the module). ``info`` holds what the engine
-    reported when it was ready (``n_slots``, ``device``, ``audio_cache``, ``overlap_admissions``)."""
+    reported when it was ready (``n_slots``, ``device``, ``audio_cache``, ``overlap_admissions``).
+
+    The caller's threads never write to a pipe: ``submit`` pickles its message and queues the bytes for a sender
+    thread, so a slow or stopped engine process cannot block an event loop."""
 
     def __init__(self, factory: Callable[[], Engine], *, start_timeout_s: float = 900.0) -> None:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
@@ -60,30 +75,44 @@ class EngineProcess:
         self._process.start()
         requests_in.close()  # the parent's copies: the child's exit must end the parent's reads
         events_out.close()
-        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()  # tickets, calls, keys and the closed / failed state
         self._tickets: dict[int, _RemoteTicket] = {}
         self._calls: dict[int, tuple[threading.Event, list[Any]]] = {}
         self._call_ids = itertools.count()
         self._keys: OrderedDict[Hashable, list[int]] = OrderedDict()  # key -> [key id, samples sent]
+        self._key_samples = 0  # samples sent for the keys in _keys
         self._key_ids = itertools.count()
         self.failure: BaseException | None = None
         self._closed = False
-        self.info = self._wait_ready(start_timeout_s)
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        try:
+            self.info = self._wait_ready(start_timeout_s)
+        except BaseException:
+            self._stop_process()
+            self._requests.close()
+            self._events.close()
+            raise
         self.n_slots: int = self.info["n_slots"]
+        self._sender = threading.Thread(target=self._write, name="voxserve-engine-requests", daemon=True)
         self._reader = threading.Thread(target=self._read, name="voxserve-engine-events", daemon=True)
+        self._sender.start()
         self._reader.start()
 
     def _wait_ready(self, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
-        while not self._events.poll(0.5):
-            if not self._process.is_alive():
-                raise EngineError(f"the engine process exited while starting (code {self._process.exitcode})")
-            if time.monotonic() > deadline:
-                self._process.kill()
-                raise EngineError(f"the engine process was not ready after {timeout_s:g} s")
-        kind, payload = self._events.recv()
-        if kind != "ready":
+        try:
+            while not self._events.poll(0.5):
+                if not self._process.is_alive():
+                    break  # its end of the pipe is closed: recv below says so
+                if time.monotonic() > deadline:
+                    raise EngineError(f"the engine process was not ready after {timeout_s:g} s")
+            kind, payload = self._events.recv()
+        except (EOFError, OSError):
             self._process.join(10)
+            raise EngineError(
+                f"the engine process exited while starting (code {self._process.exitcode})"
+            ) from None
+        if kind != "ready":
             raise EngineError(f"the engine process could not start: {payload}")
         return payload
 
@@ -105,58 +134,48 @@ class EngineProcess:
             raise ValueError("an engine process takes log-mels on the CPU")
         ticket = _RemoteTicket(request, self)
         ticket.token_events = token_events
-        with self._send_lock:  # one lock for the checks, the keys' state and the writes: callers share them
-            if self._closed or self.failure is not None:
-                raise EngineError(
-                    "the engine is closed" if self._closed else f"the engine failed: {self.failure}"
-                )
+        with self._lock:
+            self._check_open()
+            window, commit = self._window(mel)
+            message = ("submit", request.id, window, request.spec, int(request.priority), request.deadline)
+            data = pickle.dumps(message + (token_events,), protocol=pickle.HIGHEST_PROTOCOL)
+            # Only now, with the message made: a request that cannot be sent changes nothing.
+            forgets = commit()
             self._tickets[request.id] = ticket
-            try:
-                window = self._window(mel)
-                self._requests.send(
-                    (
-                        "submit",
-                        request.id,
-                        window,
-                        request.spec,
-                        int(request.priority),
-                        request.deadline,
-                        token_events,
-                    )
-                )
-            except OSError as e:
-                del self._tickets[request.id]
-                raise EngineError(f"the engine process is gone: {e}") from e
+        for key_id in forgets:
+            self._outbox.put(_dumps(("forget", key_id)))
+        self._outbox.put(data)
         return ticket
 
     def counters(self, timeout_s: float = 30.0) -> dict[str, int]:
         """The engine's Engine.counters(), asked of its process."""
         done, box = threading.Event(), []
-        call = next(self._call_ids)
-        self._calls[call] = (done, box)
-        self._send(("counters", call))
+        with self._lock:
+            self._check_open()
+            call = next(self._call_ids)
+            self._calls[call] = (done, box)
+        self._outbox.put(_dumps(("counters", call)))
         if not done.wait(timeout_s):
-            self._calls.pop(call, None)
+            with self._lock:
+                self._calls.pop(call, None)
             raise EngineError(f"the engine process did not answer within {timeout_s:g} s")
         if isinstance(box[0], BaseException):
             raise box[0]
         return box[0]
 
     def close(self) -> None:
-        """Close the engine (requests still held end with EngineError) and wait for its process."""
-        with self._send_lock:
+        """Close the engine (requests still held end with EngineError) and wait for its process (killed if it
+        does not exit within a minute)."""
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
-            try:
-                self._requests.send(("close",))
-            except OSError:
-                pass  # already gone
+        self._outbox.put(_dumps(("close",)))
+        self._outbox.put(None)
         self._process.join(60)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(10)
+        self._stop_process()
         self._reader.join(10)
+        self._sender.join(10)
         self._requests.close()
 
     def __enter__(self) -> EngineProcess:
@@ -165,59 +184,87 @@ class EngineProcess:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        if self._closed or self.failure is not None:
+            raise EngineError(
+                "the engine is closed" if self._closed else f"the engine failed: {self.failure}"
+            )
+
+    def _stop_process(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(10)
+
     # ----- requests out
 
-    def _send(self, message: tuple) -> None:
-        with self._send_lock:
-            if self.failure is not None or self._closed:
-                raise EngineError(
-                    "the engine is closed" if self._closed else f"the engine failed: {self.failure}"
-                )
-            self._requests.send(message)
-
     def _cancel(self, request_id: int) -> None:
-        try:
-            self._send(("cancel", request_id))
-        except (EngineError, OSError):
-            pass  # gone: the ticket ends with the failure instead
+        with self._lock:
+            if self._closed or self.failure is not None:
+                return  # the ticket ends with the closing or the failure instead
+        self._outbox.put(_dumps(("cancel", request_id)))
 
-    def _window(self, mel: torch.Tensor | AudioWindow) -> tuple:
-        """What crosses for a window (under the send lock; see the module): ("mel", array), ("audio", samples,
-        frames), or ("keyed", key id, first sample, new samples, frames, last)."""
+    def _window(self, mel: torch.Tensor | AudioWindow) -> tuple[tuple, Callable[[], list[int]]]:
+        """What crosses for a window (under the lock; see the module): ("mel", array), ("audio", samples,
+        frames), or ("keyed", key id, first sample, new samples, frames, last); and the function that records
+        it as sent, returning the key ids the engine's process is to forget."""
         if not isinstance(mel, AudioWindow):
-            return ("mel", mel.numpy())
+            return ("mel", mel.detach().to(torch.float32).numpy()), list
         if mel.key is None:
-            return ("audio", mel.samples, mel.frames)
-        entry = self._keys.get(mel.key)
-        if entry is None or len(mel.samples) < entry[1]:  # a new key (or one that did not grow: sent anew)
+            return ("audio", mel.samples, mel.frames), list
+        key, n = mel.key, len(mel.samples)
+        entry = self._keys.get(key)
+        grows = entry is not None and n >= entry[1]  # else a new key, or one that did not grow: sent anew
+        key_id, start = (entry[0], entry[1]) if grows else (next(self._key_ids), 0)
+
+        def commit() -> list[int]:
+            forgets = []
             if entry is not None:
-                self._requests.send(("forget", entry[0]))
-            entry = self._keys[mel.key] = [next(self._key_ids), 0]
-            if len(self._keys) > MAX_KEYS:
-                _, (oldest, _) = self._keys.popitem(last=False)
-                self._requests.send(("forget", oldest))
-        self._keys.move_to_end(mel.key)
-        key_id, start = entry
-        entry[1] = len(mel.samples)
-        if mel.last:
-            del self._keys[mel.key]
-        return ("keyed", key_id, start, mel.samples[start:], mel.frames, mel.last)
+                self._key_samples -= entry[1]
+                if not grows:
+                    forgets.append(entry[0])
+                del self._keys[key]
+            if not mel.last:  # a key's last window drops it in the engine's process too
+                self._keys[key] = [key_id, n]
+                self._key_samples += n
+            while self._keys and (len(self._keys) > MAX_KEYS or 4 * self._key_samples > KEY_BYTES):
+                _, (oldest, sent) = self._keys.popitem(last=False)
+                self._key_samples -= sent
+                forgets.append(oldest)
+            return forgets
+
+        return ("keyed", key_id, start, mel.samples[start:], mel.frames, mel.last), commit
+
+    def _write(self) -> None:
+        """The sender thread: queued messages to the pipe, in order."""
+        while (data := self._outbox.get()) is not None:
+            try:
+                self._requests.send_bytes(data)
+            except (OSError, ValueError):
+                return  # the process is gone: the reader fails what it held
 
     # ----- events in (the reader thread)
 
     def _read(self) -> None:
+        error: EngineError | None = None
         try:
             while True:
                 for message in self._events.recv():
                     self._handle(message)
         except (EOFError, OSError):
             pass
-        code = self._process.exitcode
-        self._fail_pending(
-            EngineError("the engine was closed before this request finished")
-            if self._closed
-            else EngineError(f"the engine process exited (code {code})")
-        )
+        except BaseException as e:  # noqa: BLE001 - no request may wait for a reader that is gone
+            error = EngineError(f"reading the engine process's results failed: {type(e).__name__}: {e}")
+        finally:
+            self._process.join(5)
+            if error is None:
+                error = (
+                    EngineError("the engine was closed before this request finished")
+                    if self._closed
+                    else EngineError(f"the engine process exited (code {self._process.exitcode})")
+                )
+            self._fail_pending(error)
+            if self._process.is_alive():
+                self._process.kill()  # it can no longer be heard
 
     def _handle(self, message: tuple) -> None:
         kind = message[0]
@@ -226,21 +273,27 @@ class EngineProcess:
             if ticket is not None:
                 ticket._push(message[2])
         elif kind in ("done", "error"):
-            ticket = self._tickets.pop(message[1], None)
+            with self._lock:
+                ticket = self._tickets.pop(message[1], None)
             if ticket is not None:
                 if kind == "done":
                     ticket._finish(message[2])
                 else:
                     ticket._finish(None, _error(*message[2]))
         elif kind == "counters":
-            done, box = self._calls.pop(message[1], (None, None))
+            with self._lock:
+                done, box = self._calls.pop(message[1], (None, None))
             if done is not None:
                 box.append(message[2])
                 done.set()
+        elif kind == "failed":  # the engine failed there: its requests' errors came before this
+            with self._lock:
+                if self.failure is None:
+                    self.failure = EngineError(message[1])
 
     def _fail_pending(self, error: EngineError) -> None:
-        with self._send_lock:
-            if not self._closed:
+        with self._lock:
+            if not self._closed and self.failure is None:
                 self.failure = error
             tickets, self._tickets = self._tickets, {}
             calls, self._calls = self._calls, {}
@@ -265,6 +318,10 @@ class _RemoteTicket(Ticket):
         super().cancel()
 
 
+def _dumps(message: tuple) -> bytes:
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _widen(conn: Any) -> None:
     try:
         fcntl.fcntl(conn.fileno(), 1031, _PIPE_BYTES)  # F_SETPIPE_SZ (Linux)
@@ -274,7 +331,9 @@ def _widen(conn: Any) -> None:
 
 def _error(kind: str, text: str) -> Exception:
     """An error from the engine's process, as its own type where the caller may tell them apart."""
-    return _ERRORS.get(kind, EngineError)(text if kind in _ERRORS else f"{kind}: {text}")
+    if kind in _ERRORS:
+        return _ERRORS[kind](text)
+    return RuntimeError(f"{kind}: {text}")
 
 
 # ----- the engine's process
@@ -282,16 +341,18 @@ def _error(kind: str, text: str) -> Exception:
 
 def _serve(factory: Callable[[], Engine], requests: Any, events: Any) -> None:
     """The engine's process: build the engine, then take requests until "close" or the parent's end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes this engine
     try:
         engine = factory()
+        ready = ("ready", _info(engine))
     except BaseException as e:  # noqa: BLE001 - the parent reports it
         events.send(("failed", f"{type(e).__name__}: {e}"))
         return
-    events.send(("ready", _info(engine)))
+    events.send(ready)
     outbox: queue.SimpleQueue = queue.SimpleQueue()
     sender = threading.Thread(target=_forward, args=(outbox, events), name="voxserve-engine-out", daemon=True)
     sender.start()
-    tickets: dict[int, Ticket] = {}
+    requests_held = _Held(engine, outbox)
     audio = _KeyedAudio()
     try:
         while True:
@@ -301,11 +362,9 @@ def _serve(factory: Callable[[], Engine], requests: Any, events: Any) -> None:
                 break  # the parent is gone
             kind = message[0]
             if kind == "submit":
-                _submit(engine, message, audio, tickets, outbox)
+                requests_held.submit(message, audio)
             elif kind == "cancel":
-                ticket = tickets.get(message[1])
-                if ticket is not None:
-                    ticket.cancel()
+                requests_held.cancel(message[1])
             elif kind == "forget":
                 audio.forget(message[1])
             elif kind == "counters":
@@ -319,34 +378,64 @@ def _serve(factory: Callable[[], Engine], requests: Any, events: Any) -> None:
         events.close()
 
 
-def _submit(
-    engine: Engine, message: tuple, audio: _KeyedAudio, tickets: dict[int, Ticket], outbox: Any
-) -> None:
-    _, request_id, window, spec, priority, deadline, token_events = message
+class _Held:
+    """The engine process's requests in flight, by id (for cancelling), and how their results leave."""
 
-    def listener(item: TokenEvent | WindowOutput | BaseException) -> None:
-        if isinstance(item, TokenEvent):
-            outbox.put(("event", request_id, item))
+    def __init__(self, engine: Engine, outbox: Any) -> None:
+        self.engine, self.outbox = engine, outbox
+        self._lock = threading.Lock()
+        self._tickets: dict[int, Ticket] = {}
+        self._finished: set[int] = set()  # finished before submit() had entered them
+        self._failure_sent = False
+
+    def submit(self, message: tuple, audio: _KeyedAudio) -> None:
+        _, request_id, window, spec, priority, deadline, token_events = message
+        try:
+            request = WindowRequest(audio.window(window), spec, Priority(priority), deadline, request_id)
+            ticket = self.engine.submit(
+                request, token_events=token_events, listener=lambda item: self._on_item(request_id, item)
+            )
+        except Exception as e:  # noqa: BLE001 - a bad request fails alone
+            self._send_error(request_id, e)
             return
-        tickets.pop(request_id, None)
-        if isinstance(item, BaseException):
-            outbox.put(("error", request_id, (type(item).__name__, str(item))))
-        else:
-            outbox.put(("done", request_id, item))
+        with self._lock:
+            if request_id in self._finished:
+                self._finished.discard(request_id)
+            else:
+                self._tickets[request_id] = ticket
 
-    try:
-        request = WindowRequest(audio.window(window), spec, Priority(priority), deadline, request_id)
-        ticket = engine.submit(request, token_events=token_events, listener=listener)
-    except Exception as e:  # noqa: BLE001 - a bad request fails alone
-        outbox.put(("error", request_id, (type(e).__name__, str(e))))
-        return
-    tickets[request_id] = ticket
-    if ticket._done.is_set():  # finished before it was entered (the listener's pop came first)
-        tickets.pop(request_id, None)
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            ticket = self._tickets.get(request_id)
+        if ticket is not None:
+            ticket.cancel()
+
+    def _on_item(self, request_id: int, item: TokenEvent | WindowOutput | BaseException) -> None:
+        """The engine's thread: a request's event, output or error."""
+        if isinstance(item, TokenEvent):
+            self.outbox.put(("event", request_id, item))
+            return
+        with self._lock:
+            if self._tickets.pop(request_id, None) is None:
+                self._finished.add(request_id)
+        if isinstance(item, BaseException):
+            self._send_error(request_id, item)
+        else:
+            self.outbox.put(("done", request_id, item))
+
+    def _send_error(self, request_id: int, error: BaseException) -> None:
+        self.outbox.put(("error", request_id, (type(error).__name__, str(error))))
+        failure = self.engine.failure
+        if (
+            failure is not None and not self._failure_sent
+        ):  # the engine itself failed: the parent is told once
+            self._failure_sent = True
+            self.outbox.put(("failed", f"engine failed: {type(failure).__name__}: {failure}"))
 
 
 def _forward(outbox: Any, events: Any) -> None:
-    """Send what the engine's thread put in ``outbox``, everything waiting in one write."""
+    """Send what the engine's thread put in ``outbox``, everything waiting in one write. Should a write fail
+    other than by the parent being gone, the process exits: its parent then fails what it held."""
     while True:
         item = outbox.get()
         batch = []
@@ -361,6 +450,9 @@ def _forward(outbox: Any, events: Any) -> None:
                 events.send(batch)
             except (OSError, ValueError):
                 return  # the parent is gone
+            except BaseException as e:  # noqa: BLE001
+                print(f"voxserve engine process: sending results failed: {e!r}", file=sys.stderr, flush=True)
+                os._exit(70)
         if item is None:
             return
 
@@ -392,7 +484,7 @@ class _KeyedAudio:
         if start == 0:
             entry = self._buffers[key_id] = [np.empty(max(len(new), 1 << 15), np.float32), 0]
         elif entry is None or entry[1] != start:
-            raise EngineError(f"audio for key {key_id} from sample {start} does not follow what was sent")
+            raise RuntimeError(f"audio for key {key_id} from sample {start} does not follow what was sent")
         buffer, n = entry
         end = n + len(new)
         if end > len(buffer):  # a new buffer: windows already made keep views of the old one

@@ -296,10 +296,16 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     device = torch.device(plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for, but no CUDA device is available")
+    try:
+        vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
+    except VADError as e:
+        raise BenchError(f"{e} (--vad oracle needs no onnxruntime)") from None
+    clips = bench_clips(plan.audio)
+    tracks = caller_audio(clips, max(plan.streams), plan.seconds, plan.seed)
+    # (the VAD and the audio first: nothing to close when they fail)
     if plan.engine_process:
-        whisper, fixed = _load_whisper(
-            plan, torch.device("meta")
-        )  # dims and tokenizer: the engine is elsewhere
+        # here the model's dims and tokenizer only: the engine's process loads the model
+        whisper, fixed = _load_whisper(plan, torch.device("meta"), log)
         log("the engine in a process of its own (loading the model there)")
         try:
             engine: Engine | EngineProcess = EngineProcess(
@@ -317,12 +323,6 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         }
     language = "en" if whisper.tokenizer.is_multilingual else None
     buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
-    try:
-        vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
-    except VADError as e:
-        raise BenchError(f"{e} (--vad oracle needs no onnxruntime)") from None
-    clips = bench_clips(plan.audio)
-    tracks = caller_audio(clips, max(plan.streams), plan.seconds, plan.seed)
 
     def options(n: int) -> LiveOptions:
         return LiveOptions(
