@@ -56,10 +56,11 @@
 #                                           other commit's tree in AB_TREES (space-separated tarballs, carried in
 #                                           ASSETS, e.g. `git archive ff354c6 voxserve ':!voxserve/assets'
 #                                           -o .devdata/ff354c6.tar`), alternating, AB_ROUNDS (2) times
-#   bash bench/gpu_check.sh process [ASSETS] stop 28's fold's GPU tests and bench/profile_encoder.py (PROC_TESTS=0:
-#                                           neither), then the stream bench at PROC_STREAMS (200,300): the engine
-#                                           in a thread (fp16), the same with the fp8 encoder, and the engine in
-#                                           a process of its own (--engine-process), PROC_ROUNDS (1) times
+#   bash bench/gpu_check.sh process [ASSETS] stop 28's fold's GPU tests (PROC_TESTS=0: not), then the stream bench
+#                                           at PROC_STREAMS (200,300) with the engine in a thread (fp16), in a
+#                                           process of its own (--engine-process) and with the fp8 encoder,
+#                                           PROC_ROUNDS (1) times, then bench/profile_encoder.py: in order of need,
+#                                           more than one 600 s call holds (the rest is cut off)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -244,18 +245,19 @@ elif [ "$MODE" = fold ]; then
         done
     fi
 elif [ "$MODE" = process ]; then
+    # in order of need; a 600 s call ends somewhere in the last two (the benches take ~2 min each)
     if [ "${PROC_TESTS:-1}" = 1 ]; then
         part 240 tests-fold python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py tests/gpu/test_engine_cuda.py \
             -k "row_quantize or folds or packed_encoder or replays or compiles or gate" -p no:cacheprovider \
             --durations=8 -rfE
-        part 120 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
     fi
     for round in $(seq "${PROC_ROUNDS:-1}"); do
         bench_streams 150 "bench-streams-thread-$round" "${PROC_STREAMS:-200,300}" --packed-prefill
+        bench_streams 150 "bench-streams-process-$round" "${PROC_STREAMS:-200,300}" --packed-prefill --engine-process
         bench_streams 150 "bench-streams-fp8-encoder-$round" "${PROC_STREAMS:-200,300}" --packed-prefill \
             --encoder-precision fp8
-        bench_streams 150 "bench-streams-process-$round" "${PROC_STREAMS:-200,300}" --packed-prefill --engine-process
     done
+    part 120 profile-encoder python3 bench/profile_encoder.py --tiktoken "$ASSETS/whisper-assets/multilingual.tiktoken"
 elif [ "$MODE" = trees-ab ]; then
     for round in $(seq "${AB_ROUNDS:-2}"); do
         bench_streams 120 "bench-streams-head-$round" "${AB_STREAMS:-200}" --packed-prefill
