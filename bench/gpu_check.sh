@@ -67,7 +67,12 @@
 #   VOXSERVE_SHARED_DATA is set to it for the tests). Made here, before the device call, from the repository root:
 #     mkdir -p .devdata/audio && cp -r ../shared/data/whisper-assets .devdata/ \
 #       && cp -r ../shared/data/audio/hifitts-6097 ../shared/data/audio/samples .devdata/audio/
-#   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The GPU machine lacks
+#   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The tracked tree (46.5 MiB,
+#   the demo model most of it) leaves ~17 MiB of the carry's 64: for `process`, .devproc with whisper-assets/,
+#   audio/hifitts-6097/ and audio/samples/jfk.wav only; for `fold`, .devfold with whisper-assets/, jfk.wav, an
+#   empty audio/hifitts-6097/, `head -n 222` of ljspeech-metadata.csv in text/ (the first 96 speakable
+#   sentences) and their speech (`python -m voxserve.live.window_accuracy --n 96 --device cpu --speech-cache
+#   .devfold/speech-cache --text .devfold/text/ljspeech-metadata.csv`), run with FOLD_N=96. The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
 MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|process|trees-ab|host [ASSETS]}
