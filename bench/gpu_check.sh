@@ -70,7 +70,7 @@
 #   and carried (`carry: [".devdata"]`; it is git-ignored through .git/info/exclude). The tracked tree (46.5 MiB,
 #   the demo model most of it) leaves ~17 MiB of the carry's 64: for `process`, .devproc with whisper-assets/,
 #   audio/hifitts-6097/ and audio/samples/jfk.wav only; for `fold`, .devfold with whisper-assets/, jfk.wav, an
-#   empty audio/hifitts-6097/, `head -n 222` of ljspeech-metadata.csv in text/ (the first 96 speakable
+#   audio/hifitts-6097/manifest.json alone, `head -n 222` of ljspeech-metadata.csv in text/ (the first 96 speakable
 #   sentences) and their speech (`python -m voxserve.live.window_accuracy --n 96 --device cpu --speech-cache
 #   .devfold/speech-cache --text .devfold/text/ljspeech-metadata.csv`), run with FOLD_N=96. The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
