@@ -492,9 +492,14 @@ class HostOnlyEngine:
         }
         self.runner = type("HostRunner", (), runner)()
 
-    def submit(self, request: WindowRequest) -> HostOnlyEngine._Ticket:
+    def submit(self, request: WindowRequest, *, token_events: bool = True) -> HostOnlyEngine._Ticket:
         self.steps += 1
-        return self._Ticket((self.token,) * request.spec.sample_len, self.delay_s)
+        ticket = self._Ticket((self.token,) * request.spec.sample_len, self.delay_s)
+        ticket.token_events = token_events
+        return ticket
+
+    def counters(self) -> dict[str, int]:
+        return {"steps": self.steps, "steps_beside_admissions": self.steps_beside_admissions}
 
     def close(self) -> None:
         pass

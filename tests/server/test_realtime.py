@@ -457,7 +457,7 @@ def test_streams_share_the_engine_at_realtime_priority(whisper, vad_model, speec
         rows, priorities = [], []
         launch, submit = engine.runner.launch, engine.submit
         engine.runner.launch = lambda slots, sample=False: (rows.append(len(slots)), launch(slots, sample))[1]
-        engine.submit = lambda request: (priorities.append(request.priority), submit(request))[1]
+        engine.submit = lambda request, **kw: (priorities.append(request.priority), submit(request, **kw))[1]
         service = LiveService(whisper, engine, None, LiveOptions(partial_interval_s=0.05, max_ahead_s=1e6))
 
         async def stream(i: int) -> None:
@@ -536,7 +536,7 @@ def test_decodes_are_capped_by_the_audio_length(whisper, engine, speech):
 
     specs = []
     submit = engine.submit
-    engine.submit = lambda request: (specs.append(request.spec), submit(request))[1]
+    engine.submit = lambda request, **kw: (specs.append(request.spec), submit(request, **kw))[1]
     try:
         service = LiveService(whisper, engine, None, LiveOptions(max_tokens_per_second=5.0))
         asyncio.run(service.decode(speech[: 2 * SR], language="en", prompt=None))
