@@ -15,8 +15,10 @@ Back come token events (only for requests that want them), outputs and errors, s
 
 Use :class:`EngineProcess` (``factory`` builds the engine in the new process; it must be picklable: a
 module-level function, or a functools.partial of one) where an Engine is used: ``submit``, ``counters``,
-``n_slots``, ``close``. The caller's process must not have made the engine's device busy with the same model:
-the factory loads it there.
+``n_slots``, ``close``. The factory loads the model in the engine's process; the caller needs only its dims and
+tokenizer (the stream bench builds it on the meta device). Used by ``voxserve bench --streams --engine-process``;
+not yet by ``voxserve serve``, whose runtime also runs the reference decoder and the CPU fail-over on the model
+in its own process.
 """
 
 from __future__ import annotations
