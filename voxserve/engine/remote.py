@@ -139,8 +139,17 @@ class EngineProcess:
         with self._lock:
             self._check_open()
             window, commit = self._window(mel)
-            message = ("submit", request.id, window, request.spec, int(request.priority), request.deadline)
-            data = pickle.dumps(message + (token_events,), protocol=pickle.HIGHEST_PROTOCOL)
+            data = _dumps(
+                (
+                    "submit",
+                    request.id,
+                    window,
+                    request.spec,
+                    int(request.priority),
+                    request.deadline,
+                    token_events,
+                )
+            )
             # Only now, with the message made: a request that cannot be sent changes nothing.
             forgets = commit()
             self._tickets[request.id] = ticket
@@ -346,7 +355,7 @@ def _serve(factory: Callable[[], Engine], requests: Any, events: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes this engine
     try:
         engine = factory()
-        ready = ("ready", _info(engine))
+        ready = ("ready", engine_info(engine))
     except BaseException as e:  # noqa: BLE001 - the parent reports it
         events.send(("failed", f"{type(e).__name__}: {e}"))
         return
@@ -459,7 +468,8 @@ def _forward(outbox: Any, events: Any) -> None:
             return
 
 
-def _info(engine: Engine) -> dict[str, Any]:
+def engine_info(engine: Engine) -> dict[str, Any]:
+    """What an engine runs with, for a result file: its slots, device, audio cache and overlapped admissions."""
     runner = engine.runner
     return {
         "n_slots": engine.n_slots,

@@ -35,7 +35,7 @@ from ..config import SAMPLE_RATE, resolve_dtype
 from ..decoding.batched import make_engine
 from ..engine import mels, scatter
 from ..engine.engine import Engine, EngineError
-from ..engine.remote import EngineProcess
+from ..engine.remote import EngineProcess, engine_info
 from ..engine.threads import engine_owns_cpu_threads, engine_threads
 from ..engine.types import EngineConfig
 from ..heap import frozen_heap
@@ -313,14 +313,11 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
             )
         except EngineError as e:
             raise BenchError(str(e)) from None
-        engine_info = engine.info
+        setup = engine.info
     else:
         whisper, fixed = _load_whisper(plan, device, log)
         engine = make_engine(whisper.model, whisper.tokenizer, _engine_config(plan, whisper))
-        engine_info = {
-            "audio_cache": engine.runner.audio_cache is not None,
-            "overlap_admissions": engine.runner.overlap,
-        }
+        setup = engine_info(engine)
     language = "en" if whisper.tokenizer.is_multilingual else None
     buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
 
@@ -345,9 +342,9 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         scatter_kernel=scatter.KERNEL,
         fp8rows_kernel=fp8rows.KERNEL,
         # live utterances' audio kept on the device between partials (engine/audio_cache.py; on CUDA)
-        audio_cache=engine_info["audio_cache"],
+        audio_cache=setup["audio_cache"],
         # as the engine runs: overlapped admissions are CUDA only (inert elsewhere, whatever was asked)
-        overlap_admissions=engine_info["overlap_admissions"],
+        overlap_admissions=setup["overlap_admissions"],
         # objects alive after the warm-up kept out of the cyclic collector, as `voxserve serve` (heap.py; stop 26)
         heap_frozen=True,
         merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)
