@@ -25,7 +25,7 @@ from ..model import few_rows
 from ..model.layers import merge_heads, split_heads
 from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features, gelu_linear, norm_linear
 from ..model.whisper import Whisper
-from . import fused, kv8, packed, packed_prefill
+from . import cpu_row, fused, kv8, packed, packed_prefill
 from .attention import choose_splits, decode_attention, decode_self_attention
 from .audio_cache import AudioCache
 from .mels import batched_log_mels, window_mels
@@ -231,6 +231,14 @@ class Runner:
         # wherever the kernels can run, since tools switch fused_step on after construction.
         self._arrivals = fused.arrival_counters(self.device) if can_fuse else None
         # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
+        # A lone row's CPU step in a third of the calls (engine/cpu_row.py); None where it does not apply.
+        self._row_layers = (
+            cpu_row.RowLayers.build(
+                model.decoder, self._qkv, (self.self_k, self.self_v, self.cross_k, self.cross_v)
+            )
+            if self.cross_per_head and self.cross_scales is None
+            else None
+        )
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
         self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
         self.buckets = buckets_up_to(n_slots, buckets)
@@ -1179,7 +1187,11 @@ class Runner:
             return self._attend_runs(q, self.self_k[i], self.self_v[i], runs, self_len)
 
         with _intra_op_threads(layer_threads):
-            x = self._decoder_layers(rows, attend)
+            if len(slots) == 1 and self._row_layers is not None:
+                slot = slots[0]
+                x = self._row_layers(slot, self_len[0], cross_len[0], int(self.policy.last[slot]))
+            else:
+                x = self._decoder_layers(rows, attend)
         return self.model.decoder.logits(x)
 
     def _attend_runs(
