@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +32,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(".cache/bench"), help="random weights' directory")
     args = ap.parse_args()
     threads.engine_owns_cpu_threads(args.threads)  # before any torch work (engine/threads.py)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"# python3 bench/profile_cpu_row.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%dT%H:%M')}, {commit})"
+    )
 
     from voxserve.bench.inputs import features, speech_clips, speech_windows
     from voxserve.bench.subjects import engine_subject
