@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from tests.support import decisive_model
+from tests.support import decisive_model, prompted_specs
 from voxserve.decoding.batched import make_engine
-from voxserve.engine.types import EngineConfig, RowSpec
+from voxserve.engine.types import EngineConfig
 from voxserve.model.quant import quantize_model
 
 
@@ -26,19 +26,6 @@ def _runner(model, tokenizer):
     return eng.runner
 
 
-def _spec(tokenizer, n: int) -> RowSpec:
-    return RowSpec(
-        initial_tokens=(tokenizer.sot, tokenizer.no_timestamps),
-        sot_index=0,
-        suppress=(tokenizer.eot,),
-        suppress_blank=True,
-        timestamps=False,
-        max_initial_timestamp_index=None,
-        sample_len=n,
-        temperature=0.0,
-    )
-
-
 def test_one_row_steps_equal_the_general_path(model, tokenizer):
     """Two runners admit the same windows (a row in slot 2, another in slot 0 that only one of them steps), then
     step slot 2 alone, one through the one-row layers and one through the general path: the same logits, the
@@ -48,7 +35,7 @@ def test_one_row_steps_equal_the_general_path(model, tokenizer):
     fast, general = _runner(model, tokenizer), _runner(model, tokenizer)
     assert fast._row_layers is not None
     general._row_layers = None
-    spec = _spec(tokenizer, 12)
+    (spec,) = prompted_specs(tokenizer, [3], sample_len=12)
     with torch.inference_mode():
         for r in (fast, general):
             r.admit([2, 0], [spec, spec], mels)
