@@ -7,11 +7,11 @@ shorten it (29.0 against 26.0-28.1 ms, stop 24) although the matrix products wer
 times one pass of ``--rows`` live-like windows (the bench's window lengths: 1, 2, 4 and 8 s in proportions near
 its ~2.6 s utterances) as the engine replays it, from its CUDA graph, then lists one pass's kernels under
 torch.profiler, for fp16 and then fp8 (the same weights, quantized as the stream bench does: per-token
-activation scales, no calibration), and fp8 with the layer norms and GELU as torch operations instead of inside
-the activations' quantization (``fp8-unfolded``). Prints, writes nothing.
+activation scales, no calibration), and fp8 with the layer norms and GELU inside the activations' quantization
+(``fp8-folded``; off by default since it measured slower, qlinear.FOLD_INTO_FP8). Prints, writes nothing.
 
     PYTHONPATH=. python3 bench/profile_encoder.py --tiktoken .devdata/whisper-assets/multilingual.tiktoken \\
-        [--dims large-v3] [--rows 52] [--precisions fp16,fp8,fp8-unfolded]
+        [--dims large-v3] [--rows 52] [--precisions fp16,fp8,fp8-folded]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from profile_step import table  # noqa: I001 - a sibling script
 from torch.profiler import ProfilerActivity, profile
 
@@ -31,6 +30,7 @@ from voxserve.bench.weights import bench_tokenizer, resolve_dims
 from voxserve.decoding.batched import make_engine
 from voxserve.engine.types import EngineConfig
 from voxserve.live.service import LiveOptions
+from voxserve.model import qlinear
 from voxserve.model.load import init_random
 from voxserve.model.qlinear import Fp8Linear
 from voxserve.model.quant import quantize_encoder
@@ -38,7 +38,7 @@ from voxserve.model.quant import quantize_encoder
 KINDS = (
     ("matrix products", ("gemm", "nvjet", "cutlass", "scaled_mm", "sm90")),
     ("attention", ("flash",)),
-    ("fp8 quantization", ("_quantize_rows",)),  # (with the folded layer norms and GELU since stop 28)
+    ("fp8 quantization", ("_quantize_rows",)),  # (with the layer norms and GELU where folded)
 )
 
 
@@ -48,28 +48,20 @@ def kind(name: str) -> str:
 
 
 @contextmanager
-def unfolded() -> Iterator[None]:
-    """fp8 Linears with their layer norm / GELU as torch operations before them (stop 27's pass, but with the
-    query, key and value projections fused): what folding them into the quantization saves."""
-    forward = Fp8Linear.forward
-
-    def torch_pre(
-        self: Fp8Linear, x: torch.Tensor, *, pre: str | None = None, norm: object = None
-    ) -> torch.Tensor:
-        x = norm(x) if pre == "norm" else F.gelu(x) if pre == "gelu" else x
-        return forward(self, x)
-
-    Fp8Linear.forward = torch_pre
+def folded() -> Iterator[None]:
+    """fp8 Linears with their layer norm / GELU inside the activations' quantization (qlinear.FOLD_INTO_FP8)."""
+    before = qlinear.FOLD_INTO_FP8
+    qlinear.FOLD_INTO_FP8 = True
     try:
         yield
     finally:
-        Fp8Linear.forward = forward
+        qlinear.FOLD_INTO_FP8 = before
 
 
 def one_precision(model: torch.nn.Module, tok: object, precision: str, rows: int, frames: list[int]) -> None:
     if precision.startswith("fp8") and not any(isinstance(m, Fp8Linear) for m in model.modules()):
         quantize_encoder(model, "fp8")
-    with unfolded() if precision == "fp8-unfolded" else nullcontext():
+    with folded() if precision == "fp8-folded" else nullcontext():
         time_pass(model, tok, precision, rows, frames)
 
 
@@ -114,8 +106,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=52, help="windows in the pass (default 52, as at 400 streams)")
     p.add_argument(
         "--precisions",
-        default="fp16,fp8,fp8-unfolded",
-        help="comma-separated, in order (fp8 quantizes in place; fp8-unfolded: norms and GELU outside the quantization)",
+        default="fp16,fp8,fp8-folded",
+        help="comma-separated, in order (fp8 quantizes in place; fp8-folded: norms and GELU inside the quantization)",
     )
     args = p.parse_args()
     dims = resolve_dims(args.dims)

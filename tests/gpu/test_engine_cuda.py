@@ -339,8 +339,9 @@ def test_packed_encoder_passes_equal_each_window_encoded_alone_fp16(tokenizer, c
 def test_packed_encoder_with_fp8_linears_folds_norms_into_quantization(tokenizer, monkeypatch) -> None:
     """An fp8 encoder's packed pass (one fused query/key/value Linear a layer, the layer norms and GELU folded into
     the fp8 input quantization) gives each window the features of the same pass with those done as torch
-    operations (fp8rows.KERNEL off), and of the fp16 encoder within what fp8 itself costs."""
-    from voxserve.model import fp8rows
+    operations (fp8rows.KERNEL and qlinear.FOLD_INTO_FP8 off, the default), and of the fp16 encoder within what
+    fp8 itself costs."""
+    from voxserve.model import fp8rows, qlinear
     from voxserve.model.quant import quantize_encoder
 
     model = decisive_model(TINY, tokenizer, std=0.2, eot_boost=2.0).cuda().half()
@@ -352,6 +353,7 @@ def test_packed_encoder_with_fp8_linears_folds_norms_into_quantization(tokenizer
     features = {}
     for name, m, kernel in [("folded", model, True), ("torch", model, False), ("fp16", fp16, True)]:
         monkeypatch.setattr(fp8rows, "KERNEL", kernel)
+        monkeypatch.setattr(qlinear, "FOLD_INTO_FP8", name == "folded")
         config = EngineConfig(max_slots=8, max_admit=8, short_window_frames=(100, 400), packed_encoder=True)
         eng = make_engine(m, tokenizer, config)
         eng.close()

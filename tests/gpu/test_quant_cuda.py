@@ -128,11 +128,9 @@ def test_fp8_row_quantize_with_norm_or_gelu_matches_torch(dtype, rows, k, pre):
 @needs_fp8
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fp8_linear_folds_norm_and_gelu(dtype):
-    """``norm_linear`` / ``gelu_linear`` with an fp8 Linear (the norm and GELU inside its input quantization)
-    give what the fp8 Linear gives on the torch operations' output, within the rounding above, and diverge
-    from the float Linear no more than it does."""
-    from voxserve.model.qlinear import gelu_linear, norm_linear
-
+    """An fp8 Linear with ``pre`` (the norm and GELU inside its input quantization, what ``norm_linear`` /
+    ``gelu_linear`` ask under qlinear.FOLD_INTO_FP8) gives what it gives on the torch operations' output, within
+    the rounding above, and diverges from the float Linear no more than that does."""
     ln = nn.LayerNorm(1280, device=CUDA).to(dtype)
     nn.init.normal_(ln.weight, 1.0, 0.3)
     nn.init.normal_(ln.bias, 0.0, 0.1)
@@ -142,8 +140,8 @@ def test_fp8_linear_folds_norm_and_gelu(dtype):
     h = torch.randn(3, 50, 5120, device=CUDA, dtype=dtype)
     with torch.no_grad():
         cases = [
-            ("norm", norm_linear(ln, x, q1), q1(ln(x)), fc1(ln(x))),
-            ("gelu", gelu_linear(h, q2), q2(torch.nn.functional.gelu(h)), fc2(torch.nn.functional.gelu(h))),
+            ("norm", q1(x, pre="norm", norm=ln), q1(ln(x)), fc1(ln(x))),
+            ("gelu", q2(h, pre="gelu"), q2(torch.nn.functional.gelu(h)), fc2(torch.nn.functional.gelu(h))),
         ]
     for name, folded, unfolded, exact in cases:
         print(

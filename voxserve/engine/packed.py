@@ -311,7 +311,8 @@ def encode_packed(
     """The encoder over packed mel frames ``mel`` [2P + 1, n_mels] (row 2P zero) -> features [P, C].
     ``device_index``: ``index``'s conv1, conv2, position and cu (int32) on the device. ``qkv``: the layers'
     fused projections (``qkv_projections``; None: each projection on its own). Layer norms and the GELU go
-    through qlinear's ``norm_linear`` / ``gelu_linear``, which fold them into fp8 Linears' input quantization."""
+    through qlinear's ``norm_linear`` / ``gelu_linear`` (folded into fp8 Linears' input quantization only with
+    ``qlinear.FOLD_INTO_FP8``)."""
     w1, w2 = stem
     x = F.gelu(F.linear(mel[device_index["conv1"]].flatten(1), w1, encoder.conv1.bias))
     x = torch.cat([x, x.new_zeros(1, x.shape[1])])  # the zero row past the last frame

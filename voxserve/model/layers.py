@@ -2,8 +2,8 @@
 
 Plain PyTorch with no knowledge of tokens, text or caches beyond the tensors handed in (principle 1).
 Layer norm and softmax run in float32 whatever the weight dtype (principle 9). The MLPs call their Linears
-through qlinear's ``norm_linear`` / ``gelu_linear``: plain ``fc2(gelu(fc1(norm(x))))`` for float Linears, the
-norm and GELU folded into the input quantization of fp8 ones.
+through qlinear's ``norm_linear`` / ``gelu_linear``: plain ``fc2(gelu(fc1(norm(x))))``, or with
+``qlinear.FOLD_INTO_FP8`` the norm and GELU folded into fp8 Linears' input quantization.
 """
 
 from __future__ import annotations
