@@ -230,7 +230,6 @@ class Runner:
         # may run at the same time on another stream, and counters shared with them could lose arrivals. Kept
         # wherever the kernels can run, since tools switch fused_step on after construction.
         self._arrivals = fused.arrival_counters(self.device) if can_fuse else None
-        # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         # A lone row's CPU step in a third of the calls (engine/cpu_row.py); None where it does not apply.
         self._row_layers = (
             cpu_row.RowLayers.build(
@@ -239,6 +238,7 @@ class Runner:
             if self.cross_per_head and self.cross_scales is None
             else None
         )
+        # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
         self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
         self.buckets = buckets_up_to(n_slots, buckets)
