@@ -42,7 +42,8 @@
 #                                           fp16 and fp8 (bench/profile_encoder.py), then the bench (overlapped
 #                                           admissions, the default now) at ENCODER_STREAMS (150,200,250)
 #   bash bench/gpu_check.sh fold [ASSETS]   stop 28's fp8 encoder (norms and GELU inside the activations'
-#                                           quantization, fused query/key/value): the fp8 and packed-encoder GPU
+#                                           quantization, off by default since stop 30 measured it slower:
+#                                           qlinear.FOLD_INTO_FP8; fused query/key/value): the fp8 and packed-encoder GPU
 #                                           tests after bench/profile_encoder.py, the demo model's live WER with
 #                                           the fp16 and the fp8 encoder where ASSETS has speech-cache/ and text/
 #                                           (FOLD_PART=tests), then (FOLD_PART=bench: only) the bench at
