@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model.layers import layer_norm
+
 
 class _Projection:
     """A Linear applied to one row through a kept [2, in] block whose row 1 is zero."""
@@ -48,27 +50,16 @@ class _Projection:
         return torch.addmm(self.bias, self.weight, self.block_t)[:, 0]
 
 
-class _Norm(NamedTuple):
-    shape: list[int]
-    weight: Tensor
-    bias: Tensor
-    eps: float
-
-
 class _Layer(NamedTuple):
-    attn_ln: _Norm
+    attn_ln: nn.LayerNorm
     qkv: _Projection
     out: _Projection
-    cross_ln: _Norm
+    cross_ln: nn.LayerNorm
     cross_query: _Projection
     cross_out: _Projection
-    mlp_ln: _Norm
+    mlp_ln: nn.LayerNorm
     fc1: _Projection
     fc2: _Projection
-
-
-def _norm(ln: nn.LayerNorm) -> _Norm:
-    return _Norm(list(ln.normalized_shape), ln.weight, ln.bias, ln.eps)
 
 
 class RowLayers:
@@ -100,13 +91,13 @@ class RowLayers:
 
         self.layers = [
             _Layer(
-                _norm(layer.attn_ln),
+                layer.attn_ln,
                 proj(*fused),
                 linear(layer.attn.out),
-                _norm(layer.cross_attn_ln),
+                layer.cross_attn_ln,
                 linear(layer.cross_attn.query),
                 linear(layer.cross_attn.out),
-                _norm(layer.mlp_ln),
+                layer.mlp_ln,
                 linear(layer.fc1),
                 linear(layer.fc2),
             )
@@ -142,7 +133,7 @@ class RowLayers:
         pos = length - 1
         x = dec.token_embedding.weight[token] + dec.positional_embedding[pos]
         for i, layer in enumerate(self.layers):
-            qkv = layer.qkv(F.layer_norm(x, *layer.attn_ln))
+            qkv = layer.qkv(layer_norm(layer.attn_ln, x))
             keys, values = self.self_k[i][slot], self.self_v[i][slot]
             keys[pos] = qkv[c : 2 * c]
             values[pos] = qkv[2 * c :]
@@ -150,11 +141,11 @@ class RowLayers:
             v = values[:length].view(1, length, h, -1).transpose(1, 2)
             a = F.scaled_dot_product_attention(_heads(qkv[:c], h), k, v)
             x = x + layer.out(a.view(c))
-            q = _heads(layer.cross_query(F.layer_norm(x, *layer.cross_ln)), h)
+            q = _heads(layer.cross_query(layer_norm(layer.cross_ln, x)), h)
             k = self.cross_k[i][slot : slot + 1, :, :cross_length]
             v = self.cross_v[i][slot : slot + 1, :, :cross_length]
             x = x + layer.cross_out(F.scaled_dot_product_attention(q, k, v).view(c))
-            x = x + layer.fc2(F.gelu(layer.fc1(F.layer_norm(x, *layer.mlp_ln))))
+            x = x + layer.fc2(F.gelu(layer.fc1(layer_norm(layer.mlp_ln, x))))
         return x[None]
 
 

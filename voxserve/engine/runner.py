@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..model import few_rows
-from ..model.layers import merge_heads, split_heads
+from ..model.layers import layer_norm, merge_heads, split_heads
 from ..model.qlinear import Int8WeightOnlyLinear, fuse_output_features, gelu_linear, norm_linear
 from ..model.whisper import Whisper
 from . import cpu_row, fused, kv8, packed, packed_prefill
@@ -231,12 +231,8 @@ class Runner:
         # wherever the kernels can run, since tools switch fused_step on after construction.
         self._arrivals = fused.arrival_counters(self.device) if can_fuse else None
         # A lone row's CPU step in a third of the calls (engine/cpu_row.py); None where it does not apply.
-        self._row_layers = (
-            cpu_row.RowLayers.build(
-                model.decoder, self._qkv, (self.self_k, self.self_v, self.cross_k, self.cross_v)
-            )
-            if self.cross_per_head and self.cross_scales is None
-            else None
+        self._row_layers = cpu_row.RowLayers.build(
+            model.decoder, self._qkv, (self.self_k, self.self_v, self.cross_k, self.cross_v)
         )
         # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
@@ -705,11 +701,11 @@ class Runner:
         to = slot * self.self_k.shape[2] + position  # each token's row of a layer's self K/V, flattened
         splits = choose_splits(token.shape[0], h, self.model.dims.n_audio_ctx, self._n_sm)
         for i, layer in enumerate(dec.layers):
-            q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
+            q, k, v = self._self_qkv(i, layer, layer_norm(layer.attn_ln, x))
             c = k.shape[-1]
             scatter_rows((k, v), to, (self.self_k[i].view(-1, c), self.self_v[i].view(-1, c)))
             x = x + layer.attn.out(packed.varlen_attention(q, k, v, h, index, cu, causal=True))
-            q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
+            q = layer.cross_attn.query(layer_norm(layer.cross_attn_ln, x))
             if self.cross_by_length:
                 a = self._cross_by_length(i, q[None], slot, cross_len, splits)[0]
             else:
@@ -807,13 +803,13 @@ class Runner:
             splits = choose_splits(n_rows, h, self.model.dims.n_audio_ctx, self._n_sm)
             by_token = (slot_t.repeat_interleave(t), cross_len_t.repeat_interleave(t), splits)
         for i, layer in enumerate(dec.layers):
-            q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
+            q, k, v = self._self_qkv(i, layer, layer_norm(layer.attn_ln, x))
             # Rows shorter than the longest are padded on the right: causal attention keeps the padding out of
             # their real positions, and the decode steps overwrite it position by position later.
             self.self_k[i, slot_t, :t] = k
             self.self_v[i, slot_t, :t] = v
             x = x + layer.attn.attend(q, k, v, None, causal=True)
-            q = layer.cross_attn.query(_layer_norm(layer.cross_attn_ln, x))
+            q = layer.cross_attn.query(layer_norm(layer.cross_attn_ln, x))
             if self.cross_by_length:
                 a = self._cross_by_length(i, q, *by_token)
             else:
@@ -1141,13 +1137,13 @@ class Runner:
         write_at = rows * self.self_k.shape[2] + pos  # row-major (slot, position) into a layer's cache
         x = (dec.token_embedding(pol.last[rows]) + dec.positional_embedding[pos]).to(self.dtype)
         for i, layer in enumerate(dec.layers):
-            q, k, v = self._self_qkv(i, layer, _layer_norm(layer.attn_ln, x))
+            q, k, v = self._self_qkv(i, layer, layer_norm(layer.attn_ln, x))
             self.self_k[i].view(-1, k.shape[-1]).index_copy_(0, write_at, k)
             self.self_v[i].view(-1, v.shape[-1]).index_copy_(0, write_at, v)
             x = x + _project(layer.attn.out, attend(i, q, False))
-            q = _project(layer.cross_attn.query, _layer_norm(layer.cross_attn_ln, x))
+            q = _project(layer.cross_attn.query, layer_norm(layer.cross_attn_ln, x))
             x = x + _project(layer.cross_attn.out, attend(i, q, True))
-            x = x + _project(layer.fc2, F.gelu(_project(layer.fc1, _layer_norm(layer.mlp_ln, x))))
+            x = x + _project(layer.fc2, F.gelu(_project(layer.fc1, layer_norm(layer.mlp_ln, x))))
         return x
 
     # ----- the CPU step
@@ -1264,12 +1260,6 @@ def _project(m: nn.Module, x: Tensor) -> Tensor:
     """A decoder projection of a step's few rows: plain Linear layers in the CPU's fastest form for few rows
     (``few_rows.linear``; on CUDA it is F.linear), others (quantized) as they are."""
     return few_rows.linear(x, m.weight, m.bias) if type(m) is nn.Linear else m(x)
-
-
-def _layer_norm(ln: nn.LayerNorm, x: Tensor) -> Tensor:
-    """Layer norm straight on half-precision input: PyTorch's kernel accumulates its statistics in float32, so
-    this equals the model's cast-normalise-cast (principle 9) with two fewer kernels per call."""
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
 def _rows_args(m: nn.Module | None) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
