@@ -84,8 +84,8 @@ def test_each_packed_row_encodes_as_it_does_alone(model, projections) -> None:
 def test_packed_pass_with_fp8_linears(model, fold, monkeypatch) -> None:
     """The encoder's Linears in fp8 (on the CPU through torch's operations: quantize_model refuses fp8 off
     CUDA, Fp8Linear runs): the fused query/key/value, with the layer norms and GELU handed to the fp8 Linears
-    (norm_linear, gelu_linear, FOLD_INTO_FP8) or not, give the packed pass of separate projections, and each window about what it
-    gets alone. Not equal: differences of float rounding between the two paths (~1e-6) flip some activations
+    (norm_linear, gelu_linear, FOLD_INTO_FP8) or not, give the packed pass of separate projections, and each
+    window about what it gets alone. Not equal: differences of float rounding between the two paths (~1e-6) flip some activations
     to the next E4M3 value, which later layers carry (0.4-2.9% measured, against fp8's own ~5-6%)."""
     monkeypatch.setattr(qlinear, "FOLD_INTO_FP8", fold)
     model = copy.deepcopy(model)
