@@ -66,6 +66,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run admissions (encoder pass, prefill) on a CUDA stream of their own beside the decode steps, so "
         "running requests keep decoding meanwhile (default: on; VOXSERVE_ENGINE_OVERLAP_ADMISSIONS)",
     )
+    p.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run each model's engine in a process of its own, so that its thread does not share a GIL with the "
+        "server's event loop; it loads a second copy of the weights (default: off; it helped live streams once "
+        "the GPU was busy, see bench/README.md; VOXSERVE_ENGINE_PROCESS)",
+    )
     p.add_argument("--no-preload", dest="preload", action="store_false", default=None)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -110,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["engine_packed_prefill"] = args.packed_prefill
     if args.overlap_admissions is not None:
         overrides["engine_overlap_admissions"] = args.overlap_admissions
+    if args.engine_process is not None:
+        overrides["engine_process"] = args.engine_process
     if args.preload is not None:
         overrides["preload"] = args.preload
     try:

@@ -49,6 +49,7 @@ class Ticket:
         self._output: WindowOutput | None = None
         self._error: BaseException | None = None
         self._cancelled = False
+        self.admitted_at: float | None = None  # time.monotonic() when it left the queue for a slot
         # False: the event loop gets only the final output, not an event per token (callers that only await
         # the output, such as live partials, spare the loop a wake-up per token at large batch sizes)
         self.token_events = True
@@ -181,7 +182,7 @@ class Engine:
         self.failure: BaseException | None = None
         self.steps = 0
         self.steps_beside_admissions = 0  # decode steps launched while an admission was on the device
-        self._admitted_at = 0  # self.steps at the last admission
+        self._admission_step = 0  # self.steps at the last admission
         self._ahead: tuple[Launched, list[_Active]] | None = None  # a step launched before the last was read
         self._thread = threading.Thread(target=self._run, name="voxserve-engine", daemon=True)
         if self._cpu_threads is None:
@@ -328,7 +329,11 @@ class Engine:
         if not self._queue or not self._free:
             return False
         cfg = self.config
-        if not self._active or cfg.admit_wait_steps == 0 or steps - self._admitted_at >= cfg.admit_wait_steps:
+        if (
+            not self._active
+            or cfg.admit_wait_steps == 0
+            or steps - self._admission_step >= cfg.admit_wait_steps
+        ):
             return True
         ready = min(len(self._queue), len(self._free), cfg.max_admit)
         return ready >= cfg.admit_ratio * len(self._active)
@@ -347,13 +352,16 @@ class Engine:
         return taken
 
     def _launch_admission(self, tickets: list[Ticket]) -> None:
+        now = time.monotonic()
+        for ticket in tickets:
+            ticket.admitted_at = now
         self._admitting = tickets
         slots = [self._free.pop() for _ in tickets]
         requests = [t.request for t in tickets]
         self._pending = self.runner.launch_admission(
             slots, [r.spec for r in requests], [r.mel for r in requests]
         )
-        self._admitted_at = self.steps
+        self._admission_step = self.steps
 
     def _finish_admission(self) -> None:
         assert self._pending is not None

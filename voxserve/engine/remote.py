@@ -15,10 +15,10 @@ Back come token events (only for requests that want them), outputs and errors, s
 
 Use :class:`EngineProcess` (``factory`` builds the engine in the new process; it must be picklable: a
 module-level function, or a functools.partial of one) where an Engine is used: ``submit``, ``counters``,
-``n_slots``, ``close``. The factory loads the model in the engine's process; the caller needs only its dims and
-tokenizer (the stream bench builds it on the meta device). Used by ``voxserve bench --streams --engine-process``;
-not yet by ``voxserve serve``, whose runtime also runs the reference decoder and the CPU fail-over on the model
-in its own process.
+``n_slots``, ``failure``, ``queued``, ``active``, ``close``; tickets carry ``admitted_at``. The factory loads the
+model in the engine's process; the caller needs only its dims and tokenizer (the stream bench builds it on the
+meta device). An ``observer`` hears the engine's encoder passes and decode steps (engine/observe.py), sent with
+the results. Used by ``voxserve bench --streams --engine-process`` and ``voxserve serve --engine-process``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 
 from .audio_cache import CAPACITY
 from .engine import Engine, EngineError, Ticket
+from .observe import Observer, observe_engine
 from .types import AudioWindow, Priority, TokenEvent, WindowOutput, WindowRequest
 
 MAX_KEYS = 4096  # live utterances whose audio the engine's process keeps (oldest forgotten past it)
@@ -60,21 +61,39 @@ _ERRORS: dict[str, type[Exception]] = {
 
 class EngineProcess:
     """An engine built by ``factory()`` in a spawned process (see the module). ``info`` holds what the engine
-    reported when it was ready (``n_slots``, ``device``, ``audio_cache``, ``overlap_admissions``).
+    reported when it was ready (``n_slots``, ``device``, ``audio_cache``, ``overlap_admissions``); ``queued`` and
+    ``active`` are its queue and busy slots as it last reported them (with each batch of results it sends).
 
     The caller's threads never write to a pipe: ``submit`` pickles its message and queues the bytes for a sender
     thread, so a slow or stopped engine process cannot block an event loop."""
 
-    def __init__(self, factory: Callable[[], Engine], *, start_timeout_s: float = 900.0) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Engine],
+        *,
+        observer: Observer | None = None,
+        start_timeout_s: float = 900.0,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         requests_in, self._requests = ctx.Pipe(duplex=False)
         self._events, events_out = ctx.Pipe(duplex=False)
         for conn in (self._requests, events_out):
             _widen(conn)
         self._process = ctx.Process(
-            target=_serve, args=(factory, requests_in, events_out), name="voxserve-engine", daemon=True
+            target=_serve,
+            args=(factory, requests_in, events_out, observer is not None),
+            name="voxserve-engine",
+            daemon=True,
         )
-        self._process.start()
+        try:
+            self._process.start()
+        except (pickle.PicklingError, AttributeError, TypeError) as e:  # spawn pickles the factory
+            requests_in.close()
+            events_out.close()
+            raise EngineError(
+                f"the engine's factory cannot be sent to its process ({e}); use a module-level function "
+                "or a functools.partial of one"
+            ) from None
         requests_in.close()  # the parent's copies: the child's exit must end the parent's reads
         events_out.close()
         self._lock = threading.Lock()  # tickets, calls, keys and the closed / failed state
@@ -85,6 +104,8 @@ class EngineProcess:
         self._key_samples = 0  # samples sent for the keys in _keys
         self._key_ids = itertools.count()
         self.failure: BaseException | None = None
+        self._observer = observer
+        self.queued = self.active = 0
         self._closed = False
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         try:
@@ -288,6 +309,7 @@ class EngineProcess:
                 ticket = self._tickets.pop(message[1], None)
             if ticket is not None:
                 if kind == "done":
+                    ticket.admitted_at = message[3]
                     ticket._finish(message[2])
                 else:
                     ticket._finish(None, _error(*message[2]))
@@ -297,6 +319,11 @@ class EngineProcess:
             if done is not None:
                 box.append(message[2])
                 done.set()
+        elif kind == "observe":
+            if self._observer is not None:
+                self._observer(message[1], message[2])
+        elif kind == "load":
+            self.queued, self.active = message[1], message[2]
         elif kind == "failed":  # the engine failed there: its requests' errors came before this
             with self._lock:
                 if self.failure is None:
@@ -350,8 +377,9 @@ def _error(kind: str, text: str) -> Exception:
 # ----- the engine's process
 
 
-def _serve(factory: Callable[[], Engine], requests: Any, events: Any) -> None:
-    """The engine's process: build the engine, then take requests until "close" or the parent's end."""
+def _serve(factory: Callable[[], Engine], requests: Any, events: Any, observed: bool) -> None:
+    """The engine's process: build the engine, then take requests until "close" or the parent's end.
+    ``observed``: the parent wants the engine's encoder passes and steps (engine/observe.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes this engine
     try:
         engine = factory()
@@ -359,9 +387,13 @@ def _serve(factory: Callable[[], Engine], requests: Any, events: Any) -> None:
     except BaseException as e:  # noqa: BLE001 - the parent reports it
         events.send(("failed", f"{type(e).__name__}: {e}"))
         return
-    events.send(ready)
     outbox: queue.SimpleQueue = queue.SimpleQueue()
-    sender = threading.Thread(target=_forward, args=(outbox, events), name="voxserve-engine-out", daemon=True)
+    if observed:
+        observe_engine(engine, lambda name, value: outbox.put(("observe", name, value)))
+    events.send(ready)
+    sender = threading.Thread(
+        target=_forward, args=(outbox, events, engine), name="voxserve-engine-out", daemon=True
+    )
     sender.start()
     requests_held = _Held(engine, outbox)
     audio = _KeyedAudio()
@@ -427,12 +459,15 @@ class _Held:
             self.outbox.put(("event", request_id, item))
             return
         with self._lock:
-            if self._tickets.pop(request_id, None) is None:
+            ticket = self._tickets.pop(request_id, None)
+            if ticket is None:
                 self._finished.add(request_id)
         if isinstance(item, BaseException):
             self._send_error(request_id, item)
         else:
-            self.outbox.put(("done", request_id, item))
+            # (finished before submit() entered its ticket: its admission time is not at hand)
+            admitted_at = ticket.admitted_at if ticket is not None else None
+            self.outbox.put(("done", request_id, item, admitted_at))
 
     def _send_error(self, request_id: int, error: BaseException) -> None:
         self.outbox.put(("error", request_id, (type(error).__name__, str(error))))
@@ -444,9 +479,10 @@ class _Held:
             self.outbox.put(("failed", f"engine failed: {type(failure).__name__}: {failure}"))
 
 
-def _forward(outbox: Any, events: Any) -> None:
-    """Send what the engine's thread put in ``outbox``, everything waiting in one write. Should a write fail
-    other than by the parent being gone, the process exits: its parent then fails what it held."""
+def _forward(outbox: Any, events: Any, engine: Engine) -> None:
+    """Send what the engine's thread put in ``outbox``, everything waiting in one write, and the engine's
+    queue and busy slots with it. Should a write fail other than by the parent being gone, the process exits:
+    its parent then fails what it held."""
     while True:
         item = outbox.get()
         batch = []
@@ -457,6 +493,7 @@ def _forward(outbox: Any, events: Any) -> None:
             except queue.Empty:
                 break
         if batch:
+            batch.append(("load", engine.queued, engine.active))
             try:
                 events.send(batch)
             except (OSError, ValueError):

@@ -75,6 +75,7 @@ class ServerContext:
             metrics=metrics,
             memory_budget=settings.memory_budget_bytes,
             cpu_fallback=settings.cpu_fallback,
+            engine_process=settings.engine_process,
         )
         limits = {p: settings.queue_limits[p.name.lower()] for p in Priority}
         admission = Admission(settings.max_concurrency, limits)

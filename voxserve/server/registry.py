@@ -39,11 +39,13 @@ class ModelRegistry:
         metrics: ServerMetrics,
         memory_budget: int | None = None,
         cpu_fallback: bool = True,
+        engine_process: bool = False,
     ) -> None:
         self.sources, self.default = dict(sources), default
         self.loader, self.device, self.dtype = loader, device, dtype
         self.engine_config, self.metrics = engine_config, metrics
         self.memory_budget, self.cpu_fallback = memory_budget, cpu_fallback
+        self.engine_process = engine_process
         self.loaded: OrderedDict[str, ModelRuntime] = OrderedDict()  # least recently used first
         self._leases: dict[str, int] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -100,6 +102,8 @@ class ModelRegistry:
             engine_config=self.engine_config,
             metrics=self.metrics,
             cpu_fallback=self.cpu_fallback,
+            engine_process=self.engine_process,
+            dtype=self.dtype,
         )
         try:
             self._make_room(alias, runtime.memory_bytes())

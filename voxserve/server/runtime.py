@@ -7,10 +7,16 @@ run on the reference decoder in the request's own thread. When the engine fails 
 one), every request it held gets ``EngineError``; the first to see it builds a CPU copy of the model (loaded
 again from its source: a device that raised a CUDA error cannot be copied from) and a CPU engine, and every
 window is submitted again there, so nothing accepted is lost.
+
+With ``engine_process`` the primary engine runs in a process of its own (engine/remote.py), which loads a second
+copy of the weights from the model's source: the server's copy stays here for what runs beside the engine
+(language detection, the reference decoder, word alignment). Windows cross as CPU log-mels; the engine's
+metrics (encoder passes, step sizes) come back with its results. The CPU fail-over is in this process.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,7 +33,10 @@ from ..decoding.fallback import needs_fallback
 from ..decoding.hotwords import Hotword, HotwordDecoder
 from ..decoding.options import DecodingOptions, TranscribeOptions, at_temperature
 from ..engine.engine import Engine, EngineError
+from ..engine.observe import observe_engine
+from ..engine.remote import EngineProcess
 from ..engine.runner import slot_bytes
+from ..engine.threads import engine_owns_cpu_threads
 from ..engine.types import EngineConfig, Priority, WindowRequest
 from ..model.whisper import Whisper
 from ..tokenizer import Tokenizer
@@ -50,7 +59,12 @@ class DeadlinePassed(Exception):
 @dataclass
 class _Engine:
     whisper: WhisperModel
-    engine: Engine
+    engine: Engine | EngineProcess
+    config: EngineConfig  # as the engine runs it
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.engine, EngineProcess)
 
 
 class ModelRuntime:
@@ -64,12 +78,16 @@ class ModelRuntime:
         engine_config: EngineConfig,
         metrics: ServerMetrics,
         cpu_fallback: bool = True,
+        engine_process: bool = False,
+        dtype: str | None = None,
     ) -> None:
-        self.alias, self.source = alias, source
+        """``whisper`` was loaded from ``source`` by ``loader`` with ``dtype`` (None: the loader's default); an
+        engine process loads its copy the same way."""
+        self.alias, self.source, self.dtype = alias, source, dtype
         self.loader, self.engine_config, self.metrics = loader, engine_config, metrics
         self.cpu_fallback = cpu_fallback
         self._lock = threading.Lock()
-        self.primary = _Engine(whisper, self._new_engine(whisper))
+        self.primary = self._new_engine(whisper, remote=engine_process)
         self.fallback: _Engine | None = None
         self.warm = False
 
@@ -89,13 +107,15 @@ class ModelRuntime:
         return self.primary.engine.failure is None and self.fallback is None
 
     def memory_bytes(self) -> int:
-        """Estimated device memory: weights plus the engine's KV-cache slots."""
+        """Estimated device memory: weights (twice with an engine process: its copy and the server's) plus the
+        engine's KV-cache slots."""
         total = 0
         for e in (self.primary, self.fallback):
             if e is not None:
                 model = e.whisper.model
-                total += sum(p.numel() * p.element_size() for p in model.parameters())
-                total += e.engine.n_slots * slot_bytes(model, e.engine.config.cross_kv)
+                weights = sum(p.numel() * p.element_size() for p in model.parameters())
+                total += weights * (2 if e.remote else 1)
+                total += e.engine.n_slots * slot_bytes(model, e.config.cross_kv)
         return total
 
     def close(self) -> None:
@@ -105,15 +125,29 @@ class ModelRuntime:
 
     # ----- engines
 
-    def _new_engine(self, whisper: WhisperModel) -> Engine:
+    def _new_engine(self, whisper: WhisperModel, *, remote: bool = False) -> _Engine:
+        """An engine for ``whisper``: here, or in a process of its own that loads the same weights (``remote``)."""
         config = self.engine_config
         if whisper.device.type != "cuda" and config.cross_kv != "model":
             config = replace(config, cross_kv="model")  # 8-bit cross K/V is CUDA only (kv8.supported)
-        engine = make_engine(whisper.model, whisper.tokenizer, config)
-        _instrument(engine, self.metrics)
-        return engine
+        if not remote:
+            engine = make_engine(whisper.model, whisper.tokenizer, config)
+            observe_engine(engine, self._observe)
+            return _Engine(whisper, engine, config)
+        factory = functools.partial(
+            served_engine, self.loader, self.source, str(whisper.device), self.dtype, config
+        )
+        log.info("model %r: starting its engine in a process of its own", self.alias)
+        return _Engine(whisper, EngineProcess(factory, observer=self._observe), config)
 
-    def fail_over(self, failed: Engine, error: BaseException) -> bool:
+    def _observe(self, name: str, value: float) -> None:
+        """The engine's encoder passes and decode steps (engine/observe.py), in the metrics."""
+        if name == "encoder":
+            self.metrics.observe_stage("encoder", value)
+        elif name == "batch_size":
+            self.metrics.batch_size.observe(value)
+
+    def fail_over(self, failed: Engine | EngineProcess, error: BaseException) -> bool:
         """Move to a CPU engine after ``failed`` broke; False when there is nowhere to go."""
         with self._lock:
             if self.fallback is not None and failed is not self.fallback.engine:
@@ -126,7 +160,7 @@ class ModelRuntime:
                 cpu = primary  # the weights are fine; only the engine's state is suspect
             else:
                 cpu = self.loader(self.source, device="cpu", dtype="float32")
-            self.fallback = _Engine(cpu, self._new_engine(cpu))
+            self.fallback = self._new_engine(cpu)
             self.metrics.fallbacks.labels(self.alias).inc()
             return True
 
@@ -136,8 +170,10 @@ class ModelRuntime:
         """Capture every CUDA graph and run every batch size once, then decode one silent window, so first
         requests do not pay for allocation and graph capture, and no graph is captured later while request
         threads launch work on the device (a capture then can fail). Called before the runtime serves anything,
-        when the engine's worker is idle."""
-        self.current.engine.runner.warmup()
+        when the engine's worker is idle. (An engine process warmed its engine up before it said it was ready.)"""
+        engine = self.current.engine
+        if isinstance(engine, Engine):
+            engine.runner.warmup()
         model = self.whisper.model
         mel = torch.full((model.dims.n_mels, 3000), -1.5, device=model.device)
         decoding = DecodingOptions(language="en" if self.whisper.tokenizer.is_multilingual else None)
@@ -155,7 +191,8 @@ class ModelRuntime:
         while True:
             current = self.current
             decoder = WindowDecoder(current.whisper.model, tokenizer, decoding)
-            request = WindowRequest(mel=mel, spec=decoder.row_spec(), priority=priority, deadline=deadline)
+            window = mel.cpu() if current.remote else mel  # an engine process takes CPU log-mels
+            request = WindowRequest(mel=window, spec=decoder.row_spec(), priority=priority, deadline=deadline)
             submitted = time.monotonic()
             try:
                 ticket = current.engine.submit(request)
@@ -164,9 +201,10 @@ class ModelRuntime:
                 if not self.fail_over(current.engine, e):
                     raise
                 continue
-            admitted = getattr(ticket, "admitted_at", submitted)
+            done = time.monotonic()
+            admitted = ticket.admitted_at if ticket.admitted_at is not None else done  # None: never admitted
             self.metrics.observe_stage("queue_wait", admitted - submitted)
-            self.metrics.observe_stage("decoder", time.monotonic() - admitted)
+            self.metrics.observe_stage("decoder", done - admitted)
             self.metrics.windows.labels("engine").inc()
             return decoder.result_from(output)
 
@@ -225,29 +263,14 @@ class ModelRuntime:
         return decode
 
 
-def _instrument(engine: Engine, metrics: ServerMetrics) -> None:
-    """Time the engine's encoder passes and decode steps, record step batch sizes and admission times.
-
-    The engine knows nothing of metrics (it sits below the server), so its runner's two device calls and its
-    admission are wrapped on this instance only.
-    """
-    runner = engine.runner
-    encode, launch, admit = runner.encode, runner.launch, engine._launch_admission
-
-    def timed_encode(mel: Tensor, slots: Tensor | None = None) -> Tensor:
-        t0 = time.monotonic()
-        out = encode(mel, slots)
-        metrics.observe_stage("encoder", time.monotonic() - t0)
-        return out
-
-    def counted_launch(slots: list[int], sample: bool) -> object:
-        metrics.batch_size.observe(len(slots))
-        return launch(slots, sample)
-
-    def stamped_admit(tickets: list) -> None:
-        now = time.monotonic()
-        for t in tickets:
-            t.admitted_at = now
-        admit(tickets)
-
-    runner.encode, runner.launch, engine._launch_admission = timed_encode, counted_launch, stamped_admit
+def served_engine(
+    loader: ModelLoader, source: str, device: str, dtype: str | None, config: EngineConfig
+) -> Engine:
+    """The engine of ``voxserve serve --engine-process``, built and warmed up in the engine's process (a
+    module-level function: it crosses to that process pickled, with its arguments)."""
+    if device == "cpu":
+        engine_owns_cpu_threads()  # the process is the engine's: its worker gets torch's threads (threads.py)
+    whisper = loader(source, device=device, dtype=dtype)
+    engine = make_engine(whisper.model, whisper.tokenizer, config)
+    engine.runner.warmup()
+    return engine

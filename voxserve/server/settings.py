@@ -71,6 +71,13 @@ class ServerSettings(BaseSettings):
     # packed passes, for offline requests through the server, and its graphs' extra memory (a pool per stream)
     # are not; its tokens equal the serial engine's (GPU tests). --no-overlap-admissions turns it off.
     engine_overlap_admissions: bool = True
+    # each model's primary engine in a process of its own (engine/remote.py), so its worker thread does not share
+    # a GIL with the event loop that serves the requests and live streams. It loads a second copy of the weights
+    # (the server keeps its own for language detection, beam search, hotwords and word alignment). Off by default:
+    # measured only with `voxserve bench --streams` (large-v3 fp16, H100, stop 30): level with the thread at 200
+    # streams (p99 292-303 against 298-337 ms), ahead once the device is busy (250 streams: p99 394-426 against
+    # 497-697 ms; 300: 847 against 948 ms).
+    engine_process: bool = False
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
     # audio longer than this is cut at pauses (VAD) and its pieces decoded as one batch
