@@ -62,6 +62,14 @@
 #                                           process of its own (--engine-process) and with the fp8 encoder,
 #                                           PROC_ROUNDS (1) times, then bench/profile_encoder.py: in order of need,
 #                                           more than one 600 s call holds (the rest is cut off)
+#   bash bench/gpu_check.sh serve-process [ASSETS] `voxserve serve --engine-process`'s GPU test and stop 30's two
+#                                           edited fp8-fold tests (SP_TESTS=0: not), then the stream bench over
+#                                           real WebSockets (--transport ws: the server's realtime route under
+#                                           uvicorn, callers in client processes) at SP_STREAMS (250) with the
+#                                           engine in a thread and in a process, alternating, SP_ROUNDS (1) times.
+#                                           The server's packages are not on the GPU machine: carry their cp312
+#                                           wheels in .whl too (`pip download --only-binary=:all: --python-version
+#                                           3.12 ... fastapi uvicorn websockets pydantic-settings python-multipart`)
 #   bash bench/gpu_check.sh host [ASSETS]   the host's side of live streams: bench/cpu_contention.py, then the
 #                                           stream profile at 100 and 200 callers with torch's threads 16 and 1
 #   ASSETS: a folder with whisper-assets/, audio/hifitts-6097/ and audio/samples/ (default .devdata;
@@ -76,7 +84,7 @@
 #   .devfold/speech-cache --text .devfold/text/ljspeech-metadata.csv`), run with FOLD_N=96. The GPU machine lacks
 #   tiktoken: download its cp312 wheel into .whl, carry it too and install it first (the device tool's README).
 set -u
-MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|process|trees-ab|host [ASSETS]}
+MODE=${1:?usage: bash bench/gpu_check.sh tests|perf|streams|streams-ab|phases|kernels-ab|overlap|live-step|mels-kv-ab|encoder|fold|process|serve-process|trees-ab|host [ASSETS]}
 ASSETS=${2:-.devdata}
 # A missing file fails a dozen GPU tests with FileNotFoundError (stop 17 lost a run to audio/samples): say so first.
 for need in whisper-assets/multilingual.tiktoken audio/hifitts-6097 audio/samples/jfk.wav; do
@@ -277,6 +285,18 @@ elif [ "$MODE" = trees-ab ]; then
                 "${AB_STREAMS:-200}" --packed-prefill)
         done
     done
+elif [ "$MODE" = serve-process ]; then
+    if [ "${SP_TESTS:-1}" = 1 ]; then
+        part 200 tests-serve-process python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py \
+            tests/gpu/test_engine_cuda.py tests/server/test_engine_process.py -k "folds or engine_process" \
+            -p no:cacheprovider --durations=8 -rfE
+    fi
+    for round in $(seq "${SP_ROUNDS:-1}"); do
+        for where in thread process; do
+            bench_streams 130 "bench-streams-ws-$where-$round" "${SP_STREAMS:-250}" --packed-prefill --transport ws \
+                $([ $where = process ] && echo --engine-process)
+        done
+    done
 elif [ "$MODE" = host ]; then
     part 40 cpu-contention python3 bench/cpu_contention.py --threads-list 16,1
     # torch's threads for the whole process (log-mel workers included), 16 against 1, alternating, one engine
@@ -287,6 +307,6 @@ elif [ "$MODE" = host ]; then
             --variant torchthreads=1 --variant torchthreads=16 --variant torchthreads=1
     done
 else
-    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder, fold, process, trees-ab or host)" >&2
+    echo "unknown mode $MODE (tests, perf, streams, streams-ab, phases, kernels-ab, overlap, live-step, mels-kv-ab, encoder, fold, process, serve-process, trees-ab or host)" >&2
     exit 2
 fi

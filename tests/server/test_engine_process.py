@@ -217,3 +217,23 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_engine_process_answers_as_the_thread(make_settings_module):
+    """The served path on the GPU (fp16, CUDA graphs captured in the engine's process, overlapped admissions):
+    requests one at a time, so that both engines run the same batches, give the same text."""
+    speech = read_wav(AUDIO / "samples" / "jfk.wav")[: 3 * SR]
+    answers = {}
+    for process in (False, True):
+        settings = make_settings_module(device="cuda", engine_slots=8, engine_process=process)
+        with TestClient(create_app(settings)) as client:
+            runtime = client.app.state.ctx.registry.loaded["tiny"]
+            assert runtime.primary.remote is process
+            texts = [_post(client, a).json()["text"] for a in _clips()]
+            answers[process] = (texts, _live_transcript(client, speech))
+            if process:
+                assert runtime.primary.engine.info["device"].startswith("cuda")
+                assert client.get("/health").json()["engines_healthy"] == {"tiny": True}
+    assert answers[True] == answers[False]
+    assert any(answers[True][0])  # the decisive random model writes something
