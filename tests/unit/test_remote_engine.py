@@ -313,3 +313,16 @@ def test_an_observer_hears_the_engine_and_tickets_carry_admission_times(multilin
         while_busy.result(60)
     finally:
         remote.close()
+
+
+def test_sigterm_is_the_parents_to_handle(engines, tokenizer):
+    """A SIGTERM to the process group (a service manager's stop) reaches the engine's process too: it carries on
+    until the parent, finishing what it holds, closes it."""
+    _, remote = engines
+    os.kill(remote._process.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert remote._process.is_alive()
+    mel = torch.zeros(TINY.n_mels, 3000)
+    assert (
+        len(remote.submit(WindowRequest(mel, spec(tokenizer, 5, suppress_eot=True))).result(60).tokens) == 5
+    )

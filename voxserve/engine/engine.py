@@ -39,11 +39,11 @@ class Ticket:
     def __init__(
         self,
         request: WindowRequest,
-        listener: Callable[[TokenEvent | WindowOutput | BaseException], None] | None = None,
+        listener: Callable[[Ticket, TokenEvent | WindowOutput | BaseException], None] | None = None,
     ) -> None:
         self.request = request
-        # called (in the engine's thread) with each event, the output or the error, instead of queueing them for
-        # an event loop: how an engine process forwards them to its parent (engine/remote.py)
+        # called (in the engine's thread) with this ticket and each event, the output or the error, instead of
+        # queueing them for an event loop: how an engine process forwards them to its parent (engine/remote.py)
         self._listener = listener
         self._done = threading.Event()
         self._output: WindowOutput | None = None
@@ -102,7 +102,7 @@ class Ticket:
         if isinstance(item, TokenEvent) and not self.token_events:
             return
         if self._listener is not None:
-            self._listener(item)
+            self._listener(self, item)
         elif self._loop is not None and self._events is not None:
             try:
                 self._loop.call_soon_threadsafe(self._events.put_nowait, item)
@@ -222,7 +222,7 @@ class Engine:
         request: WindowRequest,
         *,
         token_events: bool = True,
-        listener: Callable[[TokenEvent | WindowOutput | BaseException], None] | None = None,
+        listener: Callable[[Ticket, TokenEvent | WindowOutput | BaseException], None] | None = None,
     ) -> Ticket:
         """Queue ``request``; its ticket gives its token events (unless ``token_events`` is False: only the
         output, as live partials wait for) and output, or hands each to ``listener`` (see Ticket)."""
@@ -443,8 +443,9 @@ class Engine:
             queued = [t for _, _, t in self._queue]
             self._queue.clear()
         held = {id(t): t for t in queued + self._admitting + [s.ticket for s in self._active.values()]}
+        # (emptied first: what a ticket's listener reads of the engine's load is then already true)
+        self._active.clear()
+        self._admitting = []
         for ticket in held.values():
             if not ticket._done.is_set():
                 ticket._finish(None, error)
-        self._active.clear()
-        self._admitting = []

@@ -17,14 +17,16 @@ Use :class:`EngineProcess` (``factory`` builds the engine in the new process; it
 module-level function, or a functools.partial of one) where an Engine is used: ``submit``, ``counters``,
 ``n_slots``, ``failure``, ``queued``, ``active``, ``close``; tickets carry ``admitted_at``. The factory loads the
 model in the engine's process; the caller needs only its dims and tokenizer (the stream bench builds it on the
-meta device). An ``observer`` hears the engine's encoder passes and decode steps (engine/observe.py), sent with
-the results. Used by ``voxserve bench --streams --engine-process`` and ``voxserve serve --engine-process``.
+meta device). An ``observer`` hears the engine's encoder passes and decode steps (engine/observe.py): the
+engine's process gathers them and sends them with its next results, so they cost no pipe write of their own. Used by ``voxserve bench --streams --engine-process`` and ``voxserve serve --engine-process``.
 """
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import itertools
+import logging
 import multiprocessing
 import os
 import pickle
@@ -40,10 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..heap import freeze_alive
 from .audio_cache import CAPACITY
 from .engine import Engine, EngineError, Ticket
 from .observe import Observer, observe_engine
 from .types import AudioWindow, Priority, TokenEvent, WindowOutput, WindowRequest
+
+log = logging.getLogger("voxserve.engine")
 
 MAX_KEYS = 4096  # live utterances whose audio the engine's process keeps (oldest forgotten past it)
 KEY_BYTES = (
@@ -74,6 +79,13 @@ class EngineProcess:
         observer: Observer | None = None,
         start_timeout_s: float = 900.0,
     ) -> None:
+        try:
+            pickle.dumps(factory)  # spawn sends it pickled: say why it cannot, before anything is started
+        except Exception as e:  # noqa: BLE001 - pickling raises PicklingError, AttributeError, TypeError...
+            raise EngineError(
+                f"the engine's factory cannot be sent to its process ({type(e).__name__}: {e}); use a "
+                "module-level function or a functools.partial of one"
+            ) from None
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         requests_in, self._requests = ctx.Pipe(duplex=False)
         self._events, events_out = ctx.Pipe(duplex=False)
@@ -85,15 +97,7 @@ class EngineProcess:
             name="voxserve-engine",
             daemon=True,
         )
-        try:
-            self._process.start()
-        except (pickle.PicklingError, AttributeError, TypeError) as e:  # spawn pickles the factory
-            requests_in.close()
-            events_out.close()
-            raise EngineError(
-                f"the engine's factory cannot be sent to its process ({e}); use a module-level function "
-                "or a functools.partial of one"
-            ) from None
+        self._process.start()
         requests_in.close()  # the parent's copies: the child's exit must end the parent's reads
         events_out.close()
         self._lock = threading.Lock()  # tickets, calls, keys and the closed / failed state
@@ -209,6 +213,7 @@ class EngineProcess:
         self._reader.join(10)
         self._sender.join(10)
         self._requests.close()
+        self._events.close()
 
     def __enter__(self) -> EngineProcess:
         return self
@@ -321,7 +326,11 @@ class EngineProcess:
                 done.set()
         elif kind == "observe":
             if self._observer is not None:
-                self._observer(message[1], message[2])
+                for name, value in message[1]:
+                    try:
+                        self._observer(name, value)
+                    except Exception:  # noqa: BLE001 - a metrics bug must not fail the requests
+                        log.exception("the engine process's observer failed")
         elif kind == "load":
             self.queued, self.active = message[1], message[2]
         elif kind == "failed":  # the engine failed there: its requests' errors came before this
@@ -333,6 +342,7 @@ class EngineProcess:
         with self._lock:
             if not self._closed and self.failure is None:
                 self.failure = error
+            self.queued = self.active = 0  # nothing runs there any more
             tickets, self._tickets = self._tickets, {}
             calls, self._calls = self._calls, {}
         for ticket in tickets.values():
@@ -380,7 +390,10 @@ def _error(kind: str, text: str) -> Exception:
 def _serve(factory: Callable[[], Engine], requests: Any, events: Any, observed: bool) -> None:
     """The engine's process: build the engine, then take requests until "close" or the parent's end.
     ``observed``: the parent wants the engine's encoder passes and steps (engine/observe.py)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes this engine
+    # Ctrl-C and a SIGTERM to the process group are the parent's to handle: it finishes what it holds, then
+    # closes this engine (or its exit ends the requests pipe, which ends this process).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         engine = factory()
         ready = ("ready", engine_info(engine))
@@ -388,11 +401,16 @@ def _serve(factory: Callable[[], Engine], requests: Any, events: Any, observed: 
         events.send(("failed", f"{type(e).__name__}: {e}"))
         return
     outbox: queue.SimpleQueue = queue.SimpleQueue()
+    observations: collections.deque | None = None  # (name, value), sent with the next results
     if observed:
-        observe_engine(engine, lambda name, value: outbox.put(("observe", name, value)))
+        observations = collections.deque()
+        observe_engine(engine, lambda name, value: observations.append((name, value)))
+    # The model, its graphs and torch's objects live as long as this process: out of the collector's sight, as
+    # a serving process's are (heap.py), so a full collection does not stop the engine's thread for them.
+    freeze_alive()
     events.send(ready)
     sender = threading.Thread(
-        target=_forward, args=(outbox, events, engine), name="voxserve-engine-out", daemon=True
+        target=_forward, args=(outbox, events, engine, observations), name="voxserve-engine-out", daemon=True
     )
     sender.start()
     requests_held = _Held(engine, outbox)
@@ -435,9 +453,7 @@ class _Held:
         _, request_id, window, spec, priority, deadline, token_events = message
         try:
             request = WindowRequest(audio.window(window), spec, Priority(priority), deadline, request_id)
-            ticket = self.engine.submit(
-                request, token_events=token_events, listener=lambda item: self._on_item(request_id, item)
-            )
+            ticket = self.engine.submit(request, token_events=token_events, listener=self._on_item)
         except Exception as e:  # noqa: BLE001 - a bad request fails alone
             self._send_error(request_id, e)
             return
@@ -453,21 +469,19 @@ class _Held:
         if ticket is not None:
             ticket.cancel()
 
-    def _on_item(self, request_id: int, item: TokenEvent | WindowOutput | BaseException) -> None:
+    def _on_item(self, ticket: Ticket, item: TokenEvent | WindowOutput | BaseException) -> None:
         """The engine's thread: a request's event, output or error."""
+        request_id = ticket.id
         if isinstance(item, TokenEvent):
             self.outbox.put(("event", request_id, item))
             return
         with self._lock:
-            ticket = self._tickets.pop(request_id, None)
-            if ticket is None:
+            if self._tickets.pop(request_id, None) is None:
                 self._finished.add(request_id)
         if isinstance(item, BaseException):
             self._send_error(request_id, item)
         else:
-            # (finished before submit() entered its ticket: its admission time is not at hand)
-            admitted_at = ticket.admitted_at if ticket is not None else None
-            self.outbox.put(("done", request_id, item, admitted_at))
+            self.outbox.put(("done", request_id, item, ticket.admitted_at))  # None: never admitted
 
     def _send_error(self, request_id: int, error: BaseException) -> None:
         self.outbox.put(("error", request_id, (type(error).__name__, str(error))))
@@ -479,9 +493,10 @@ class _Held:
             self.outbox.put(("failed", f"engine failed: {type(failure).__name__}: {failure}"))
 
 
-def _forward(outbox: Any, events: Any, engine: Engine) -> None:
-    """Send what the engine's thread put in ``outbox``, everything waiting in one write, and the engine's
-    queue and busy slots with it. Should a write fail other than by the parent being gone, the process exits:
+def _forward(outbox: Any, events: Any, engine: Engine, observations: collections.deque | None) -> None:
+    """Send what the engine's thread put in ``outbox``, everything waiting in one write, led by the engine's
+    queue and busy slots as they are after it (so the parent knows them before it hands out the results) and the
+    observations gathered meanwhile. Should a write fail other than by the parent being gone, the process exits:
     its parent then fails what it held."""
     while True:
         item = outbox.get()
@@ -493,7 +508,10 @@ def _forward(outbox: Any, events: Any, engine: Engine) -> None:
             except queue.Empty:
                 break
         if batch:
-            batch.append(("load", engine.queued, engine.active))
+            lead: list[tuple] = [("load", engine.queued, engine.active)]
+            if observations:
+                lead.append(("observe", [observations.popleft() for _ in range(len(observations))]))
+            batch = lead + batch
             try:
                 events.send(batch)
             except (OSError, ValueError):

@@ -117,32 +117,36 @@ class ModelRegistry:
     def _make_room(self, alias: str, needed: int) -> None:
         if self.memory_budget is None:
             return
-        evicted = False
-        with self._guard:
-            used = sum(r.memory_bytes() for r in self.loaded.values())
-            while used + needed > self.memory_budget:
-                idle = [a for a in self.loaded if self._leases.get(a, 0) == 0]
-                if not idle:
-                    raise APIError(
-                        503,
-                        f"model {alias!r} needs {needed / 2**20:.0f} MiB but the memory budget "
-                        f"({self.memory_budget / 2**20:.0f} MiB) is held by models in use; retry later",
-                        code="memory_budget",
-                        headers={"Retry-After": "1"},
-                    )
-                used -= self._evict(idle[0], alias)
-                evicted = True
-        if evicted:
-            release_frozen()  # a model frozen after start-up is freed only by a collection (heap.py)
+        evicted: list[ModelRuntime] = []
+        try:
+            with self._guard:
+                used = sum(r.memory_bytes() for r in self.loaded.values())
+                while used + needed > self.memory_budget:
+                    idle = [a for a in self.loaded if self._leases.get(a, 0) == 0]
+                    if not idle:
+                        raise APIError(
+                            503,
+                            f"model {alias!r} needs {needed / 2**20:.0f} MiB but the memory budget "
+                            f"({self.memory_budget / 2**20:.0f} MiB) is held by models in use; retry later",
+                            code="memory_budget",
+                            headers={"Retry-After": "1"},
+                        )
+                    evicted.append(self._evict(idle[0], alias))
+                    used -= evicted[-1].memory_bytes()
+        finally:
+            # Closed outside the guard, which the event loop takes: an engine process may take seconds to stop.
+            closed = bool(evicted)
+            while evicted:  # (popped: no reference left here when the collection below runs)
+                evicted.pop().close()
+            if closed:
+                release_frozen()  # a model frozen after start-up is freed only by a collection (heap.py)
 
-    def _evict(self, victim: str, alias: str) -> int:
-        """Unload model ``victim`` (under _guard) to make room for ``alias``; returns the memory it held."""
+    def _evict(self, victim: str, alias: str) -> ModelRuntime:
+        """Take model ``victim`` out (under _guard) to make room for ``alias``; the caller closes it."""
         runtime = self.loaded.pop(victim)
-        held = runtime.memory_bytes()
         log.info("evicting model %r (least recently used) to load %r", victim, alias)
-        runtime.close()
         self.metrics.model_evictions.labels(victim).inc()
-        return held
+        return runtime
 
     def close(self) -> None:
         with self._guard:

@@ -10,8 +10,10 @@ window is submitted again there, so nothing accepted is lost.
 
 With ``engine_process`` the primary engine runs in a process of its own (engine/remote.py), which loads a second
 copy of the weights from the model's source: the server's copy stays here for what runs beside the engine
-(language detection, the reference decoder, word alignment). Windows cross as CPU log-mels; the engine's
-metrics (encoder passes, step sizes) come back with its results. The CPU fail-over is in this process.
+(language detection, the reference decoder, word alignment). Windows cross as CPU log-mels, or as audio for live
+streams whose log-mels the engine makes; the engine's metrics (encoder passes, step sizes) come back with its
+results. The fail-over is to a CPU engine in this process, as for an engine in a thread (a dead engine process
+may mean a broken device), and the failed process is closed.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class ModelRuntime:
             if e is not None:
                 model = e.whisper.model
                 weights = sum(p.numel() * p.element_size() for p in model.parameters())
-                total += weights * (2 if e.remote else 1)
+                # an engine process's own copy, until it failed (it is being closed then)
+                total += weights * (2 if e.remote and e.engine.failure is None else 1)
                 total += e.engine.n_slots * slot_bytes(model, e.config.cross_kv)
         return total
 
@@ -162,7 +165,10 @@ class ModelRuntime:
                 cpu = self.loader(self.source, device="cpu", dtype="float32")
             self.fallback = self._new_engine(cpu)
             self.metrics.fallbacks.labels(self.alias).inc()
-            return True
+        if isinstance(failed, EngineProcess):
+            # its process may live on with its device memory: closed beside the requests that move over
+            threading.Thread(target=failed.close, name="voxserve-engine-close", daemon=True).start()
+        return True
 
     # ----- decoding
 
@@ -195,7 +201,8 @@ class ModelRuntime:
             request = WindowRequest(mel=window, spec=decoder.row_spec(), priority=priority, deadline=deadline)
             submitted = time.monotonic()
             try:
-                ticket = current.engine.submit(request)
+                # (only the output is read here: no token events, which an engine process would send across)
+                ticket = current.engine.submit(request, token_events=False)
                 output = ticket.result()
             except EngineError as e:
                 if not self.fail_over(current.engine, e):
