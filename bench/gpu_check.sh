@@ -65,8 +65,9 @@
 #   bash bench/gpu_check.sh serve-process [ASSETS] `voxserve serve --engine-process`'s GPU test and stop 30's two
 #                                           edited fp8-fold tests (SP_TESTS=0: not), then the stream bench over
 #                                           real WebSockets (--transport ws: the server's realtime route under
-#                                           uvicorn, callers in client processes) at SP_STREAMS (250) with the
-#                                           engine in a thread and in a process, alternating, SP_ROUNDS (1) times.
+#                                           uvicorn, callers in client processes; the bench's LiveService and
+#                                           EngineProcess, not the server's ModelRuntime) at SP_STREAMS (250) with
+#                                           the engine in a thread and in a process, alternating, SP_ROUNDS (1) times.
 #                                           The server's packages are not on the GPU machine: carry their cp312
 #                                           wheels in .whl too (`pip download --only-binary=:all: --python-version
 #                                           3.12 ... fastapi uvicorn websockets pydantic-settings python-multipart`)

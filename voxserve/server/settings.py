@@ -74,9 +74,10 @@ class ServerSettings(BaseSettings):
     # each model's primary engine in a process of its own (engine/remote.py), so its worker thread does not share
     # a GIL with the event loop that serves the requests and live streams. It loads a second copy of the weights
     # (the server keeps its own for language detection, beam search, hotwords and word alignment). Off by default:
-    # measured only with `voxserve bench --streams` (large-v3 fp16, H100, stop 30): level with the thread at 200
-    # streams (p99 292-303 against 298-337 ms), ahead once the device is busy (250 streams: p99 394-426 against
-    # 497-697 ms; 300: 847 against 948 ms).
+    # measured only through `voxserve bench --streams --engine-process` (the same LiveService and EngineProcess,
+    # without the server's metrics, which ride with the results; large-v3 fp16, H100, stop 30): level with the
+    # thread at 200 streams (p99 292-303 against 298-337 ms), ahead once the device is busy (250 streams: p99
+    # 394-426 against 497-697 ms; 300: 847 against 948 ms). Not yet measured through `voxserve serve` itself.
     engine_process: bool = False
     # upper bound on the estimated bytes of all loaded models and their engines; None: no bound
     memory_budget_bytes: int | None = None
