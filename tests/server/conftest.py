@@ -4,6 +4,7 @@ way it loads any checkpoint), settings pointing at temporary job storage, and sh
 from __future__ import annotations
 
 import io
+import threading
 import wave
 from pathlib import Path
 
@@ -23,19 +24,23 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return export_hf(model, tokenizer, tmp_path_factory.mktemp("models") / "tiny")
 
 
+def settings_for(model_dir: Path, tmp: Path, **overrides) -> ServerSettings:
+    """The test server's settings: the tiny model on the CPU, its jobs under ``tmp``."""
+    kw = {
+        "models": {"tiny": str(model_dir)},
+        "default_model": "tiny",
+        "device": "cpu",
+        "jobs_db": tmp / "jobs.sqlite3",
+        "jobs_dir": tmp / "jobs",
+        "engine_slots": 4,
+    }
+    return ServerSettings(**{**kw, **overrides})
+
+
 @pytest.fixture
 def make_settings(tmp_path, tiny_model_dir):
     def make(**overrides) -> ServerSettings:
-        kw = {
-            "models": {"tiny": str(tiny_model_dir)},
-            "default_model": "tiny",
-            "device": "cpu",
-            "jobs_db": tmp_path / "jobs.sqlite3",
-            "jobs_dir": tmp_path / "jobs",
-            "engine_slots": 4,
-        }
-        kw.update(overrides)
-        return ServerSettings(**kw)
+        return settings_for(tiny_model_dir, tmp_path, **overrides)
 
     return make
 
@@ -95,6 +100,34 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+def fault_clips() -> list[bytes]:
+    """Six short distinct clips, for requests that are in flight when an engine fails."""
+    return [wav_bytes(tone(1.5, freq=200 + 150 * i, seed=i)) for i in range(6)]
+
+
+def post_clip(client, audio: bytes):
+    """A greedy English transcription of ``audio`` by the tiny model."""
+    return client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", audio, "audio/wav")},
+        data={"model": "tiny", "temperature": "0", "language": "en"},
+    )
+
+
+def start_posts(client, clips: list[bytes]) -> tuple[list, list[threading.Thread]]:
+    """Every clip posted at once, each from a thread of its own (started): their answers, filled in as they
+    come, and the threads to join."""
+    answers: list = [None] * len(clips)
+
+    def send(i: int) -> None:
+        answers[i] = post_clip(client, clips[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(clips))]
+    for t in threads:
+        t.start()
+    return answers, threads
 
 
 def inject_step_fault(engine, at_step: int) -> None:

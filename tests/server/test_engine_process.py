@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -21,7 +19,14 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from tests.conftest import AUDIO, TINY  # noqa: E402
-from tests.server.conftest import tone, wav_bytes  # noqa: E402
+from tests.server.conftest import (  # noqa: E402
+    fault_clips,
+    post_clip,
+    settings_for,
+    start_posts,
+    tone,
+    wav_bytes,
+)
 from tests.server.test_process import ServerProcess  # noqa: E402
 from tests.support import read_wav  # noqa: E402
 from voxserve.api import WhisperModel  # noqa: E402
@@ -33,6 +38,7 @@ from voxserve.model.load import CheckpointInfo, init_random  # noqa: E402
 from voxserve.server.app import create_app  # noqa: E402
 from voxserve.server.metrics import ServerMetrics  # noqa: E402
 from voxserve.server.runtime import ModelRuntime  # noqa: E402
+from voxserve.server.settings import ServerSettings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -40,22 +46,12 @@ SR = 16000
 URL = "/v1/realtime?intent=transcription"
 
 
-def _clips() -> list[bytes]:
-    return [wav_bytes(tone(1.5, freq=200 + 150 * i, seed=i)) for i in range(6)]
-
-
-def _post(client, audio: bytes):
-    return client.post(
-        "/v1/audio/transcriptions",
-        files={"file": ("a.wav", audio, "audio/wav")},
-        data={"model": "tiny", "temperature": "0", "language": "en"},
-    )
-
-
 def _post_all(client, clips: list[bytes]) -> list:
     """Every clip at once, so that their windows share the engine's steps."""
-    with ThreadPoolExecutor(len(clips)) as pool:
-        return list(pool.map(lambda a: _post(client, a), clips))
+    answers, threads = start_posts(client, clips)
+    for t in threads:
+        t.join()
+    return answers
 
 
 def _live_transcript(client, x: np.ndarray) -> str:
@@ -82,26 +78,15 @@ def thread_answers(make_settings_module):
     """What the engine in a thread answers: the reference for the engine process."""
     speech = read_wav(AUDIO / "samples" / "jfk.wav")[: 3 * SR]
     with TestClient(create_app(make_settings_module(engine_slots=2, max_concurrency=6))) as client:
-        texts = [r.json()["text"] for r in _post_all(client, _clips())]
+        texts = [r.json()["text"] for r in _post_all(client, fault_clips())]
         live = _live_transcript(client, speech)
     return texts, live, speech
 
 
 @pytest.fixture(scope="module")
 def make_settings_module(tmp_path_factory, tiny_model_dir):
-    from voxserve.server.settings import ServerSettings
-
     def make(**overrides) -> ServerSettings:
-        tmp = tmp_path_factory.mktemp("server")
-        kw = {
-            "models": {"tiny": str(tiny_model_dir)},
-            "default_model": "tiny",
-            "device": "cpu",
-            "jobs_db": tmp / "jobs.sqlite3",
-            "jobs_dir": tmp / "jobs",
-            "engine_slots": 4,
-        }
-        return ServerSettings(**{**kw, **overrides})
+        return settings_for(tiny_model_dir, tmp_path_factory.mktemp("server"), **overrides)
 
     return make
 
@@ -113,7 +98,7 @@ def test_answers_and_metrics_equal_the_engine_in_a_thread(make_settings_module, 
         runtime = client.app.state.ctx.registry.loaded["tiny"]
         engine = runtime.primary.engine
         assert isinstance(engine, EngineProcess) and engine.n_slots == 2
-        answers = _post_all(client, _clips())
+        answers = _post_all(client, fault_clips())
         assert [r.status_code for r in answers] == [200] * len(answers)
         assert [r.json()["text"] for r in answers] == texts
         assert _live_transcript(client, speech) == live
@@ -134,19 +119,12 @@ def test_answers_and_metrics_equal_the_engine_in_a_thread(make_settings_module, 
 
 def test_a_killed_engine_process_moves_everything_to_a_cpu_engine(make_settings_module, thread_answers):
     texts, live, speech = thread_answers
-    clips = _clips()
+    clips = fault_clips()
     settings = make_settings_module(engine_slots=2, max_concurrency=6, engine_process=True)
     with TestClient(create_app(settings)) as client:
         runtime = client.app.state.ctx.registry.loaded["tiny"]
         engine = runtime.primary.engine
-        answers: list = [None] * len(clips)
-
-        def send(i: int) -> None:
-            answers[i] = _post(client, clips[i])
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(clips))]
-        for t in threads:
-            t.start()
+        answers, threads = start_posts(client, clips)
         deadline = time.monotonic() + 60
         while not engine._tickets and time.monotonic() < deadline:  # windows in the engine's process
             time.sleep(0.001)
@@ -246,7 +224,7 @@ def test_on_cuda_the_engine_process_answers_as_the_thread(make_settings_module):
         with TestClient(create_app(settings)) as client:
             runtime = client.app.state.ctx.registry.loaded["tiny"]
             assert runtime.primary.remote is process
-            texts = [_post(client, a).json()["text"] for a in _clips()]
+            texts = [post_clip(client, a).json()["text"] for a in fault_clips()]
             answers[process] = (texts, _live_transcript(client, speech))
             if process:
                 assert runtime.primary.engine.info["device"].startswith("cuda")
