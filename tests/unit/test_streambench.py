@@ -119,8 +119,27 @@ def test_client_side_latencies_over_websockets():
 
 
 def test_transport_is_checked(tmp_path):
-    with pytest.raises(BenchError, match="inproc or ws"):
+    with pytest.raises(BenchError, match="inproc, ws or server"):
         _plan(tmp_path, transport="grpc")
+
+
+@pytest.mark.slow
+def test_server_transport_measures_the_whole_server_with_its_engine_process(tmp_path):
+    """--transport server --engine-process: `voxserve serve`'s application with its engine in a process of its
+    own, callers over WebSockets from client processes."""
+    pytest.importorskip("fastapi")
+    plan = _plan(
+        tmp_path, streams=(1, 2), seconds=4.0, warmup_s=1.0, short_windows=True, vad="oracle",
+        transport="server", engine_process=True, mels="engine",
+    )  # fmt: skip
+    doc, _ = run_streams(plan, ["voxserve", "bench", "--streams", "1,2"], log=lambda line: None)
+    one, two = doc["figures"]["streams"]
+    for row in (one, two):
+        assert row["chunks_counted"] > 0 and row["chunks_without_text"] == 0
+        # the server's own figures for the run: its live service keeps them for the bench
+        assert row["final_p50_ms"] is not None and row["decodes_per_s"] > 0
+    assert doc["settings"]["transport"] == "server" and doc["settings"]["engine_process"] is True
+    assert one["finals"] > 0 and two["finals"] > 0
 
 
 def test_callers_send_whole_pcm16_chunks():

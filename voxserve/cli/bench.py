@@ -219,10 +219,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     live.add_argument(
         "--transport",
-        choices=("inproc", "ws"),
+        choices=("inproc", "ws", "server"),
         default="inproc",
         help="inproc: callers drive the sessions directly; ws: uvicorn and the WebSocket route, callers in "
-        "client processes",
+        "client processes; server: the same callers against `voxserve serve`'s whole application (its "
+        "registry, runtime and metrics; with --engine-process, as `voxserve serve --engine-process`)",
     )
     live.add_argument(
         "--vad",

@@ -46,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--admit-ratio", type=float, help="see --admit-wait-steps (default 2)")
     p.add_argument(
+        "--max-admit",
+        type=int,
+        help="windows an engine admits (encodes and prefills) together at most (default 32)",
+    )
+    p.add_argument(
         "--packed-encoder",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -112,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["engine_admit_wait_steps"] = args.admit_wait_steps
     if args.admit_ratio is not None:
         overrides["engine_admit_ratio"] = args.admit_ratio
+    if args.max_admit is not None:
+        overrides["engine_max_admit"] = args.max_admit
     if args.packed_encoder is not None:
         overrides["engine_packed_encoder"] = args.packed_encoder
     if args.packed_prefill is not None:

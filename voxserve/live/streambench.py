@@ -16,6 +16,7 @@ the length of real speech's transcripts; with a real checkpoint (``--model``) de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import time
@@ -88,7 +89,8 @@ class StreamBenchPlan:
     # the engine in a process of its own (engine/remote.py), so its thread does not share the event loop's GIL
     engine_process: bool = False
     # "inproc": callers call the sessions directly; "ws": uvicorn and the WebSocket route, callers in client
-    # processes (voxserve/live/wsbench.py)
+    # processes (voxserve/live/wsbench.py); "server": the same callers against `voxserve serve`'s whole
+    # application (voxserve/live/serverbench.py)
     transport: str = "inproc"
     seed: int = 0
 
@@ -99,8 +101,8 @@ class StreamBenchPlan:
             raise BenchError(f"--stream-seconds ({self.seconds}) must exceed the warm-up ({self.warmup_s} s)")
         if not 10 <= self.chunk_ms <= 2000:
             raise BenchError(f"--chunk-ms must be 10..2000, got {self.chunk_ms}")
-        if self.transport not in ("inproc", "ws"):
-            raise BenchError(f"--transport must be inproc or ws, got {self.transport!r}")
+        if self.transport not in ("inproc", "ws", "server"):
+            raise BenchError(f"--transport must be inproc, ws or server, got {self.transport!r}")
         if self.vad not in ("silero", "oracle"):
             raise BenchError(f"--vad must be silero or oracle, got {self.vad!r}")
         if self.mels not in ("host", "engine"):
@@ -257,6 +259,22 @@ def _load_whisper(
     return whisper, plan.tokens_per_second
 
 
+def _live_options(plan: StreamBenchPlan, streams: int, fixed: float | None) -> LiveOptions:
+    """The sessions' options for ``streams`` callers (``fixed``: tokens per second of audio, random weights)."""
+    buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
+    return LiveOptions(
+        partial_interval_s=plan.partial_interval_s,
+        short_windows=plan.short_windows,
+        **buckets,
+        fixed_tokens_per_second=fixed,
+        max_streams=streams,
+        max_streams_per_key=streams,
+        max_ahead_s=5.0,
+        idle_timeout_s=3600.0,
+        mels=plan.mels,
+    )
+
+
 def _engine_config(plan: StreamBenchPlan, whisper: WhisperModel) -> EngineConfig:
     buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
     frames = LiveOptions(short_windows=plan.short_windows, **buckets).short_window_frames(
@@ -303,7 +321,18 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     clips = bench_clips(plan.audio)
     tracks = caller_audio(clips, max(plan.streams), plan.seconds, plan.seed)
     # (the VAD and the audio first: nothing to close when they fail)
-    if plan.engine_process:
+    served = None
+    if plan.transport == "server":
+        from .serverbench import ServedBench
+
+        fixed = None if plan.model is not None else plan.tokens_per_second
+        log(
+            "the server's application, loading and warming up its model"
+            + (" (in an engine process)" if plan.engine_process else "")
+        )
+        served = ServedBench(plan, tracks, _live_options(plan, max(plan.streams), fixed))
+        whisper, engine, setup = served.whisper, served.engine, served.info()
+    elif plan.engine_process:
         # here the model's dims and tokenizer only: the engine's process loads the model
         whisper, fixed = _load_whisper(plan, torch.device("meta"), log)
         log("the engine in a process of its own (loading the model there)")
@@ -319,20 +348,6 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         engine = make_engine(whisper.model, whisper.tokenizer, _engine_config(plan, whisper))
         setup = engine_info(engine)
     language = "en" if whisper.tokenizer.is_multilingual else None
-    buckets = {} if plan.window_buckets_s is None else {"window_buckets_s": tuple(plan.window_buckets_s)}
-
-    def options(n: int) -> LiveOptions:
-        return LiveOptions(
-            partial_interval_s=plan.partial_interval_s,
-            short_windows=plan.short_windows,
-            **buckets,
-            fixed_tokens_per_second=fixed,
-            max_streams=n,
-            max_streams_per_key=n,
-            max_ahead_s=5.0,
-            idle_timeout_s=3600.0,
-            mels=plan.mels,
-        )
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
     settings.update(
@@ -370,22 +385,27 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         },
     }
     try:
-        if isinstance(engine, Engine):  # (an engine process warmed its engine before it was ready)
+        if served is None and isinstance(engine, Engine):  # (an engine process, a server, warmed theirs up)
             log(f"warming up the engine ({engine.n_slots} slots)")
             engine.runner.warmup()
-        with frozen_heap():  # as `voxserve serve` runs (voxserve/heap.py)
+        # as `voxserve serve` runs (voxserve/heap.py); the server transport's application freezes its own
+        with frozen_heap() if served is None else contextlib.nullcontext():
             for n in plan.streams:
-                service = LiveService(whisper, engine, vad, options(n))
                 snap = machine.load_snapshot()
                 counted0, started = engine.counters(), time.monotonic()
-                if plan.transport == "ws":
-                    lat, missing, lag = _over_websockets(n, tracks, service, plan, language)
+                if served is not None:
+                    lat, missing, lag = served.run(n, start_offsets(n, plan).tolist(), language)
+                    st = served.stats()
                 else:
-                    counted_from, lag = asyncio.run(_simulate(n, tracks, service, plan, language))
-                    lat, missing = [x for t, x in service.stats.text_latency if t >= counted_from], None
+                    service = LiveService(whisper, engine, vad, _live_options(plan, n, fixed))
+                    if plan.transport == "ws":
+                        lat, missing, lag = _over_websockets(n, tracks, service, plan, language)
+                    else:
+                        counted_from, lag = asyncio.run(_simulate(n, tracks, service, plan, language))
+                        lat, missing = [x for t, x in service.stats.text_latency if t >= counted_from], None
+                    st = service.stats
                 wall = time.monotonic() - started
                 counted = {k: v - counted0[k] for k, v in engine.counters().items()}
-                st = service.stats
                 p99 = _percentile(lat, 99)
                 row = {
                     "streams": n,
@@ -415,7 +435,10 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
                 )
                 gc.collect()
     finally:
-        engine.close()
+        if served is not None:
+            served.close()  # (its engine with it)
+        else:
+            engine.close()
     doc["conditions"]["end"] = machine.load_snapshot()
     held = [r["streams"] for r in doc["figures"]["streams"] if r["held"]]
     doc["streams_held"] = max(held) if held else 0

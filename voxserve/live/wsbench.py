@@ -17,6 +17,7 @@ import multiprocessing as mp
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,18 +30,31 @@ STREAMS_PER_PROCESS = 100
 
 def serve(service: Any, tracks: list[Track], oracle: bool) -> tuple[Any, threading.Thread, int]:
     """uvicorn serving the realtime route over ``service`` on a free loopback port, in a thread."""
-    import uvicorn
     from fastapi import FastAPI
 
     from ..server.realtime import realtime_router
+
+    app = FastAPI()
+    app.include_router(realtime_router(service, on_session=oracle_hook(tracks, oracle)))
+    return serve_app(app)
+
+
+def oracle_hook(tracks: list[Track], oracle: bool) -> Callable[[Any, Any], None]:
+    """The realtime route's ``on_session``: with ``oracle``, the session of caller ``bench_track=i`` takes
+    its speech events from track i's known utterance bounds instead of the VAD."""
 
     def attach_oracle(session: Any, ws: Any) -> None:
         i = int(ws.query_params.get("bench_track", -1))
         if oracle and 0 <= i < len(tracks):
             use_oracle(session, tracks[i])
 
-    app = FastAPI()
-    app.include_router(realtime_router(service, on_session=attach_oracle))
+    return attach_oracle
+
+
+def serve_app(app: Any, start_timeout_s: float = 60.0) -> tuple[Any, threading.Thread, int]:
+    """uvicorn serving ``app`` on a free loopback port, in a thread, once its start-up (lifespan) is done."""
+    import uvicorn
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -49,7 +63,7 @@ def serve(service: Any, tracks: list[Track], oracle: bool) -> tuple[Any, threadi
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the benchmark's server did not start")

@@ -32,13 +32,15 @@ def create_app(
     routers: Sequence[APIRouter | Callable[[ServerContext], APIRouter]] = (),
     loader: ModelLoader | None = None,
     freeze_heap: bool = False,
+    realtime: Callable[[ServerContext], APIRouter] | None = None,
 ) -> FastAPI:
     """The voxserve application.
 
     ``routers`` are mounted as given (an APIRouter, or a callable taking the context and returning one);
     ``loader`` replaces how a model source becomes a WhisperModel (tests inject faults or tiny models);
     ``freeze_heap``: once started, keep the objects alive then out of the cyclic collector while serving
-    (voxserve/heap.py; ``voxserve serve`` sets it, an embedding process may not want it).
+    (voxserve/heap.py; ``voxserve serve`` sets it, an embedding process may not want it); ``realtime`` replaces
+    the realtime router's factory (the stream bench's server transport sets its live options and oracle VAD).
     """
     settings = settings or ServerSettings()
     ctx = ServerContext.build(settings, loader=loader)
@@ -68,7 +70,7 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(audio.router)
     app.include_router(jobs.router)
-    for r in (*_optional_routers(), *routers):
+    for r in (*([realtime] if realtime is not None else _optional_routers()), *routers):
         app.include_router(r if isinstance(r, APIRouter) else r(ctx))
     return app
 

@@ -61,6 +61,7 @@ class ServerContext:
             cross_kv=settings.engine_cross_kv,
             admit_wait_steps=settings.engine_admit_wait_steps,
             admit_ratio=settings.engine_admit_ratio,
+            max_admit=settings.engine_max_admit,
             packed_encoder=settings.engine_packed_encoder,
             packed_prefill=settings.engine_packed_prefill,
             overlap_admissions=settings.engine_overlap_admissions,

@@ -57,6 +57,9 @@ class ServerSettings(BaseSettings):
     # prompts, large admission batches).
     engine_admit_wait_steps: int = Field(default=0, ge=0)
     engine_admit_ratio: float = Field(default=2.0, gt=0)
+    # windows an engine admits (encodes and prefills) together at most (EngineConfig.max_admit); the GPU stream
+    # benches of stops 27-30 ran live streams with 64
+    engine_max_admit: int = Field(default=32, ge=1)
     # live short windows of an admission encoded in one packed pass instead of one batch per length
     # (EngineConfig.packed_encoder: off by default, see there)
     engine_packed_encoder: bool = False

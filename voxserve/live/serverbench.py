@@ -1,0 +1,134 @@
+"""The stream bench against the whole server (``--transport server``): ``voxserve serve``'s own application
+(its model registry, ``ModelRuntime``, metrics and realtime route; with ``--engine-process`` the engine in a
+process of its own, as ``voxserve serve --engine-process`` runs it) under uvicorn in this process, the callers in
+client processes over real WebSockets as with ``--transport ws`` (voxserve/live/wsbench.py).
+
+What differs from a deployed server is only what makes the work comparable: the model comes from the plan
+(random weights at its dimensions, or its checkpoint), decodes have the plan's fixed length per second of audio,
+and with ``--vad oracle`` a caller's speech events come from its track's known utterance bounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..api import WhisperModel
+from ..engine.engine import Engine
+from ..engine.remote import engine_info
+from . import wsbench
+from .callers import Track
+from .service import LiveOptions, LiveService, LiveStats
+
+if TYPE_CHECKING:
+    from .streambench import StreamBenchPlan
+
+ALIAS = "bench"  # the one model the bench's server serves
+START_TIMEOUT_S = 1800.0  # loading, warming up and capturing large-v3's graphs, in one or two processes
+
+
+def bench_model(
+    plan: StreamBenchPlan, source: str, *, device: str | None = None, dtype: str | None = None
+) -> Any:
+    """The bench server's model loader (module level: an engine process gets it pickled): the plan's model on
+    ``device``, whatever ``source`` and ``dtype`` say (the plan's precision decides)."""
+    from .streambench import _load_whisper
+
+    return _load_whisper(plan, torch.device(device or plan.device), lambda *_: None)[0]
+
+
+class ServedBench:
+    """The server, started (its model loaded and warmed up) by the constructor; :meth:`run` measures ``n``
+    callers, :meth:`close` stops it."""
+
+    def __init__(self, plan: StreamBenchPlan, tracks: list[Track], options: LiveOptions) -> None:
+        from ..server.app import create_app
+        from ..server.realtime import realtime_router
+        from ..server.settings import ServerSettings
+
+        self.plan, self.tracks = plan, tracks
+        self._jobs = tempfile.TemporaryDirectory(prefix="voxserve-bench-server-")
+        jobs = Path(self._jobs.name)
+        settings = ServerSettings(
+            models={ALIAS: ALIAS},
+            default_model=ALIAS,
+            device=plan.device,
+            engine_slots=plan.slots,
+            engine_cross_kv=plan.cross_kv,  # type: ignore[arg-type]
+            engine_admit_wait_steps=plan.admit_wait_steps,
+            engine_admit_ratio=plan.admit_ratio,
+            engine_max_admit=plan.max_admit,
+            engine_packed_encoder=plan.packed_encoder,
+            engine_packed_prefill=plan.packed_prefill,
+            engine_overlap_admissions=plan.overlap_admissions,
+            engine_process=plan.engine_process,
+            cpu_fallback=False,  # a failed engine fails the run instead of measuring a CPU engine
+            vad_model=plan.vad_model,
+            realtime_short_windows=options.short_windows,
+            realtime_window_buckets_s=options.window_buckets_s,
+            realtime_mels=options.mels,  # type: ignore[arg-type]
+            jobs_db=jobs / "jobs.sqlite3",
+            jobs_dir=jobs / "jobs",
+        )
+        oracle = wsbench.oracle_hook(tracks, plan.vad == "oracle")
+
+        def hook(session: Any, ws: Any) -> None:
+            session.service.stats.keep = True  # the route's service keeps no figures by default (a server's)
+            oracle(session, ws)
+
+        self.app = create_app(
+            settings,
+            loader=functools.partial(bench_model, plan),
+            realtime=lambda ctx: realtime_router(ctx, options=options, on_session=hook),
+            freeze_heap=True,  # as `voxserve serve` runs
+        )
+        self.ctx = self.app.state.ctx
+        try:
+            self._server, self._thread, self.port = wsbench.serve_app(self.app, START_TIMEOUT_S)
+        except BaseException:
+            self._jobs.cleanup()
+            raise
+        self.runtime = self.ctx.registry.loaded[ALIAS]
+
+    @property
+    def whisper(self) -> WhisperModel:
+        return self.runtime.whisper
+
+    @property
+    def engine(self) -> Any:
+        return self.runtime.current.engine
+
+    def info(self) -> dict[str, Any]:
+        """What the engine runs with (engine_info's fields), wherever it runs."""
+        engine = self.engine
+        return engine_info(engine) if isinstance(engine, Engine) else dict(engine.info)
+
+    def run(self, n: int, offsets: list[float], language: str | None) -> tuple[list[float], int, list[float]]:
+        """``n`` callers (the first ``n`` tracks) from client processes: (latencies, chunks without text,
+        sender lags), as wsbench.run_clients; :meth:`stats` then holds the server's figures for them."""
+        service = self._service()
+        if (
+            service is not None
+        ):  # fresh figures for each run (the route makes the service at its first session)
+            service.stats = LiveStats(keep=True, observe=service.stats.observe)
+        return wsbench.run_clients(
+            self.port, self.tracks[:n], self.plan.chunk_ms, offsets, language, self.plan.warmup_s
+        )
+
+    def stats(self) -> LiveStats:
+        service = self._service()
+        if service is None:
+            raise RuntimeError("no caller reached the server's realtime route")
+        return service.stats
+
+    def _service(self) -> LiveService | None:
+        return self.ctx.extras.get("live", {}).get(ALIAS)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=120)
+        self._jobs.cleanup()
