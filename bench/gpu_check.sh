@@ -63,11 +63,11 @@
 #                                           PROC_ROUNDS (1) times, then bench/profile_encoder.py: in order of need,
 #                                           more than one 600 s call holds (the rest is cut off)
 #   bash bench/gpu_check.sh serve-process [ASSETS] `voxserve serve --engine-process`'s GPU test and stop 30's two
-#                                           edited fp8-fold tests (SP_TESTS=0: not), then the stream bench over
-#                                           real WebSockets (--transport ws: the server's realtime route under
-#                                           uvicorn, callers in client processes; the bench's LiveService and
-#                                           EngineProcess, not the server's ModelRuntime) at SP_STREAMS (250) with
-#                                           the engine in a thread and in a process, alternating, SP_ROUNDS (1) times.
+#                                           edited fp8-fold tests (SP_TESTS=0: not), then the stream bench against
+#                                           `voxserve serve`'s whole application (--transport server: registry,
+#                                           runtime, metrics, the realtime route under uvicorn, callers in client
+#                                           processes over WebSockets) at SP_STREAMS (250) with the engine in a
+#                                           thread and in a process, alternating, SP_ROUNDS (1) times
 #                                           The server's packages are not on the GPU machine: carry their cp312
 #                                           wheels in .whl too (`pip download --only-binary=:all: --python-version
 #                                           3.12 ... fastapi uvicorn websockets pydantic-settings python-multipart`)
@@ -294,7 +294,8 @@ elif [ "$MODE" = serve-process ]; then
     fi
     for round in $(seq "${SP_ROUNDS:-1}"); do
         for where in thread process; do
-            bench_streams 130 "bench-streams-ws-$where-$round" "${SP_STREAMS:-250}" --packed-prefill --transport ws \
+            bench_streams 180 "bench-streams-server-$where-$round" "${SP_STREAMS:-250}" --packed-prefill \
+                --transport server \
                 $([ $where = process ] && echo --engine-process)
         done
     done

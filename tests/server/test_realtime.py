@@ -543,3 +543,41 @@ def test_decodes_are_capped_by_the_audio_length(whisper, engine, speech):
     finally:
         engine.submit = submit
     assert specs[0].sample_len == 5 * 2 + 10  # not the window's 224
+
+
+def test_sessions_arriving_together_share_one_service(make_settings, monkeypatch):
+    """The model's live service is made at its first session, after the VAD loads in a worker thread: sessions
+    that arrive meanwhile must all join that one service (stream caps and figures are per service)."""
+    import threading
+
+    import voxserve.audio.vad as vad_module
+    from voxserve.server.app import create_app
+
+    loads: list[float] = []
+
+    class SlowVAD(vad_module.SileroVAD):
+        def __init__(self, *args, **kwargs) -> None:
+            loads.append(time.monotonic())
+            time.sleep(0.5)  # the other sessions arrive meanwhile
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(vad_module, "SileroVAD", SlowVAD)
+    ready, done = threading.Barrier(4), threading.Event()
+    with TestClient(create_app(make_settings())) as client:
+
+        def session() -> None:
+            with client.websocket_connect(URL) as ws:
+                configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+                ready.wait(timeout=60)
+                done.wait(timeout=60)
+
+        threads = [threading.Thread(target=session) for _ in range(3)]
+        for t in threads:
+            t.start()
+        ready.wait(timeout=60)
+        streams = {alias: s.open_streams for alias, s in client.app.state.ctx.extras["live"].items()}
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert streams == {"tiny": 3}
+    assert len(loads) == 1  # and the VAD loaded once

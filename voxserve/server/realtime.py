@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -96,16 +97,18 @@ def _from_context(
     services: dict[str, LiveService] = ctx.extras.setdefault("live", {})
     observe = _live_metrics(ctx, services)
     vad_holder: list = []
+    vad_lock = threading.Lock()  # sessions arriving together load it once (worker threads)
 
     def vad_model() -> SileroVAD | None:
-        if not vad_holder:
-            path = getattr(settings, "vad_model", None)
-            try:
-                vad_holder.append(SileroVAD(path))
-            except VADError as e:
-                log.warning("server VAD unavailable (%s): sessions must use turn_detection null", e)
-                vad_holder.append(None)
-        return vad_holder[0]
+        with vad_lock:
+            if not vad_holder:
+                path = getattr(settings, "vad_model", None)
+                try:
+                    vad_holder.append(SileroVAD(path))
+                except VADError as e:
+                    log.warning("server VAD unavailable (%s): sessions must use turn_detection null", e)
+                    vad_holder.append(None)
+            return vad_holder[0]
 
     def fail_over(alias: str, engine: Any, error: BaseException) -> bool:
         # The server's own fail-over (to a CPU engine), as its HTTP routes use it, on the alias's runtime now.
@@ -120,14 +123,17 @@ def _from_context(
             raise UnknownModel(str(e)) from None
         # A session holds a lease for its whole life: its model is not evicted under it.
         async with ctx.registry.lease(alias) as runtime:
-            service = services.get(alias)
-            if service is None:
-                stats = LiveStats(keep=False, observe=observe)
+            if alias not in services:
                 vad = await asyncio.to_thread(vad_model)
-                current = runtime.current
-                service = LiveService(current.whisper, current.engine, vad, options, stats)
-                service.on_failure = functools.partial(fail_over, alias)
-                services[alias] = service
+                # Checked again after the wait: sessions that arrived together all waited for the VAD, and
+                # each must join the one service (its stream caps and figures are per service).
+                if alias not in services:
+                    current = runtime.current
+                    stats = LiveStats(keep=False, observe=observe)
+                    service = LiveService(current.whisper, current.engine, vad, options, stats)
+                    service.on_failure = functools.partial(fail_over, alias)
+                    services[alias] = service
+            service = services[alias]
 
             def engine_now(alias: str = alias, leased: Any = runtime) -> tuple[Any, Any]:
                 # After a fail-over to the CPU (or a reload) decodes go to the engine that works now.
