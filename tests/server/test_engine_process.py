@@ -75,12 +75,14 @@ def _live_transcript(client, x: np.ndarray) -> str:
 
 @pytest.fixture(scope="module")
 def thread_answers(make_settings_module):
-    """What the engine in a thread answers: the reference for the engine process."""
+    """What the engine in a thread answers, and the decode steps its start-up counted: the reference for the
+    engine process."""
     speech = read_wav(AUDIO / "samples" / "jfk.wav")[: 3 * SR]
     with TestClient(create_app(make_settings_module(engine_slots=2, max_concurrency=6))) as client:
+        started = _metric(client.get("/metrics").text, "voxserve_batch_size_count")
         texts = [r.json()["text"] for r in _post_all(client, fault_clips())]
         live = _live_transcript(client, speech)
-    return texts, live, speech
+    return texts, live, speech, started
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +94,12 @@ def make_settings_module(tmp_path_factory, tiny_model_dir):
 
 
 def test_answers_and_metrics_equal_the_engine_in_a_thread(make_settings_module, thread_answers):
-    texts, live, speech = thread_answers
+    texts, live, speech, started = thread_answers
     settings = make_settings_module(engine_slots=2, max_concurrency=6, engine_process=True)
     with TestClient(create_app(settings)) as client:
+        # start-up's one silent window, its steps counted alike (the graphs' warm-up, which runs steps on CUDA,
+        # in neither: the GPU test checks that)
+        assert _metric(client.get("/metrics").text, "voxserve_batch_size_count") == started > 0
         runtime = client.app.state.ctx.registry.loaded["tiny"]
         engine = runtime.primary.engine
         assert isinstance(engine, EngineProcess) and engine.n_slots == 2
@@ -118,7 +123,7 @@ def test_answers_and_metrics_equal_the_engine_in_a_thread(make_settings_module, 
 
 
 def test_a_killed_engine_process_moves_everything_to_a_cpu_engine(make_settings_module, thread_answers):
-    texts, live, speech = thread_answers
+    texts, live, speech, _ = thread_answers
     clips = fault_clips()
     settings = make_settings_module(engine_slots=2, max_concurrency=6, engine_process=True)
     with TestClient(create_app(settings)) as client:
@@ -224,10 +229,11 @@ def test_on_cuda_the_engine_process_answers_as_the_thread(make_settings_module):
         with TestClient(create_app(settings)) as client:
             runtime = client.app.state.ctx.registry.loaded["tiny"]
             assert runtime.primary.remote is process
+            started = _metric(client.get("/metrics").text, "voxserve_batch_size_count")
             texts = [post_clip(client, a).json()["text"] for a in fault_clips()]
-            answers[process] = (texts, _live_transcript(client, speech))
+            answers[process] = (started, texts, _live_transcript(client, speech))
             if process:
                 assert runtime.primary.engine.info["device"].startswith("cuda")
                 assert client.get("/health").json()["engines_healthy"] == {"tiny": True}
-    assert answers[True] == answers[False]
-    assert any(answers[True][0])  # the decisive random model writes something
+    assert answers[True] == answers[False]  # start-up's steps counted alike, and the same text
+    assert any(answers[True][1])  # the decisive random model writes something

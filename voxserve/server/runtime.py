@@ -89,6 +89,7 @@ class ModelRuntime:
         self.loader, self.engine_config, self.metrics = loader, engine_config, metrics
         self.cpu_fallback = cpu_fallback
         self._lock = threading.Lock()
+        self._observing = True  # off while the graphs warm up: not served work (an engine process's unseen too)
         self.primary = self._new_engine(whisper, remote=engine_process)
         self.fallback: _Engine | None = None
         self.warm = False
@@ -145,6 +146,8 @@ class ModelRuntime:
 
     def _observe(self, name: str, value: float) -> None:
         """The engine's encoder passes and decode steps (engine/observe.py), in the metrics."""
+        if not self._observing:
+            return
         if name == "encoder":
             self.metrics.observe_stage("encoder", value)
         elif name == "batch_size":
@@ -179,7 +182,11 @@ class ModelRuntime:
         when the engine's worker is idle. (An engine process warmed its engine up before it said it was ready.)"""
         engine = self.current.engine
         if isinstance(engine, Engine):
-            engine.runner.warmup()
+            self._observing = False
+            try:
+                engine.runner.warmup()
+            finally:
+                self._observing = True
         model = self.whisper.model
         mel = torch.full((model.dims.n_mels, 3000), -1.5, device=model.device)
         decoding = DecodingOptions(language="en" if self.whisper.tokenizer.is_multilingual else None)
