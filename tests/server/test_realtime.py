@@ -547,23 +547,39 @@ def test_decodes_are_capped_by_the_audio_length(whisper, engine, speech):
 
 def test_sessions_arriving_together_share_one_service(make_settings, monkeypatch):
     """The model's live service is made at its first session, after the VAD loads in a worker thread: sessions
-    that arrive meanwhile must all join that one service (stream caps and figures are per service)."""
+    that arrive meanwhile must all join that one service (stream caps and figures are per service). The VAD's
+    load here waits until all three sessions have leased the model, so all of them arrive during it."""
     import threading
+    from contextlib import asynccontextmanager
 
     import voxserve.audio.vad as vad_module
     from voxserve.server.app import create_app
 
     loads: list[float] = []
+    all_arrived = threading.Event()
 
     class SlowVAD(vad_module.SileroVAD):
         def __init__(self, *args, **kwargs) -> None:
             loads.append(time.monotonic())
-            time.sleep(0.5)  # the other sessions arrive meanwhile
+            assert all_arrived.wait(timeout=30)
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(vad_module, "SileroVAD", SlowVAD)
     ready, done = threading.Barrier(4), threading.Event()
-    with TestClient(create_app(make_settings())) as client:
+    app = create_app(make_settings())
+    registry, arrived = app.state.ctx.registry, []
+    lease = registry.lease
+
+    @asynccontextmanager
+    async def counted_lease(name):
+        async with lease(name) as runtime:
+            arrived.append(name)
+            if len(arrived) == 3:
+                all_arrived.set()
+            yield runtime
+
+    registry.lease = counted_lease
+    with TestClient(app) as client:
 
         def session() -> None:
             with client.websocket_connect(URL) as ws:
@@ -581,3 +597,27 @@ def test_sessions_arriving_together_share_one_service(make_settings, monkeypatch
             t.join(timeout=60)
     assert streams == {"tiny": 3}
     assert len(loads) == 1  # and the VAD loaded once
+
+
+def test_an_evicted_models_live_service_goes_with_it(make_settings, tiny_model_dir):
+    """A live service holds its model: when the memory budget evicts the model, its service is dropped too."""
+    import weakref
+
+    from voxserve.server.app import create_app
+
+    models = {name: str(tiny_model_dir) for name in ("a", "b")}
+    with TestClient(create_app(make_settings(models=models, default_model="a"))) as probe:
+        one = probe.app.state.ctx.registry.loaded["a"].memory_bytes()
+    settings = make_settings(models=models, default_model="a", memory_budget_bytes=int(1.5 * one))
+    with TestClient(create_app(settings)) as client:
+        with client.websocket_connect(URL + "&model=a") as ws:
+            configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+        services = client.app.state.ctx.extras["live"]
+        model = weakref.ref(services["a"].whisper.model)
+        with client.websocket_connect(URL + "&model=b") as ws:  # loading b evicts a
+            configure(ws, input_audio_sample_rate=16000, turn_detection=None)
+        assert list(services) == ["b"] and list(client.app.state.ctx.registry.loaded) == ["b"]
+        import gc
+
+        gc.collect()
+        assert model() is None  # nothing holds the evicted model any more

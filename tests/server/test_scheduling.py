@@ -137,3 +137,39 @@ def test_a_model_evicted_from_a_frozen_heap_is_freed(make_settings, tiny_model_d
         assert model() is None
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
+
+
+class _FakeRuntime:
+    """A loaded model's stand-in for the registry's budget arithmetic."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.closed = size, False
+
+    def memory_bytes(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_budget_that_eviction_cannot_meet_evicts_nothing():
+    """Loading a model evicts idle ones only when that makes the room; else 503 and every model stays."""
+    from collections import OrderedDict
+
+    from voxserve.engine.types import EngineConfig
+    from voxserve.server.errors import APIError
+    from voxserve.server.metrics import ServerMetrics
+    from voxserve.server.registry import ModelRegistry
+
+    registry = ModelRegistry(
+        {"a": "a", "b": "b", "c": "c"}, "a", loader=None, device="cpu", dtype=None,  # type: ignore[arg-type]
+        engine_config=EngineConfig(), metrics=ServerMetrics(), memory_budget=100,
+    )  # fmt: skip
+    a, b = _FakeRuntime(40), _FakeRuntime(40)
+    registry.loaded = OrderedDict(a=a, b=b)
+    registry._leases = {"a": 1}  # a is in use; b is idle
+    with pytest.raises(APIError, match="memory budget"):
+        registry._make_room("c", 70)  # 80 - 40 (b) + 70 > 100
+    assert list(registry.loaded) == ["a", "b"] and not b.closed
+    registry._make_room("c", 55)  # 80 - 40 + 55 <= 100: b goes
+    assert list(registry.loaded) == ["a"] and b.closed and not a.closed

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -97,18 +96,21 @@ def _from_context(
     services: dict[str, LiveService] = ctx.extras.setdefault("live", {})
     observe = _live_metrics(ctx, services)
     vad_holder: list = []
-    vad_lock = threading.Lock()  # sessions arriving together load it once (worker threads)
+    # Services are made one at a time: sessions that arrive while the first one's VAD loads (in a worker thread)
+    # wait here, then join that service (stream caps and figures are per service).
+    making = asyncio.Lock()
+    # An evicted model's service goes with it (its sessions held leases, so none is open): it holds the model.
+    ctx.registry.on_evict.append(lambda alias: services.pop(alias, None))
 
     def vad_model() -> SileroVAD | None:
-        with vad_lock:
-            if not vad_holder:
-                path = getattr(settings, "vad_model", None)
-                try:
-                    vad_holder.append(SileroVAD(path))
-                except VADError as e:
-                    log.warning("server VAD unavailable (%s): sessions must use turn_detection null", e)
-                    vad_holder.append(None)
-            return vad_holder[0]
+        if not vad_holder:
+            path = getattr(settings, "vad_model", None)
+            try:
+                vad_holder.append(SileroVAD(path))
+            except VADError as e:
+                log.warning("server VAD unavailable (%s): sessions must use turn_detection null", e)
+                vad_holder.append(None)
+        return vad_holder[0]
 
     def fail_over(alias: str, engine: Any, error: BaseException) -> bool:
         # The server's own fail-over (to a CPU engine), as its HTTP routes use it, on the alias's runtime now.
@@ -124,15 +126,14 @@ def _from_context(
         # A session holds a lease for its whole life: its model is not evicted under it.
         async with ctx.registry.lease(alias) as runtime:
             if alias not in services:
-                vad = await asyncio.to_thread(vad_model)
-                # Checked again after the wait: sessions that arrived together all waited for the VAD, and
-                # each must join the one service (its stream caps and figures are per service).
-                if alias not in services:
-                    current = runtime.current
-                    stats = LiveStats(keep=False, observe=observe)
-                    service = LiveService(current.whisper, current.engine, vad, options, stats)
-                    service.on_failure = functools.partial(fail_over, alias)
-                    services[alias] = service
+                async with making:
+                    if alias not in services:
+                        vad = await asyncio.to_thread(vad_model)
+                        current = runtime.current
+                        stats = LiveStats(keep=False, observe=observe)
+                        service = LiveService(current.whisper, current.engine, vad, options, stats)
+                        service.on_failure = functools.partial(fail_over, alias)
+                        services[alias] = service
             service = services[alias]
 
             def engine_now(alias: str = alias, leased: Any = runtime) -> tuple[Any, Any]:

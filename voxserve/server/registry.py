@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ..engine.types import EngineConfig
@@ -46,6 +46,9 @@ class ModelRegistry:
         self.engine_config, self.metrics = engine_config, metrics
         self.memory_budget, self.cpu_fallback = memory_budget, cpu_fallback
         self.engine_process = engine_process
+        # called with an evicted model's alias (under the guard), so that what else holds it lets it go (the
+        # realtime route's live service per model)
+        self.on_evict: list[Callable[[str], None]] = []
         self.loaded: OrderedDict[str, ModelRuntime] = OrderedDict()  # least recently used first
         self._leases: dict[str, int] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -67,9 +70,7 @@ class ModelRegistry:
     @asynccontextmanager
     async def lease(self, name: str | None) -> AsyncIterator[ModelRuntime]:
         alias = self.resolve(name)
-        runtime = await self.get(alias)
-        with self._guard:
-            self._leases[alias] = self._leases.get(alias, 0) + 1
+        runtime = await self._get(alias, lease=True)
         try:
             yield runtime
         finally:
@@ -77,18 +78,30 @@ class ModelRegistry:
                 self._leases[alias] -= 1
 
     async def get(self, alias: str) -> ModelRuntime:
+        return await self._get(alias, lease=False)
+
+    async def _get(self, alias: str, *, lease: bool) -> ModelRuntime:
+        """The loaded runtime of ``alias`` (loaded now if need be); with ``lease``, leased under the same hold of
+        the guard that found it, so that a load in a worker thread cannot evict it in between."""
         with self._guard:
             if alias in self.loaded:
                 self.loaded.move_to_end(alias)
-                return self.loaded[alias]
+                return self._taken(alias, lease)
         lock = self._load_locks.setdefault(alias, asyncio.Lock())
         async with lock:
-            if alias in self.loaded:
-                return self.loaded[alias]
+            with self._guard:
+                if alias in self.loaded:
+                    return self._taken(alias, lease)
             runtime = await asyncio.to_thread(self._load, alias)
             with self._guard:
                 self.loaded[alias] = runtime
-            return runtime
+                return self._taken(alias, lease)
+
+    def _taken(self, alias: str, lease: bool) -> ModelRuntime:
+        """(under _guard) ``alias``'s runtime, its lease count raised when ``lease``."""
+        if lease:
+            self._leases[alias] = self._leases.get(alias, 0) + 1
+        return self.loaded[alias]
 
     def _load(self, alias: str) -> ModelRuntime:
         source = self.sources[alias]
@@ -121,17 +134,18 @@ class ModelRegistry:
         try:
             with self._guard:
                 used = sum(r.memory_bytes() for r in self.loaded.values())
+                idle = [a for a in self.loaded if self._leases.get(a, 0) == 0]  # least recently used first
+                freeable = sum(self.loaded[a].memory_bytes() for a in idle)
+                if used - freeable + needed > self.memory_budget:  # evicting cannot make the room: evict none
+                    raise APIError(
+                        503,
+                        f"model {alias!r} needs {needed / 2**20:.0f} MiB but the memory budget "
+                        f"({self.memory_budget / 2**20:.0f} MiB) is held by models in use; retry later",
+                        code="memory_budget",
+                        headers={"Retry-After": "1"},
+                    )
                 while used + needed > self.memory_budget:
-                    idle = [a for a in self.loaded if self._leases.get(a, 0) == 0]
-                    if not idle:
-                        raise APIError(
-                            503,
-                            f"model {alias!r} needs {needed / 2**20:.0f} MiB but the memory budget "
-                            f"({self.memory_budget / 2**20:.0f} MiB) is held by models in use; retry later",
-                            code="memory_budget",
-                            headers={"Retry-After": "1"},
-                        )
-                    evicted.append(self._evict(idle[0], alias))
+                    evicted.append(self._evict(idle.pop(0), alias))
                     used -= evicted[-1].memory_bytes()
         finally:
             # Closed outside the guard, which the event loop takes: an engine process may take seconds to stop.
@@ -146,6 +160,8 @@ class ModelRegistry:
         runtime = self.loaded.pop(victim)
         log.info("evicting model %r (least recently used) to load %r", victim, alias)
         self.metrics.model_evictions.labels(victim).inc()
+        for forget in self.on_evict:
+            forget(victim)
         return runtime
 
     def close(self) -> None:
