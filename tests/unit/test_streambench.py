@@ -124,22 +124,25 @@ def test_transport_is_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_server_transport_measures_the_whole_server_with_its_engine_process(tmp_path):
+def test_server_transport_measures_the_whole_server_with_its_engine_process(tmp_path, monkeypatch):
     """--transport server --engine-process: `voxserve serve`'s application with its engine in a process of its
-    own, callers over WebSockets from client processes."""
+    own, callers over WebSockets from client processes. The same caller twice gets the same count of finished
+    utterances (figures afresh for each stream count), and the environment's server settings do not reach the
+    server under test."""
     pytest.importorskip("fastapi")
+    monkeypatch.setenv("VOXSERVE_MEMORY_BUDGET_BYTES", "1000")  # would refuse to load any model
     plan = _plan(
-        tmp_path, streams=(1, 2), seconds=4.0, warmup_s=1.0, short_windows=True, vad="oracle",
+        tmp_path, streams=(1, 1), seconds=4.0, warmup_s=1.0, short_windows=True, vad="oracle",
         transport="server", engine_process=True, mels="engine",
     )  # fmt: skip
-    doc, _ = run_streams(plan, ["voxserve", "bench", "--streams", "1,2"], log=lambda line: None)
-    one, two = doc["figures"]["streams"]
-    for row in (one, two):
+    doc, _ = run_streams(plan, ["voxserve", "bench", "--streams", "1,1"], log=lambda line: None)
+    one, again = doc["figures"]["streams"]
+    for row in (one, again):
         assert row["chunks_counted"] > 0 and row["chunks_without_text"] == 0
         # the server's own figures for the run: its live service keeps them for the bench
-        assert row["final_p50_ms"] is not None and row["decodes_per_s"] > 0
+        assert row["final_p50_ms"] is not None and row["decodes_per_s"] > 0 and row["engine_steps_per_s"] > 0
+    assert one["finals"] == again["finals"] > 0
     assert doc["settings"]["transport"] == "server" and doc["settings"]["engine_process"] is True
-    assert one["finals"] > 0 and two["finals"] > 0
 
 
 def test_callers_send_whole_pcm16_chunks():

@@ -314,77 +314,77 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     device = torch.device(plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for, but no CUDA device is available")
-    try:
-        vad = SileroVAD(plan.vad_model) if plan.vad == "silero" else None
+    try:  # (the server transport's server loads its own)
+        vad = SileroVAD(plan.vad_model) if plan.vad == "silero" and plan.transport != "server" else None
     except VADError as e:
         raise BenchError(f"{e} (--vad oracle needs no onnxruntime)") from None
     clips = bench_clips(plan.audio)
     tracks = caller_audio(clips, max(plan.streams), plan.seconds, plan.seed)
     # (the VAD and the audio first: nothing to close when they fail)
-    served = None
-    if plan.transport == "server":
-        from .serverbench import ServedBench
-
-        fixed = None if plan.model is not None else plan.tokens_per_second
-        log(
-            "the server's application, loading and warming up its model"
-            + (" (in an engine process)" if plan.engine_process else "")
-        )
-        served = ServedBench(plan, tracks, _live_options(plan, max(plan.streams), fixed))
-        whisper, engine, setup = served.whisper, served.engine, served.info()
-    elif plan.engine_process:
-        # here the model's dims and tokenizer only: the engine's process loads the model
-        whisper, fixed = _load_whisper(plan, torch.device("meta"), log)
-        log("the engine in a process of its own (loading the model there)")
-        try:
-            engine: Engine | EngineProcess = EngineProcess(
-                functools.partial(bench_engine, plan, engine_threads() or torch.get_num_threads())
-            )
-        except EngineError as e:
-            raise BenchError(str(e)) from None
-        setup = engine.info
-    else:
-        whisper, fixed = _load_whisper(plan, device, log)
-        engine = make_engine(whisper.model, whisper.tokenizer, _engine_config(plan, whisper))
-        setup = engine_info(engine)
-    language = "en" if whisper.tokenizer.is_multilingual else None
-
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
-    settings.update(
-        model_dims=whisper.model.dims.to_dict(),
-        engine_slots=engine.n_slots,
-        # the Triton kernels (on by default; VOXSERVE_SCATTER_KERNEL=0, ..._FP8ROWS_KERNEL=0 turn them off)
-        scatter_kernel=scatter.KERNEL,
-        fp8rows_kernel=fp8rows.KERNEL,
-        # live utterances' audio kept on the device between partials (engine/audio_cache.py; on CUDA)
-        audio_cache=setup["audio_cache"],
-        # as the engine runs: overlapped admissions are CUDA only (inert elsewhere, whatever was asked)
-        overlap_admissions=setup["overlap_admissions"],
-        # objects alive after the warm-up kept out of the cyclic collector, as `voxserve serve` (heap.py; stop 26)
-        heap_frozen=True,
-        merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)
-        decoding="greedy, no timestamps, language en"
-        + (f"; exactly {fixed:g} tokens per second of audio (end-of-text suppressed)" if fixed else ""),
-    )
-    info = machine.machine_info(device)
-    doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "suite": "streams",
-        "command": command,
-        "machine": info,
-        "settings": settings,
-        "figures": {"streams": []},
-        "conditions": {"start": machine.load_snapshot()},
-        "definitions": {
-            "text_latency": "per chunk sent during speech: from its scheduled send time to the first delta or "
-            "completed event covering its audio (includes the wait for the next partial); with --transport ws "
-            "timed by the client processes on receipt",
-            "held": f"p99 text latency <= {plan.target_ms:g} ms",
-            "final": "from the end of speech (VAD) to the completed event",
-        },
-    }
+    served, engine = None, None  # closed below, whatever fails after they start
     try:
+        if plan.transport == "server":
+            from .serverbench import ServedBench
+
+            fixed = None if plan.model is not None else plan.tokens_per_second
+            log(
+                "the server's application, loading and warming up its model"
+                + (" (in an engine process)" if plan.engine_process else "")
+            )
+            served = ServedBench(plan, tracks, _live_options(plan, max(plan.streams), fixed))
+            whisper, engine, setup = served.whisper, served.engine, served.info()
+        elif plan.engine_process:
+            # here the model's dims and tokenizer only: the engine's process loads the model
+            whisper, fixed = _load_whisper(plan, torch.device("meta"), log)
+            log("the engine in a process of its own (loading the model there)")
+            try:
+                engine: Engine | EngineProcess = EngineProcess(
+                    functools.partial(bench_engine, plan, engine_threads() or torch.get_num_threads())
+                )
+            except EngineError as e:
+                raise BenchError(str(e)) from None
+            setup = engine.info
+        else:
+            whisper, fixed = _load_whisper(plan, device, log)
+            engine = make_engine(whisper.model, whisper.tokenizer, _engine_config(plan, whisper))
+            setup = engine_info(engine)
+        language = "en" if whisper.tokenizer.is_multilingual else None
+
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
+        settings.update(
+            model_dims=whisper.model.dims.to_dict(),
+            engine_slots=engine.n_slots,
+            # the Triton kernels (on by default; VOXSERVE_SCATTER_KERNEL=0, ..._FP8ROWS_KERNEL=0 turn them off)
+            scatter_kernel=scatter.KERNEL,
+            fp8rows_kernel=fp8rows.KERNEL,
+            # live utterances' audio kept on the device between partials (engine/audio_cache.py; on CUDA)
+            audio_cache=setup["audio_cache"],
+            # as the engine runs: overlapped admissions are CUDA only (inert elsewhere, whatever was asked)
+            overlap_admissions=setup["overlap_admissions"],
+            # objects alive after the warm-up kept out of the cyclic collector, as `voxserve serve` (heap.py; stop 26)
+            heap_frozen=True,
+            merged_mels=mels.MERGE_LENGTHS,  # engine log-mels: every window length in one transform (VOXSERVE_MERGED_MELS)
+            decoding="greedy, no timestamps, language en"
+            + (f"; exactly {fixed:g} tokens per second of audio (end-of-text suppressed)" if fixed else ""),
+        )
+        info = machine.machine_info(device)
+        doc: dict[str, Any] = {
+            "schema": SCHEMA,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "suite": "streams",
+            "command": command,
+            "machine": info,
+            "settings": settings,
+            "figures": {"streams": []},
+            "conditions": {"start": machine.load_snapshot()},
+            "definitions": {
+                "text_latency": "per chunk sent during speech: from its scheduled send time to the first delta or "
+                "completed event covering its audio (includes the wait for the next partial); with --transport ws "
+                "timed by the client processes on receipt",
+                "held": f"p99 text latency <= {plan.target_ms:g} ms",
+                "final": "from the end of speech (VAD) to the completed event",
+            },
+        }
         if served is None and isinstance(engine, Engine):  # (an engine process, a server, warmed theirs up)
             log(f"warming up the engine ({engine.n_slots} slots)")
             engine.runner.warmup()
@@ -437,7 +437,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
     finally:
         if served is not None:
             served.close()  # (its engine with it)
-        else:
+        elif engine is not None:
             engine.close()
     doc["conditions"]["end"] = machine.load_snapshot()
     held = [r["streams"] for r in doc["figures"]["streams"] if r["held"]]

@@ -66,7 +66,17 @@ def serve_app(app: Any, start_timeout_s: float = 60.0) -> tuple[Any, threading.T
     deadline = time.monotonic() + start_timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the benchmark's server did not start")
+            timed_out = thread.is_alive()
+            server.should_exit = True  # (a start-up still running stops once it is done)
+            thread.join(timeout=60)
+            raise RuntimeError(
+                "the benchmark's server did not start"
+                + (
+                    f" within {start_timeout_s:g} s"
+                    if timed_out
+                    else ": its start-up failed (the log above says why)"
+                )
+            )
         time.sleep(0.02)
     return server, thread, port
 

@@ -38,7 +38,7 @@ from ..engine.engine import Engine, EngineError
 from ..engine.observe import observe_engine
 from ..engine.remote import EngineProcess
 from ..engine.runner import slot_bytes
-from ..engine.threads import engine_owns_cpu_threads
+from ..engine.threads import engine_owns_cpu_threads, engine_threads
 from ..engine.types import EngineConfig, Priority, WindowRequest
 from ..model.whisper import Whisper
 from ..tokenizer import Tokenizer
@@ -89,7 +89,9 @@ class ModelRuntime:
         self.loader, self.engine_config, self.metrics = loader, engine_config, metrics
         self.cpu_fallback = cpu_fallback
         self._lock = threading.Lock()
-        self._observing = True  # off while the graphs warm up: not served work (an engine process's unseen too)
+        self._observing = (
+            True  # off while the graphs warm up: not served work (an engine process's unseen too)
+        )
         self.primary = self._new_engine(whisper, remote=engine_process)
         self.fallback: _Engine | None = None
         self.warm = False
@@ -139,7 +141,7 @@ class ModelRuntime:
             observe_engine(engine, self._observe)
             return _Engine(whisper, engine, config)
         factory = functools.partial(
-            served_engine, self.loader, self.source, str(whisper.device), self.dtype, config
+            served_engine, self.loader, self.source, str(whisper.device), self.dtype, config, engine_threads()
         )
         log.info("model %r: starting its engine in a process of its own", self.alias)
         return _Engine(whisper, EngineProcess(factory, observer=self._observe), config)
@@ -278,12 +280,19 @@ class ModelRuntime:
 
 
 def served_engine(
-    loader: ModelLoader, source: str, device: str, dtype: str | None, config: EngineConfig
+    loader: ModelLoader,
+    source: str,
+    device: str,
+    dtype: str | None,
+    config: EngineConfig,
+    threads: int | None = None,
 ) -> Engine:
     """The engine of ``voxserve serve --engine-process``, built and warmed up in the engine's process (a
-    module-level function: it crosses to that process pickled, with its arguments)."""
+    module-level function: it crosses to that process pickled, with its arguments). ``threads``: the engines'
+    CPU threads under the server's process policy (engine/threads.py), None where it has none."""
     if device == "cpu":
-        engine_owns_cpu_threads()  # the process is the engine's: its worker gets torch's threads (threads.py)
+        # the process is the engine's: its worker gets the server's engine threads, else torch's (threads.py)
+        engine_owns_cpu_threads(threads)
     whisper = loader(source, device=device, dtype=dtype)
     engine = make_engine(whisper.model, whisper.tokenizer, config)
     engine.runner.warmup()
