@@ -233,7 +233,12 @@ def test_on_cuda_the_engine_process_answers_as_the_thread(make_settings_module):
             texts = [post_clip(client, a).json()["text"] for a in fault_clips()]
             answers[process] = (started, texts, _live_transcript(client, speech))
             if process:
-                assert runtime.primary.engine.info["device"].startswith("cuda")
+                engine = runtime.primary.engine
+                assert engine.info["device"].startswith("cuda") and engine.device_bytes > 0
+                # the server's GPU memory includes its engine process's, as last reported
+                device = engine.info["device"] if ":" in engine.info["device"] else "cuda:0"
+                held = _metric(client.get("/metrics").text, f'voxserve_gpu_memory_bytes{{device="{device}"}}')
+                assert held >= engine.device_bytes
                 assert client.get("/health").json()["engines_healthy"] == {"tiny": True}
     assert answers[True] == answers[False]  # start-up's steps counted alike, and the same text
     assert any(answers[True][1])  # the decisive random model writes something

@@ -66,8 +66,9 @@ _ERRORS: dict[str, type[Exception]] = {
 
 class EngineProcess:
     """An engine built by ``factory()`` in a spawned process (see the module). ``info`` holds what the engine
-    reported when it was ready (``n_slots``, ``device``, ``audio_cache``, ``overlap_admissions``); ``queued`` and
-    ``active`` are its queue and busy slots as it last reported them (with each batch of results it sends).
+    reported when it was ready (``n_slots``, ``device``, ``audio_cache``, ``overlap_admissions``); ``queued``,
+    ``active`` and ``device_bytes`` are its queue, busy slots and GPU memory as it last reported them (with each
+    batch of results it sends).
 
     The caller's threads never write to a pipe: ``submit`` pickles its message and queues the bytes for a sender
     thread, so a slow or stopped engine process cannot block an event loop."""
@@ -110,6 +111,7 @@ class EngineProcess:
         self.failure: BaseException | None = None
         self._observer = observer
         self.queued = self.active = 0
+        self.device_bytes = 0  # GPU memory its tensors hold (CUDA), as last reported
         self._closed = False
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         try:
@@ -332,7 +334,7 @@ class EngineProcess:
                     except Exception:  # noqa: BLE001 - a metrics bug must not fail the requests
                         log.exception("the engine process's observer failed")
         elif kind == "load":
-            self.queued, self.active = message[1], message[2]
+            self.queued, self.active, self.device_bytes = message[1], message[2], message[3]
         elif kind == "failed":  # the engine failed there: its requests' errors came before this
             with self._lock:
                 if self.failure is None:
@@ -342,7 +344,7 @@ class EngineProcess:
         with self._lock:
             if not self._closed and self.failure is None:
                 self.failure = error
-            self.queued = self.active = 0  # nothing runs there any more
+            self.queued = self.active = self.device_bytes = 0  # nothing runs there any more
             tickets, self._tickets = self._tickets, {}
             calls, self._calls = self._calls, {}
         for ticket in tickets.values():
@@ -508,7 +510,7 @@ def _forward(outbox: Any, events: Any, engine: Engine, observations: collections
             except queue.Empty:
                 break
         if batch:
-            lead: list[tuple] = [("load", engine.queued, engine.active)]
+            lead: list[tuple] = [("load", engine.queued, engine.active, _device_bytes(engine))]
             if observations:
                 lead.append(("observe", [observations.popleft() for _ in range(len(observations))]))
             batch = lead + batch
@@ -521,6 +523,12 @@ def _forward(outbox: Any, events: Any, engine: Engine, observations: collections
                 os._exit(70)
         if item is None:
             return
+
+
+def _device_bytes(engine: Engine) -> int:
+    """GPU memory the process's tensors hold on the engine's device (0 on the CPU)."""
+    device = engine.runner.device
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
 def engine_info(engine: Engine) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..config import N_FRAMES
+from ..engine.remote import EngineProcess
 from ..engine.types import EngineConfig, Priority
 from ..live.service import LiveOptions
 from .admission import Admission
@@ -153,13 +154,22 @@ class ServerContext:
             lambda: [(a, rt.memory_bytes()) for a, rt in list(reg.loaded.items())],
         )
         m.add_live("voxserve_jobs", "Jobs by state", ["state"], lambda: self.jobs.counts().items())
+
+        def gpu_memory() -> list[tuple[str, int]]:
+            if not torch.cuda.is_available():
+                return []
+            held = {f"cuda:{i}": torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
+            for _, _, engine in engines():  # engine processes: as each last reported
+                name = engine.info["device"] if isinstance(engine, EngineProcess) else ""
+                if name.startswith("cuda"):
+                    key = name if ":" in name else f"{name}:0"
+                    held[key] = held.get(key, 0) + engine.device_bytes
+            return list(held.items())
+
         m.add_live(
             "voxserve_gpu_memory_bytes",
-            "Memory the process holds on each GPU (allocated by tensors)",
+            "Memory the server holds on each GPU (allocated by tensors; its engine processes' as each last "
+            "reported)",
             ["device"],
-            lambda: (
-                [(f"cuda:{i}", torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count())]
-                if torch.cuda.is_available()
-                else []
-            ),
+            gpu_memory,
         )
