@@ -1,7 +1,8 @@
 """The CPU decode step at one row: the one-row decoder layers (voxserve/engine/cpu_row.py) against the general path,
-alternating in one process so that the shared machine's drift hits both alike.
+or with ``--part select`` the one-row token pick (PolicyState.select_row) against ``select``, alternating in one
+process so that the shared machine's drift hits both alike.
 
-python3 bench/profile_cpu_row.py --dims tiny --pairs 8
+python3 bench/profile_cpu_row.py --dims tiny --pairs 8 [--part layers|select]
 
 Each pair decodes one 30 s window of real speech (100 tokens, end-of-text suppressed, as `voxserve bench`) once
 per path, through the engine on `--threads` intra-op threads; the engine's steps are timed by wrapping the
@@ -30,6 +31,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8, help="decodes per path, alternating")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path(".cache/bench"), help="random weights' directory")
+    ap.add_argument(
+        "--part", choices=("layers", "select"), default="layers", help="which one-row path to toggle"
+    )
     args = ap.parse_args()
     threads.engine_owns_cpu_threads(args.threads)  # before any torch work (engine/threads.py)
     commit = subprocess.run(
@@ -43,7 +47,7 @@ def main() -> None:
     from voxserve.bench.subjects import engine_subject
     from voxserve.bench.weights import bench_tokenizer, random_hf_dir, resolve_dims
     from voxserve.cli.bench import SHARED
-    from voxserve.engine import cpu_row
+    from voxserve.engine import cpu_row, policy
     from voxserve.engine.runner import Runner
     from voxserve.model import whisper
 
@@ -68,6 +72,8 @@ def main() -> None:
     timed(Runner, "_decoder_layers", "layers (general)")
     timed(cpu_row.RowLayers, "__call__", "layers (one row)")
     timed(whisper.TextDecoder, "logits", "output projection")
+    timed(policy.PolicyState, "select", "select")
+    timed(policy.PolicyState, "select_row", "select (one row)")
     subject = engine_subject(hf_dir, tok, torch.device("cpu"), "fp32")
     runner = subject.close.__self__.runner  # the engine's runner (the subject's close is the engine's)
     row_layers = runner._row_layers
@@ -79,7 +85,10 @@ def main() -> None:
     tokens = {}
     for _ in range(args.pairs):
         for path in results:
-            runner._row_layers = row_layers if path == "one-row" else None
+            if args.part == "layers":
+                runner._row_layers = row_layers if path == "one-row" else None
+            else:
+                runner.row_select = path == "one-row"
             times.clear()
             tokens[path] = subject.decode(mel, 100)
             for label, values in times.items():
@@ -96,7 +105,11 @@ def main() -> None:
     pairs = {
         "step": ("step", "step"),
         "output projection": ("output projection", "output projection"),
-        "decoder layers": ("layers (general)", "layers (one row)"),
+        **(
+            {"decoder layers": ("layers (general)", "layers (one row)")}
+            if args.part == "layers"
+            else {"token pick": ("select", "select (one row)")}
+        ),
     }
     for name, (general, one_row) in pairs.items():
         gains = zip(results["general"][general], results["one-row"][one_row], strict=True)

@@ -152,6 +152,53 @@ def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
         assert torch.equal(a.sum_logprob, b.sum_logprob) and torch.equal(a.ts_last, b.ts_last)
 
 
+def test_one_row_select_is_select(tokenizer):
+    """PolicyState.select_row against select for a lone greedy row without timestamp rules, step after step:
+    the first step's blank suppression, the suppressed ids, end-of-text (a strong one every few steps), the
+    length cap, and a done row emitting end-of-text: the same tokens, done flags, summed log-probs (exactly) and
+    state."""
+    v = TINY.n_vocab
+    spec = RowSpec(
+        initial_tokens=(tokenizer.sot, tokenizer.no_timestamps),
+        sot_index=0,
+        suppress=(1000, 2000),
+        suppress_blank=True,
+        timestamps=False,
+        max_initial_timestamp_index=None,
+        sample_len=6,
+        temperature=0.0,
+    )
+    kwargs = dict(
+        eot=tokenizer.eot,
+        no_timestamps=tokenizer.no_timestamps,
+        timestamp_begin=tokenizer.timestamp_begin,
+        blank_ids=[220, tokenizer.eot],
+        n_ctx=448,
+        device=torch.device("cpu"),
+    )
+    g = torch.Generator().manual_seed(0)
+    ended = {"eot": 0, "length": 0}
+    for episode in range(12):
+        a, b = PolicyState(4, v, **kwargs), PolicyState(4, v, **kwargs)
+        a.reset([2], [spec])
+        b.reset([2], [spec])
+        for step in range(9):  # past the length cap: a done row goes on emitting end-of-text
+            logits = torch.randn(v, generator=g) * 3
+            logits[1000] = 50.0  # suppressed
+            if step == 0:
+                logits[220] = 50.0  # a blank: suppressed at the first step
+            if episode % 2 and (episode + step) % 5 == 4:
+                logits[tokenizer.eot] = 40.0  # end-of-text wins where allowed (odd episodes; the rest run long)
+            ta, da = a.select(logits[None].clone(), torch.tensor([2]), timestamps=False, sparse_bias=[2])
+            token, done, logprob = b.select_row(logits.clone(), 2)
+            assert (token, done) == (int(ta), bool(da))
+            assert logprob == float(a.sum_logprob[2])
+        for name in ("n_sampled", "length", "last", "prev", "ts_last", "sum_logprob", "done"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        ended["eot" if int(a.n_sampled[2]) < spec.sample_len else "length"] += 1
+    assert ended["eot"] and ended["length"]  # both ways of ending were exercised
+
+
 @pytest.mark.parametrize(("rows", "threads"), [((2, 3), 2), ((1, 1), 1), ((1, 1), 2)])
 def test_cpu_logits_through_the_transposed_embedding_follow_the_embedding(rows, threads):
     """Every CPU form of the tied logits (few rows; one row on one thread through the transposed copy; one row on

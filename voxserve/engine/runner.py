@@ -234,6 +234,8 @@ class Runner:
         self._row_layers = cpu_row.RowLayers.build(
             model.decoder, self._qkv, (self.self_k, self.self_v, self.cross_k, self.cross_v)
         )
+        # and its token picked by PolicyState.select_row when greedy without timestamp rules (False: by select)
+        self.row_select = self.device.type == "cpu"
         # The functions that graphs capture; compiled ones are traced per bucket shape on first use.
         self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
         self._encoder_fn = torch.compile(model.encoder, dynamic=False) if compile else model.encoder
@@ -1159,6 +1161,9 @@ class Runner:
         rows = torch.tensor(ordered, dtype=torch.long)
         threads = self.cpu_step_threads if len(slots) <= self.cpu_step_threads_rows else None
         logits = self._logits_cpu(rows, ordered, threads)
+        if len(slots) == 1 and self.row_select and not sample and not bool(self.policy.timestamps[slots[0]]):
+            token, done, logprob = self.policy.select_row(logits[0], slots[0])
+            return [token], [done], [logprob]
         noise = torch.rand(len(ordered), logits.shape[-1]) if sample else None
         timestamps = bool(self.policy.timestamps[rows].any())
         tokens, done = self.policy.select(logits, rows, noise, timestamps=timestamps, sparse_bias=ordered)
