@@ -288,13 +288,13 @@ elif [ "$MODE" = trees-ab ]; then
     done
 elif [ "$MODE" = serve-process ]; then
     if [ "${SP_TESTS:-1}" = 1 ]; then
-        part 200 tests-serve-process python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py \
+        part 150 tests-serve-process python3 -m pytest -q -m gpu tests/gpu/test_quant_cuda.py \
             tests/gpu/test_engine_cuda.py tests/server/test_engine_process.py -k "folds or engine_process" \
             -p no:cacheprovider --durations=8 -rfE
     fi
     for round in $(seq "${SP_ROUNDS:-1}"); do
         for where in thread process; do
-            bench_streams 180 "bench-streams-server-$where-$round" "${SP_STREAMS:-250}" --packed-prefill \
+            bench_streams 200 "bench-streams-server-$where-$round" "${SP_STREAMS:-250}" --packed-prefill \
                 --transport server \
                 $([ $where = process ] && echo --engine-process)
         done
