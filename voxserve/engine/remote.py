@@ -18,7 +18,8 @@ module-level function, or a functools.partial of one) where an Engine is used: `
 ``n_slots``, ``failure``, ``queued``, ``active``, ``close``; tickets carry ``admitted_at``. The factory loads the
 model in the engine's process; the caller needs only its dims and tokenizer (the stream bench builds it on the
 meta device). An ``observer`` hears the engine's encoder passes and decode steps (engine/observe.py): the
-engine's process gathers them and sends them with its next results, so they cost no pipe write of their own. Used by ``voxserve bench --streams --engine-process`` and ``voxserve serve --engine-process``.
+engine's process gathers them and sends them with its next results, so they cost no pipe write of their own.
+Used by ``voxserve bench --streams --engine-process`` and ``voxserve serve --engine-process``.
 """
 
 from __future__ import annotations
