@@ -195,7 +195,9 @@ class PolicyState:
         place."""
         logits.index_fill_(0, self.suppressed[slot], NEG_INF)
         n = int(self.n_sampled[slot])
-        if bool(self.done[slot]):  # a row already done keeps emitting end-of-text; the rest of its state stays
+        if bool(
+            self.done[slot]
+        ):  # a row already done keeps emitting end-of-text; the rest of its state stays
             self.last[slot] = self.eot
             return self.eot, True, float(self.sum_logprob[slot])
         if n == 0 and bool(self.suppress_blank[slot]):

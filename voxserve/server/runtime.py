@@ -89,9 +89,8 @@ class ModelRuntime:
         self.loader, self.engine_config, self.metrics = loader, engine_config, metrics
         self.cpu_fallback = cpu_fallback
         self._lock = threading.Lock()
-        self._observing = (
-            True  # off while the graphs warm up: not served work (an engine process's unseen too)
-        )
+        # off while the graphs warm up: not served work (an engine process's warm-up is not seen either)
+        self._observing = True
         self.primary = self._new_engine(whisper, remote=engine_process)
         self.fallback: _Engine | None = None
         self.warm = False
