@@ -118,28 +118,39 @@ def test_cpu_step_threads_give_the_same_tokens_and_restore_the_setting(model, me
         EngineConfig(cpu_step_threads=0)
 
 
-def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
-    """No timestamp rules when no row has them, suppression by index instead of bias rows: same picks."""
-    v = TINY.n_vocab
-    spec = RowSpec(
+def _greedy_spec(tokenizer, *, suppress: tuple[int, ...], sample_len: int) -> RowSpec:
+    """A greedy row without timestamps that suppresses blanks at its first step."""
+    return RowSpec(
         initial_tokens=(tokenizer.sot, tokenizer.no_timestamps),
         sot_index=0,
-        suppress=(tokenizer.eot, 1000, 2000),
+        suppress=suppress,
         suppress_blank=True,
         timestamps=False,
         max_initial_timestamp_index=None,
-        sample_len=10,
+        sample_len=sample_len,
         temperature=0.0,
     )
-    kwargs = dict(
+
+
+def _policy(tokenizer, blank_ids: list[int]) -> PolicyState:
+    """A CPU policy state of 4 slots over the tiny vocabulary."""
+    return PolicyState(
+        4,
+        TINY.n_vocab,
         eot=tokenizer.eot,
         no_timestamps=tokenizer.no_timestamps,
         timestamp_begin=tokenizer.timestamp_begin,
-        blank_ids=[tokenizer.eot],
+        blank_ids=blank_ids,
         n_ctx=448,
         device=torch.device("cpu"),
     )
-    a, b = PolicyState(4, v, **kwargs), PolicyState(4, v, **kwargs)
+
+
+def test_policy_cpu_shortcuts_pick_the_same(tokenizer):
+    """No timestamp rules when no row has them, suppression by index instead of bias rows: same picks."""
+    v = TINY.n_vocab
+    spec = _greedy_spec(tokenizer, suppress=(tokenizer.eot, 1000, 2000), sample_len=10)
+    a, b = _policy(tokenizer, [tokenizer.eot]), _policy(tokenizer, [tokenizer.eot])
     a.reset([0, 1, 2, 3], [spec] * 4)
     b.reset([0, 1, 2, 3], [spec] * 4)
     rows = torch.tensor([0, 2, 3])
@@ -158,28 +169,11 @@ def test_one_row_select_is_select(tokenizer):
     length cap, and a done row emitting end-of-text: the same tokens, done flags, summed log-probs (exactly) and
     state."""
     v = TINY.n_vocab
-    spec = RowSpec(
-        initial_tokens=(tokenizer.sot, tokenizer.no_timestamps),
-        sot_index=0,
-        suppress=(1000, 2000),
-        suppress_blank=True,
-        timestamps=False,
-        max_initial_timestamp_index=None,
-        sample_len=6,
-        temperature=0.0,
-    )
-    kwargs = dict(
-        eot=tokenizer.eot,
-        no_timestamps=tokenizer.no_timestamps,
-        timestamp_begin=tokenizer.timestamp_begin,
-        blank_ids=[220, tokenizer.eot],
-        n_ctx=448,
-        device=torch.device("cpu"),
-    )
+    spec = _greedy_spec(tokenizer, suppress=(1000, 2000), sample_len=6)
     g = torch.Generator().manual_seed(0)
     ended = {"eot": 0, "length": 0}
     for episode in range(12):
-        a, b = PolicyState(4, v, **kwargs), PolicyState(4, v, **kwargs)
+        a, b = _policy(tokenizer, [220, tokenizer.eot]), _policy(tokenizer, [220, tokenizer.eot])
         a.reset([2], [spec])
         b.reset([2], [spec])
         for step in range(9):  # past the length cap: a done row goes on emitting end-of-text
