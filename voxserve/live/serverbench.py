@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,9 @@ class ServedBench:
         engine = self.engine
         return engine_info(engine) if isinstance(engine, Engine) else dict(engine.info)
 
-    def run(self, n: int, offsets: list[float], language: str | None) -> tuple[list[float], int, list[float]]:
+    def run(
+        self, n: int, offsets: list[float], language: str | None, at_start: Callable[[], None] | None = None
+    ) -> tuple[list[float], int, list[float]]:
         """``n`` callers (the first ``n`` tracks) from client processes: (latencies, chunks without text,
         sender lags), as wsbench.run_clients; :meth:`stats` then holds the server's figures for them alone (the
         run ends once the server has closed every session)."""
@@ -97,7 +100,7 @@ class ServedBench:
         ):  # fresh figures for each run (the route makes the service at its first session)
             service.stats = LiveStats(keep=True, observe=service.stats.observe)
         measured = wsbench.run_clients(
-            self.port, self.tracks[:n], self.plan.chunk_ms, offsets, language, self.plan.warmup_s
+            self.port, self.tracks[:n], self.plan.chunk_ms, offsets, language, self.plan.warmup_s, at_start
         )
         service = self._service()
         deadline = time.monotonic() + DRAIN_TIMEOUT_S

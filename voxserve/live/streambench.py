@@ -20,6 +20,7 @@ import contextlib
 import functools
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -217,14 +218,25 @@ async def _simulate(
 
 
 def _over_websockets(
-    n: int, tracks: list[Track], service: LiveService, plan: StreamBenchPlan, language: str | None
+    n: int,
+    tracks: list[Track],
+    service: LiveService,
+    plan: StreamBenchPlan,
+    language: str | None,
+    at_start: Callable[[], None],
 ) -> tuple[list[float], int, list[float]]:
     from . import wsbench
 
     server, thread, port = wsbench.serve(service, tracks, plan.vad == "oracle")
     try:
         return wsbench.run_clients(
-            port, tracks[:n], plan.chunk_ms, start_offsets(n, plan).tolist(), language, plan.warmup_s
+            port,
+            tracks[:n],
+            plan.chunk_ms,
+            start_offsets(n, plan).tolist(),
+            language,
+            plan.warmup_s,
+            at_start,
         )
     finally:
         server.should_exit = True
@@ -383,6 +395,8 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
                 "timed by the client processes on receipt",
                 "held": f"p99 text latency <= {plan.target_ms:g} ms",
                 "final": "from the end of speech (VAD) to the completed event",
+                "rates": "decodes_per_s and engine_steps_per_s over the run's wall time; with --transport ws or "
+                "server from the callers' common start (the client processes' start-up excluded, since stop 31)",
             },
         }
         if served is None and isinstance(engine, Engine):  # (an engine process, a server, warmed theirs up)
@@ -392,20 +406,26 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         with frozen_heap() if served is None else contextlib.nullcontext():
             for n in plan.streams:
                 snap = machine.load_snapshot()
-                counted0, started = engine.counters(), time.monotonic()
+                # rates run from here, or over WebSockets from the callers' common start (after the client
+                # processes' own start-up, which would dilute them)
+                mark = {"counters": engine.counters(), "time": time.monotonic()}
+
+                def at_start(mark: dict = mark) -> None:
+                    mark.update(counters=engine.counters(), time=time.monotonic())
+
                 if served is not None:
-                    lat, missing, lag = served.run(n, start_offsets(n, plan).tolist(), language)
+                    lat, missing, lag = served.run(n, start_offsets(n, plan).tolist(), language, at_start)
                     st = served.stats()
                 else:
                     service = LiveService(whisper, engine, vad, _live_options(plan, n, fixed))
                     if plan.transport == "ws":
-                        lat, missing, lag = _over_websockets(n, tracks, service, plan, language)
+                        lat, missing, lag = _over_websockets(n, tracks, service, plan, language, at_start)
                     else:
                         counted_from, lag = asyncio.run(_simulate(n, tracks, service, plan, language))
                         lat, missing = [x for t, x in service.stats.text_latency if t >= counted_from], None
                     st = service.stats
-                wall = time.monotonic() - started
-                counted = {k: v - counted0[k] for k, v in engine.counters().items()}
+                wall = time.monotonic() - mark["time"]
+                counted = {k: v - mark["counters"][k] for k, v in engine.counters().items()}
                 p99 = _percentile(lat, 99)
                 row = {
                     "streams": n,

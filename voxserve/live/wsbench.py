@@ -82,12 +82,19 @@ def serve_app(app: Any, start_timeout_s: float = 60.0) -> tuple[Any, threading.T
 
 
 def run_clients(
-    port: int, tracks: list[Track], chunk_ms: int, offsets: list[float], language: str | None, warmup_s: float
+    port: int,
+    tracks: list[Track],
+    chunk_ms: int,
+    offsets: list[float],
+    language: str | None,
+    warmup_s: float,
+    at_start: Callable[[], None] | None = None,
 ) -> tuple[list[float], int, list[float]]:
     """Run a caller per track (caller i sends ``tracks[i]``, the server's track ``bench_track=i``) in client
     processes; returns (latencies of counted chunks, counted chunks that never got text, sender lags), in
     seconds. Callers start ``offsets`` after a common time set once every client process is ready; chunks sent
-    in the first ``warmup_s`` after the last start are not counted."""
+    in the first ``warmup_s`` after the last start are not counted. ``at_start`` is called at that common time
+    (the client processes' start-up is then over: rates measured from it are not diluted by it)."""
     n = len(tracks)
     seconds = max(len(t.audio) for t in tracks) / SAMPLE_RATE
     ctx = mp.get_context("spawn")
@@ -106,6 +113,9 @@ def run_clients(
     t0 = time.monotonic() + 1.0
     for _ in procs:
         start.put((t0, t0 + max(offsets) + warmup_s))
+    if at_start is not None:
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        at_start()
     latencies: list[float] = []
     lags: list[float] = []
     missing = 0
