@@ -189,15 +189,14 @@ class PolicyState:
 
     def select_row(self, logits: Tensor, slot: int) -> tuple[int, bool, float]:
         """``select`` for one greedy row without timestamp rules, on the CPU: (next token, done, summed
-        log-prob). The same rules and arithmetic (``tests/unit/test_policy.py`` compares the two), with the row's
+        log-prob). The same rules and arithmetic (``tests/unit/test_cpu_path.py`` compares the two), with the row's
         state read and written as Python numbers: a lone request's step spends ~0.3 ms in ``select``'s ~30
         small tensor operations, most of them bookkeeping for many rows. ``logits`` [V] float32, modified in
         place."""
         logits.index_fill_(0, self.suppressed[slot], NEG_INF)
         n = int(self.n_sampled[slot])
-        if bool(
-            self.done[slot]
-        ):  # a row already done keeps emitting end-of-text; the rest of its state stays
+        if bool(self.done[slot]):
+            # a row already done keeps emitting end-of-text; the rest of its state stays
             self.last[slot] = self.eot
             return self.eot, True, float(self.sum_logprob[slot])
         if n == 0 and bool(self.suppress_blank[slot]):
