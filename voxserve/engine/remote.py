@@ -532,8 +532,11 @@ def _device_bytes(engine: Engine) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def engine_info(engine: Engine) -> dict[str, Any]:
-    """What an engine runs with, for a result file: its slots, device, audio cache and overlapped admissions."""
+def engine_info(engine: Engine | EngineProcess) -> dict[str, Any]:
+    """What an engine runs with, for a result file: its slots, device, audio cache and overlapped admissions (an
+    engine process's as it reported them when it was ready)."""
+    if isinstance(engine, EngineProcess):
+        return dict(engine.info)
     runner = engine.runner
     return {
         "n_slots": engine.n_slots,

@@ -21,8 +21,6 @@ import torch
 
 from ..api import WhisperModel
 from ..bench.weights import BenchError
-from ..engine.engine import Engine
-from ..engine.remote import engine_info
 from . import wsbench
 from .callers import Track
 from .service import LiveOptions, LiveService, LiveStats
@@ -82,11 +80,6 @@ class ServedBench:
     @property
     def engine(self) -> Any:
         return self.runtime.current.engine
-
-    def info(self) -> dict[str, Any]:
-        """What the engine runs with (engine_info's fields), wherever it runs."""
-        engine = self.engine
-        return engine_info(engine) if isinstance(engine, Engine) else dict(engine.info)
 
     def run(
         self, n: int, offsets: list[float], language: str | None, at_start: Callable[[], None] | None = None

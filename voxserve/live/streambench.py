@@ -252,7 +252,7 @@ def _load_whisper(
     if plan.model is not None:
         whisper = load_model(plan.model, device="cpu" if device.type == "meta" else device, dtype=dtype)
         log(f"model {whisper.checkpoint.source}")
-        return whisper, None
+        return whisper, _fixed_rate(plan)
     dims = resolve_dims(plan.dims)
     tok = bench_tokenizer(dims, plan.tiktoken)
     if device.type == "meta":
@@ -268,7 +268,12 @@ def _load_whisper(
         except QuantizationError as e:
             raise BenchError(f"--encoder-precision {plan.encoder_precision}: {e}") from None
         log(f"encoder Linears in {plan.encoder_precision}, the rest in {plan.precision}")
-    return whisper, plan.tokens_per_second
+    return whisper, _fixed_rate(plan)
+
+
+def _fixed_rate(plan: StreamBenchPlan) -> float | None:
+    """Tokens each decode yields per second of audio: fixed for random weights, None for a checkpoint."""
+    return None if plan.model is not None else plan.tokens_per_second
 
 
 def _live_options(plan: StreamBenchPlan, streams: int, fixed: float | None) -> LiveOptions:
@@ -338,13 +343,13 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
         if plan.transport == "server":
             from .serverbench import ServedBench
 
-            fixed = None if plan.model is not None else plan.tokens_per_second
+            fixed = _fixed_rate(plan)
             log(
                 "the server's application, loading and warming up its model"
                 + (" (in an engine process)" if plan.engine_process else "")
             )
             served = ServedBench(plan, tracks, _live_options(plan, max(plan.streams), fixed))
-            whisper, engine, setup = served.whisper, served.engine, served.info()
+            whisper, engine = served.whisper, served.engine
         elif plan.engine_process:
             # here the model's dims and tokenizer only: the engine's process loads the model
             whisper, fixed = _load_whisper(plan, torch.device("meta"), log)
@@ -355,11 +360,10 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
                 )
             except EngineError as e:
                 raise BenchError(str(e)) from None
-            setup = engine.info
         else:
             whisper, fixed = _load_whisper(plan, device, log)
             engine = make_engine(whisper.model, whisper.tokenizer, _engine_config(plan, whisper))
-            setup = engine_info(engine)
+        setup = engine_info(engine)
         language = "en" if whisper.tokenizer.is_multilingual else None
 
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
@@ -392,7 +396,7 @@ def run_streams(plan: StreamBenchPlan, command: list[str], log: Any = print) -> 
             "definitions": {
                 "text_latency": "per chunk sent during speech: from its scheduled send time to the first delta or "
                 "completed event covering its audio (includes the wait for the next partial); with --transport ws "
-                "timed by the client processes on receipt",
+                "or server timed by the client processes on receipt",
                 "held": f"p99 text latency <= {plan.target_ms:g} ms",
                 "final": "from the end of speech (VAD) to the completed event",
                 "rates": "decodes_per_s and engine_steps_per_s over the run's wall time; with --transport ws or "

@@ -133,9 +133,10 @@ class ModelRegistry:
         evicted: list[ModelRuntime] = []
         try:
             with self._guard:
-                used = sum(r.memory_bytes() for r in self.loaded.values())
+                held = {a: r.memory_bytes() for a, r in self.loaded.items()}
+                used = sum(held.values())
                 idle = [a for a in self.loaded if self._leases.get(a, 0) == 0]  # least recently used first
-                freeable = sum(self.loaded[a].memory_bytes() for a in idle)
+                freeable = sum(held[a] for a in idle)
                 if used - freeable + needed > self.memory_budget:  # evicting cannot make the room: evict none
                     raise APIError(
                         503,
@@ -145,8 +146,9 @@ class ModelRegistry:
                         headers={"Retry-After": "1"},
                     )
                 while used + needed > self.memory_budget:
-                    evicted.append(self._evict(idle.pop(0), alias))
-                    used -= evicted[-1].memory_bytes()
+                    victim = idle.pop(0)
+                    evicted.append(self._evict(victim, alias))
+                    used -= held[victim]
         finally:
             # Closed outside the guard, which the event loop takes: an engine process may take seconds to stop.
             closed = bool(evicted)
