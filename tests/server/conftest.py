@@ -3,6 +3,7 @@ way it loads any checkpoint), settings pointing at temporary job storage, and sh
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 import wave
@@ -100,6 +101,34 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+# ----- the realtime WebSocket's client side (OpenAI's transcription events)
+
+
+def pcm16(x: np.ndarray) -> str:
+    return base64.b64encode((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+def append(ws, x: np.ndarray) -> None:
+    ws.send_json({"type": "input_audio_buffer.append", "audio": pcm16(x)})
+
+
+def receive_until(ws, type_: str, limit: int = 500) -> list[dict]:
+    events = []
+    for _ in range(limit):
+        events.append(ws.receive_json())
+        if events[-1]["type"] == type_:
+            return events
+    raise AssertionError(f"no {type_} in {[e['type'] for e in events]}")
+
+
+def configure(ws, **session) -> dict:
+    assert ws.receive_json()["type"] == "transcription_session.created"
+    ws.send_json({"type": "transcription_session.update", "session": session})
+    event = ws.receive_json()
+    assert event["type"] == "transcription_session.updated", event
+    return event["session"]
 
 
 def fault_clips() -> list[bytes]:

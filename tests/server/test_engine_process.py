@@ -5,7 +5,6 @@ stops its engine process with it."""
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import time
@@ -20,8 +19,11 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from tests.conftest import AUDIO, TINY  # noqa: E402
 from tests.server.conftest import (  # noqa: E402
+    append,
+    configure,
     fault_clips,
     post_clip,
+    receive_until,
     settings_for,
     start_posts,
     tone,
@@ -56,21 +58,14 @@ def _post_all(client, clips: list[bytes]) -> list:
 
 def _live_transcript(client, x: np.ndarray) -> str:
     with client.websocket_connect(URL) as ws:
-        assert ws.receive_json()["type"] == "transcription_session.created"
-        ws.send_json(
-            {"type": "transcription_session.update", "session": {"input_audio_sample_rate": 16000, "turn_detection": None}}
-        )  # fmt: skip
-        assert ws.receive_json()["type"] == "transcription_session.updated"
+        configure(ws, input_audio_sample_rate=16000, turn_detection=None)
         for i in range(0, len(x), 3200):
-            chunk = (np.clip(x[i : i + 3200], -1, 1) * 32767).astype("<i2").tobytes()
-            ws.send_json({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+            append(ws, x[i : i + 3200])
         ws.send_json({"type": "input_audio_buffer.commit"})
-        for _ in range(500):
-            event = ws.receive_json()
-            assert not event["type"].endswith(".failed") and event["type"] != "error", event
-            if event["type"] == "conversation.item.input_audio_transcription.completed":
-                return event["transcript"]
-    raise AssertionError("no completed transcript")
+        events = receive_until(ws, "conversation.item.input_audio_transcription.completed")
+    for event in events:
+        assert not event["type"].endswith(".failed") and event["type"] != "error", event
+    return events[-1]["transcript"]
 
 
 @pytest.fixture(scope="module")

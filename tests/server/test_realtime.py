@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from tests.conftest import AUDIO, SHARED, TINY  # noqa: E402
-from tests.server.conftest import inject_step_fault  # noqa: E402
+from tests.server.conftest import append, configure, inject_step_fault, pcm16, receive_until  # noqa: E402
 from tests.support import decisive_model, read_wav  # noqa: E402
 from voxserve.api import WhisperModel  # noqa: E402
 from voxserve.audio.vad import SileroVAD  # noqa: E402
@@ -65,31 +65,6 @@ def client_for(whisper, engine, vad_model, **options) -> tuple[TestClient, LiveS
     app = FastAPI()
     app.include_router(realtime_router(service, api_keys=keys))
     return TestClient(app), service
-
-
-def pcm16(x: np.ndarray) -> str:
-    return base64.b64encode((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()).decode()
-
-
-def append(ws, x: np.ndarray) -> None:
-    ws.send_json({"type": "input_audio_buffer.append", "audio": pcm16(x)})
-
-
-def receive_until(ws, type_: str, limit: int = 500) -> list[dict]:
-    events = []
-    for _ in range(limit):
-        events.append(ws.receive_json())
-        if events[-1]["type"] == type_:
-            return events
-    raise AssertionError(f"no {type_} in {[e['type'] for e in events]}")
-
-
-def configure(ws, **session) -> dict:
-    assert ws.receive_json()["type"] == "transcription_session.created"
-    ws.send_json({"type": "transcription_session.update", "session": session})
-    event = ws.receive_json()
-    assert event["type"] == "transcription_session.updated", event
-    return event["session"]
 
 
 def offline_text(service: LiveService, x: np.ndarray) -> str:
