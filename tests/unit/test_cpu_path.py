@@ -181,10 +181,9 @@ def test_one_row_select_is_select(tokenizer):
             logits[1000] = 50.0  # suppressed
             if step == 0:
                 logits[220] = 50.0  # a blank: suppressed at the first step
+            # end-of-text wins where allowed, in odd episodes; the rest run to the length cap
             if episode % 2 and (episode + step) % 5 == 4:
-                logits[tokenizer.eot] = (
-                    40.0  # end-of-text wins where allowed (odd episodes; the rest run long)
-                )
+                logits[tokenizer.eot] = 40.0
             ta, da = a.select(logits[None].clone(), torch.tensor([2]), timestamps=False, sparse_bias=[2])
             token, done, logprob = b.select_row(logits.clone(), 2)
             assert (token, done) == (int(ta), bool(da))
